@@ -1,0 +1,225 @@
+"""Losses: cross-entropy from logits and squared error, with hand-derived VJPs.
+
+Conventions (written out because published derivations mix them up):
+
+* Classes lie along the **last** axis; every other axis is a batch axis.
+  ``N`` below is the number of rows, i.e. the product of the batch axes.
+* ``reduction="mean"`` for cross-entropy divides by ``N`` (the number of
+  rows); for squared error it divides by the number of **elements**, as
+  ``torch.nn.MSELoss`` does. ``"batch_mean"`` (squared error only) divides by
+  ``N`` after summing over the class axis.
+* ``half=True`` multiplies the squared error by 1/2, the convention of many
+  textbooks, which makes the gradient ``(p - t)`` instead of ``2 (p - t)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reference._validation import InvalidInput
+from reference.softmax import log_softmax, softmax
+
+__all__ = [
+    "CE_REDUCTIONS",
+    "SE_REDUCTIONS",
+    "cross_entropy",
+    "cross_entropy_vjp",
+    "squared_error",
+    "squared_error_vjp",
+]
+
+CE_REDUCTIONS = ("mean", "sum", "none")
+SE_REDUCTIONS = ("sum", "mean", "batch_mean", "none")
+
+
+def _targets_as_probabilities(logits, targets):
+    """Return ``(Y, is_labels)``: targets as an array shaped like ``logits``."""
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim < 1:
+        raise InvalidInput(f"logits must have at least 1 axis (the classes), got shape {logits.shape}")
+    n_classes = logits.shape[-1]
+    if np.issubdtype(targets.dtype, np.integer):
+        if targets.shape != logits.shape[:-1]:
+            raise InvalidInput(
+                f"integer class labels must have the shape of logits without the class axis: "
+                f"expected {logits.shape[:-1]}, got {targets.shape}"
+            )
+        if targets.size and (targets.min() < 0 or targets.max() >= n_classes):
+            raise InvalidInput(
+                f"class labels must lie in [0, {n_classes - 1}], got values in "
+                f"[{targets.min()}, {targets.max()}]"
+            )
+        # One-hot by indexing every row at its own label: Y[n, t_n] = 1.
+        # (Y[:, t] would set whole columns: a published mistake.)
+        Y = np.zeros(logits.shape, dtype=np.float64)
+        np.put_along_axis(Y, targets[..., None].astype(np.intp), 1.0, axis=-1)
+        return Y, True
+    if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.floating):
+        raise InvalidInput(
+            f"targets must be integer class labels or floating probability targets, "
+            f"got dtype {targets.dtype}"
+        )
+    if targets.shape != logits.shape:
+        raise InvalidInput(
+            f"probability targets must have the shape of logits: expected {logits.shape}, "
+            f"got {targets.shape}"
+        )
+    return targets.astype(np.float64, copy=False), False
+
+
+def _reduce(per_row, reduction, valid):
+    if reduction not in valid:
+        raise InvalidInput(f"reduction must be one of {valid}, got {reduction!r}")
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return np.sum(per_row)
+    return np.mean(per_row)
+
+
+def cross_entropy(logits, targets, *, reduction="mean"):
+    r"""Cross-entropy between ``softmax(logits)`` and ``targets``, fused and stable.
+
+    Parameters
+    ----------
+    logits : array, shape ``(..., C)``
+    targets : int array, shape ``(...)``, or float array, shape ``(..., C)``
+        Class labels, or probability targets (one-hot or soft). Probability
+        targets need **not** sum to 1 per row (label smoothing variants,
+        partial labels, weighted targets); the loss and its gradient are
+        derived for the general case.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` divides by the number of rows ``N``.
+
+    Notes
+    -----
+    Per row, ``L = -sum_i y_i log a_i`` with ``log a = log_softmax(z)``
+    computed directly (never ``log(softmax(z))``), so logits of any magnitude
+    give finite losses.
+
+    Examples
+    --------
+    >>> round(float(cross_entropy(np.zeros((1, 4)), np.array([2]))), 6)
+    1.386294
+    """
+    Y, _ = _targets_as_probabilities(logits, targets)
+    per_row = -np.sum(Y * log_softmax(logits, axis=-1), axis=-1)
+    return _reduce(per_row, reduction, CE_REDUCTIONS)
+
+
+def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
+    r"""VJP of :func:`cross_entropy` with respect to the logits.
+
+    Derivation
+    ----------
+    For one row with ``a = softmax(z)`` and ``lse(z) = log sum_k exp(z_k)``::
+
+        L = -sum_i y_i log a_i = -sum_i y_i z_i + (sum_i y_i) lse(z)
+        dL/dz_j = -y_j + (sum_i y_i) a_j
+
+    Only when the targets sum to 1 (class labels, one-hot, proper soft
+    labels) does this collapse to the familiar ``a - y``; using ``a - y`` for
+    targets that do not sum to 1 is a published mistake.
+
+    The reduction scales the row gradients: ``"sum"`` by ``g``, ``"mean"`` by
+    ``g / N`` (forgetting the ``1/N`` is another), ``"none"`` row ``n`` by
+    ``g[n]``.
+
+    Returns
+    -------
+    array shaped like ``logits``. The gradient with respect to probability
+    targets, ``-log_softmax(z)`` (scaled the same way), is not returned.
+
+    Examples
+    --------
+    >>> cross_entropy_vjp(1.0, np.zeros((1, 2)), np.array([0])).tolist()
+    [[-0.5, 0.5]]
+    """
+    Y, _ = _targets_as_probabilities(logits, targets)
+    if reduction not in CE_REDUCTIONS:
+        raise InvalidInput(f"reduction must be one of {CE_REDUCTIONS}, got {reduction!r}")
+    a = softmax(logits, axis=-1)
+    row_grad = Y.sum(axis=-1, keepdims=True) * a - Y
+    g = np.asarray(g, dtype=np.float64)
+    if reduction == "none":
+        return row_grad * g[..., None]
+    if reduction == "mean":
+        n_rows = max(int(np.prod(np.shape(logits)[:-1])), 1)
+        return row_grad * (g / n_rows)
+    return row_grad * g
+
+
+def _se_scale(shape, reduction, half):
+    """The constant ``c`` in ``L = c * sum (p - t)^2`` (before any ``none``)."""
+    c = 0.5 if half else 1.0
+    if reduction == "mean":
+        c /= max(int(np.prod(shape)), 1)
+    elif reduction == "batch_mean":
+        if len(shape) < 1:
+            raise InvalidInput("reduction='batch_mean' needs an array with a batch axis")
+        c /= max(shape[0], 1)
+    return c
+
+
+def squared_error(pred, target, *, reduction="sum", half=False):
+    r"""Squared error with an explicit convention.
+
+    ====================  ===============================================
+    ``reduction``         loss
+    ====================  ===============================================
+    ``"sum"``             ``c * sum (p - t)^2``
+    ``"mean"``            ``c * sum (p - t)^2 / size`` (torch ``MSELoss``)
+    ``"batch_mean"``      ``c * sum (p - t)^2 / N``, ``N = p.shape[0]``
+    ``"none"``            ``c * (p - t)^2`` elementwise
+    ====================  ===============================================
+
+    with ``c = 1/2`` when ``half=True`` and ``c = 1`` otherwise.
+
+    Examples
+    --------
+    >>> float(squared_error(np.array([1.0, 2.0]), np.zeros(2)))
+    5.0
+    >>> float(squared_error(np.array([1.0, 2.0]), np.zeros(2), reduction="mean", half=True))
+    1.25
+    """
+    pred = np.asarray(pred, dtype=np.result_type(pred, np.float64))
+    target = np.asarray(target, dtype=np.result_type(target, np.float64))
+    if pred.shape != target.shape:
+        raise InvalidInput(
+            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
+        )
+    if reduction not in SE_REDUCTIONS:
+        raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
+    c = _se_scale(pred.shape, reduction, half)
+    sq = (pred - target) ** 2
+    return c * sq if reduction == "none" else c * np.sum(sq)
+
+
+def squared_error_vjp(g, pred, target, *, reduction="sum", half=False):
+    r"""VJP of :func:`squared_error`: gradients with respect to ``pred`` and ``target``.
+
+    Derivation
+    ----------
+    ``L = c * sum_i (p_i - t_i)^2`` gives ``dL/dp_i = 2 c (p_i - t_i)`` and
+    ``dL/dt_i = -2 c (p_i - t_i)``. With ``half=True`` the 2 cancels the 1/2;
+    without it, the 2 stays (dropping it is a published mistake). The
+    cotangent ``g`` multiplies (elementwise for ``"none"``).
+
+    Examples
+    --------
+    >>> dp, dt = squared_error_vjp(1.0, np.array([1.0, 2.0]), np.zeros(2))
+    >>> dp.tolist(), dt.tolist()
+    ([2.0, 4.0], [-2.0, -4.0])
+    """
+    pred = np.asarray(pred, dtype=np.result_type(pred, np.float64))
+    target = np.asarray(target, dtype=np.result_type(target, np.float64))
+    if pred.shape != target.shape:
+        raise InvalidInput(
+            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
+        )
+    if reduction not in SE_REDUCTIONS:
+        raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
+    c = _se_scale(pred.shape, reduction, half)
+    dpred = (2.0 * c) * (pred - target) * g
+    return dpred, -dpred

@@ -1,0 +1,108 @@
+"""Softmax and log-softmax along one axis, with hand-derived VJPs.
+
+Both functions normalize along ``axis`` (default: the last, the class axis)
+and treat every other axis as a batch axis: a ``(N, C)`` array is ``N``
+independent rows, a ``(B, T, C)`` array is ``B * T`` rows.
+
+Normalizing over the wrong axis (axis 0, the batch, for a ``(N, C)`` array)
+is one of the most common published mistakes; it is in
+:mod:`reference.pitfalls`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["log_softmax", "log_softmax_vjp", "softmax", "softmax_vjp"]
+
+
+def _shifted(x, axis):
+    """``x - max(x)`` along ``axis``: the same softmax, no overflow in exp."""
+    x = np.asarray(x, dtype=np.result_type(x, np.float64))
+    m = np.max(x, axis=axis, keepdims=True)
+    # A row of all -inf has max -inf; shifting by it would give nan.
+    m = np.where(np.isfinite(m), m, 0.0)
+    return x - m
+
+
+def softmax(x, axis=-1):
+    r"""Softmax ``a_i = exp(x_i) / sum_k exp(x_k)`` along ``axis``.
+
+    The maximum of each row is subtracted first (softmax is invariant to a
+    constant shift), so ``exp`` never overflows: logits of 1e308 are fine.
+
+    Examples
+    --------
+    >>> softmax(np.array([0.0, 0.0])).tolist()
+    [0.5, 0.5]
+    >>> softmax(np.array([1e308, 0.0])).tolist()
+    [1.0, 0.0]
+    """
+    e = np.exp(_shifted(x, axis))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def softmax_vjp(g, x, axis=-1):
+    r"""VJP of :func:`softmax` along ``axis``.
+
+    Derivation
+    ----------
+    For one row, with ``a = softmax(x)``::
+
+        d a_i / d x_j = a_i (delta_ij - a_j)        J = diag(a) - a a^T
+
+    ``J`` is symmetric, so the VJP of a cotangent ``g`` is::
+
+        (g^T J)_j = sum_i g_i a_i (delta_ij - a_j) = a_j g_j - a_j sum_i g_i a_i
+                  = a_j (g_j - <g, a>)
+
+    The off-diagonal part ``- a a^T`` is what makes the ``<g, a>`` term; a
+    derivation that keeps only the diagonal ``a (1 - a)`` drops it and is
+    wrong for every ``g`` that is not constant along the row.
+
+    Examples
+    --------
+    >>> np.allclose(softmax_vjp(np.array([1.0, 1.0]), np.array([3.0, -2.0])), 0.0)
+    True
+    >>> softmax_vjp(np.array([1.0, 0.0]), np.array([0.0, 0.0])).tolist()
+    [0.25, -0.25]
+    """
+    a = softmax(x, axis=axis)
+    return a * (g - np.sum(g * a, axis=axis, keepdims=True))
+
+
+def log_softmax(x, axis=-1):
+    r"""Log-softmax ``x_i - log sum_k exp(x_k)`` along ``axis``.
+
+    Computed as ``s - log(sum(exp(s)))`` with ``s = x - max(x)``, so that it
+    is exact where ``log(softmax(x))`` would give ``log(0) = -inf``.
+
+    Examples
+    --------
+    >>> np.round(log_softmax(np.array([0.0, 0.0])), 6).tolist()
+    [-0.693147, -0.693147]
+    >>> log_softmax(np.array([1000.0, 0.0])).tolist()
+    [0.0, -1000.0]
+    """
+    s = _shifted(x, axis)
+    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+
+
+def log_softmax_vjp(g, x, axis=-1):
+    r"""VJP of :func:`log_softmax` along ``axis``.
+
+    Derivation
+    ----------
+    ``l_i = x_i - log sum_k exp(x_k)``, so
+    ``d l_i / d x_j = delta_ij - a_j`` with ``a = softmax(x)``; the Jacobian
+    is ``I - 1 a^T``. The VJP::
+
+        (g^T J)_j = g_j - a_j sum_i g_i
+
+    Examples
+    --------
+    >>> log_softmax_vjp(np.array([1.0, 0.0]), np.array([0.0, 0.0])).tolist()
+    [0.5, -0.5]
+    """
+    a = softmax(x, axis=axis)
+    return g - a * np.sum(g, axis=axis, keepdims=True)
