@@ -1,0 +1,200 @@
+"""The catalog of published mistakes: every entry is caught, every correction passes.
+
+The first half checks the catalog itself with plain NumPy (each wrong VJP
+really differs from the correct one, in the input it claims, on the inputs it
+supplies). The second half runs every entry through :func:`oracles.check_vjp`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import oracles
+from reference import pitfalls
+from reference._validation import InvalidInput
+from reference.pitfalls import CATALOG, Pitfall, by_name
+
+VALUE_PITFALLS = [p for p in CATALOG if p.wrong_input is not None]
+MUTATING_PITFALLS = [p for p in CATALOG if p.mutates_cotangent]
+# Only a missing transpose needs square shapes to run at all.
+SQUARE_ALLOWED = {"affine_dx_missing_transpose", "affine_dw_missing_transpose"}
+
+
+def _ids(p):
+    return p.name
+
+
+def _as_tuple(grads):
+    return grads if isinstance(grads, tuple) else (grads,)
+
+
+def _cotangent(p, inputs, rng):
+    return rng.standard_normal(np.shape(p.fn(*inputs)))
+
+
+# --- the catalog itself ------------------------------------------------------------
+
+
+def test_catalog_has_every_required_mistake():
+    required = {
+        "softmax_diagonal_jacobian",
+        "softmax_backward_ignores_upstream",
+        "softmax_over_batch_axis",
+        "squared_error_on_softmax_diagonal",
+        "cross_entropy_soft_targets_a_minus_y",
+        "cross_entropy_mean_missing_1_over_n",
+        "cross_entropy_whole_columns",
+        "sigmoid_derivative_of_output_on_input",
+        "sigmoid_derivative_on_output",
+        "tanh_derivative_missing_square",
+        "affine_dx_missing_transpose",
+        "affine_dw_missing_transpose",
+        "affine_db_averaged",
+        "squared_error_missing_factor_2",
+        "relu_backward_in_place",
+    }
+    names = [p.name for p in CATALOG]
+    assert len(names) == len(set(names))
+    assert required <= set(names)
+
+
+@pytest.mark.parametrize("p", CATALOG, ids=_ids)
+def test_entry_is_a_complete_frozen_record(p):
+    assert isinstance(p, Pitfall)
+    assert by_name(p.name) is p
+    for text in (p.summary, p.correct, p.source):
+        assert isinstance(text, str) and len(text) > 10
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.name = "renamed"
+    inputs = p.make_inputs(np.random.default_rng(0))
+    assert len(p.input_names) == len(inputs)
+    assert p.wrong_input is None or 0 <= p.wrong_input < len(inputs)
+    assert (p.wrong_input is None) == p.mutates_cotangent
+
+
+@pytest.mark.parametrize("p", CATALOG, ids=_ids)
+def test_make_inputs_is_float64_reproducible_and_well_shaped(p):
+    a = p.make_inputs(np.random.default_rng(7))
+    b = p.make_inputs(np.random.default_rng(7))
+    c = p.make_inputs(np.random.default_rng(8))
+    assert isinstance(a, tuple)
+    for x, y in zip(a, b, strict=True):
+        assert isinstance(x, np.ndarray) and x.dtype == np.float64
+        assert np.all(np.isfinite(x))
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+    matrices = [x for x in a if x.ndim == 2]
+    if p.name in SQUARE_ALLOWED:
+        assert any(m.shape[0] == m.shape[1] for m in matrices)
+    else:
+        # Shapes alone must not give the mistake away.
+        assert all(m.shape[0] != m.shape[1] for m in matrices)
+    for m in matrices:
+        assert min(m.shape) >= 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("p", VALUE_PITFALLS, ids=_ids)
+def test_wrong_vjp_differs_only_in_the_wrong_input(p, seed):
+    rng = np.random.default_rng(seed)
+    inputs = p.make_inputs(rng)
+    g = _cotangent(p, inputs, rng)
+    wrong = _as_tuple(p.wrong_vjp(g.copy(), *inputs))
+    right = _as_tuple(p.correct_vjp(g.copy(), *inputs))
+    assert len(wrong) == len(right) == len(inputs)
+    for i, (w, r, x) in enumerate(zip(wrong, right, inputs, strict=True)):
+        assert np.shape(w) == np.shape(r) == x.shape
+        if i == p.wrong_input:
+            rel = np.max(np.abs(w - r)) / np.max(np.abs(r))
+            assert rel > 1e-2, f"{p.input_names[i]}: relative difference only {rel:.2e}"
+        else:
+            np.testing.assert_allclose(w, r, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("p", CATALOG, ids=_ids)
+def test_vjps_leave_the_inputs_alone(p):
+    rng = np.random.default_rng(3)
+    inputs = p.make_inputs(rng)
+    saved = [x.copy() for x in inputs]
+    g = _cotangent(p, inputs, rng)
+    p.correct_vjp(g.copy(), *inputs)
+    p.wrong_vjp(g.copy(), *inputs)
+    for x, s in zip(inputs, saved, strict=True):
+        np.testing.assert_array_equal(x, s)
+
+
+@pytest.mark.parametrize("p", MUTATING_PITFALLS, ids=_ids)
+def test_mutating_vjp_has_right_values_but_changes_the_callers_cotangent(p):
+    rng = np.random.default_rng(4)
+    inputs = p.make_inputs(rng)
+    g = _cotangent(p, inputs, rng)
+    g_before = g.copy()
+    right = p.correct_vjp(g_before.copy(), *inputs)
+    np.testing.assert_array_equal(p.wrong_vjp(g, *inputs), right)
+    assert not np.array_equal(g, g_before), "the caller's cotangent should have changed"
+    # The correct VJP leaves it alone.
+    g2 = g_before.copy()
+    p.correct_vjp(g2, *inputs)
+    np.testing.assert_array_equal(g2, g_before)
+
+
+@pytest.mark.parametrize("name", ["", "softmax", "SOFTMAX_DIAGONAL_JACOBIAN", None, 3])
+def test_by_name_rejects_unknown_names_listing_the_known_ones(name):
+    with pytest.raises(InvalidInput, match="softmax_diagonal_jacobian"):
+        by_name(name)
+
+
+def test_module_exports():
+    assert set(pitfalls.__all__) == {"CATALOG", "Pitfall", "by_name"}
+
+
+# --- the oracle against the catalog ----------------------------------------------------
+
+
+def _failed_inputs(report):
+    return [i for i, r in enumerate(report.inputs) if not r.ok]
+
+
+@pytest.mark.parametrize("p", VALUE_PITFALLS, ids=_ids)
+def test_oracle_flags_the_wrong_vjp_at_the_wrong_input(p):
+    inputs = p.make_inputs(np.random.default_rng(11))
+    report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, seed=0)
+    assert report.ok is False, str(report)
+    assert _failed_inputs(report) == [p.wrong_input], str(report)
+
+
+@pytest.mark.parametrize("p", MUTATING_PITFALLS, ids=_ids)
+def test_oracle_flags_a_vjp_that_modifies_its_cotangent(p):
+    inputs = p.make_inputs(np.random.default_rng(11))
+    report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, seed=0)
+    assert report.ok is False, str(report)
+    assert "modif" in str(report).lower(), str(report)
+
+
+@pytest.mark.parametrize("p", CATALOG, ids=_ids)
+def test_oracle_passes_the_correct_vjp(p):
+    inputs = p.make_inputs(np.random.default_rng(11))
+    report = oracles.check_vjp(p.fn, p.correct_vjp, inputs, seed=0)
+    assert report.ok is True, str(report)
+    assert _failed_inputs(report) == []
+
+
+def _shifted_sigmoid(x):
+    # A published forward: 1 / (1 + exp(-x + 1e-9)).
+    return 1.0 / (1.0 + np.exp(-x + 1e-9))
+
+
+def _shifted_sigmoid_vjp(g, x):
+    s = _shifted_sigmoid(x)
+    return g * s * (1.0 - s)
+
+
+def test_oracle_passes_a_shifted_sigmoid_with_its_own_derivative():
+    # Not a pitfall: the backward is the exact derivative of the forward as
+    # written (see the module notes); an oracle must not flag it.
+    x = np.random.default_rng(5).uniform(-4.0, 4.0, size=(5, 4))
+    report = oracles.check_vjp(_shifted_sigmoid, _shifted_sigmoid_vjp, (x,), seed=0)
+    assert report.ok is True, str(report)
