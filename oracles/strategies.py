@@ -247,7 +247,9 @@ def _scaled_arrays(draw, shape, scale, offset, elements):
     s = _draw_number(draw, "scale", scale, positive=True)
     c = _draw_number(draw, "offset", offset, positive=False)
     # np.asarray: arithmetic on a 0-d array gives a NumPy scalar, not an array.
-    out = np.asarray(draw(hnp.arrays(np.float64, shape, elements=_UNIT)) * s + c)
+    u = draw(hnp.arrays(np.float64, shape, elements=_UNIT))
+    with np.errstate(over="ignore"):
+        out = np.asarray(u * s + c)
     # A scale near the largest float could overflow: refuse it loudly.
     if not np.all(np.isfinite(out)):
         raise InvalidArgument(f"scale={s} and offset={c} overflow float64")
@@ -347,8 +349,9 @@ def logits(shape=None, *, scale=None, offset=0.0) -> SearchStrategy[np.ndarray]:
     """Class scores (logits) of random magnitude, classes on the last axis.
 
     Each entry is ``u * scale + offset`` with ``u`` drawn from ``[-1, 1]``.
-    Large scales saturate the softmax (probabilities of exactly 0 and 1 in
-    float64); a large ``offset`` (softmax is invariant to it) catches code
+    Large scales saturate the softmax: at a spread of 500 within a row the
+    largest probability rounds to exactly 1 in float64, above about 745 the
+    smallest underflow to exactly 0. A large ``offset`` (softmax is invariant to it) catches code
     that exponentiates without subtracting the row maximum, and numerics
     whose step is relative to ``|x|``.
 
