@@ -182,6 +182,47 @@ def test_oracle_passes_the_correct_vjp(p):
     assert _failed_inputs(report) == []
 
 
+def _native_pitfalls():
+    """Entries whose forward is a reference op with torch and jax equivalents."""
+    import reference
+    from oracles.native import NATIVE_OPS
+
+    return [
+        (p, NATIVE_OPS[p.fn.__name__])
+        for p in VALUE_PITFALLS
+        if p.fn.__name__ in NATIVE_OPS and getattr(reference, p.fn.__name__) is p.fn
+    ]
+
+
+NATIVE_PITFALLS = _native_pitfalls()
+
+
+def test_several_entries_can_be_checked_against_the_frameworks():
+    assert len(NATIVE_PITFALLS) >= 8
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("p", "native"), NATIVE_PITFALLS, ids=[p.name for p, _ in NATIVE_PITFALLS])
+def test_torch_oracle_flags_the_wrong_vjp_at_the_wrong_input(p, native):
+    inputs = p.make_inputs(np.random.default_rng(12))
+    report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, against="torch", torch_fn=native.torch)
+    assert report.ok is False, str(report)
+    assert _failed_inputs(report) == [p.wrong_input], str(report)
+    report = oracles.check_vjp(p.fn, p.correct_vjp, inputs, against="torch", torch_fn=native.torch)
+    assert report.ok is True, str(report)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize(("p", "native"), NATIVE_PITFALLS, ids=[p.name for p, _ in NATIVE_PITFALLS])
+def test_jax_oracle_flags_the_wrong_vjp_at_the_wrong_input(p, native):
+    inputs = p.make_inputs(np.random.default_rng(13))
+    report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, against="jax", jax_fn=native.jax)
+    assert report.ok is False, str(report)
+    assert _failed_inputs(report) == [p.wrong_input], str(report)
+    report = oracles.check_vjp(p.fn, p.correct_vjp, inputs, against="jax", jax_fn=native.jax)
+    assert report.ok is True, str(report)
+
+
 def _shifted_sigmoid(x):
     # A published forward: 1 / (1 + exp(-x + 1e-9)).
     return 1.0 / (1.0 + np.exp(-x + 1e-9))
