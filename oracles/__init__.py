@@ -1,0 +1,34 @@
+"""Oracles that judge a hand-written gradient.
+
+``check_vjp`` compares a vector-Jacobian product you derived by hand with
+central-difference numerics (with their own error estimates), PyTorch
+autograd and JAX grad, and returns a report that points at the wrong
+element; ``assert_vjp`` raises :class:`GradientMismatch` with that report.
+"""
+
+from oracles.check import assert_vjp, check_vjp
+from oracles.errors import (
+    BackendUnavailable,
+    GradientMismatch,
+    InvalidArgument,
+    InvalidArgumentType,
+    NonDeterministicFunction,
+    OraclesError,
+    UserFunctionError,
+)
+from oracles.numerics import numeric_vjp
+from oracles.report import Report
+
+__all__ = [
+    "BackendUnavailable",
+    "GradientMismatch",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "NonDeterministicFunction",
+    "OraclesError",
+    "Report",
+    "UserFunctionError",
+    "assert_vjp",
+    "check_vjp",
+    "numeric_vjp",
+]

@@ -1,0 +1,159 @@
+"""Argument validation shared by the entry points: clear errors naming the argument."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
+
+__all__ = [
+    "as_cotangent",
+    "as_inputs",
+    "check_callable",
+    "check_tolerance",
+    "normalize_gradients",
+]
+
+_FLOAT_KINDS = "f"
+
+
+def _as_float64(value, name):
+    """One array-like -> a fresh float64 C-contiguous copy, or a clear error."""
+    if value is None:
+        raise InvalidArgumentType(f"{name} is None; expected an array or a number")
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentType(
+                f"{name} could not be converted to an array ({exc}); expected a numeric array"
+            ) from exc
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise InvalidArgumentType(
+            f"{name} has dtype bool; booleans have no derivative. Close over it in fn "
+            "instead of passing it as an input"
+        )
+    if kind == "c":
+        raise InvalidArgumentType(
+            f"{name} has complex dtype {arr.dtype}; check_vjp differentiates real inputs. "
+            "Pass real and imaginary parts as separate real inputs"
+        )
+    if kind not in "fiu":
+        raise InvalidArgumentType(f"{name} has dtype {arr.dtype}; expected a real numeric array")
+    out = np.array(arr, dtype=np.float64, order="C", copy=True)
+    if not np.all(np.isfinite(out)):
+        bad = np.argwhere(~np.isfinite(out))
+        where = tuple(int(i) for i in bad[0]) if out.ndim else ()
+        raise InvalidArgument(
+            f"{name} contains NaN or inf (first at index {where}); a derivative can only be "
+            "checked at a finite point"
+        )
+    return out, arr.dtype
+
+
+def as_inputs(inputs, names=None):
+    """Validate ``inputs`` (a tuple of arrays) -> (float64 copies, original dtypes).
+
+    A bare array is accepted as a single input. Returns a list of arrays when
+    called with ``names``; the dtypes are returned via :func:`input_dtypes`.
+    """
+    if isinstance(inputs, np.ndarray) or isinstance(inputs, numbers.Number):
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)):
+        raise InvalidArgumentType(
+            f"inputs must be a tuple of arrays (one per argument of fn), got {type(inputs).__name__}"
+        )
+    if len(inputs) == 0:
+        raise InvalidArgument("inputs is empty; fn needs at least one input to differentiate")
+    out = []
+    for k, x in enumerate(inputs):
+        name = names[k] if names else f"inputs[{k}]"
+        arr, _ = _as_float64(x, name)
+        out.append(arr)
+    return out
+
+
+def input_dtypes(inputs):
+    """The dtypes of the user's inputs as given (for the report's notes)."""
+    if isinstance(inputs, np.ndarray) or isinstance(inputs, numbers.Number):
+        inputs = (inputs,)
+    return [np.asarray(x).dtype for x in inputs]
+
+
+def as_cotangent(cotangent, shape=None):
+    """Validate a cotangent -> float64 copy; with ``shape``, it must match."""
+    arr, _ = _as_float64(cotangent, "cotangent")
+    if shape is not None and arr.shape != tuple(shape):
+        raise InvalidArgument(
+            f"cotangent must have the shape of fn's output {tuple(shape)}, got {arr.shape}"
+        )
+    return arr
+
+
+def check_callable(obj, name):
+    if not callable(obj):
+        raise InvalidArgumentType(f"{name} must be callable, got {type(obj).__name__}")
+
+
+def check_tolerance(value, name):
+    """``None`` or a finite non-negative float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentType(f"{name} must be a non-negative real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise InvalidArgument(f"{name} must be finite and >= 0, got {value!r}")
+    return value
+
+
+def normalize_gradients(result, shapes, names, who="vjp"):
+    """The user's VJP result -> list of float64 arrays, one per input, or a clear error.
+
+    NaN/inf values are kept (they are reported as mismatches, never as
+    agreement).
+    """
+    n = len(shapes)
+    if isinstance(result, (tuple, list)):
+        grads = list(result)
+    elif n == 1:
+        grads = [result]
+    else:
+        raise UserFunctionError(
+            f"{who} returned a single {type(result).__name__}, but there are {n} inputs; "
+            f"it must return a tuple of {n} gradients (one per input, in order)"
+        )
+    if len(grads) != n:
+        raise UserFunctionError(
+            f"{who} returned {len(grads)} gradients, but there are {n} inputs ({', '.join(names)}); "
+            "it must return one gradient per input, in order"
+        )
+    out = []
+    for g, shape, name in zip(grads, shapes, names, strict=True):
+        if g is None:
+            raise UserFunctionError(
+                f"{who} returned None as the gradient of {name}; return zeros of shape {shape} "
+                "when the output does not depend on it"
+            )
+        try:
+            arr = np.asarray(g)
+        except (ValueError, TypeError) as exc:
+            raise UserFunctionError(
+                f"{who} returned a gradient of {name} that is not an array ({type(g).__name__})"
+            ) from exc
+        if arr.dtype.kind not in "fiu":
+            raise UserFunctionError(
+                f"{who} returned a gradient of {name} with dtype {arr.dtype}; expected real numbers"
+            )
+        if arr.shape != tuple(shape):
+            raise UserFunctionError(
+                f"{who} returned a gradient of {name} with shape {arr.shape}; expected {tuple(shape)} "
+                "(the shape of the input)"
+            )
+        out.append(np.array(arr, dtype=np.float64, copy=True))
+    return out

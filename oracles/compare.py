@@ -1,0 +1,141 @@
+"""Elementwise comparison of an analytic gradient with a reference, error-aware.
+
+The rule, for every element::
+
+    |analytic - reference| <= atol + rtol * |reference| + error
+
+where ``error`` is the reference's own error estimate (for central
+differences: what the step ladder says it may be off by; for autodiff:
+rounding, see :func:`autodiff_error`). With the defaults ``atol = rtol = 0``
+the tolerance is exactly what the numerics can explain, so a VJP off by a
+relative 1e-6 is flagged wherever the numerics are better than that (on
+well-conditioned inputs they are good to about 1e-10 relative).
+
+At a kink (the numeric oracle saw one-sided slopes that differ by a jump
+that does not shrink with the step) any value between the two one-sided
+slopes is a valid subgradient and is accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from oracles.numerics import EPS
+
+__all__ = ["Comparison", "autodiff_error", "compare"]
+
+#: Rounding model of an autodiff (or hand-written) float64 gradient, relative to
+#: the element and to the largest element of its tensor.
+AUTODIFF_ELEMENT_ULPS = 64.0
+AUTODIFF_TENSOR_ULPS = 16.0
+
+
+@dataclass
+class Comparison:
+    """Per-element outcome of comparing one input's gradient with one oracle."""
+
+    analytic: np.ndarray
+    reference: np.ndarray
+    error_estimate: np.ndarray
+    tolerance: np.ndarray
+    abs_error: np.ndarray
+    rel_error: np.ndarray
+    passed: np.ndarray
+    kink: np.ndarray
+
+    @property
+    def ok(self):
+        return bool(np.all(self.passed))
+
+    @property
+    def n_failed(self):
+        return int(np.size(self.passed) - np.count_nonzero(self.passed))
+
+    @property
+    def max_abs_error(self):
+        return float(np.max(self.abs_error)) if self.abs_error.size else 0.0
+
+    @property
+    def max_rel_error(self):
+        return float(np.max(self.rel_error)) if self.rel_error.size else 0.0
+
+    def worst(self, limit=10):
+        """Flat indices of the worst elements: failures first, by error / tolerance."""
+        if self.abs_error.size == 0:
+            return np.zeros(0, dtype=np.intp)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(
+                self.tolerance > 0, self.abs_error / self.tolerance, np.inf * (self.abs_error > 0)
+            )
+        ratio = np.where(np.isnan(ratio), np.inf, ratio).ravel()
+        failed = ~self.passed.ravel()
+        key = np.lexsort((-ratio, ~failed))
+        return key[:limit]
+
+
+def autodiff_error(reference):
+    """Rounding-level error estimate for an autodiff reference gradient.
+
+    ``64 eps |r| + 16 eps max|r|``: an autodiff system and a correct hand
+    derivation compute the same float64 expressions in a different order;
+    their disagreement is a few ulps of the element, or of the tensor's scale
+    where an element is the difference of larger terms (a softmax gradient
+    ``a (g - <g, a>)`` near zero).
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return AUTODIFF_ELEMENT_ULPS * EPS * np.abs(reference) + AUTODIFF_TENSOR_ULPS * EPS * scale
+
+
+def compare(analytic, reference, error_estimate, *, atol=0.0, rtol=0.0, kink=None, left=None, right=None):
+    """Compare ``analytic`` with ``reference`` elementwise (see the module notes).
+
+    Parameters
+    ----------
+    analytic, reference, error_estimate : ndarray
+        Same shape. NaN anywhere never counts as agreement.
+    atol, rtol : float
+        NumPy's meaning, added to the error estimate.
+    kink, left, right : ndarray, optional
+        Where ``kink`` is True, values in ``[min(left, right), max(left, right)]``
+        (widened by the tolerance) pass.
+
+    Returns
+    -------
+    Comparison
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = compare(np.array([1.0, 2.0]), np.array([1.0, 2.1]), np.array([1e-9, 1e-9]))
+    >>> c.passed.tolist(), c.n_failed
+    ([True, False], 1)
+    """
+    a = np.asarray(analytic, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    est = np.asarray(error_estimate, dtype=np.float64)
+    tol = atol + rtol * np.abs(r) + est
+    with np.errstate(invalid="ignore", divide="ignore"):
+        abs_err = np.abs(a - r)
+        rel_err = np.where(abs_err == 0, 0.0, abs_err / np.abs(r))
+    passed = abs_err <= tol  # NaN compares False
+    if kink is None:
+        kink = np.zeros(a.shape, dtype=bool)
+    else:
+        kink = np.asarray(kink, dtype=bool).reshape(a.shape)
+        lo = np.minimum(left, right).reshape(a.shape)
+        hi = np.maximum(left, right).reshape(a.shape)
+        inside = (a >= lo - tol) & (a <= hi + tol)
+        passed = passed | (kink & inside)
+    return Comparison(
+        analytic=a,
+        reference=r,
+        error_estimate=est,
+        tolerance=tol,
+        abs_error=abs_err,
+        rel_error=rel_err,
+        passed=passed,
+        kink=kink,
+    )
