@@ -42,7 +42,15 @@ from hypothesis.strategies import SearchStrategy
 
 from oracles.errors import InvalidArgument, InvalidArgumentType
 
+#: What a ``shape`` argument accepts.
+_ShapeLike = tuple[int, ...] | int | SearchStrategy[tuple[int, ...]]
+#: What a ``scale`` or ``offset`` argument accepts.
+_NumberLike = float | SearchStrategy[float]
+
 __all__ = [
+    "ARRAY_SCALES",
+    "COTANGENT_SCALES",
+    "LOGIT_SCALES",
     "affine_inputs",
     "arrays",
     "axes",
@@ -161,7 +169,9 @@ def _draw_shape(draw, name, strategy, *, min_dims=0):
 # --------------------------------------------------------------------------- shapes, axes
 
 
-def shapes(*, min_dims=1, max_dims=4, min_side=1, max_side=7) -> SearchStrategy[tuple[int, ...]]:
+def shapes(
+    *, min_dims: int = 1, max_dims: int = 4, min_side: int = 1, max_side: int = 7
+) -> SearchStrategy[tuple[int, ...]]:
     """Array shapes: ``min_dims`` to ``max_dims`` axes of ``min_side`` to ``max_side`` each.
 
     The default range (1 to 7 per side) covers the sizes where hand-written
@@ -200,7 +210,7 @@ def shapes(*, min_dims=1, max_dims=4, min_side=1, max_side=7) -> SearchStrategy[
     )
 
 
-def axes(ndim) -> SearchStrategy[int]:
+def axes(ndim: int) -> SearchStrategy[int]:
     """A valid axis of an ``ndim``-dimensional array, negative or non-negative.
 
     Draws from ``-ndim, ..., ndim - 1``, so a function that handles ``axis=1``
@@ -256,7 +266,12 @@ def _scaled_arrays(draw, shape, scale, offset, elements):
     return out
 
 
-def arrays(shape=None, *, scale=None, elements=None) -> SearchStrategy[np.ndarray]:
+def arrays(
+    shape: _ShapeLike | None = None,
+    *,
+    scale: _NumberLike | None = None,
+    elements: SearchStrategy[float] | None = None,
+) -> SearchStrategy[np.ndarray]:
     """Finite float64 arrays of random shape and magnitude.
 
     Each entry is ``u * scale`` with ``u`` drawn from ``[-1, 1]``, and
@@ -302,7 +317,9 @@ def arrays(shape=None, *, scale=None, elements=None) -> SearchStrategy[np.ndarra
     return _scaled_arrays(shape_s, scale_s, st.just(0.0), None)
 
 
-def cotangents(shape, *, scale=None) -> SearchStrategy[np.ndarray]:
+def cotangents(
+    shape: _ShapeLike, *, scale: _NumberLike | None = None
+) -> SearchStrategy[np.ndarray]:
     """Cotangents (upstream gradients) for an output of the given shape.
 
     The same as :func:`arrays` with moderate default magnitudes (1, 0.1 or
@@ -345,7 +362,12 @@ def _default_class_shapes():
     )
 
 
-def logits(shape=None, *, scale=None, offset=0.0) -> SearchStrategy[np.ndarray]:
+def logits(
+    shape: _ShapeLike | None = None,
+    *,
+    scale: _NumberLike | None = None,
+    offset: _NumberLike = 0.0,
+) -> SearchStrategy[np.ndarray]:
     """Class scores (logits) of random magnitude, classes on the last axis.
 
     Each entry is ``u * scale + offset`` with ``u`` drawn from ``[-1, 1]``.
@@ -399,7 +421,7 @@ def _ensure_class_axis(shape_strategy):
 # --------------------------------------------------------------------------- targets
 
 
-def class_labels(n_classes, batch_shape) -> SearchStrategy[np.ndarray]:
+def class_labels(n_classes: int, batch_shape: _ShapeLike) -> SearchStrategy[np.ndarray]:
     """Integer class labels in ``[0, n_classes)``, int64, of shape ``batch_shape``.
 
     Parameters
@@ -465,7 +487,9 @@ def _probability_targets(draw, shape, normalized):
     return np.asarray(p * totals)
 
 
-def probability_targets(shape=None, *, normalized=True) -> SearchStrategy[np.ndarray]:
+def probability_targets(
+    shape: _ShapeLike | None = None, *, normalized: bool | None = True
+) -> SearchStrategy[np.ndarray]:
     """Non-negative float64 probability targets, one row per sample on the last axis.
 
     Parameters
@@ -513,7 +537,12 @@ def _logits_and_targets(draw, shape, scale, offset, targets, normalized):
 
 
 def logits_and_targets(
-    shape=None, *, scale=None, offset=0.0, targets="any", normalized=None
+    shape: _ShapeLike | None = None,
+    *,
+    scale: _NumberLike | None = None,
+    offset: _NumberLike = 0.0,
+    targets: str = "any",
+    normalized: bool | None = None,
 ) -> SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Pairs ``(logits, targets)`` with matching shapes, for a cross-entropy.
 
@@ -582,7 +611,11 @@ def _size_strategy(name, value):
 
 
 def affine_inputs(
-    *, batch_shape=None, n_in=None, n_out=None, scale=None
+    *,
+    batch_shape: _ShapeLike | None = None,
+    n_in: int | SearchStrategy[int] | None = None,
+    n_out: int | SearchStrategy[int] | None = None,
+    scale: _NumberLike | None = None,
 ) -> SearchStrategy[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Triples ``(x, W, b)`` for ``x @ W + b`` with consistent shapes.
 

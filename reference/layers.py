@@ -29,6 +29,7 @@ where layer code usually goes wrong, so it follows these rules:
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from reference._validation import InvalidInput
 from reference.activations import relu, relu_vjp, sigmoid, sigmoid_vjp, tanh, tanh_vjp
@@ -88,17 +89,17 @@ class _Elementwise:
     _fn = None
     _vjp = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._x = None
         self._out_shape = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         x = np.array(x)  # a copy: backward must see the x of this forward
         out = type(self)._fn(x)
         self._x, self._out_shape = x, np.shape(out)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> np.ndarray:
         _require_forward(self)
         return type(self)._vjp(_check_dout(self, dout), self._x)
 
@@ -177,14 +178,14 @@ class Softmax:
     [[0.25, -0.25]]
     """
 
-    def __init__(self, *, axis=-1):
+    def __init__(self, *, axis: int = -1) -> None:
         if not isinstance(axis, int | np.integer) or isinstance(axis, bool):
             raise InvalidInput(f"axis must be an int, got {axis!r}")
         self.axis = int(axis)
         self._x = None
         self._out_shape = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         x = np.array(x)
         if not -x.ndim <= self.axis < x.ndim:
             raise InvalidInput(f"axis {self.axis} is out of range for x of shape {x.shape}")
@@ -192,7 +193,7 @@ class Softmax:
         self._x, self._out_shape = x, out.shape
         return out
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> np.ndarray:
         _require_forward(self)
         return softmax_vjp(_check_dout(self, dout), self._x, axis=self.axis)
 
@@ -229,7 +230,7 @@ class Affine:
     ((4, 3), (3, 2), [4.0, 4.0])
     """
 
-    def __init__(self, W, b):
+    def __init__(self, W: ArrayLike, b: ArrayLike) -> None:
         W = np.asarray(W)
         b = np.asarray(b)
         if W.ndim != 2:
@@ -246,7 +247,7 @@ class Affine:
         self._x = None
         self._out_shape = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         x = np.array(x)
         if x.ndim < 1 or x.shape[-1] != self.W.shape[0]:
             raise InvalidInput(
@@ -257,7 +258,7 @@ class Affine:
         self._x, self._out_shape = x, out.shape
         return out
 
-    def backward(self, dout):
+    def backward(self, dout: ArrayLike) -> np.ndarray:
         _require_forward(self)
         dx, self.dW, self.db = affine_vjp(_check_dout(self, dout), self._x, self.W, self.b)
         return dx
@@ -296,7 +297,7 @@ class SoftmaxWithLoss:
     [[-0.375, 0.125, 0.125, 0.125], [0.125, 0.125, 0.125, -0.375]]
     """
 
-    def __init__(self, *, reduction="mean"):
+    def __init__(self, *, reduction: str = "mean") -> None:
         if reduction not in CE_REDUCTIONS:
             raise InvalidInput(f"reduction must be one of {CE_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
@@ -304,14 +305,14 @@ class SoftmaxWithLoss:
         self._targets = None
         self._out_shape = None
 
-    def forward(self, logits, targets):
+    def forward(self, logits: ArrayLike, targets: ArrayLike) -> np.ndarray:
         logits = np.array(logits)
         targets = np.array(targets)
         loss = cross_entropy(logits, targets, reduction=self.reduction)
         self._logits, self._targets, self._out_shape = logits, targets, np.shape(loss)
         return loss
 
-    def backward(self, dout=1.0):
+    def backward(self, dout: ArrayLike = 1.0) -> np.ndarray:
         _require_forward(self)
         dout = _check_dout(self, dout, scalar_ok=True)
         return cross_entropy_vjp(dout, self._logits, self._targets, reduction=self.reduction)
@@ -349,7 +350,7 @@ class SquaredErrorLoss:
     [1.0, 2.0]
     """
 
-    def __init__(self, *, reduction="sum", half=False):
+    def __init__(self, *, reduction: str = "sum", half: bool = False) -> None:
         if reduction not in SE_REDUCTIONS:
             raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
         if not isinstance(half, bool | np.bool_):
@@ -360,14 +361,14 @@ class SquaredErrorLoss:
         self._target = None
         self._out_shape = None
 
-    def forward(self, pred, target):
+    def forward(self, pred: ArrayLike, target: ArrayLike) -> np.ndarray:
         pred = np.array(pred)
         target = np.array(target)
         loss = squared_error(pred, target, reduction=self.reduction, half=self.half)
         self._pred, self._target, self._out_shape = pred, target, np.shape(loss)
         return loss
 
-    def backward(self, dout=1.0):
+    def backward(self, dout: ArrayLike = 1.0) -> np.ndarray:
         _require_forward(self)
         dout = _check_dout(self, dout, scalar_ok=True)
         dpred, _ = squared_error_vjp(
