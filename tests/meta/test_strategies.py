@@ -325,12 +325,15 @@ def test_strategies_are_search_strategies():
         S.affine_inputs(),
     ]
     assert all(isinstance(s, SearchStrategy) for s in built)
-    assert sorted(S.__all__) == sorted(
+    public_functions = sorted(
         name
         for name in dir(S)
         if not name.startswith("_")
         and callable(getattr(S, name))
         and getattr(getattr(S, name), "__module__", None) == S.__name__
+    )
+    assert sorted(S.__all__) == sorted(
+        public_functions + ["ARRAY_SCALES", "COTANGENT_SCALES", "LOGIT_SCALES"]
     )
 
 
