@@ -164,6 +164,8 @@ def test_oracle_flags_the_wrong_vjp_at_the_wrong_input(p):
     report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, seed=0)
     assert report.ok is False, str(report)
     assert _failed_inputs(report) == [p.wrong_input], str(report)
+    # The report names the input as the forward's signature does.
+    assert report.inputs[p.wrong_input].name == p.input_names[p.wrong_input]
 
 
 @pytest.mark.parametrize("p", MUTATING_PITFALLS, ids=_ids)
