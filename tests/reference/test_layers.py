@@ -9,9 +9,10 @@ the caller passed is modified, the cache is a copy, ``backward`` before
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oracles import assert_vjp
 from oracles.strategies import (
     affine_inputs,
     arrays,
@@ -338,3 +339,59 @@ def test_cached_inputs_are_private():
         if not name.startswith("_") and isinstance(value, np.ndarray)
     )
     assert public_arrays == ["W", "b", "dW", "db"]
+
+
+# --------------------------------------------------------------------------- against the oracle
+
+
+def _layer_as_functions(make_layer, n_params=0):
+    """``fn(*inputs, *params)`` and ``vjp(g, ...)`` built from fresh layer objects."""
+
+    def fn(*args):
+        inputs, params = args[: len(args) - n_params], args[len(args) - n_params :]
+        return make_layer(*params).forward(*inputs)
+
+    def vjp(g, *args):
+        inputs, params = args[: len(args) - n_params], args[len(args) - n_params :]
+        layer = make_layer(*params)
+        layer.forward(*inputs)
+        dx = layer.backward(g)
+        return (dx, layer.dW, layer.db) if n_params else dx
+
+    return fn, vjp
+
+
+@settings(max_examples=40, deadline=None)
+@given(xwb=affine_inputs(), seed=st.integers(0, 2**16))
+def test_affine_layer_passes_the_numeric_oracle(xwb, seed):
+    fn, vjp = _layer_as_functions(Affine, n_params=2)
+    assert_vjp(fn, vjp, xwb, seed=seed)
+
+
+@pytest.mark.parametrize("Layer", [Tanh, Sigmoid, Relu, Softmax], ids=lambda c: c.__name__)
+@settings(max_examples=30, deadline=None)
+@given(x=arrays(shapes(max_dims=3, max_side=5)), seed=st.integers(0, 2**16))
+def test_activation_layers_pass_the_numeric_oracle(Layer, x, seed):
+    fn, vjp = _layer_as_functions(Layer)
+    assert_vjp(fn, vjp, (x,), seed=seed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(zt=logits_and_targets(), reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_softmax_with_loss_layer_passes_the_numeric_oracle(zt, reduction):
+    z, t = zt
+    fn, vjp = _layer_as_functions(lambda: SoftmaxWithLoss(reduction=reduction))
+    assert_vjp(lambda z: fn(z, t), lambda g, z: vjp(g, z, t), (z,), seed=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    data=st.data(),
+    pred=arrays(shapes(max_dims=3, max_side=5)),
+    reduction=st.sampled_from(["sum", "mean", "batch_mean", "none"]),
+    half=st.booleans(),
+)
+def test_squared_error_loss_layer_passes_the_numeric_oracle(data, pred, reduction, half):
+    target = data.draw(arrays(pred.shape), label="target")
+    fn, vjp = _layer_as_functions(lambda: SquaredErrorLoss(reduction=reduction, half=half))
+    assert_vjp(lambda p: fn(p, target), lambda g, p: vjp(g, p, target), (pred,), seed=0)
