@@ -372,13 +372,19 @@ def test_affine_layer_passes_the_numeric_oracle(xwb, seed):
 @settings(max_examples=30, deadline=None)
 @given(x=arrays(shapes(max_dims=3, max_side=5)), seed=st.integers(0, 2**16))
 def test_activation_layers_pass_the_numeric_oracle(Layer, x, seed):
+    if Layer is Relu:
+        # Central differences cannot resolve a point closer to the kink at 0 than
+        # their step; relu_vjp at and near its kink is judged in the op-level tests.
+        x = x + np.where(x >= 0, 0.25, -0.25)
     fn, vjp = _layer_as_functions(Layer)
     assert_vjp(fn, vjp, (x,), seed=seed)
 
 
 @settings(max_examples=30, deadline=None)
-@given(zt=logits_and_targets(), reduction=st.sampled_from(["mean", "sum", "none"]))
+@given(zt=logits_and_targets(scale=1.0), reduction=st.sampled_from(["mean", "sum", "none"]))
 def test_softmax_with_loss_layer_passes_the_numeric_oracle(zt, reduction):
+    # Well-conditioned logits: this checks the layer's bookkeeping (the bit-for-bit
+    # test above ties it to cross_entropy_vjp); saturated logits are op-level tests.
     z, t = zt
     fn, vjp = _layer_as_functions(lambda: SoftmaxWithLoss(reduction=reduction))
     assert_vjp(lambda z: fn(z, t), lambda g, z: vjp(g, z, t), (z,), seed=0)
