@@ -113,7 +113,11 @@ REJECTIONS = [
     ("short magic", b"\x00\x00\x08", r"magic number alone needs 4"),
     ("float32 idx", b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + b"\0" * 4, r"float32"),
     ("2-d ubyte", b"\x00\x00\x08\x02" + (1).to_bytes(4, "big") * 2 + b"\0", r"2 dimensions"),
-    ("png file", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, r"not an MNIST IDX file: magic number 0x89504E47"),
+    (
+        "png file",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+        r"not an MNIST IDX file: magic number 0x89504E47",
+    ),
     ("truncated dims", b"\x00\x00\x08\x03" + (5).to_bytes(4, "big"), r"truncated IDX header"),
     ("truncated data", _good_labels()[:-3], r"announces shape \(10,\) = 10 bytes.*only 7"),
     ("too long", _good_labels() + b"\x01", r"too long"),
@@ -122,7 +126,9 @@ REJECTIONS = [
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
-@pytest.mark.parametrize(("data", "message"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS])
+@pytest.mark.parametrize(
+    ("data", "message"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS]
+)
 def test_rejects_malformed_files_with_a_clear_message(tmp_path, data, message, compress):
     path = _write(tmp_path / "bad.idx", data, compress=compress)
     with pytest.raises(IDXFormatError, match=message) as info:
@@ -195,7 +201,9 @@ def _mutated_idx(draw):
     return data
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.one_of(st.binary(max_size=64), _mutated_idx()), compress=st.booleans())
 @example(data=b"\x00\x00\x08\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", compress=False)
 @example(data=b"\x1f\x8b\x08\x00", compress=False)
