@@ -17,9 +17,9 @@ import numpy as np
 
 from oracles._validation import as_cotangent, as_inputs, check_callable
 from oracles.errors import BackendUnavailable, UserFunctionError
-from oracles.torch_backend import ROUNDING_FACTOR, error_estimate
+from oracles.torch_backend import ROUNDING_FACTOR, TINY, error_estimate
 
-__all__ = ["ROUNDING_FACTOR", "error_estimate", "jax_vjp"]
+__all__ = ["ROUNDING_FACTOR", "TINY", "error_estimate", "jax_vjp"]
 
 
 def _import_jax():
@@ -92,8 +92,9 @@ def jax_vjp(jax_fn, inputs, cotangent):
     64-bit mode is enabled for this call only. A ``jax_fn`` jitted before
     the call is retraced for float64 inputs, which is correct but costs a
     compilation. At kinks JAX returns its own choice of subgradient
-    (``jax.nn.relu`` has derivative 0 at 0). :func:`error_estimate` gives the
-    rounding bound to compare with.
+    (``jax.nn.relu`` has derivative 0 at 0). XLA on CPU flushes subnormal
+    numbers to zero, so results below ~2e-308 come back as 0 (torch keeps
+    them). :func:`error_estimate` gives the rounding bound to compare with.
 
     Examples
     --------

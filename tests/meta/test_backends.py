@@ -16,7 +16,7 @@ from oracles.errors import (
     UserFunctionError,
 )
 from oracles.jax_backend import jax_vjp
-from oracles.torch_backend import ROUNDING_FACTOR, error_estimate, torch_vjp
+from oracles.torch_backend import ROUNDING_FACTOR, TINY, error_estimate, torch_vjp
 
 BACKENDS = [
     pytest.param("torch", marks=pytest.mark.torch, id="torch"),
@@ -282,13 +282,17 @@ def test_bad_arguments_raise_clear_errors(backend, make_fn, inputs, cotangent, e
 
 def test_error_estimate():
     g = np.array([[1.0, -4.0], [0.0, 2.0]])
-    (bound,) = error_estimate([g])
     eps = np.finfo(np.float64).eps
-    np.testing.assert_allclose(bound, ROUNDING_FACTOR * eps * (np.abs(g) + 4.0))
+    (bound,) = error_estimate([g])
+    np.testing.assert_allclose(bound, ROUNDING_FACTOR * eps * (np.abs(g) + 4.0) + TINY)
+    (with_ct,) = error_estimate([g], cotangent=np.array([3.0, -8.0]), factor=2.0)
+    np.testing.assert_allclose(with_ct, 2.0 * eps * (np.abs(g) + 4.0 + 8.0) + TINY)
     (zero,) = error_estimate([np.zeros(3)], factor=2.0)
-    assert zero.tolist() == [0.0, 0.0, 0.0]
+    assert zero.tolist() == [TINY] * 3
     (empty,) = error_estimate([np.zeros((0, 2))])
     assert empty.shape == (0, 2)
     for bad in (-1.0, np.inf, np.nan):
         with pytest.raises(InvalidArgument, match="factor"):
             error_estimate([g], factor=bad)
+    with pytest.raises(InvalidArgument, match="cotangent"):
+        error_estimate([g], cotangent=np.array([np.nan]))
