@@ -191,6 +191,7 @@ def test_full_step_against_numeric_torch_and_jax(digits, activation, loss):
         against=("numeric", "torch", "jax"),
         torch_fn=torch_mlp_loss(X, y, **opts),
         jax_fn=jax_mlp_loss(X, y, **opts),
+        names=("W1", "b1", "W2", "b2"),
     )
     print(report)
     assert report.ok, str(report)
