@@ -12,7 +12,8 @@
 3. writes PNG plots (needs matplotlib, the ``plot`` extra) into ``--out``
    (default ``oracles-report/``):
 
-   - ``mnist-lockstep-loss.png``: the three loss curves overlaid;
+   - ``mnist-lockstep-loss.png``: the three loss curves overlaid, and below
+     them the largest parameter gap after each step (log scale);
    - ``mnist-gradient-relative-errors.png``: a histogram of per-element
      relative errors of the hand gradient against each oracle (numeric,
      torch, jax) for one full MLP step on real digits;
@@ -419,12 +420,14 @@ def lockstep(
 # --- (c) gradient errors and plots ---------------------------------------------------------------
 
 
-def gradient_errors(*, hidden=16, batch=8, activation="tanh", loss="cross_entropy", seed=0):
+def gradient_errors(*, hidden=8, batch=8, activation="tanh", loss="cross_entropy", seed=0):
     """Hand gradients of one MLP step on real digits, and each oracle's gradients.
 
     The parameters are :func:`reference.mlp.init_params` moved by three SGD
     steps (so the biases are not zero), at the first ``batch`` test digits.
-    The oracles are :func:`oracles.numerics.numeric_vjp` (every element),
+    The oracles, each on every element: central differences
+    (:func:`oracles.numerics.partials` with the step ladder, given the
+    analytic gradient as :func:`oracles.check_vjp` does),
     :func:`oracles.torch_backend.torch_vjp` of :func:`torch_mlp_loss` and
     :func:`oracles.jax_backend.jax_vjp` of :func:`jax_mlp_loss`.
 
@@ -437,12 +440,12 @@ def gradient_errors(*, hidden=16, batch=8, activation="tanh", loss="cross_entrop
 
     Examples
     --------
-    >>> analytic, by = gradient_errors(hidden=2, batch=2)
+    >>> analytic, by = gradient_errors(hidden=1, batch=2)
     >>> sorted(by), analytic[0].shape
-    (['jax', 'numeric', 'torch'], (784, 2))
+    (['jax', 'numeric', 'torch'], (784, 1))
     """
     from oracles.jax_backend import jax_vjp
-    from oracles.numerics import numeric_vjp
+    from oracles.numerics import ScalarObjective, partials
     from oracles.torch_backend import torch_vjp
 
     X_train, y_train, X_test, y_test = _digits()
@@ -456,8 +459,16 @@ def gradient_errors(*, hidden=16, batch=8, activation="tanh", loss="cross_entrop
     X, y = X_test[:batch], y_test[:batch]
     options = {"activation": activation, "loss": loss}
     analytic = mlp.mlp_loss_vjp(1.0, X, y, *params, **options)
+
+    objective = ScalarObjective(lambda *p: mlp.mlp_loss(X, y, *p, **options), params, 1.0)
+    indices = [(i, j) for i, p in enumerate(params) for j in range(p.size)]
+    flat = partials(objective, indices, grads=analytic).value
+    numeric, start = [], 0
+    for p in params:
+        numeric.append(flat[start : start + p.size].reshape(p.shape))
+        start += p.size
     by_oracle = {
-        "numeric": numeric_vjp(lambda *p: mlp.mlp_loss(X, y, *p, **options), params, 1.0),
+        "numeric": tuple(numeric),
         "torch": torch_vjp(torch_mlp_loss(X, y, **options), params, 1.0),
         "jax": jax_vjp(jax_mlp_loss(X, y, **options), params, 1.0),
     }
@@ -497,7 +508,7 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def plot_loss_curves(losses, path, *, title="Lockstep training: loss per SGD step"):
+def plot_loss_curves(losses, path, *, gaps=None, title="Lockstep training: loss per SGD step"):
     """Overlay loss curves (one per implementation) and save a PNG.
 
     Parameters
@@ -505,23 +516,34 @@ def plot_loss_curves(losses, path, *, title="Lockstep training: loss per SGD ste
     losses : dict of str to 1-D array
         E.g. :attr:`LockstepResult.losses`.
     path : str or os.PathLike
+    gaps : dict of str to 1-D array, optional
+        E.g. :attr:`LockstepResult.gaps`: drawn in a second panel, log scale.
 
     Returns
     -------
     pathlib.Path
         The file written.
     """
-    fig = _figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig = _figure(figsize=(7, 6.2 if gaps else 4.2), layout="constrained")
+    axes = fig.subplots(2 if gaps else 1, 1, squeeze=False, sharex=True)[:, 0]
+    ax = axes[0]
     styles = [("-", 4.0, 0.35), ("--", 2.0, 0.9), (":", 2.0, 1.0)]
     for i, (name, curve) in enumerate(losses.items()):
         ls, lw, alpha = styles[i % len(styles)]
         ax.plot(np.arange(1, len(curve) + 1), curve, ls, lw=lw, alpha=alpha, label=name)
-    ax.set_xlabel("SGD step")
     ax.set_ylabel("minibatch loss")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
+    if gaps:
+        tiny = float(np.finfo(np.float64).tiny)
+        for name, gap in gaps.items():
+            gap = np.asarray(gap, dtype=np.float64)
+            axes[1].semilogy(np.arange(1, len(gap) + 1), np.maximum(gap, tiny), label=name)
+        axes[1].set_ylabel("max |parameter gap|")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+    axes[-1].set_xlabel("SGD step")
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
@@ -684,12 +706,21 @@ def main(argv=None):
         analytic, by_oracle = gradient_errors(seed=args.seed, **options)
         rel = {name: relative_errors(analytic, grads) for name, grads in by_oracle.items()}
         print(
-            "full-step gradient 784-16-10, batch 8, every element, max relative error: "
+            "full-step gradient 784-8-10 on 8 test digits, every element, max relative error "
+            "of the hand gradient: "
             + ", ".join(f"{name} {err.max():.2e}" for name, err in rel.items())
             + f" ({time.perf_counter() - start:.1f} s)"
         )
         written = [
-            plot_loss_curves(step.losses, out / LOSS_PLOT),
+            plot_loss_curves(
+                step.losses,
+                out / LOSS_PLOT,
+                gaps={
+                    "torch - reference": step.gaps["torch"],
+                    "jax - reference": step.gaps["jax"],
+                    "torch - jax": step.gaps["torch-jax"],
+                },
+            ),
             plot_relative_error_histograms(rel, out / HISTOGRAM_PLOT),
             plot_w1_error_tiles(
                 {name: analytic[0] - grads[0] for name, grads in by_oracle.items()},

@@ -76,6 +76,7 @@ def test_plots_are_written(tmp_path):
     tiles = {"numeric": rng.normal(0, 1e-13, (784, 8)), "torch": np.zeros((784, 8))}
     paths = [
         mnist.plot_loss_curves(curves, tmp_path / "loss.png"),
+        mnist.plot_loss_curves(curves, tmp_path / "loss-gaps.png", gaps={"a": np.r_[0.0, 1e-16]}),
         mnist.plot_relative_error_histograms(errors, tmp_path / "hist.png"),
         mnist.plot_w1_error_tiles(tiles, tmp_path / "tiles.png", units=4),
     ]
