@@ -215,6 +215,38 @@ def test_jax_x64_is_scoped_to_the_call(initial):
         jax.config.update("jax_enable_x64", previous)
 
 
+class _FakeConfig:
+    """Stands in for ``jax.config`` in a JAX without scoped x64 context managers."""
+
+    def __init__(self):
+        self.jax_enable_x64 = False
+        self.updates = []
+
+    def update(self, name, value):
+        assert name == "jax_enable_x64"
+        self.updates.append(value)
+        self.jax_enable_x64 = value
+
+
+@pytest.mark.jax
+def test_x64_fallback_restores_the_global_flag_even_on_error(monkeypatch):
+    import types
+
+    import jax.experimental
+
+    from oracles.jax_backend import _x64_enabled
+
+    monkeypatch.delattr(jax.experimental, "enable_x64", raising=False)
+    fake = types.SimpleNamespace(config=_FakeConfig())  # no jax.enable_x64 either
+    with _x64_enabled(fake):
+        assert fake.config.jax_enable_x64 is True
+    assert fake.config.jax_enable_x64 is False
+    with pytest.raises(KeyError), _x64_enabled(fake):
+        raise KeyError("inside")
+    assert fake.config.jax_enable_x64 is False
+    assert fake.config.updates == [True, False, True, False]
+
+
 @pytest.mark.parametrize(
     ("module", "extra"), [("torch", "backprop-oracles[torch]"), ("jax", "backprop-oracles[jax]")]
 )
