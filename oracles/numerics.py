@@ -18,11 +18,11 @@ For steps ``t_k = t_0 / 2^k`` (``t_0 = 1/8`` by default, down to about
 2. Richardson extrapolation between neighbouring rungs removes the ``t^2``
    term: ``e_k = c_k + (c_k - c_{k-1}) / (r^2 - 1)`` with ``r`` the actual
    step ratio (2 up to rounding).
-3. The error estimate of rung ``k`` is the change between successive
-   extrapolants ``|e_k - e_{k-1}|`` plus a rounding term
+3. The error estimate of rung ``k`` is the larger of the last two changes
+   between successive extrapolants plus a rounding term
    ``noise(phi) / step``; the rung with the smallest estimate wins. The
-   ladder stops early once the estimates have grown for a few rungs
-   (rounding dominates from there on).
+   ladder stops once the rounding term alone exceeds the best estimate
+   (rounding only grows as the step shrinks).
 
 ``noise(phi)`` is the absolute rounding noise of one evaluation of ``phi``:
 ``eps * (sum |c * f| + ||x * grad||_2)`` times a safety factor. The second
@@ -64,8 +64,6 @@ EPS = float(np.finfo(np.float64).eps)
 T0 = 2.0**-3
 #: Number of rungs; 2^-3 .. 2^-27 (7.5e-9).
 N_RUNGS = 25
-#: Stop once the estimate has exceeded the best one for this many rungs in a row.
-PATIENCE = 3
 #: Safety factor on the rounding-noise model of one evaluation of phi.
 NOISE_SAFETY = 8.0
 
@@ -109,6 +107,13 @@ class Estimate:
 
 class ScalarObjective:
     """``phi(xs) = sum(cotangent * fn(*xs))`` over float64 working copies.
+
+    Rounding-noise model: an output element ``f`` that changed carries noise
+    ``eps * max(|f|, 1)``: the intermediates it was computed from are taken
+    to be of magnitude at least 1 (``log(1 + 1e-14)`` is tiny but rounded
+    at the scale of the 1). Functions whose every intermediate is far below
+    1 get error estimates that are conservative by that factor; rescale
+    such inputs for a sharper check.
 
     Holds the working copies of the inputs (float64, C-contiguous, owned by
     this object) and hands ``fn`` read-only views of them, so that ``fn``
@@ -158,7 +163,10 @@ class ScalarObjective:
         """``fn(*xs)`` as a float64 array (``xs`` are not modified)."""
         self.calls += 1
         try:
-            out = self.fn(*self._views(xs))
+            # Perturbed points may leave fn's domain (log of a negative at the
+            # largest step): such rungs are skipped, not warned about.
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                out = self.fn(*self._views(xs))
         except ValueError as exc:
             if self.copy_on_call or "read-only" not in str(exc):
                 raise
@@ -167,7 +175,8 @@ class ScalarObjective:
                 "fn writes into its input arrays in place; it was given a fresh copy on every "
                 "call (slower). The caller's arrays were not changed."
             )
-            out = self.fn(*self._views(xs))
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                out = self.fn(*self._views(xs))
         return np.asarray(out, dtype=np.float64)
 
     def _contract(self, out):
@@ -209,14 +218,17 @@ class ScalarObjective:
         """Bound on the derivative hidden by quantization in outputs that never changed.
 
         An output element ``f_i`` that stayed bitwise equal even at the
-        largest step ``t0`` can still depend on the probe, by less than
-        half an ulp over ``t0``: ``|d f_i| < eps |f_i| / t0``. (Softmax at
-        logits of scale 500: a logit's effect on the normalizer is 1e-200
-        relative.) Their cotangent-weighted sum bounds what the ladder could
-        not see.
+        largest step ``t0`` can still depend on the probe, by less than the
+        rounding of the intermediates it was computed from, over ``t0``.
+        (Softmax at logits of scale 500: a logit's effect on the normalizer
+        is 1e-200 relative; a cross-entropy of 1e-44 rounds to exactly 0.)
+        The intermediates are taken to be at least of magnitude 1, or
+        ``|f_i|`` when larger: ``2 eps sum |c_i| max(|f_i|, 1) / t0`` over
+        the unseen outputs.
         """
-        unseen = self.scale - float(np.sum(np.abs(self.cotangent[mask] * self.base_output[mask])))
-        return 2.0 * EPS * max(unseen, 0.0) / t0
+        unseen = ~mask
+        level = float(np.sum(np.abs(self.cotangent[unseen]) * np.maximum(np.abs(self.base_output[unseen]), 1.0)))
+        return 2.0 * EPS * level / t0
 
     def input_noise(self, grads=None):
         """Rounding noise of ``phi`` caused by the magnitude of the inputs.
@@ -236,25 +248,33 @@ class ScalarObjective:
         return NOISE_SAFETY * EPS * float(np.sqrt(sq))
 
 
-def _ladder(quotient, n_rungs=N_RUNGS, patience=PATIENCE):
+def _ladder(quotient, n_rungs=N_RUNGS):
     """Run the step ladder on one probe.
 
     ``quotient(k) -> (c, delta, noise_c)``: the central-difference quotient
     at rung ``k``, the actual full step taken and the rounding noise of
     ``c``. ``c`` may be non-finite (that rung is skipped).
 
+    The error estimate of rung ``k`` is the larger of the last two changes
+    between successive extrapolants (one change can be small by
+    coincidence, e.g. while the steps straddle a nearby kink) plus the
+    rounding noise. The ladder stops once the rounding noise alone exceeds
+    the best estimate: rounding only grows as the step shrinks.
+
     Returns ``(value, error, rung, rungs_evaluated, nonfinite_seen)``.
     """
-    best = (np.nan, np.inf, -1)
-    prev_c = prev_delta = prev_e = None
-    since_best = 0
+    prev_c = prev_delta = None
+    extrapolants = []
+    rungs = []  # (value, error, k) of every rung with an estimate
     nonfinite = False
+    best_err = np.inf
     k = 0
     for k in range(n_rungs):
         c, delta, noise_c = quotient(k)
         if not np.isfinite(c):
             nonfinite = True
-            prev_c = prev_e = None
+            prev_c = None
+            extrapolants = []
             continue
         if prev_c is None:
             prev_c, prev_delta = c, delta
@@ -262,17 +282,46 @@ def _ladder(quotient, n_rungs=N_RUNGS, patience=PATIENCE):
         r2 = (prev_delta / delta) ** 2
         e = c + (c - prev_c) / (r2 - 1.0)
         noise_e = noise_c * (r2 + 1.0) / (r2 - 1.0)
-        if prev_e is not None:
-            err = abs(e - prev_e) + noise_e
-            if err < best[1]:
-                best = (e, err, k)
-                since_best = 0
-            else:
-                since_best += 1
-                if since_best >= patience:
-                    break
-        prev_c, prev_delta, prev_e = c, delta, e
-    return best[0], best[1], best[2], k + 1, nonfinite
+        extrapolants.append(e)
+        if len(extrapolants) >= 3:
+            e0, e1, e2 = extrapolants[-3:]
+            err = max(abs(e2 - e1), abs(e1 - e0)) + noise_e
+            rungs.append((e, err, k))
+            if err < best_err:
+                best_err = err
+            elif noise_e > best_err:
+                break
+        prev_c, prev_delta = c, delta
+    if not rungs:
+        return np.nan, np.inf, -1, k + 1, nonfinite
+    value, err, k_best = min(rungs, key=lambda r: r[1])
+    # Every other rung must agree within both estimates; where one does not,
+    # the estimates were too optimistic (a kink closer than the steps, a
+    # staircase of rounding): widen to the disagreement.
+    for e_j, err_j, _ in rungs:
+        err = max(err, abs(e_j - value) - err_j)
+    return value, err, k_best, k + 1, nonfinite
+
+
+def _kink(evals, k_best):
+    """Kink test on the one-sided slopes of the rungs from the chosen one down.
+
+    ``evals[k] = (forward slope, backward slope, noise)``. At a smooth point
+    the jump ``forward - backward`` is ``t * phi''`` and halves with the
+    step; at a kink (or a kink closer than the steps) it does not. Returns
+    ``(kink, lowest slope, highest slope)`` over the rungs from the first
+    non-shrinking pair on: any value between them is a valid subgradient
+    (or, for a kink closer than the steps, cannot be told from the truth).
+    """
+    ks = [k for k in sorted(evals) if k >= k_best - 1]
+    for a, b in zip(ks, ks[1:], strict=False):
+        fa, ba, na = evals[a]
+        fb, bb, nb = evals[b]
+        ja, jb = fa - ba, fb - bb
+        if abs(ja) > 4.0 * na and abs(jb) > 4.0 * nb and abs(jb) > 0.8 * abs(ja):
+            slopes = [v for k in ks if k >= a for v in evals[k][:2]]
+            return True, min(slopes), max(slopes)
+    return False, np.nan, np.nan
 
 
 def _changed_noise(cot, fp, fm, mask):
@@ -284,9 +333,9 @@ def _changed_noise(cot, fp, fm, mask):
     steps are small enough for ``f(x + t) == f(x - t)`` by quantization.
     """
     mask |= fp != fm
-    changed = mask
-    c = cot[changed]
-    return NOISE_SAFETY * EPS * float(np.sum(np.abs(c) * (np.abs(fp[changed]) + np.abs(fm[changed]))))
+    c = np.abs(cot[mask])
+    level = np.maximum(np.abs(fp[mask]), 1.0) + np.maximum(np.abs(fm[mask]), 1.0)
+    return NOISE_SAFETY * EPS * float(np.sum(c * level))
 
 
 def _perturbed(x, t):
@@ -345,30 +394,23 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
             if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
                 return np.nan, delta, np.inf
             f0 = objective.base_output
-            evals[k] = (
-                float(np.vdot(cot, fp - f0)) / (xp - x0),
-                float(np.vdot(cot, f0 - fm)) / (x0 - xm),
-                (_changed_noise(cot, fp, f0, mask) + noise_x) / min(xp - x0, x0 - xm),
-            )
+            hp, hm = xp - x0, x0 - xm
+            fwd = float(np.vdot(cot, fp - f0)) / hp
+            bwd = float(np.vdot(cot, f0 - fm)) / hm
+            evals[k] = (fwd, bwd, (_changed_noise(cot, fp, f0, mask) + noise_x) / min(hp, hm))
             num = float(np.vdot(cot, fp - fm))
-            return num / delta, delta, (_changed_noise(cot, fp, fm, mask) + 2.0 * noise_x) / delta
+            # Rounding x +- t can leave the two steps unequal: the difference
+            # is then centred at x + (hp - hm) / 2, off by curvature * that.
+            center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
+            noise = _changed_noise(cot, fp, fm, mask) + 2.0 * noise_x
+            return num / delta, delta, noise / delta + center
 
         v, e, k_best, n_eval, nf = _ladder(quotient, n_rungs=n_rungs)
         value[p], error[p] = v, e + objective.hidden_noise(mask, t0)
         nonfinite[p] = nf or not np.isfinite(v)
         if k_best >= 0:
             step[p] = t0 * 2.0**-k_best
-        # Kink test on the two smallest rungs evaluated.
-        ks = sorted(evals)
-        if len(ks) >= 2:
-            jumps = []
-            for k in ks[-2:]:
-                fwd, bwd, noise_k = evals[k]
-                jumps.append((fwd - bwd, fwd, bwd, 2.0 * noise_k))
-            (j1, _, _, n1), (j2, fwd2, bwd2, n2) = jumps
-            if abs(j2) > 4.0 * n2 and abs(j1) > 4.0 * n1 and abs(j2) > 0.8 * abs(j1):
-                kink[p] = True
-                left[p], right[p] = bwd2, fwd2
+        kink[p], left[p], right[p] = _kink(evals, k_best)
     return Estimate(
         value=value,
         error=error,

@@ -140,7 +140,11 @@ def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
     if reduction not in CE_REDUCTIONS:
         raise InvalidInput(f"reduction must be one of {CE_REDUCTIONS}, got {reduction!r}")
     a = softmax(logits, axis=-1)
-    row_grad = Y.sum(axis=-1, keepdims=True) * a - Y
+    # S a - y, rearranged as (S - y) a - y (1 - a): both terms are >= 0 for
+    # targets in [0, 1], and 1 - a is computed without cancellation, so the
+    # gradient of a confident row (a_t = 1 - 1e-11) keeps its digits.
+    S = Y.sum(axis=-1, keepdims=True)
+    row_grad = (S - Y) * a - Y * _one_minus_softmax(logits)
     g = np.asarray(g, dtype=np.float64)
     if reduction == "none":
         return row_grad * g[..., None]
@@ -148,6 +152,26 @@ def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
         n_rows = max(int(np.prod(np.shape(logits)[:-1])), 1)
         return row_grad * (g / n_rows)
     return row_grad * g
+
+
+def _one_minus_softmax(logits):
+    """``1 - softmax(z)`` along the last axis, accurate where ``softmax(z)`` is near 1.
+
+    ``1 - a_j = sum_{k != j} exp(z_k) / sum_k exp(z_k)``; only at the
+    row's maximum can ``a_j`` be near 1, and there the numerator is summed
+    directly instead of subtracting.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    s = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(s)
+    total = np.sum(e, axis=-1, keepdims=True)
+    out = 1.0 - e / total
+    top = np.argmax(s, axis=-1)[..., None]
+    masked = e.copy()
+    np.put_along_axis(masked, top, 0.0, axis=-1)
+    others = np.sum(masked, axis=-1, keepdims=True)
+    np.put_along_axis(out, top, others / total, axis=-1)
+    return out
 
 
 def _se_scale(shape, reduction, half):

@@ -74,8 +74,11 @@ def softmax_vjp(g, x, axis=-1):
 def log_softmax(x, axis=-1):
     r"""Log-softmax ``x_i - log sum_k exp(x_k)`` along ``axis``.
 
-    Computed as ``s - log(sum(exp(s)))`` with ``s = x - max(x)``, so that it
-    is exact where ``log(softmax(x))`` would give ``log(0) = -inf``.
+    Computed as ``s - log1p(r)`` with ``s = x - max(x)`` and ``r`` the sum of
+    ``exp(s)`` over every entry but the maximum (which contributes exactly
+    1): exact where ``log(softmax(x))`` would give ``log(0) = -inf``, and
+    accurate where ``log(sum(exp(s)))`` would round ``1 + r`` to 1 (a
+    confident row whose loss is ``1e-20`` comes out as ``1e-20``, not 0).
 
     Examples
     --------
@@ -85,7 +88,15 @@ def log_softmax(x, axis=-1):
     [0.0, -1000.0]
     """
     s = _shifted(x, axis)
-    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+    return s - np.log1p(_rest_of_sum(np.exp(s), s, axis))
+
+
+def _rest_of_sum(e, s, axis):
+    """``sum(e) - 1`` along ``axis`` without cancellation: the sum over all but the argmax."""
+    top = np.expand_dims(np.argmax(s, axis=axis), axis)
+    masked = e.copy()
+    np.put_along_axis(masked, top, 0.0, axis=axis)
+    return np.sum(masked, axis=axis, keepdims=True)
 
 
 def log_softmax_vjp(g, x, axis=-1):
