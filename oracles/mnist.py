@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from oracles.errors import InvalidArgument
 from reference import mlp
 from reference.mnist import as_float_features, load_mnist, train_test_split
 
@@ -59,6 +60,13 @@ def _digits(n_train=8000, n_test=2000, images_path=None, labels_path=None):
     images, labels = load_mnist(images_path, labels_path)
     X = as_float_features(images)
     return train_test_split(X, labels.astype(np.int64), n_train=n_train, n_test=n_test)
+
+
+def _check_options(activation, loss):
+    if activation not in mlp.ACTIVATIONS:
+        raise InvalidArgument(f"activation must be one of {mlp.ACTIVATIONS}, got {activation!r}")
+    if loss not in mlp.LOSSES:
+        raise InvalidArgument(f"loss must be one of {mlp.LOSSES}, got {loss!r}")
 
 
 def _sizes(hidden):
@@ -99,7 +107,7 @@ def torch_mlp_loss(X, y, *, activation="tanh", loss="cross_entropy"):
     import torch
     import torch.nn.functional as F
 
-    mlp._check_options(activation, loss)
+    _check_options(activation, loss)
     act = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}[activation]
     X_t = torch.as_tensor(np.asarray(X, dtype=np.float64))
     y_t = torch.as_tensor(np.asarray(y, dtype=np.int64))
@@ -148,7 +156,7 @@ def jax_mlp_loss(X, y, *, activation="tanh", loss="cross_entropy"):
     """
     import jax.numpy as jnp
 
-    mlp._check_options(activation, loss)
+    _check_options(activation, loss)
     X_np = np.asarray(X, dtype=np.float64)
     y_np = np.asarray(y, dtype=np.int64)
 
@@ -354,9 +362,9 @@ def lockstep(
 
     from oracles.jax_backend import _x64_enabled
 
-    mlp._check_options(activation, loss)
+    _check_options(activation, loss)
     if steps < 1 or batch < 1:
-        raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
+        raise InvalidArgument(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
     X_train, y_train, _, _ = _digits()
     sizes = _sizes(hidden)
     params = mlp.init_params(sizes, seed=seed)
@@ -604,7 +612,7 @@ def plot_w1_error_tiles(errors, path, *, units=6, title=None):
     arrays = [np.abs(np.asarray(errors[n], dtype=np.float64)) for n in names]
     for name, a in zip(names, arrays, strict=True):
         if a.ndim != 2 or a.shape[0] != 784:
-            raise ValueError(f"errors[{name!r}] must have shape (784, hidden), got {a.shape}")
+            raise InvalidArgument(f"errors[{name!r}] must have shape (784, hidden), got {a.shape}")
     units = min(units, min(a.shape[1] for a in arrays))
     floor = 1e-20
     logs = [np.log10(np.maximum(a, floor)) for a in arrays]

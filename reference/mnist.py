@@ -79,9 +79,7 @@ def load_mnist(images_path=None, labels_path=None):
     if labels.ndim != 1:
         raise IDXFormatError(f"{labels_name}: expected labels of shape (n,), got {labels.shape}")
     if labels.size and labels.max() > 9:
-        raise IDXFormatError(
-            f"{labels_name}: labels must be digits 0-9, found {int(labels.max())}"
-        )
+        raise IDXFormatError(f"{labels_name}: labels must be digits 0-9, found {int(labels.max())}")
     if images.shape[0] != labels.shape[0]:
         raise IDXFormatError(
             f"image and label counts differ: {images.shape[0]} images in {images_name}, "

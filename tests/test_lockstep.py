@@ -91,3 +91,19 @@ def test_relative_errors_skip_exact_zero_references():
         [np.array([1.0, 5.0, 2.0]), np.array([3.0])], [np.array([1.0, 0.0, 4.0]), np.array([2.0])]
     )
     np.testing.assert_allclose(got, [0.0, 0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps and batch must be >= 1"),
+        ({"batch": 0}, "steps and batch must be >= 1"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"loss": "hinge"}, "loss must be one of"),
+    ],
+)
+def test_lockstep_argument_validation(kwargs, message):
+    from oracles.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match=message):
+        mnist.lockstep(**kwargs)
