@@ -16,8 +16,10 @@ from oracles.errors import (
     OraclesError,
     UserFunctionError,
 )
+from oracles.jax_backend import jax_vjp
 from oracles.numerics import numeric_vjp
 from oracles.report import Report
+from oracles.torch_backend import torch_vjp
 
 __all__ = [
     "BackendUnavailable",
@@ -30,5 +32,7 @@ __all__ = [
     "UserFunctionError",
     "assert_vjp",
     "check_vjp",
+    "jax_vjp",
     "numeric_vjp",
+    "torch_vjp",
 ]

@@ -22,7 +22,7 @@ from oracles._validation import (
     input_dtypes,
     normalize_gradients,
 )
-from oracles.compare import autodiff_error, compare
+from oracles.compare import compare
 from oracles.errors import (
     GradientMismatch,
     InvalidArgument,
@@ -144,17 +144,19 @@ def _autodiff_reference(oracle, backend_fn, xs, cotangent):
         from oracles.torch_backend import torch_vjp as run
     else:
         from oracles.jax_backend import jax_vjp as run
+    from oracles.torch_backend import error_estimate
+
     grads = run(backend_fn, tuple(xs), cotangent)
     if len(grads) != len(xs):
         raise UserFunctionError(f"{oracle}_fn gave {len(grads)} gradients for {len(xs)} inputs")
-    out = []
+    grads = [np.asarray(g, dtype=np.float64) for g in grads]
     for g, x in zip(grads, xs, strict=True):
-        g = np.asarray(g, dtype=np.float64)
         if g.shape != x.shape:
             raise UserFunctionError(
                 f"{oracle}_fn's gradient has shape {g.shape}, expected {x.shape}"
             )
-        out.append({"value": g, "error": autodiff_error(g)})
+    errors = error_estimate(grads, cotangent=cotangent)
+    out = [{"value": g, "error": e} for g, e in zip(grads, errors, strict=True)]
     return out, f"{oracle} reverse-mode autodiff, float64"
 
 

@@ -6,7 +6,7 @@ The rule, for every element::
 
 where ``error`` is the reference's own error estimate (for central
 differences: what the step ladder says it may be off by; for autodiff:
-rounding, see :func:`autodiff_error`). With the defaults ``atol = rtol = 0``
+rounding, see :func:`oracles.torch_backend.error_estimate`). With the defaults ``atol = rtol = 0``
 the tolerance is exactly what the numerics can explain, so a VJP off by a
 relative 1e-6 is flagged wherever the numerics are better than that (on
 well-conditioned inputs they are good to about 1e-10 relative).
@@ -22,15 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles.numerics import EPS
-
-__all__ = ["Comparison", "autodiff_error", "compare"]
-
-#: Rounding model of an autodiff (or hand-written) float64 gradient, relative to
-#: the element and to the largest element of its tensor.
-AUTODIFF_ELEMENT_ULPS = 64.0
-AUTODIFF_TENSOR_ULPS = 16.0
-
+__all__ = ["Comparison", "compare"]
 
 @dataclass
 class Comparison:
@@ -73,20 +65,6 @@ class Comparison:
         failed = ~self.passed.ravel()
         key = np.lexsort((-ratio, ~failed))
         return key[:limit]
-
-
-def autodiff_error(reference):
-    """Rounding-level error estimate for an autodiff reference gradient.
-
-    ``64 eps |r| + 16 eps max|r|``: an autodiff system and a correct hand
-    derivation compute the same float64 expressions in a different order;
-    their disagreement is a few ulps of the element, or of the tensor's scale
-    where an element is the difference of larger terms (a softmax gradient
-    ``a (g - <g, a>)`` near zero).
-    """
-    reference = np.asarray(reference, dtype=np.float64)
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-    return AUTODIFF_ELEMENT_ULPS * EPS * np.abs(reference) + AUTODIFF_TENSOR_ULPS * EPS * scale
 
 
 def compare(analytic, reference, error_estimate, *, atol=0.0, rtol=0.0, kink=None, left=None, right=None):
