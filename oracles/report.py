@@ -200,9 +200,12 @@ class Report:
                     + (f" ({c.kinks} kink(s) accepted)" if c.kinks else "")
                 )
         worst = [e for r in self.inputs for e in r.worst]
-        failing = [e for e in worst if not e.passed]
-        shown = failing if failing else []
-        shown.sort(key=lambda e: -_ratio(e))
+        shown, seen = [], set()
+        # Each failing element once, with the oracle it disagrees with most.
+        for e in sorted((e for e in worst if not e.passed), key=lambda e: -_ratio(e)):
+            if (e.input_number, e.index) not in seen:
+                seen.add((e.input_number, e.index))
+                shown.append(e)
         if shown:
             lines += ["", "Worst elements (largest error / tolerance first):"]
             lines.append(
@@ -234,7 +237,7 @@ class Report:
         if self.notes:
             lines += ["", "Notes:"] + [f"  - {n}" for n in self.notes]
         if self.context:
-            lines += ["", "Context: " + "; ".join(f"{k}: {v}" for k, v in self.context.items())]
+            lines += ["", "Context:"] + [f"  {k}: {v}" for k, v in self.context.items()]
         return "\n".join(lines)
 
     def __repr__(self):
