@@ -178,7 +178,9 @@ def test_relative_1e6_everywhere_is_flagged_in_every_input(op, seed):
     report = check_vjp(fn, _scaled_everywhere(vjp, 1 + 1e-6), inputs, seed=seed)
     assert not report.ok, str(report)
     # Every input whose gradient is not identically 0 is named.
-    nonzero = [k for k, d in enumerate(_tuple(vjp(np.ones_like(fn(*inputs)), *inputs))) if np.any(d)]
+    nonzero = [
+        k for k, d in enumerate(_tuple(vjp(np.ones_like(fn(*inputs)), *inputs))) if np.any(d)
+    ]
     failed = [k for k, r in enumerate(report.inputs) if not r.ok]
     assert failed == nonzero, str(report)
 
@@ -216,7 +218,11 @@ def _hard_cases():
     x[1, 1] = -0.0
     x[2, 2] = 5e-324  # the smallest subnormal: not at the kink, but within any step of it
     cases["relu_exactly_at_0"] = (R.relu, R.relu_vjp, (x,))
-    cases["tanh_saturated"] = (R.tanh, R.tanh_vjp, (rng.choice([-1, 1], size=(3, 5)) * rng.uniform(18, 22, size=(3, 5)),))
+    cases["tanh_saturated"] = (
+        R.tanh,
+        R.tanh_vjp,
+        (rng.choice([-1, 1], size=(3, 5)) * rng.uniform(18, 22, size=(3, 5)),),
+    )
     cases["sigmoid_saturated"] = (R.sigmoid, R.sigmoid_vjp, (rng.uniform(-40, 40, size=(3, 5)),))
     z500 = rng.normal(size=(4, 5)) * 500
     cases["softmax_scale_500"] = (R.softmax, R.softmax_vjp, (z500,))
@@ -234,7 +240,11 @@ def _hard_cases():
     )
     f32 = np.float32
     cases["tanh_float32"] = (R.tanh, R.tanh_vjp, (rng.normal(size=(3, 4)).astype(f32),))
-    cases["softmax_float32"] = (R.softmax, R.softmax_vjp, ((rng.normal(size=(3, 4)) * 3).astype(f32),))
+    cases["softmax_float32"] = (
+        R.softmax,
+        R.softmax_vjp,
+        ((rng.normal(size=(3, 4)) * 3).astype(f32),),
+    )
     cases["affine_float32"] = (
         R.affine,
         R.affine_vjp,
