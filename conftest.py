@@ -29,11 +29,15 @@ settings.register_profile(
     derandomize=True,
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
 
 
 def pytest_configure(config):
-    required = [b.strip() for b in os.environ.get("ORACLES_REQUIRE_BACKENDS", "").split(",") if b.strip()]
+    required = [
+        b.strip() for b in os.environ.get("ORACLES_REQUIRE_BACKENDS", "").split(",") if b.strip()
+    ]
     missing = []
     for name in required:
         if name not in ("torch", "jax"):

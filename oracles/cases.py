@@ -92,7 +92,16 @@ def reference_cases(*, seed=0, include_mlp=True):
         x = rng.normal(size=(4, 7)) * 2
         if op == "relu":
             x[0, :3] = 0.0  # the kink, on purpose
-        add(op, "", getattr(R, op), getattr(R, f"{op}_vjp"), (x,), NATIVE_OPS[op].torch, NATIVE_OPS[op].jax, ("x",))
+        add(
+            op,
+            "",
+            getattr(R, op),
+            getattr(R, f"{op}_vjp"),
+            (x,),
+            NATIVE_OPS[op].torch,
+            NATIVE_OPS[op].jax,
+            ("x",),
+        )
     for op in ("softmax", "log_softmax"):
         for axis, shape in ((-1, (4, 6)), (0, (3, 4, 5))):
             x = rng.normal(size=shape) * 3
@@ -137,7 +146,16 @@ def reference_cases(*, seed=0, include_mlp=True):
                 ("pred", "target"),
             )
     x, W, b = rng.normal(size=(2, 3, 5)), rng.normal(size=(5, 4)), rng.normal(size=4)
-    add("affine", "batch (2, 3)", R.affine, R.affine_vjp, (x, W, b), NATIVE_OPS["affine"].torch, NATIVE_OPS["affine"].jax, ("x", "W", "b"))
+    add(
+        "affine",
+        "batch (2, 3)",
+        R.affine,
+        R.affine_vjp,
+        (x, W, b),
+        NATIVE_OPS["affine"].torch,
+        NATIVE_OPS["affine"].jax,
+        ("x", "W", "b"),
+    )
     if include_mlp:
         cases += mlp_cases(seed=seed)
     return cases

@@ -87,7 +87,10 @@ def report_main(args):
 
 
 def _print_table(rows):
-    head = f"{'op':<14} {'case':<42} {'input':<7} {'oracle':<8} {'max abs err':>11} {'max rel err':>11}  verdict"
+    head = (
+        f"{'op':<14} {'case':<42} {'input':<7} {'oracle':<8} "
+        f"{'max abs err':>11} {'max rel err':>11}  verdict"
+    )
     print(head)
     print("-" * len(head))
     last = None

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = ["Comparison", "compare"]
 
+
 @dataclass
 class Comparison:
     """Per-element outcome of comparing one input's gradient with one oracle."""
@@ -67,7 +68,9 @@ class Comparison:
         return key[:limit]
 
 
-def compare(analytic, reference, error_estimate, *, atol=0.0, rtol=0.0, kink=None, left=None, right=None):
+def compare(
+    analytic, reference, error_estimate, *, atol=0.0, rtol=0.0, kink=None, left=None, right=None
+):
     """Compare ``analytic`` with ``reference`` elementwise (see the module notes).
 
     Parameters
@@ -113,7 +116,11 @@ def compare(analytic, reference, error_estimate, *, atol=0.0, rtol=0.0, kink=Non
         dist = np.maximum(np.maximum(lo - a, a - hi), 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             abs_err = np.where(at_kink, dist, abs_err)
-            rel_err = np.where(at_kink, np.where(dist == 0, 0.0, dist / np.maximum(np.abs(lo), np.abs(hi))), rel_err)
+            rel_err = np.where(
+                at_kink,
+                np.where(dist == 0, 0.0, dist / np.maximum(np.abs(lo), np.abs(hi))),
+                rel_err,
+            )
         kink = kink & (at_kink | ~passed)
     return Comparison(
         analytic=a,

@@ -189,7 +189,10 @@ class Report:
 
     def __str__(self):
         lines = [self.verdict, ""]
-        header = f"  {'input':<14} {'shape':<14} {'oracle':<8} {'max abs err':>11} {'max rel err':>11} {'failed':>13}  verdict"
+        header = (
+            f"  {'input':<14} {'shape':<14} {'oracle':<8} {'max abs err':>11} "
+            f"{'max rel err':>11} {'failed':>13}  verdict"
+        )
         lines.append(header)
         for r in self.inputs:
             for c in r.checks.values():
@@ -216,8 +219,9 @@ class Report:
                 idx = "[" + ", ".join(str(i) for i in e.index) + "]"
                 lines.append(
                     f"  {e.input_name:<14} {idx:<14} {e.oracle:<8} {_fmt(e.analytic):>14} "
-                    f"{_fmt(e.reference):>14} {_fmt_err(e.abs_error):>9} {_fmt_err(e.rel_error):>9} "
-                    f"{_fmt_err(e.tolerance):>9}" + ("  kink" if e.kink else "")
+                    f"{_fmt(e.reference):>14} {_fmt_err(e.abs_error):>9} "
+                    f"{_fmt_err(e.rel_error):>9} {_fmt_err(e.tolerance):>9}"
+                    + ("  kink" if e.kink else "")
                 )
         if len(self.oracles) > 1 and self.agreements:
             lines.append("")

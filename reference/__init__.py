@@ -9,11 +9,11 @@ JAX grad with :mod:`oracles`. ``reference`` never imports ``oracles``.
 
 from reference import layers, mlp, pitfalls
 from reference._validation import InvalidInput
-from reference.idx import IDXFormatError, read_idx
-from reference.mnist import load_mnist
 from reference.activations import relu, relu_vjp, sigmoid, sigmoid_vjp, tanh, tanh_vjp
 from reference.affine import affine, affine_vjp
+from reference.idx import IDXFormatError, read_idx
 from reference.losses import cross_entropy, cross_entropy_vjp, squared_error, squared_error_vjp
+from reference.mnist import load_mnist
 from reference.softmax import log_softmax, log_softmax_vjp, softmax, softmax_vjp
 
 __all__ = [

@@ -37,7 +37,9 @@ def _targets_as_probabilities(logits, targets):
     logits = np.asarray(logits)
     targets = np.asarray(targets)
     if logits.ndim < 1:
-        raise InvalidInput(f"logits must have at least 1 axis (the classes), got shape {logits.shape}")
+        raise InvalidInput(
+            f"logits must have at least 1 axis (the classes), got shape {logits.shape}"
+        )
     n_classes = logits.shape[-1]
     if np.issubdtype(targets.dtype, np.integer):
         if targets.shape != logits.shape[:-1]:

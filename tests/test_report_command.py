@@ -38,7 +38,16 @@ def test_report_command_lists_every_op_with_a_verdict(capsys):
     status = main(["report", "--no-mlp", "--oracles", "numeric"])
     out = capsys.readouterr().out
     assert status == 0
-    for op in ("tanh", "sigmoid", "relu", "softmax", "log_softmax", "cross_entropy", "squared_error", "affine"):
+    for op in (
+        "tanh",
+        "sigmoid",
+        "relu",
+        "softmax",
+        "log_softmax",
+        "cross_entropy",
+        "squared_error",
+        "affine",
+    ):
         assert f"\n{op} " in out
     assert "ALL DERIVATIONS VERIFIED" in out
 
@@ -51,7 +60,16 @@ def test_required_backend_that_cannot_be_imported_fails_the_run(tmp_path):
     env = dict(os.environ, ORACLES_REQUIRE_BACKENDS="torch,jax", PYTHONPATH=str(tmp_path))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--co", "tests/meta/test_check.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--co",
+            "tests/meta/test_check.py",
+        ],
         cwd=root,
         env=env,
         capture_output=True,
@@ -59,7 +77,10 @@ def test_required_backend_that_cannot_be_imported_fails_the_run(tmp_path):
         timeout=120,
     )
     assert run.returncode != 0
-    assert "ORACLES_REQUIRE_BACKENDS requires backends that cannot be imported: torch" in run.stderr + run.stdout
+    assert (
+        "ORACLES_REQUIRE_BACKENDS requires backends that cannot be imported: torch"
+        in run.stderr + run.stdout
+    )
 
 
 def test_missing_backend_error_names_the_extra(monkeypatch):

@@ -63,8 +63,18 @@ def _ce_mean_missing_1_over_n(g, z):
 
 NEGATIVE = {
     "softmax Jacobian diagonal only": (R.softmax, _softmax_diagonal_only, lambda: (_x(4),), "x"),
-    "affine dX = G W": (R.affine, _affine_missing_transpose, lambda: (_x(5, (3, 4)), _x(6, (4, 4)), _x(7, (4,))), "x"),
-    "squared error missing its 2": (R.squared_error, _squared_error_missing_2, lambda: (_x(8, (3, 2)), _x(9, (3, 2))), "pred"),
+    "affine dX = G W": (
+        R.affine,
+        _affine_missing_transpose,
+        lambda: (_x(5, (3, 4)), _x(6, (4, 4)), _x(7, (4,))),
+        "x",
+    ),
+    "squared error missing its 2": (
+        R.squared_error,
+        _squared_error_missing_2,
+        lambda: (_x(8, (3, 2)), _x(9, (3, 2))),
+        "pred",
+    ),
     "mean CE missing 1/N": (
         lambda z: R.cross_entropy(z, LABELS, reduction="mean"),
         _ce_mean_missing_1_over_n,
