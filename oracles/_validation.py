@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import numpy as np
@@ -11,7 +12,11 @@ from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionErr
 __all__ = [
     "as_cotangent",
     "as_inputs",
+    "as_output",
+    "check_arity",
     "check_callable",
+    "check_names",
+    "check_seed",
     "check_tolerance",
     "normalize_gradients",
 ]
@@ -23,14 +28,20 @@ def _as_float64(value, name):
     """One array-like -> a fresh float64 C-contiguous copy, or a clear error."""
     if value is None:
         raise InvalidArgumentType(f"{name} is None; expected an array or a number")
+    if isinstance(value, np.ma.MaskedArray):
+        raise InvalidArgumentType(
+            f"{name} is a masked array; its mask would be ignored. Pass value.filled(...) or "
+            "the unmasked part as a plain array"
+        )
     if isinstance(value, np.ndarray):
         arr = value
     else:
         try:
             arr = np.asarray(value)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any array-like's own conversion error
             raise InvalidArgumentType(
-                f"{name} could not be converted to an array ({exc}); expected a numeric array"
+                f"{name} could not be converted to a NumPy array ({type(exc).__name__}: {exc}); "
+                "expected a real numeric array"
             ) from exc
     kind = arr.dtype.kind
     if kind == "b":
@@ -98,6 +109,87 @@ def as_cotangent(cotangent, shape=None):
 def check_callable(obj, name):
     if not callable(obj):
         raise InvalidArgumentType(f"{name} must be callable, got {type(obj).__name__}")
+
+
+def check_arity(func, n_args, name, rule):
+    """Raise :class:`InvalidArgument` if ``func`` cannot take ``n_args`` positional arguments.
+
+    ``rule`` says how the function is called (it ends the message). Functions
+    without an inspectable signature (NumPy ufuncs, some builtins) pass.
+    """
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*range(n_args))
+    except TypeError as exc:
+        raise InvalidArgument(
+            f"{name} cannot take {n_args} positional argument(s) ({exc}); {rule}"
+        ) from None
+
+
+def check_seed(seed):
+    """``None`` or a non-negative integer (what ``numpy.random.default_rng`` accepts)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InvalidArgumentType(f"seed must be an int >= 0 or None, got {seed!r}")
+    if seed < 0:
+        raise InvalidArgument(f"seed must be an int >= 0 or None, got {seed!r}")
+    return int(seed)
+
+
+def check_names(names, n):
+    """``None`` or a list/tuple of ``n`` strings, one name per input."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise InvalidArgumentType(
+            f"names must be a list or tuple of strings, one per input, got {names!r}"
+        )
+    if len(names) != n:
+        raise InvalidArgument(f"names must give one name per input ({n}), got {len(names)}")
+    for k, name in enumerate(names):
+        if not isinstance(name, str):
+            raise InvalidArgumentType(f"names[{k}] must be a string, got {name!r}")
+    return list(names)
+
+
+def as_output(out, who="fn", where="at the evaluation point"):
+    """The user's function's output -> float64 array, or :class:`UserFunctionError`.
+
+    One real array is expected: integer and boolean outputs are converted
+    (their derivative is 0); ``None``, tuples and lists of outputs (several
+    outputs), complex and non-numeric values are rejected with a message that
+    says what came back.
+    """
+    if out is None:
+        raise UserFunctionError(
+            f"{who} returned None {where}; it must return one array (did it forget to return?)"
+        )
+    if isinstance(out, (tuple, list)):
+        raise UserFunctionError(
+            f"{who} returned a {type(out).__name__} of {len(out)} {where}; it must return one "
+            "array. For several outputs, check each separately or concatenate them into one array"
+        )
+    try:
+        arr = np.asarray(out)
+    except (ValueError, TypeError) as exc:
+        raise UserFunctionError(
+            f"{who} returned {type(out).__name__} {where}, which is not a real numeric array"
+        ) from exc
+    if arr.dtype.kind == "c":
+        raise UserFunctionError(
+            f"{who} returned complex values (dtype {arr.dtype}) {where}; only real-valued "
+            "functions can be checked: return the real and imaginary parts as real outputs"
+        )
+    if arr.dtype.kind not in "fiub":
+        raise UserFunctionError(
+            f"{who} returned {type(out).__name__} of dtype {arr.dtype} {where}, which is not a "
+            "real numeric array"
+        )
+    return np.asarray(arr, dtype=np.float64)
 
 
 def check_tolerance(value, name):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from reference._validation import InvalidInput
-from reference.softmax import log_softmax, softmax
+from reference.softmax import _shifted, log_softmax, softmax
 
 __all__ = [
     "CE_REDUCTIONS",
@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 CE_REDUCTIONS = ("mean", "sum", "none")
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 SE_REDUCTIONS = ("sum", "mean", "batch_mean", "none")
 
 
@@ -77,6 +78,11 @@ def _reduce(per_row, reduction, valid):
         return per_row
     if reduction == "sum":
         return np.sum(per_row)
+    n = max(per_row.size, 1)
+    if per_row.size and np.max(np.abs(per_row)) > _FLOAT_MAX / n:
+        # The sum could overflow although the mean is representable (losses
+        # of 1e308 from logits near the float64 limit): divide first.
+        return np.sum(per_row / n)
     return np.mean(per_row)
 
 
@@ -106,7 +112,10 @@ def cross_entropy(logits, targets, *, reduction="mean"):
     1.386294
     """
     Y, _ = _targets_as_probabilities(logits, targets)
-    per_row = -np.sum(Y * log_softmax(logits, axis=-1), axis=-1)
+    # A class with target 0 contributes 0, also where log_softmax is -inf
+    # (a logit 1.8e308 below the row's maximum): 0 * -inf would be nan.
+    log_a = np.where(Y != 0, log_softmax(logits, axis=-1), 0.0)
+    per_row = -np.sum(Y * log_a, axis=-1)
     return _reduce(per_row, reduction, CE_REDUCTIONS)
 
 
@@ -163,8 +172,7 @@ def _one_minus_softmax(logits):
     row's maximum can ``a_j`` be near 1, and there the numerator is summed
     directly instead of subtracting.
     """
-    z = np.asarray(logits, dtype=np.float64)
-    s = z - np.max(z, axis=-1, keepdims=True)
+    s = _shifted(logits, -1)
     e = np.exp(s)
     total = np.sum(e, axis=-1, keepdims=True)
     out = 1.0 - e / total

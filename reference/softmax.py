@@ -22,7 +22,11 @@ def _shifted(x, axis):
     m = np.max(x, axis=axis, keepdims=True)
     # A row of all -inf has max -inf; shifting by it would give nan.
     m = np.where(np.isfinite(m), m, 0.0)
-    return x - m
+    # With logits of both signs near the float64 limit (1e308 and -1e308 in
+    # one row) x - m is below -1.8e308: it rounds to -inf, its correctly
+    # rounded value, and exp(-inf) = 0 is exact. Not an error to warn about.
+    with np.errstate(over="ignore"):
+        return x - m
 
 
 def softmax(x, axis=-1):
@@ -79,6 +83,8 @@ def log_softmax(x, axis=-1):
     1): exact where ``log(softmax(x))`` would give ``log(0) = -inf``, and
     accurate where ``log(sum(exp(s)))`` would round ``1 + r`` to 1 (a
     confident row whose loss is ``1e-20`` comes out as ``1e-20``, not 0).
+    An entry whose true value is below the float64 range (``x_i - max(x) <
+    -1.8e308``, only with logits of both signs near 1e308) is ``-inf``.
 
     Examples
     --------
