@@ -266,8 +266,6 @@ def test_wrong_loss_layer_fails():
 
 @pytest.mark.torch
 def test_layer_against_torch():
-    import torch
-
     r = check_layer(
         Affine(W, B), X, against=("numeric", "torch"), torch_fn=lambda x, w, b: x @ w + b
     )
