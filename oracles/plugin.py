@@ -1,0 +1,365 @@
+"""pytest plugin: a ``gradcheck`` fixture, a ``gradcheck`` marker, readable failures.
+
+Installed with the package, pytest loads it through the ``pytest11`` entry
+point; without the entry point (or with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``),
+load it with ``-p oracles.plugin``. It adds:
+
+* command-line options ``--oracles=numeric,torch,jax`` (the oracles the
+  fixture uses; default ``numeric``), ``--oracles-rtol``, ``--oracles-atol``
+  and ``--oracles-examples`` (Hypothesis ``max_examples`` for tests marked
+  ``gradcheck``);
+* a fixture ``gradcheck`` whose methods ``.vjp``, ``.layer``, ``.jvp`` and
+  ``.hvp`` call :func:`oracles.assert_vjp`, :func:`oracles.layer.assert_layer`,
+  :func:`oracles.jvp.assert_jvp` and :func:`oracles.second_order.assert_hvp`
+  with those settings;
+* a marker ``@pytest.mark.gradcheck(against=..., rtol=..., atol=...,
+  examples=...)`` that overrides the options for one test;
+* failure output: a test failing with :class:`oracles.GradientMismatch`
+  shows the readable report (and Hypothesis' falsifying example) and the
+  test line that raised it, instead of a traceback through the checker
+  (``--tb=long`` or ``--tb=native`` restore the full traceback).
+
+Example test file::
+
+    import numpy as np
+
+    def test_my_sin(gradcheck):
+        gradcheck.vjp(np.sin, lambda g, x: g * np.cos(x), (np.linspace(-1, 1, 5),))
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from oracles.check import ORACLES
+from oracles.errors import GradientMismatch
+
+__all__ = ["GradCheck", "gradcheck"]
+
+_MARKER_HELP = (
+    "gradcheck(against=None, rtol=None, atol=None, examples=None): settings of the gradcheck "
+    "fixture for this test (override --oracles, --oracles-rtol, --oracles-atol); examples sets "
+    "Hypothesis max_examples (overrides --oracles-examples)"
+)
+_MARKER_KEYS = ("against", "rtol", "atol", "examples")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("oracles", "gradient checks (backprop-oracles)")
+    group.addoption(
+        "--oracles",
+        default=None,
+        metavar="LIST",
+        help="comma-separated oracles the gradcheck fixture compares with, among numeric, "
+        "torch, jax (default: numeric). torch and jax are used by the calls that pass "
+        "torch_fn= / jax_fn=.",
+    )
+    group.addoption(
+        "--oracles-rtol",
+        default=None,
+        type=float,
+        metavar="R",
+        help="rtol added to every oracle's error estimate (default 0)",
+    )
+    group.addoption(
+        "--oracles-atol",
+        default=None,
+        type=float,
+        metavar="A",
+        help="atol added to every oracle's error estimate (default 0)",
+    )
+    group.addoption(
+        "--oracles-examples",
+        default=None,
+        type=int,
+        metavar="N",
+        help="Hypothesis max_examples for tests marked gradcheck (default: the profile's)",
+    )
+
+
+def _parse_oracles(value, where):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    value = tuple(value)
+    bad = [v for v in value if v not in ORACLES]
+    if not value or bad:
+        raise pytest.UsageError(
+            f"{where} must name oracles among {', '.join(ORACLES)} (comma-separated), "
+            f"got {bad or 'nothing'}"
+        )
+    return value
+
+
+def _check_number(value, where, kind):
+    if value is None:
+        return None
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise pytest.UsageError(f"{where} must be an integer >= 1, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise pytest.UsageError(f"{where} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", _MARKER_HELP)
+    _parse_oracles(config.getoption("oracles"), "--oracles")
+    _check_number(config.getoption("oracles_rtol"), "--oracles-rtol", float)
+    _check_number(config.getoption("oracles_atol"), "--oracles-atol", float)
+    _check_number(config.getoption("oracles_examples"), "--oracles-examples", int)
+
+
+class GradCheck:
+    """The ``gradcheck`` fixture: the oracles' assertions with the run's settings.
+
+    Parameters
+    ----------
+    against : tuple of str
+        Oracles to compare with. ``"numeric"`` runs for every call; ``"torch"``
+        and ``"jax"`` for the calls that pass ``torch_fn=`` / ``jax_fn=`` (a
+        call passing ``against=`` itself uses exactly that).
+    rtol, atol : float or None
+        Default tolerances of every call.
+    examples : int or None
+        Hypothesis ``max_examples`` for tests marked ``gradcheck`` (applied by
+        the plugin; here for reference).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check = GradCheck(against=("numeric",))
+    >>> check.vjp(np.sin, lambda g, x: g * np.cos(x), (np.array([0.1, 0.2]),)).ok
+    True
+    """
+
+    def __init__(self, against=("numeric",), rtol=None, atol=None, examples=None):
+        self.against = tuple(against)
+        self.rtol = rtol
+        self.atol = atol
+        self.examples = examples
+
+    def __repr__(self):
+        return (
+            f"GradCheck(against={self.against!r}, rtol={self.rtol!r}, atol={self.atol!r}, "
+            f"examples={self.examples!r})"
+        )
+
+    def _options(self, kwargs, backends=("torch_fn", "jax_fn")):
+        opts = dict(kwargs)
+        if "against" not in opts:
+            usable = [
+                o
+                for o in self.against
+                if o == "numeric" or (f"{o}_fn" in backends and opts.get(f"{o}_fn") is not None)
+            ]
+            if not usable:
+                from oracles.errors import InvalidArgument
+
+                raise InvalidArgument(
+                    f"the configured oracles {self.against} cannot run here: pass torch_fn= or "
+                    "jax_fn= for the autodiff oracles, or run with --oracles=numeric"
+                )
+            opts["against"] = tuple(usable)
+        opts.setdefault("rtol", self.rtol)
+        opts.setdefault("atol", self.atol)
+        return opts
+
+    def vjp(self, fn, vjp, inputs, **kwargs):
+        """:func:`oracles.assert_vjp` with the configured oracles and tolerances."""
+        __tracebackhide__ = True
+        from oracles.check import assert_vjp
+
+        return assert_vjp(fn, vjp, inputs, **self._options(kwargs))
+
+    def layer(self, layer, *inputs, **kwargs):
+        """:func:`oracles.layer.assert_layer` with the configured oracles and tolerances."""
+        __tracebackhide__ = True
+        from oracles.layer import assert_layer
+
+        return assert_layer(layer, *inputs, **self._options(kwargs))
+
+    def jvp(self, fn, jvp, inputs, **kwargs):
+        """:func:`oracles.jvp.assert_jvp` with the configured oracles and tolerances."""
+        __tracebackhide__ = True
+        from oracles.jvp import assert_jvp
+
+        return assert_jvp(fn, jvp, inputs, **self._options(kwargs))
+
+    def hvp(self, fn, hvp, inputs, **kwargs):
+        """:func:`oracles.second_order.assert_hvp` with the configured oracles and tolerances."""
+        __tracebackhide__ = True
+        from oracles.second_order import assert_hvp
+
+        return assert_hvp(fn, hvp, inputs, **self._options(kwargs))
+
+
+def _marker_settings(node):
+    marker = node.get_closest_marker("gradcheck")
+    if marker is None:
+        return None
+    if marker.args:
+        raise pytest.UsageError(
+            f"{node.nodeid}: @pytest.mark.gradcheck takes keyword arguments only "
+            f"({', '.join(_MARKER_KEYS)}), got positional {marker.args!r}"
+        )
+    unknown = set(marker.kwargs) - set(_MARKER_KEYS)
+    if unknown:
+        raise pytest.UsageError(
+            f"{node.nodeid}: @pytest.mark.gradcheck got unknown argument(s) {sorted(unknown)}; "
+            f"it takes {', '.join(_MARKER_KEYS)}"
+        )
+    return marker.kwargs
+
+
+def _settings_for(node):
+    config = node.config
+    marked = _marker_settings(node) or {}
+    where = f"{node.nodeid}: @pytest.mark.gradcheck"
+    against = _parse_oracles(marked.get("against"), f"{where}(against=...)")
+    if against is None:
+        against = _parse_oracles(config.getoption("oracles"), "--oracles") or ("numeric",)
+    rtol = _check_number(marked.get("rtol"), f"{where}(rtol=...)", float)
+    atol = _check_number(marked.get("atol"), f"{where}(atol=...)", float)
+    examples = _check_number(marked.get("examples"), f"{where}(examples=...)", int)
+    return {
+        "against": against,
+        "rtol": config.getoption("oracles_rtol") if rtol is None else rtol,
+        "atol": config.getoption("oracles_atol") if atol is None else atol,
+        "examples": config.getoption("oracles_examples") if examples is None else examples,
+    }
+
+
+#: The test item running now: the session-scoped fixture reads its marker.
+_CURRENT_ITEM = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.config.stash[_CURRENT_ITEM] = item
+
+
+def pytest_runtest_teardown(item):
+    item.config.stash[_CURRENT_ITEM] = None
+
+
+class _ConfiguredGradCheck(GradCheck):
+    """The fixture's object: its settings are those of the test running now.
+
+    The fixture is session-scoped (it holds no state, and Hypothesis warns
+    about function-scoped fixtures in ``@given`` tests); the marker of the
+    current test is read at every call.
+    """
+
+    def __init__(self, config):  # noqa: D107 - no GradCheck.__init__: settings are live
+        self._config = config
+
+    def _settings(self):
+        item = self._config.stash.get(_CURRENT_ITEM, None)
+        if item is None:
+            return {
+                "against": _parse_oracles(self._config.getoption("oracles"), "--oracles")
+                or ("numeric",),
+                "rtol": self._config.getoption("oracles_rtol"),
+                "atol": self._config.getoption("oracles_atol"),
+                "examples": self._config.getoption("oracles_examples"),
+            }
+        return _settings_for(item)
+
+    against = property(lambda self: self._settings()["against"])
+    rtol = property(lambda self: self._settings()["rtol"])
+    atol = property(lambda self: self._settings()["atol"])
+    examples = property(lambda self: self._settings()["examples"])
+
+
+@pytest.fixture(scope="session")
+def gradcheck(pytestconfig):
+    """Gradient assertions configured by ``--oracles*`` and ``@pytest.mark.gradcheck``.
+
+    ``gradcheck.vjp(fn, vjp, inputs, ...)``, ``gradcheck.layer(layer, *inputs,
+    ...)``, ``gradcheck.jvp(fn, jvp, inputs, ...)`` and ``gradcheck.hvp(fn,
+    hvp, inputs, ...)`` raise :class:`oracles.GradientMismatch` with the
+    readable report when the derivation is wrong, and return the report
+    otherwise. Keyword arguments are those of the ``check_*`` functions and
+    override the configuration. Session-scoped and stateless, so it can be
+    used in Hypothesis ``@given`` tests; the settings follow the test running.
+    """
+    return _ConfiguredGradCheck(pytestconfig)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Apply the configured Hypothesis ``max_examples`` to a marked Hypothesis test."""
+    examples = None
+    if item.get_closest_marker("gradcheck") is not None:
+        examples = _settings_for(item)["examples"]
+    test = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+    previous = getattr(test, "_hypothesis_internal_use_settings", None)
+    if examples is None or not getattr(test, "is_hypothesis_test", False) or previous is None:
+        yield
+        return
+    from hypothesis import settings
+
+    test._hypothesis_internal_use_settings = settings(previous, max_examples=examples)
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = previous
+
+
+class _ReadableFailure:
+    """A ``longrepr`` that prints the gradient report and where the test raised it."""
+
+    def __init__(self, text, path, lineno, message):
+        from _pytest._code.code import ReprFileLocation
+
+        self.text = text
+        self.reprcrash = ReprFileLocation(path, lineno, message)
+
+    def toterminal(self, tw):
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self):
+        return self.text
+
+
+def _test_location(item, excinfo):
+    """``(path, lineno)`` of the innermost traceback entry in the test's own file."""
+    path = str(item.path)
+    lineno = None
+    for entry in excinfo.traceback:
+        if str(entry.path) == path:
+            lineno = entry.lineno + 1
+    if lineno is None:
+        lineno = (item.location[1] or 0) + 1
+    try:
+        shown = item.config.rootpath and str(item.path.relative_to(item.config.rootpath))
+    except ValueError:
+        shown = path
+    return shown, lineno
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    excinfo = call.excinfo
+    if (
+        excinfo is None
+        or not rep.failed
+        or not isinstance(excinfo.value, GradientMismatch)
+        or item.config.getoption("tbstyle", "auto") not in ("auto", "short")
+    ):
+        return
+    exc = excinfo.value
+    path, lineno = _test_location(item, excinfo)
+    lines = [str(exc)]
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        lines += [""] + [str(n) for n in notes]
+    lines += ["", f"{path}:{lineno}: GradientMismatch"]
+    message = str(exc).splitlines()[0] if str(exc) else "GradientMismatch"
+    rep.longrepr = _ReadableFailure("\n".join(lines), path, lineno, message)
