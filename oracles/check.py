@@ -35,6 +35,7 @@ from oracles.errors import (
     OraclesError,
     UserFunctionError,
 )
+from oracles.fast import resolve_mode
 from oracles.report import WORST_LIMIT, Agreement, Element, InputReport, OracleCheck, Report
 
 __all__ = ["ORACLES", "assert_vjp", "check_vjp"]
@@ -204,29 +205,46 @@ def _mutations(pristine, passed, names, who):
     return problems
 
 
-def _numeric_reference(objective, analytic, mode):
-    """Per-element numeric gradient of every input with error estimates."""
-    if mode != "exhaustive":
-        raise InvalidArgument(f"mode must be 'exhaustive', got {mode!r}")
-    xs = objective.work
-    indices = [(i, j) for i, x in enumerate(xs) for j in range(x.size)]
-    est = numerics.partials(objective, indices, grads=analytic)
-    out, pos = [], 0
-    for x in xs:
-        sl = slice(pos, pos + x.size)
-        out.append(
-            {
-                "value": est.value[sl].reshape(x.shape),
-                "error": est.error[sl].reshape(x.shape),
-                "kink": est.kink[sl].reshape(x.shape),
-                "left": est.left[sl].reshape(x.shape),
-                "right": est.right[sl].reshape(x.shape),
-                "nonfinite": est.nonfinite[sl].reshape(x.shape),
-            }
-        )
-        pos += x.size
-    method = "central differences per element, step ladder + Richardson"
-    return out, method, est.evaluations, est.notes
+def _numeric_reference(
+    objective, analytic, mode, *, atol=0.0, rtol=0.0, seed=None, must_check=None
+):
+    """Numeric gradient of every input with error estimates, by ``mode`` (see :func:`check_vjp`).
+
+    Returns ``(per-input dicts, method, evaluations, notes)``. A dict with a
+    ``checked`` mask (mode ``"fast"``) carries numeric values only there;
+    ``covered`` is how many elements the passing projections covered.
+    """
+    n = sum(x.size for x in objective.work)
+    return resolve_mode(mode, n).reference(
+        objective, analytic, atol=atol, rtol=rtol, seed=seed, must_check=must_check
+    )
+
+
+def _take(ref, pos):
+    return {
+        k: np.asarray(v).reshape(-1)[pos]
+        for k, v in ref.items()
+        if k not in ("checked", "covered") and v is not None
+    }
+
+
+def _checked_subset(analytic, ref):
+    """``(analytic, ref, flat positions)`` restricted to the elements compared individually."""
+    if ref.get("checked") is None:
+        return analytic, ref, None
+    pos = np.flatnonzero(np.asarray(ref["checked"]).reshape(-1))
+    sub = _take(ref, pos)
+    sub["covered"] = ref.get("covered", pos.size)
+    return np.asarray(analytic).reshape(-1)[pos], sub, pos
+
+
+def _common_checked(ra, rb):
+    """Two references restricted to the elements both compared individually (mode "fast")."""
+    masks = [np.asarray(r["checked"]).reshape(-1) for r in (ra, rb) if r.get("checked") is not None]
+    if not masks:
+        return ra, rb
+    pos = np.flatnonzero(np.logical_and.reduce(masks))
+    return _take(ra, pos), _take(rb, pos)
 
 
 def _autodiff_reference(oracle, backend_fn, xs, cotangent, names):
@@ -257,6 +275,8 @@ def _autodiff_reference(oracle, backend_fn, xs, cotangent, names):
 
 
 def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol):
+    shape = analytic.shape
+    analytic, ref, positions = _checked_subset(analytic, ref)
     cmp = compare(
         analytic,
         ref["value"],
@@ -271,11 +291,15 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol):
     for flat in cmp.worst(WORST_LIMIT):
         idx = np.unravel_index(int(flat), analytic.shape) if analytic.ndim else ()
         idx = tuple(int(i) for i in idx)
+        where = idx
+        if positions is not None:  # mode "fast": back to the index in the whole gradient
+            where = np.unravel_index(int(positions[int(flat)]), shape) if shape else ()
+            where = tuple(int(i) for i in where)
         worst.append(
             Element(
                 input_name=name,
                 input_number=number,
-                index=idx,
+                index=where,
                 oracle=oracle,
                 analytic=float(cmp.analytic[idx]),
                 reference=float(cmp.reference[idx]),
@@ -289,7 +313,7 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol):
     return OracleCheck(
         oracle=oracle,
         method=method,
-        n_checked=int(analytic.size),
+        n_checked=int(ref.get("covered", analytic.size)),
         n_failed=cmp.n_failed,
         max_abs_error=cmp.max_abs_error,
         max_rel_error=cmp.max_rel_error,
@@ -307,6 +331,7 @@ def _agreements(refs, names):
             a, b = keys[a_i], keys[b_i]
             for k, name in enumerate(names):
                 ra, rb = refs[a][k], refs[b][k]
+                ra, rb = _common_checked(ra, rb)
                 cmp = compare(
                     rb["value"],
                     ra["value"],
@@ -380,7 +405,7 @@ def check_vjp(
     torch_fn=None,
     jax_fn=None,
     names=None,
-    mode="exhaustive",
+    mode="auto",
 ):
     """Check a hand-written VJP against numerics and/or autodiff; return a report.
 
@@ -414,8 +439,20 @@ def check_vjp(
         ``fn`` written with the framework's own ops; needed for those oracles.
     names : sequence of str, optional
         Names of the inputs in the report (default: ``fn``'s parameter names).
-    mode : {"exhaustive"}
-        ``"exhaustive"``: every element by central differences.
+    mode : {"auto", "fast", "exhaustive", "ladder"} or a mode object
+        How the numeric oracle works. ``"exhaustive"``: every element by a
+        central difference at a step calibrated per input (about 2
+        evaluations of ``fn`` per element), the full step ladder where that
+        screen does not settle it (:mod:`oracles.exhaustive`). ``"ladder"``:
+        the full step ladder for every element (10-25 evaluations each).
+        ``"fast"``: random Rademacher projections over all inputs, then
+        bisection to name the elements that disagree, each confirmed by the
+        ladder (:mod:`oracles.fast`); elements never named are covered by
+        the projections but not compared one by one. ``"auto"`` (default):
+        ``"exhaustive"`` up to 5,000 elements in all, else ``"fast"``. Pass
+        ``oracles.exhaustive.Exhaustive(executor=..., progress=...)`` or
+        ``oracles.fast.Fast(directions=...)`` for their options (e.g. run
+        the chunks of an exhaustive check on a process pool).
 
     Returns
     -------
@@ -471,6 +508,7 @@ def check_vjp(
     check_callable(fn, "fn")
     check_callable(vjp, "vjp")
     against = _parse_against(against)
+    resolve_mode(mode, 0)  # an unknown mode fails here, before any user code runs
     rtol = check_tolerance(rtol, "rtol") or 0.0
     atol = check_tolerance(atol, "atol") or 0.0
     seed = check_seed(seed)
@@ -518,7 +556,15 @@ def check_vjp(
         if oracle == "numeric":
             objective = numerics.ScalarObjective(_Guarded(fn, "fn", xs, names, out.shape), xs, cot)
             safe = [np.where(np.isfinite(g), g, 0.0) for g in analytic]
-            refs[oracle], methods[oracle], n_eval, num_notes = _numeric_reference(objective, safe, mode)
+            refs[oracle], methods[oracle], n_eval, num_notes = _numeric_reference(
+                objective,
+                safe,
+                mode,
+                atol=atol,
+                rtol=rtol,
+                seed=seed,
+                must_check=[~np.isfinite(g) for g in analytic],
+            )
             evaluations += n_eval
             notes += num_notes
             n_nonfinite = sum(int(np.count_nonzero(r["nonfinite"])) for r in refs[oracle])

@@ -1,0 +1,540 @@
+"""Every element, at close to the cost of two forward passes each: a screened exhaustive check.
+
+The step ladder of :mod:`oracles.numerics` spends 10-25 evaluations of ``fn``
+per element. Almost all of them are wasted on correct code, where one central
+difference at a good step already agrees with the analytic value to within
+what rounding explains. So the exhaustive check runs in two stages:
+
+1. **Screen** (2 evaluations per element). Per input, a few sample elements
+   get the full ladder; the central difference of those samples at steps
+   ``2^-10 .. 2^-22`` is compared with the ladder's value, and the step with
+   the smallest ``noise + 2 * deviation`` is kept, together with
+   ``2 * max deviation`` as a truncation bound ``T`` for that input. Then every
+   element gets one central difference ``c`` at that step, with the error
+   estimate ``noise(c) + T`` (``noise`` from the rounding model of
+   :class:`oracles.numerics.ScalarObjective`, per element). An element passes
+   the screen when ``|analytic - c| <= atol + rtol * |c| + noise(c) + T``.
+2. **Ladder** (about 15 evaluations per element). Elements that fail the
+   screen, sit at a kink, or were not finite, and every element of inputs too
+   small to be worth sampling, get the full per-element ladder, which decides.
+
+A screen failure only costs time: the ladder has the last word. A screen
+pass on a wrong element would need the truncation error to mimic the
+mistake, within the noise level, which does not happen by chance.
+
+Chunks of elements run on any :class:`concurrent.futures.Executor`
+(``executor=``): a :class:`~concurrent.futures.ProcessPoolExecutor`, a
+thread pool, or a Dask/Ray executor. For a process pool ``fn`` must be
+picklable (a module-level function, or :func:`functools.partial` of one; not
+a lambda or a closure); when it is not, the check runs in-process and says
+so in a note.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sys
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from oracles import numerics
+from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
+
+__all__ = ["Exhaustive", "exhaustive_partials"]
+
+#: Inputs with at most this many elements skip the screen (sampling would cost more).
+SCREEN_MIN = 32
+#: Elements per input whose full ladder calibrates the screen.
+N_SAMPLE = 8
+#: Candidate screen steps, absolute (``2^-10 .. 2^-22``).
+SCREEN_STEPS = tuple(2.0**-k for k in range(10, 23))
+#: Safety factor on the largest deviation seen on the samples (the truncation bound).
+TRUNCATION_SAFETY = 2.0
+#: Show a progress bar (when ``progress=None``) for runs expected to take longer than this (s).
+PROGRESS_AFTER = 5.0
+
+
+@dataclass(frozen=True)
+class Exhaustive:
+    """The ``mode=`` of :func:`oracles.check_vjp` that checks every element.
+
+    Parameters
+    ----------
+    executor : concurrent.futures.Executor, optional
+        Runs chunks of elements (``None``: in this process). ``fn`` must be
+        picklable for a process pool; otherwise the check runs in-process
+        and the report says so.
+    progress : bool, optional
+        Progress bar (tqdm). ``None``: only for runs expected to take more
+        than a few seconds, and only on a terminal.
+    screen : bool
+        ``True``: two-stage screen (see the module notes). ``False``: the full
+        step ladder for every element (``mode="ladder"``).
+    chunk_size : int, optional
+        Elements per chunk (default: about 32 chunks, 256 .. 20,000 each).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oracles import check_vjp
+    >>> x = np.linspace(-1.0, 1.0, 50)
+    >>> check_vjp(np.sin, lambda g, x: g * np.cos(x), (x,), mode=Exhaustive()).ok
+    True
+    """
+
+    executor: Executor | None = None
+    progress: bool | None = None
+    screen: bool = True
+    chunk_size: int | None = None
+
+    def __post_init__(self):
+        if self.executor is not None and not isinstance(self.executor, Executor):
+            raise InvalidArgumentType(
+                "executor must be a concurrent.futures.Executor or None, got "
+                f"{type(self.executor).__name__}"
+            )
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise InvalidArgumentType(
+                f"progress must be True, False or None, got {self.progress!r}"
+            )
+        if not isinstance(self.screen, bool):
+            raise InvalidArgumentType(f"screen must be True or False, got {self.screen!r}")
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool)
+            or not isinstance(self.chunk_size, (int, np.integer))
+            or self.chunk_size < 1
+        ):
+            raise InvalidArgument(
+                f"chunk_size must be a positive int or None, got {self.chunk_size!r}"
+            )
+
+    def reference(self, objective, grads, *, atol=0.0, rtol=0.0, seed=None, must_check=None):
+        """Numeric reference for every element; see :func:`exhaustive_partials`.
+
+        Returns ``(per-input dicts, method, evaluations, notes)`` as
+        :func:`oracles.check.check_vjp` consumes them.
+        """
+        indices = [(i, np.arange(x.size)) for i, x in enumerate(objective.work)]
+        est, info = exhaustive_partials(
+            objective,
+            grads,
+            indices,
+            atol=atol,
+            rtol=rtol,
+            executor=self.executor,
+            progress=self.progress,
+            screen=self.screen,
+            chunk_size=self.chunk_size,
+        )
+        out = []
+        for i, x in enumerate(objective.work):
+            out.append({k: v.reshape(x.shape) for k, v in est[i].items()})
+        return out, info["method"], info["evaluations"], info["notes"]
+
+
+# --- one chunk of work: runs here or on an executor ---------------------------------------------
+
+
+def _screen(objective, i, flat_idx, h, noise_x):
+    """One central difference at step ``h`` per element of input ``i``.
+
+    Returns ``(value, noise, nonfinite)``: the quotient divided by the step
+    actually taken, and its rounding-noise estimate (changed outputs, input
+    magnitude, and the off-centre term when ``x +- h`` round unequally).
+    """
+    work = objective.work
+    flat = work[i].reshape(-1)
+    cot = objective.cotangent
+    f0 = objective.base_output
+    n = len(flat_idx)
+    value = np.empty(n)
+    noise = np.empty(n)
+    nonfinite = np.zeros(n, dtype=bool)
+    evaluate = _fast_output(objective)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, nonfinite)
+    return value, noise, nonfinite
+
+
+def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, nonfinite):
+    scale = numerics.NOISE_SAFETY * numerics.EPS
+    scalar = cot.size == 1
+    c_abs = np.abs(cot)
+    for p, j in enumerate(flat_idx):
+        x0 = flat[j]
+        xp, xm = x0 + h, x0 - h
+        try:
+            flat[j] = xp
+            fp = evaluate()
+            flat[j] = xm
+            fm = evaluate()
+        finally:
+            flat[j] = x0
+        if fp.shape != cot.shape or fm.shape != cot.shape:
+            raise UserFunctionError(
+                f"fn returned shape {fp.shape if fp.shape != cot.shape else fm.shape} at a "
+                f"perturbed point but {cot.shape} at the evaluation point"
+            )
+        hp, hm = xp - x0, x0 - xm
+        delta = xp - xm
+        if scalar:
+            a, b, z = float(fp), float(fm), float(f0)
+            if not (math.isfinite(a) and math.isfinite(b)):
+                nonfinite[p], value[p], noise[p] = True, np.nan, np.inf
+                continue
+            c = float(cot)
+            num = c * (a - b)
+            level = (max(abs(a), 1.0) + max(abs(b), 1.0)) * abs(c) if a != b else 0.0
+            fwd, bwd = c * (a - z) / hp, c * (z - b) / hm
+        else:
+            if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+                nonfinite[p], value[p], noise[p] = True, np.nan, np.inf
+                continue
+            num = float(np.vdot(cot, fp - fm))
+            changed = fp != fm
+            level = float(
+                np.sum(
+                    c_abs[changed]
+                    * (np.maximum(np.abs(fp[changed]), 1.0) + np.maximum(np.abs(fm[changed]), 1.0))
+                )
+            )
+            fwd = float(np.vdot(cot, fp - f0)) / hp if hp != hm else 0.0
+            bwd = float(np.vdot(cot, f0 - fm)) / hm if hp != hm else 0.0
+        value[p] = num / delta
+        center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
+        noise[p] = (scale * level + 2.0 * noise_x) / delta + center
+
+
+def _fast_output(objective):
+    """``objective.output`` of the working arrays, minus per-call overhead.
+
+    The read-only views and the floating-point error state are set up once
+    per chunk instead of once per call (the views see every in-place change
+    of the working arrays). Falls back to ``objective.output`` when ``fn``
+    needs fresh copies (it writes into its inputs).
+    """
+    work = objective.work
+    objective.output(work)  # settles copy_on_call before views are reused
+    if objective.copy_on_call:
+        return lambda: objective.output(work)
+    views = objective._views(work)
+    fn = objective.fn
+
+    def evaluate():
+        objective.calls += 1
+        return np.asarray(fn(*views), dtype=np.float64)
+
+    return evaluate
+
+
+def _ladder(objective, i, flat_idx, grads):
+    est = numerics.partials(objective, [(i, int(j)) for j in flat_idx], grads=grads)
+    return {
+        "value": est.value,
+        "error": est.error,
+        "kink": est.kink,
+        "left": est.left,
+        "right": est.right,
+        "nonfinite": est.nonfinite,
+    }
+
+
+def _run_chunk(payload, kind, i, flat_idx, arg):
+    """Module-level (picklable) entry point of one chunk on an executor.
+
+    ``payload = (fn, inputs, cotangent)``; a fresh objective is built here so
+    that chunks running at the same time never share working arrays.
+    Returns ``(result, evaluations, notes)``.
+    """
+    fn, inputs, cotangent = payload
+    objective = numerics.ScalarObjective(fn, inputs, cotangent)
+    calls0 = objective.calls
+    if kind == "screen":
+        h, noise_x = arg
+        result = _screen(objective, i, flat_idx, h, noise_x)
+    else:
+        result = _ladder(objective, i, flat_idx, arg)
+    return result, objective.calls - calls0, list(objective.notes)
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+def _picklable(obj):
+    try:
+        pickle.dumps(obj)
+    except Exception:  # any failure to pickle means: not usable on a process pool
+        return False
+    return True
+
+
+def _needs_pickling(executor):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return not isinstance(executor, ThreadPoolExecutor)
+
+
+class _Runner:
+    """Runs chunks in-process or on an executor, with an optional progress bar."""
+
+    def __init__(self, objective, executor, notes):
+        self.objective = objective
+        self.executor = executor
+        self.evaluations = 0
+        self.notes = notes
+        if executor is not None and _needs_pickling(executor):
+            if not _picklable(objective.fn):
+                notes.append(
+                    f"fn ({getattr(objective.fn, '__name__', type(objective.fn).__name__)}) "
+                    "cannot be pickled, so the chunks ran in this process instead of on the "
+                    f"{type(executor).__name__}; pass a module-level function (or a "
+                    "functools.partial of one) to use a process pool"
+                )
+                self.executor = None
+        self.payload = (objective.fn, [x.copy() for x in objective.work], objective.cotangent)
+
+    def run(self, kind, chunks, arg_of, bar=None):
+        """``chunks``: list of ``(i, flat_idx)``; returns results in the same order."""
+        results = [None] * len(chunks)
+        if self.executor is None:
+            for c, (i, idx) in enumerate(chunks):
+                calls0 = self.objective.calls
+                if kind == "screen":
+                    h, noise_x = arg_of(i)
+                    results[c] = _screen(self.objective, i, idx, h, noise_x)
+                else:
+                    results[c] = _ladder(self.objective, i, idx, arg_of(i))
+                self.evaluations += self.objective.calls - calls0
+                if bar is not None:
+                    bar.update(len(idx))
+            return results
+        from concurrent.futures import as_completed
+
+        futures = {
+            self.executor.submit(_run_chunk, self.payload, kind, i, idx, arg_of(i)): c
+            for c, (i, idx) in enumerate(chunks)
+        }
+        for fut in as_completed(futures):
+            c = futures[fut]
+            results[c], n_eval, notes = fut.result()
+            self.evaluations += n_eval
+            for note in notes:
+                if note not in self.notes:
+                    self.notes.append(note)
+            if bar is not None:
+                bar.update(len(chunks[c][1]))
+        return results
+
+
+def _chunks(i, idx, size):
+    return [(i, idx[s : s + size]) for s in range(0, len(idx), size)]
+
+
+def _calibrate(objective, i, flat_idx, grads, noise_x, rng):
+    """Screen step and truncation bound for input ``i`` from a few full ladders.
+
+    Returns ``(step, truncation, sample_idx, sample_result)``; ``step`` is
+    ``None`` when no candidate step gave a usable screen (then every element
+    of the input gets the ladder).
+    """
+    g = np.abs(np.asarray(grads[i], dtype=np.float64).reshape(-1)[flat_idx])
+    n_big = N_SAMPLE // 2
+    largest = flat_idx[np.argsort(-g, kind="stable")[:n_big]]
+    rest = np.setdiff1d(flat_idx[g > 0], largest)
+    if rest.size < N_SAMPLE - n_big:
+        rest = np.setdiff1d(flat_idx, largest)
+    sample = np.concatenate(
+        [largest, rng.choice(rest, size=min(N_SAMPLE - n_big, rest.size), replace=False)]
+    )
+    ladder = _ladder(objective, i, sample, grads)
+    usable = np.isfinite(ladder["value"]) & ~ladder["kink"]
+    best = None
+    if np.any(usable):
+        v = ladder["value"][usable]
+        for h in SCREEN_STEPS:
+            c, noise, nonfinite = _screen(objective, i, sample[usable], h, noise_x)
+            if np.any(nonfinite):
+                continue
+            dev = float(np.max(np.abs(c - v)))
+            score = float(np.max(noise)) + TRUNCATION_SAFETY * dev
+            if best is None or score < best[0]:
+                best = (score, h, TRUNCATION_SAFETY * dev)
+    if best is None:
+        return None, np.inf, sample, ladder
+    return best[1], best[2], sample, ladder
+
+
+def exhaustive_partials(
+    objective,
+    grads,
+    indices,
+    *,
+    atol=0.0,
+    rtol=0.0,
+    executor=None,
+    progress=None,
+    screen=True,
+    chunk_size=None,
+):
+    """Per-element numeric derivatives of ``objective`` for the given elements.
+
+    Parameters
+    ----------
+    objective : oracles.numerics.ScalarObjective
+    grads : sequence of ndarray
+        The analytic gradient, one array per input (finite): the screen's
+        reference and the noise model's gradient estimate.
+    indices : sequence of (input_number, flat_indices)
+        The elements to differentiate, per input.
+    atol, rtol : float
+        Tolerances of the comparison (an element passes the screen when
+        ``|analytic - c| <= atol + rtol * |c| + error``).
+    executor, progress, screen, chunk_size
+        See :class:`Exhaustive`.
+
+    Returns
+    -------
+    results : dict
+        ``results[i]`` for every input ``i`` named in ``indices``: a dict of
+        flat arrays ``value, error, kink, left, right, nonfinite`` over
+        ``indices``' elements of that input, in that order.
+    info : dict
+        ``method`` (str), ``evaluations`` (int), ``notes`` (list of str),
+        ``screened`` / ``laddered`` (numbers of elements decided by each
+        stage), ``steps`` (screen step per input, ``None`` where unscreened).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oracles.numerics import ScalarObjective
+    >>> x = np.linspace(0.1, 2.0, 40)
+    >>> obj = ScalarObjective(np.log, (x,), np.ones(40))
+    >>> res, info = exhaustive_partials(obj, [1 / x], [(0, np.arange(40))])
+    >>> bool(np.all(np.abs(res[0]["value"] - 1 / x) <= res[0]["error"]))
+    True
+    >>> info["screened"] + info["laddered"]
+    40
+    """
+    notes = []
+    runner = _Runner(objective, executor, notes)
+    noise_x = objective.input_noise(grads)
+    rng = np.random.default_rng(0)
+    results, screen_of = {}, {}
+    to_ladder = []  # (i, positions within indices[i])
+    steps = {}
+    n_total = sum(len(idx) for _, idx in indices)
+    started = time.perf_counter()
+    calls_before = objective.calls
+
+    for i, idx in indices:
+        idx = np.asarray(idx, dtype=np.intp)
+        n = idx.size
+        results[i] = {
+            "value": np.full(n, np.nan),
+            "error": np.full(n, np.inf),
+            "kink": np.zeros(n, dtype=bool),
+            "left": np.full(n, np.nan),
+            "right": np.full(n, np.nan),
+            "nonfinite": np.zeros(n, dtype=bool),
+        }
+        if not screen or n <= SCREEN_MIN:
+            steps[i] = None
+            to_ladder.append((i, np.arange(n)))
+            continue
+        h, trunc, sample, ladder = _calibrate(objective, i, idx, grads, noise_x, rng)
+        steps[i] = h
+        pos_of = {int(j): p for p, j in enumerate(idx)}
+        sample_pos = np.array([pos_of[int(j)] for j in sample], dtype=np.intp)
+        for key, arr in ladder.items():
+            results[i][key][sample_pos] = arr
+        rest = np.ones(n, dtype=bool)
+        rest[sample_pos] = False
+        if h is None:
+            to_ladder.append((i, np.flatnonzero(rest)))
+        else:
+            screen_of[i] = (h, trunc, np.flatnonzero(rest))
+    runner.evaluations += objective.calls - calls_before
+
+    # Stage 1: the screen.
+    size = chunk_size or int(min(20000, max(256, math.ceil(n_total / 32))))
+    chunks, owners = [], []
+    idx_of = {i: np.asarray(idx, dtype=np.intp) for i, idx in indices}
+    for i, (_, _, pos) in screen_of.items():
+        for c in _chunks(i, pos, size):
+            chunks.append((i, idx_of[i][c[1]]))
+            owners.append((i, c[1]))
+    n_screen = sum(len(c[1]) for c in chunks)
+    elapsed = time.perf_counter() - started
+    per_eval = elapsed / max(runner.evaluations, 1)
+    expected = per_eval * 2 * n_screen
+    bar = _progress_bar(progress, expected, n_screen)
+    try:
+        outs = runner.run("screen", chunks, lambda i: (screen_of[i][0], noise_x), bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    n_screened = 0
+    for (i, pos), (value, noise, nonfinite) in zip(owners, outs, strict=True):
+        trunc = screen_of[i][1]
+        a = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx_of[i][pos]]
+        err = noise + trunc
+        with np.errstate(invalid="ignore"):
+            ok = np.abs(a - value) <= atol + rtol * np.abs(value) + err
+        ok &= ~nonfinite
+        r = results[i]
+        r["value"][pos[ok]] = value[ok]
+        r["error"][pos[ok]] = err[ok]
+        n_screened += int(np.count_nonzero(ok))
+        if not np.all(ok):
+            to_ladder.append((i, pos[~ok]))
+
+    # Stage 2: the ladder for whatever the screen could not settle.
+    chunks, owners = [], []
+    lsize = max(1, size // 8)
+    for i, pos in to_ladder:
+        for c in _chunks(i, pos, lsize):
+            chunks.append((i, idx_of[i][c[1]]))
+            owners.append((i, c[1]))
+    n_ladder = sum(len(c[1]) for c in chunks)
+    bar = _progress_bar(progress, per_eval * 16 * n_ladder, n_ladder)
+    try:
+        outs = runner.run("ladder", chunks, lambda i: grads, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    for (i, pos), res in zip(owners, outs, strict=True):
+        for key, arr in res.items():
+            results[i][key][pos] = arr
+
+    n_sampled = n_total - n_screened - n_ladder
+    if screen:
+        method = (
+            "central differences per element: one step per input chosen on sampled full ladders "
+            f"({n_screened} screened at 2 evaluations each), step ladder + Richardson for "
+            f"{n_ladder + n_sampled} (samples, screen failures, kinks, small inputs)"
+        )
+    else:
+        method = "central differences per element, step ladder + Richardson"
+    notes = list(dict.fromkeys(notes + list(objective.notes)))
+    return results, {
+        "method": method,
+        "evaluations": runner.evaluations,
+        "notes": notes,
+        "screened": n_screened,
+        "laddered": n_ladder + n_sampled,
+        "steps": steps,
+    }
+
+
+def _progress_bar(progress, expected_seconds, total):
+    if progress is False or total == 0:
+        return None
+    if progress is None and (expected_seconds < PROGRESS_AFTER or not sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="el", desc="exhaustive check", leave=False)
