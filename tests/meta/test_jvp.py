@@ -239,7 +239,7 @@ X = np.array([0.1, 0.2])
         (dict(seed=1.5), InvalidArgumentType, "seed"),
         (dict(jvp=lambda xs, ts: np.ones(3)), UserFunctionError, "shape"),
         (dict(jvp=lambda xs: xs[0]), UserFunctionError, "jvp raised TypeError"),
-        (dict(fn=lambda x: np.log(x - 1)), UserFunctionError, "NaN or inf"),
+        (dict(fn=lambda x: np.full_like(x, np.inf)), UserFunctionError, "NaN or inf"),
     ],
 )
 def test_argument_validation(kwargs, error, match):
