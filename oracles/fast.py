@@ -42,7 +42,7 @@ import numpy as np
 
 from oracles import numerics
 from oracles.errors import InvalidArgument, InvalidArgumentType
-from oracles.exhaustive import Exhaustive, exhaustive_partials
+from oracles.exhaustive import Exhaustive, exhaustive_partials, sharp_partials
 
 __all__ = [
     "AUTO_EXHAUSTIVE_MAX",
@@ -323,15 +323,7 @@ def _store(results, i, flat_idx, est):
 
 
 def _ladder_elements(objective, grads, elements):
-    est = numerics.partials(objective, elements, grads=grads)
-    return {
-        "value": est.value,
-        "error": est.error,
-        "kink": est.kink,
-        "left": est.left,
-        "right": est.right,
-        "nonfinite": est.nonfinite,
-    }
+    return sharp_partials(objective, elements, grads)
 
 
 def fast_partials(
