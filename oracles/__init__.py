@@ -17,8 +17,11 @@ from oracles.errors import (
     UserFunctionError,
 )
 from oracles.jax_backend import jax_vjp
+from oracles.jvp import assert_jvp, check_jvp
+from oracles.layer import assert_layer, check_layer
 from oracles.numerics import numeric_vjp
 from oracles.report import Report
+from oracles.second_order import assert_hvp, check_hvp
 from oracles.torch_backend import torch_vjp
 
 __all__ = [
@@ -30,7 +33,13 @@ __all__ = [
     "OraclesError",
     "Report",
     "UserFunctionError",
+    "assert_hvp",
+    "assert_jvp",
+    "assert_layer",
     "assert_vjp",
+    "check_hvp",
+    "check_jvp",
+    "check_layer",
     "check_vjp",
     "jax_vjp",
     "numeric_vjp",

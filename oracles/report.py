@@ -171,11 +171,14 @@ class Report:
                 f"{', '.join(self.oracles)} ({n} comparisons)"
             )
         parts = []
+        # A VJP or layer check compares gradients of inputs; a JVP or HVP check
+        # compares the named output pieces themselves.
+        what = "the gradient of " if self.kind in ("check_vjp", "check_layer") else ""
         for r in self.inputs:
             for c in r.checks.values():
                 if not c.ok:
                     parts.append(
-                        f"{c.n_failed} of {c.n_checked} elements of the gradient of {r.name} "
+                        f"{c.n_failed} of {c.n_checked} elements of {what}{r.name} "
                         f"disagree with {c.oracle}"
                     )
         parts += self.problems
