@@ -623,10 +623,12 @@ def check_vjp(
         agreements=_agreements(refs, names) if len(refs) > 1 else [],
         context=context,
     )
-    if not report.ok and "numeric" in against:
-        # Randomness that the up-front check missed (dropout on a small
-        # output can repeat its mask) shows up as a mismatch: rule it out.
-        _check_determinism(fn, xs, out, repeats=8)
+    if "numeric" in against:
+        # Randomness that the up-front calls missed (dropout on a small
+        # output can repeat its mask) would show up as a mismatch, or as
+        # error estimates wide enough to accept anything: rule it out, more
+        # thoroughly when the check failed.
+        _check_determinism(fn, xs, out, repeats=2 if report.ok else 8)
     return report
 
 
