@@ -241,11 +241,19 @@ class ScalarObjective:
         """
         if grads is None:
             return 0.0
-        sq = 0.0
-        for x, g in zip(self.work, grads, strict=True):
-            if g is not None:
-                sq += float(np.sum((x * np.asarray(g, dtype=np.float64)) ** 2))
-        return NOISE_SAFETY * EPS * float(np.sqrt(sq))
+        # eps * x * g elementwise first, then a scaled 2-norm: no overflow
+        # for |x * g| up to the float64 maximum.
+        parts = [
+            np.abs((EPS * x) * np.asarray(g, dtype=np.float64)).ravel()
+            for x, g in zip(self.work, grads, strict=True)
+            if g is not None
+        ]
+        v = np.concatenate(parts) if parts else np.zeros(0)
+        v = v[np.isfinite(v)]
+        top = float(np.max(v)) if v.size else 0.0
+        if top == 0.0:
+            return 0.0
+        return NOISE_SAFETY * top * float(np.sqrt(np.sum((v / top) ** 2)))
 
 
 def _ladder(quotient, n_rungs=N_RUNGS):
@@ -520,8 +528,19 @@ def numeric_vjp(fn, inputs, cotangent):
     """
     from oracles._validation import as_cotangent, as_inputs
 
+    from oracles._validation import check_callable
+    from oracles.check import _Guarded
+
+    check_callable(fn, "fn")
     xs = as_inputs(inputs)
-    objective = ScalarObjective(fn, xs, as_cotangent(cotangent))
+    names = [f"inputs[{k}]" for k in range(len(xs))]
+    out = _Guarded(fn, "fn", xs, names)(*[x.copy() for x in xs])
+    try:
+        shape = np.shape(out)
+    except Exception:  # a ragged or non-array result: let the guard name it below
+        shape = None
+    cot = as_cotangent(cotangent, shape)
+    objective = ScalarObjective(_Guarded(fn, "fn", xs, names, shape=cot.shape), xs, cot)
     indices = [(i, j) for i, x in enumerate(xs) for j in range(x.size)]
     est = partials(objective, indices)
     out, pos = [], 0

@@ -267,17 +267,6 @@ BAD_ARGUMENTS = [
      ["names[0] must be a string"]),
 ]  # fmt: skip
 
-# numerics.py (not in this test's scope to change) still answers these two with
-# other types; see the report of issue 9. strict: the mark must go once fixed.
-_WRONG_CHANNEL = "numeric_vjp reports a cotangent of the wrong shape as UserFunctionError"
-_KNOWN = {
-    ("numeric_vjp", "fn not callable"): "numeric_vjp calls fn unchecked (a bare TypeError)",
-    ("numeric_vjp", "cotangent longer"): _WRONG_CHANNEL,
-    ("numeric_vjp", "cotangent extra axis"): _WRONG_CHANNEL,
-    ("numeric_vjp", "cotangent scalar for a vector output"): _WRONG_CHANNEL,
-}
-
-
 def _table():
     for case_id, entries, changes, error, fragments in BAD_ARGUMENTS:
         for entry in entries:
@@ -286,8 +275,6 @@ def _table():
                 marks.append(pytest.mark.torch)
             if entry == "jax_vjp":
                 marks.append(pytest.mark.jax)
-            if (entry, case_id) in _KNOWN:
-                marks.append(pytest.mark.xfail(reason=_KNOWN[entry, case_id], strict=True))
             case = f"{entry}: {case_id}"
             yield pytest.param(entry, changes, error, fragments, id=case, marks=marks)
 
