@@ -470,8 +470,9 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
 
         def quotient(k, u=u, mask=mask):
             t = t0 * 2.0**-k
-            xp = [x + t * ui for x, ui in zip(objective.work, u, strict=True)]
-            xm = [x - t * ui for x, ui in zip(objective.work, u, strict=True)]
+            # asarray: a 0-d input plus a 0-d direction is a NumPy scalar, not an array.
+            xp = [np.asarray(x + t * ui) for x, ui in zip(objective.work, u, strict=True)]
+            xm = [np.asarray(x - t * ui) for x, ui in zip(objective.work, u, strict=True)]
             num, noise = objective.difference(xp, xm, mask)
             if gs is not None:
                 num -= sum(

@@ -250,3 +250,17 @@ def test_module_exports():
         "fast_partials",
         "resolve_mode",
     }
+
+
+@pytest.mark.parametrize("mode", ["fast", "exhaustive"])
+def test_zero_dimensional_and_empty_inputs(mode):
+    x, s, e = np.linspace(0.0, 1.0, 6000), np.float64(2.0), np.zeros(0)
+
+    def fn(x, s, e):
+        return np.sum(np.sin(x)) * s
+
+    def vjp(g, x, s, e):
+        return g * np.cos(x) * s, g * np.sum(np.sin(x)) * (1 + 1e-6), np.zeros(0)
+
+    report = oracles.check_vjp(fn, vjp, (x, s, e), mode=mode)
+    assert report.failed_inputs == ["s"], str(report)
