@@ -16,6 +16,8 @@ from oracles.errors import (
     OraclesError,
     UserFunctionError,
 )
+from oracles.exhaustive import Exhaustive
+from oracles.fast import Fast
 from oracles.jax_backend import jax_vjp
 from oracles.jvp import assert_jvp, check_jvp
 from oracles.layer import assert_layer, check_layer
@@ -26,6 +28,8 @@ from oracles.torch_backend import torch_vjp
 
 __all__ = [
     "BackendUnavailable",
+    "Exhaustive",
+    "Fast",
     "GradientMismatch",
     "InvalidArgument",
     "InvalidArgumentType",

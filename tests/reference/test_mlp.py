@@ -192,9 +192,11 @@ def test_full_step_against_numeric_torch_and_jax(digits, activation, loss):
         torch_fn=torch_mlp_loss(X, y, **opts),
         jax_fn=jax_mlp_loss(X, y, **opts),
         names=("W1", "b1", "W2", "b2"),
+        mode="exhaustive",  # every element, not projections
     )
     print(report)
     assert report.ok, str(report)
+    assert all(c.n_checked == int(np.prod(r.shape)) for r in report.inputs for c in r.checks.values())
 
 
 @pytest.mark.torch
