@@ -30,6 +30,7 @@ It prints a Markdown table (for the README) and writes
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -307,6 +308,7 @@ def _environment():
     import torch
 
     return {
+        "check_vjp default mode": inspect.signature(check_vjp).parameters["mode"].default,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
