@@ -85,6 +85,12 @@ EQUIVALENT = {
     ),
     "reference.affine.x_affine_vjp__mutmut_22": "x.reshape(-2, n) for x.reshape(-1, n): as above",
     "reference.losses.x_cross_entropy_vjp__mutmut_14": "softmax(logits) drops axis=-1, the default",
+    "reference.losses.x_squared_error_vjp__mutmut_6": (
+        "pred keeps its own dtype: target is promoted to >= float64, so pred - target "
+        "promotes pred the same way (float32 -> float64 is exact)"
+    ),
+    "reference.losses.x_squared_error_vjp__mutmut_8": "as _6 (dtype argument dropped)",
+    "reference.losses.x_squared_error_vjp__mutmut_12": "np.result_type(pred): as _6",
     "reference.losses.x_squared_error_vjp__mutmut_10": (
         "np.result_type(pred, None): None means float64 to result_type"
     ),

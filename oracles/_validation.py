@@ -77,7 +77,8 @@ def as_inputs(inputs, names=None):
         inputs = (inputs,)
     if not isinstance(inputs, (tuple, list)):
         raise InvalidArgumentType(
-            f"inputs must be a tuple of arrays (one per argument of fn), got {type(inputs).__name__}"
+            "inputs must be a tuple of arrays (one per argument of fn), "
+            f"got {type(inputs).__name__}"
         )
     if len(inputs) == 0:
         raise InvalidArgument("inputs is empty; fn needs at least one input to differentiate")
@@ -222,7 +223,8 @@ def normalize_gradients(result, shapes, names, who="vjp"):
         )
     if len(grads) != n:
         raise UserFunctionError(
-            f"{who} returned {len(grads)} gradients, but there are {n} inputs ({', '.join(names)}); "
+            f"{who} returned {len(grads)} gradients, but there are {n} inputs "
+            f"({', '.join(names)}); "
             "it must return one gradient per input, in order"
         )
     out = []
@@ -244,7 +246,8 @@ def normalize_gradients(result, shapes, names, who="vjp"):
             )
         if arr.shape != tuple(shape):
             raise UserFunctionError(
-                f"{who} returned a gradient of {name} with shape {arr.shape}; expected {tuple(shape)} "
+                f"{who} returned a gradient of {name} with shape {arr.shape}; "
+                f"expected {tuple(shape)} "
                 "(the shape of the input)"
             )
         out.append(np.array(arr, dtype=np.float64, copy=True))

@@ -205,7 +205,8 @@ class ScalarObjective:
         fm = self.output(xs_minus)
         if fp.shape != self.cotangent.shape or fm.shape != self.cotangent.shape:
             raise UserFunctionError(
-                f"fn returned shape {fp.shape if fp.shape != self.cotangent.shape else fm.shape} at a "
+                f"fn returned shape {fp.shape if fp.shape != self.cotangent.shape else fm.shape} "
+                "at a "
                 f"perturbed point but {self.cotangent.shape} at the evaluation point"
             )
         diff = fp - fm
@@ -227,7 +228,11 @@ class ScalarObjective:
         the unseen outputs.
         """
         unseen = ~mask
-        level = float(np.sum(np.abs(self.cotangent[unseen]) * np.maximum(np.abs(self.base_output[unseen]), 1.0)))
+        level = float(
+            np.sum(
+                np.abs(self.cotangent[unseen]) * np.maximum(np.abs(self.base_output[unseen]), 1.0)
+            )
+        )
         return 2.0 * EPS * level / t0
 
     def input_noise(self, grads=None):
@@ -388,7 +393,7 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
         evals = {}
         mask = np.zeros(objective.cotangent.shape, dtype=bool)
 
-        def quotient(k, flat=flat, x0=x0, evals=evals, mask=mask):
+        def quotient(k, flat=flat, j=j, x0=x0, evals=evals, mask=mask):
             t = t0 * 2.0**-k
             xp, xm, delta = _perturbed(x0, t)
             try:
@@ -527,9 +532,7 @@ def numeric_vjp(fn, inputs, cotangent):
     >>> np.allclose(g, [3.0, 12.0], rtol=1e-10)
     True
     """
-    from oracles._validation import as_cotangent, as_inputs
-
-    from oracles._validation import check_callable
+    from oracles._validation import as_cotangent, as_inputs, check_callable
     from oracles.check import _Guarded
 
     check_callable(fn, "fn")

@@ -197,7 +197,9 @@ def test_softmax_with_loss_default_is_mean_over_rows():
     layer.forward(z, t)
     # The textbook formula (a - onehot) / N, to rounding: the reference computes
     # a - 1 without cancellation, so the last bit may differ.
-    np.testing.assert_allclose(layer.backward(), (softmax(z) - np.eye(3)[t]) / 2, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(
+        layer.backward(), (softmax(z) - np.eye(3)[t]) / 2, rtol=1e-14, atol=0
+    )
 
 
 @given(

@@ -196,7 +196,9 @@ def test_full_step_against_numeric_torch_and_jax(digits, activation, loss):
     )
     print(report)
     assert report.ok, str(report)
-    assert all(c.n_checked == int(np.prod(r.shape)) for r in report.inputs for c in r.checks.values())
+    assert all(
+        c.n_checked == int(np.prod(r.shape)) for r in report.inputs for c in r.checks.values()
+    )
 
 
 @pytest.mark.torch

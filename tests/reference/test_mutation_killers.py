@@ -95,7 +95,9 @@ def test_cross_entropy_vjp_none_reduction_with_a_list_of_fractions():
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float64])
 def test_squared_error_vjp_computes_in_float64_like_its_forward(dtype):
     # float32 (or int) on both sides: the difference is taken in float64, as
-    # the forward does, not rounded to float32 first.
+    # the forward does, not rounded to float32 first. (Promoting either pred
+    # or target is enough for that, so no single mutant breaks it; this pins
+    # the contract the pair of promotions provides.)
     p = (RNG.normal(size=(3, 2)) * 1e3).astype(dtype)
     t = (RNG.normal(size=(3, 2)) * 1e3).astype(dtype)
     assert np.asarray(R.squared_error(p, t)).dtype == np.float64
