@@ -7,6 +7,7 @@ element; ``assert_vjp`` raises :class:`GradientMismatch` with that report.
 """
 
 from oracles.check import assert_vjp, check_vjp
+from oracles.complex_step import complex_step_vjp
 from oracles.errors import (
     BackendUnavailable,
     GradientMismatch,
@@ -45,6 +46,7 @@ __all__ = [
     "check_jvp",
     "check_layer",
     "check_vjp",
+    "complex_step_vjp",
     "jax_vjp",
     "numeric_vjp",
     "torch_vjp",

@@ -41,7 +41,7 @@ from oracles.report import WORST_LIMIT, Agreement, Element, InputReport, OracleC
 __all__ = ["ORACLES", "assert_vjp", "check_vjp"]
 
 #: The oracles ``against=`` accepts.
-ORACLES = ("numeric", "torch", "jax")
+ORACLES = ("numeric", "torch", "jax", "complex")
 
 #: Above this magnitude the largest step of the numeric ladder (2^-3) is below
 #: half an ulp of the input: x + t rounds back to x.
@@ -428,7 +428,11 @@ def check_vjp(
         Shaped like ``fn(*inputs)``. Default: a standard normal draw from
         ``numpy.random.default_rng(seed)``.
     against : str or sequence of str
-        Oracles among ``"numeric"``, ``"torch"``, ``"jax"``.
+        Oracles among ``"numeric"`` (central differences, step ladder),
+        ``"torch"``, ``"jax"`` (reverse-mode autodiff of ``torch_fn`` /
+        ``jax_fn``) and ``"complex"`` (complex-step derivative of ``fn``
+        itself, accurate to rounding; ``fn`` must accept complex input and
+        be complex-analytic, see :mod:`oracles.complex_step`).
     rtol, atol : float, optional
         Added to each oracle's own error estimate (default 0): an element
         fails when ``|analytic - reference| > atol + rtol * |reference| +
@@ -573,6 +577,12 @@ def check_vjp(
                     f"fn returned NaN or inf at perturbed points for {n_nonfinite} element(s); "
                     "those used the remaining steps, or fail when none was finite"
                 )
+        elif oracle == "complex":
+            from oracles.complex_step import complex_step_reference
+
+            refs[oracle], methods[oracle] = complex_step_reference(
+                fn, xs, cot, seed=0 if seed is None else seed
+            )
         else:
             backend_fn = torch_fn if oracle == "torch" else jax_fn
             refs[oracle], methods[oracle] = _autodiff_reference(oracle, backend_fn, xs, cot, names)

@@ -153,3 +153,14 @@ def test_rtol_and_atol_widen_the_tolerance_as_documented():
     assert not check_vjp(R.tanh, wrong, (x,)).ok
     assert check_vjp(R.tanh, wrong, (x,), rtol=2e-6).ok
     assert check_vjp(R.tanh, wrong, (x,), atol=1e-5).ok
+
+
+def test_complex_step_oracle_through_check_vjp():
+    x = _x(16, (3, 4))
+    report = check_vjp(R.softmax, R.softmax_vjp, (x,), against=("numeric", "complex"))
+    assert report.ok and set(report.input("x").checks) == {"numeric", "complex"}
+    assert report.input("x").checks["complex"].max_rel_error < 1e-13
+    wrong = check_vjp(
+        R.softmax, lambda g, x: R.softmax_vjp(g, x) * (1 + 1e-10), (x,), against="complex"
+    )
+    assert not wrong.ok and wrong.failed_inputs == ["x"]
