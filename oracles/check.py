@@ -181,6 +181,36 @@ def _distrust_unbounded(refs):
     return notes
 
 
+def _loose_elements(refs, names):
+    """Notes for elements the numeric oracle could only judge loosely.
+
+    An error estimate above 1% of the largest reference value of its tensor
+    means the numerics could not resolve that element (a noisy ``fn``, a kink
+    closer than the steps): it passes anything that close, so say so.
+    """
+    notes = []
+    for r, name in zip(refs.get("numeric", []), names, strict=False):
+        value, error = np.asarray(r["value"]), np.asarray(r["error"])
+        if r.get("checked") is not None:
+            mask = np.asarray(r["checked"], dtype=bool).reshape(value.shape)
+        else:
+            mask = np.ones(value.shape, dtype=bool)
+        if r.get("kink") is not None:
+            mask = mask & ~np.asarray(r["kink"], dtype=bool).reshape(value.shape)
+        finite = mask & np.isfinite(value) & np.isfinite(error)
+        if not finite.any():
+            continue
+        scale = float(np.max(np.abs(value[finite])))
+        loose = int(np.count_nonzero(error[finite] > 1e-2 * scale)) if scale > 0 else 0
+        if loose:
+            notes.append(
+                f"{loose} element(s) of {name} were judged only loosely: the numeric error "
+                "estimate exceeds 1% of the tensor's largest gradient (a noisy fn, or a kink "
+                "within the step range). Check them against torch or jax"
+            )
+    return notes
+
+
 def _first_change(before, after):
     diff = np.argwhere(~((before == after) | (np.isnan(before) & np.isnan(after))))
     idx = tuple(int(i) for i in diff[0]) if before.ndim else ()
@@ -587,6 +617,7 @@ def check_vjp(
             backend_fn = torch_fn if oracle == "torch" else jax_fn
             refs[oracle], methods[oracle] = _autodiff_reference(oracle, backend_fn, xs, cot, names)
     notes += _distrust_unbounded(refs)
+    notes += _loose_elements(refs, names)
 
     reports = []
     for k, (x, name) in enumerate(zip(xs, names, strict=True)):

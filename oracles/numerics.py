@@ -325,14 +325,24 @@ def _kink(evals, k_best):
     ``(kink, lowest slope, highest slope)`` over the rungs from the first
     non-shrinking pair on: any value between them is a valid subgradient
     (or, for a kink closer than the steps, cannot be told from the truth).
+    A jump that grows as the step shrinks is noise, not a kink.
     """
     ks = [k for k in sorted(evals) if k >= k_best - 1]
+    jumps = {k: (evals[k][0] - evals[k][1], evals[k][2]) for k in ks}
     for a, b in zip(ks, ks[1:], strict=False):
-        fa, ba, na = evals[a]
-        fb, bb, nb = evals[b]
-        ja, jb = fa - ba, fb - bb
+        (ja, na), (jb, nb) = jumps[a], jumps[b]
         if abs(ja) > 4.0 * na and abs(jb) > 4.0 * nb and abs(jb) > 0.8 * abs(ja):
-            slopes = [v for k in ks if k >= a for v in evals[k][:2]]
+            # A kink's jump is bounded by the difference of the one-sided
+            # derivatives; a jump that keeps growing as the step shrinks is
+            # noise in fn (rounding staircase, hidden randomness), not a kink.
+            later = [k for k in ks if k >= a]
+            growing = any(
+                abs(jumps[d][0]) > 1.5 * abs(jumps[c][0]) and abs(jumps[d][0]) > 4.0 * jumps[d][1]
+                for c, d in zip(later, later[1:], strict=False)
+            )
+            if growing:
+                return False, np.nan, np.nan
+            slopes = [v for k in later for v in evals[k][:2]]
             return True, min(slopes), max(slopes)
     return False, np.nan, np.nan
 

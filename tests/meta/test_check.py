@@ -164,3 +164,14 @@ def test_complex_step_oracle_through_check_vjp():
         R.softmax, lambda g, x: R.softmax_vjp(g, x) * (1 + 1e-10), (x,), against="complex"
     )
     assert not wrong.ok and wrong.failed_inputs == ["x"]
+
+
+def test_noise_in_fn_is_not_taken_for_a_kink():
+    """A sawtooth of rounding-like noise: its one-sided jumps grow as the step shrinks."""
+
+    def noisy(x):
+        return np.sin(x) + 1e-2 * np.modf(x * 1e9)[0]
+
+    report = check_vjp(noisy, lambda g, x: g * np.cos(x) * 3, (np.array([0.3, 0.6]),))
+    assert not report.ok
+    assert not any("kink" in n for n in report.notes)
