@@ -78,6 +78,17 @@ def reference_cases(*, seed=0, include_mlp=True):
 
     Inputs are drawn from ``numpy.random.default_rng(seed)``; the MLP cases
     use real bundled MNIST digits.
+
+    Examples
+    --------
+    >>> cases = reference_cases(include_mlp=False)
+    >>> sorted({c.op for c in cases})  # doctest: +NORMALIZE_WHITESPACE
+    ['affine', 'cross_entropy', 'log_softmax', 'relu', 'sigmoid', 'softmax',
+     'squared_error', 'tanh']
+    >>> from oracles import check_vjp
+    >>> c = cases[0]
+    >>> check_vjp(c.fn, c.vjp, c.inputs, names=c.names).ok
+    True
     """
     import reference as R
     from oracles.native import NATIVE_OPS

@@ -243,6 +243,16 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
     the result with the smaller error estimate is kept (the kink test runs on
     both). Returns a dict of flat arrays ``value, error, kink, left, right,
     nonfinite``, one entry per element.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from oracles.numerics import ScalarObjective
+    >>> x = np.array([0.5, 2.0])
+    >>> obj = ScalarObjective(np.exp, [x], np.ones(2))
+    >>> out = sharp_partials(obj, [(0, 0), (0, 1)], [np.exp(x)])
+    >>> bool(np.allclose(out["value"], np.exp(x), rtol=1e-11))
+    True
     """
     est = numerics.partials(objective, elements, grads=grads)
     out = {

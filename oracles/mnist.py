@@ -531,6 +531,13 @@ def plot_loss_curves(losses, path, *, gaps=None, title="Lockstep training: loss 
     -------
     pathlib.Path
         The file written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "loss.png"
+    >>> plot_loss_curves({"reference": [2.3, 1.1], "torch": [2.3, 1.1]}, out).stat().st_size > 0
+    True
     """
     fig = _figure(figsize=(7, 6.2 if gaps else 4.2), layout="constrained")
     axes = fig.subplots(2 if gaps else 1, 1, squeeze=False, sharex=True)[:, 0]
@@ -570,6 +577,14 @@ def plot_relative_error_histograms(errors, path, *, title=None):
     Returns
     -------
     pathlib.Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "hist.png"
+    >>> errs = {"numeric": np.array([1e-12, 3e-11, 0.0]), "torch": np.array([1e-16, 2e-15])}
+    >>> plot_relative_error_histograms(errs, out).exists()
+    True
     """
     floor = 1e-18
     fig = _figure(figsize=(7, 4.2), layout="constrained")
@@ -607,6 +622,14 @@ def plot_w1_error_tiles(errors, path, *, units=6, title=None):
     Returns
     -------
     pathlib.Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "tiles.png"
+    >>> err = np.random.default_rng(0).normal(size=(784, 4)) * 1e-13
+    >>> plot_w1_error_tiles({"numeric": err}, out, units=2).exists()
+    True
     """
     names = list(errors)
     arrays = [np.abs(np.asarray(errors[n], dtype=np.float64)) for n in names]

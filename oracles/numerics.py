@@ -385,6 +385,14 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     -------
     Estimate
         One entry per index, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> obj = ScalarObjective(np.abs, [np.array([0.0, 2.0])], np.ones(2))
+    >>> est = partials(obj, [(0, 0), (0, 1)])
+    >>> est.kink.tolist(), float(est.value[1]), bool(est.error[1] < 1e-12)
+    ([True, False], 1.0, True)
     """
     noise_x = objective.input_noise(grads)
     m = len(indices)
@@ -470,6 +478,15 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     Returns
     -------
     Estimate
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([0.5, -1.0])
+    >>> obj = ScalarObjective(np.sin, [x], np.ones(2))
+    >>> est = directional(obj, [(np.array([1.0, -1.0]),)])   # d/dt sum sin(x + t u)
+    >>> bool(abs(est.value[0] - (np.cos(0.5) - np.cos(-1.0))) < 1e-10)
+    True
     """
     noise_x = objective.input_noise(grads)
     m = len(directions)
