@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from oracles import numerics
 from oracles._validation import (
@@ -423,20 +426,20 @@ def _check_vjp_determinism(vjp, cot, xs, analytic, names):
 
 
 def check_vjp(
-    fn,
-    vjp,
-    inputs,
+    fn: Callable[..., ArrayLike],
+    vjp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
     *,
-    cotangent=None,
-    against="numeric",
-    rtol=None,
-    atol=None,
-    seed=None,
-    torch_fn=None,
-    jax_fn=None,
-    names=None,
-    mode="auto",
-):
+    cotangent: ArrayLike | None = None,
+    against: str | Sequence[str] = "numeric",
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int | None = None,
+    torch_fn: Callable[..., Any] | None = None,
+    jax_fn: Callable[..., Any] | None = None,
+    names: Sequence[str] | None = None,
+    mode: Any = "auto",
+) -> Report:
     """Check a hand-written VJP against numerics and/or autodiff; return a report.
 
     Parameters
@@ -675,7 +678,12 @@ def check_vjp(
     return report
 
 
-def assert_vjp(fn, vjp, inputs, **kwargs):
+def assert_vjp(
+    fn: Callable[..., ArrayLike],
+    vjp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    **kwargs: Any,
+) -> Report:
     """Like :func:`check_vjp`, but raise :class:`GradientMismatch` when it fails.
 
     Returns the report when the check passes. The exception's message is the

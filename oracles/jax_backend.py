@@ -12,8 +12,11 @@ caller's global ``jax_enable_x64`` is the same afterwards.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from oracles._validation import as_cotangent, as_inputs, check_callable
 from oracles.errors import BackendUnavailable, UserFunctionError
@@ -56,7 +59,9 @@ def _x64_enabled(jax):
         jax.config.update("jax_enable_x64", previous)
 
 
-def jax_vjp(jax_fn, inputs, cotangent):
+def jax_vjp(
+    jax_fn: Callable[..., Any], inputs: Sequence[ArrayLike], cotangent: ArrayLike
+) -> tuple[np.ndarray, ...]:
     r"""Vector-Jacobian product of ``jax_fn`` by ``jax.vjp``, in float64.
 
     Parameters

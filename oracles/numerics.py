@@ -43,9 +43,11 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from oracles.errors import UserFunctionError
 
@@ -531,7 +533,9 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     )
 
 
-def numeric_vjp(fn, inputs, cotangent):
+def numeric_vjp(
+    fn: Callable[..., ArrayLike], inputs: Sequence[ArrayLike], cotangent: ArrayLike
+) -> tuple[np.ndarray, ...]:
     """Central-difference VJP of ``fn`` at ``inputs`` contracted with ``cotangent``.
 
     Every element of every input is differentiated with the step ladder of

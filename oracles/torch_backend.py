@@ -10,7 +10,11 @@ point: the adapters accept exactly what ``check_vjp`` accepts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from oracles._validation import as_cotangent, as_inputs, check_callable
 from oracles.errors import BackendUnavailable, InvalidArgument, UserFunctionError
@@ -104,13 +108,15 @@ def _import_torch():
         import torch
     except ImportError as exc:
         raise BackendUnavailable(
-            'the torch oracle needs PyTorch, which is not installed: '
+            "the torch oracle needs PyTorch, which is not installed: "
             'pip install "backprop-oracles[torch]"'
         ) from exc
     return torch
 
 
-def torch_vjp(torch_fn, inputs, cotangent):
+def torch_vjp(
+    torch_fn: Callable[..., Any], inputs: Sequence[ArrayLike], cotangent: ArrayLike
+) -> tuple[np.ndarray, ...]:
     r"""Vector-Jacobian product of ``torch_fn`` by PyTorch autograd, in float64.
 
     Parameters
