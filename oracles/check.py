@@ -425,6 +425,46 @@ def _check_vjp_determinism(vjp, cot, xs, analytic, names):
             )
 
 
+def _build_report(kind, piece_names, analytic, refs, methods, against, atol, rtol, **extra):
+    """The :class:`Report` of one check: per piece and oracle, agreements, the kink note.
+
+    Shared by check_vjp, check_jvp and check_hvp; ``extra`` may hold
+    ``problems``, ``notes`` and ``context``.
+    """
+    reports = []
+    for k, (a, name) in enumerate(zip(analytic, piece_names, strict=True)):
+        r = InputReport(name=name, number=k, shape=a.shape)
+        for oracle in against:
+            r.checks[oracle] = _oracle_check(
+                oracle, methods[oracle], name, k, a, refs[oracle][k], atol, rtol
+            )
+        reports.append(r)
+    notes = list(extra.get("notes", []))
+    kinks = sum(c.kinks for r in reports for c in r.checks.values())
+    if kinks:
+        notes.append(
+            f"{kinks} element(s) sit at a kink (one-sided derivatives differ); the analytic "
+            "value was accepted as a subgradient between them"
+        )
+    return Report(
+        kind=kind,
+        inputs=reports,
+        oracles=against,
+        problems=list(extra.get("problems", [])),
+        notes=notes,
+        agreements=_agreements(refs, piece_names) if len(refs) > 1 else [],
+        context=extra.get("context", {}),
+    )
+
+
+def _dtype_notes(names, dtypes):
+    return [
+        f"{name} was given as {dt}; it was evaluated in float64"
+        for name, dt in zip(names, dtypes, strict=True)
+        if dt != np.float64
+    ]
+
+
 def check_vjp(
     fn: Callable[..., ArrayLike],
     vjp: Callable[..., Any],
@@ -622,15 +662,6 @@ def check_vjp(
     notes += _distrust_unbounded(refs)
     notes += _loose_elements(refs, names)
 
-    reports = []
-    for k, (x, name) in enumerate(zip(xs, names, strict=True)):
-        r = InputReport(name=name, number=k, shape=x.shape)
-        for oracle in against:
-            r.checks[oracle] = _oracle_check(
-                oracle, methods[oracle], name, k, analytic[k], refs[oracle][k], atol, rtol
-            )
-        reports.append(r)
-
     if "numeric" in against:
         for x, name in zip(xs, names, strict=True):
             if x.size and float(np.max(np.abs(x))) >= _STEP_LIMIT:
@@ -639,15 +670,6 @@ def check_vjp(
                     "oracle's absolute steps (<= 0.125) vanish in rounding: those elements cannot "
                     "be judged numerically. Rescale the input, or check against torch or jax"
                 )
-    for name, dt in zip(names, dtypes, strict=True):
-        if dt != np.float64:
-            notes.append(f"{name} was given as {dt}; it was evaluated in float64")
-    kinks = sum(c.kinks for r in reports for c in r.checks.values())
-    if kinks:
-        notes.append(
-            f"{kinks} element(s) sit at a kink (one-sided slopes differ); the analytic value was "
-            "accepted as a subgradient between them"
-        )
     context = {
         "fn": getattr(fn, "__name__", type(fn).__name__),
         "vjp": getattr(vjp, "__name__", type(vjp).__name__),
@@ -660,13 +682,17 @@ def check_vjp(
         "fn evaluations": evaluations,
         "seconds": f"{time.perf_counter() - started:.3f}",
     }
-    report = Report(
-        kind="check_vjp",
-        inputs=reports,
-        oracles=against,
+    report = _build_report(
+        "check_vjp",
+        names,
+        analytic,
+        refs,
+        methods,
+        against,
+        atol,
+        rtol,
         problems=problems,
-        notes=notes,
-        agreements=_agreements(refs, names) if len(refs) > 1 else [],
+        notes=notes + _dtype_notes(names, dtypes),
         context=context,
     )
     if "numeric" in against:

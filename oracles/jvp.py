@@ -24,12 +24,12 @@ import numpy as np
 from oracles import numerics
 from oracles._validation import as_inputs, check_callable, check_tolerance, input_dtypes
 from oracles.check import (
-    _agreements,
+    _build_report,
     _call_user,
     _check_determinism,
+    _dtype_notes,
     _mutations,
     _names,
-    _oracle_check,
     _parse_against,
 )
 from oracles.errors import (
@@ -38,7 +38,6 @@ from oracles.errors import (
     InvalidArgumentType,
     UserFunctionError,
 )
-from oracles.report import InputReport, Report
 
 __all__ = ["assert_jvp", "check_jvp"]
 
@@ -165,9 +164,12 @@ def _vector_ladder(evaluate, xs, us, *, linear=None, t0=numerics.T0, n_rungs=num
             noise = _changed_noise(fp, fm, mask) / (2.0 * h)
             fwd = (fp - f0) / h
             bwd = (f0 - fm) / h
-            side_noise = numerics.NOISE_SAFETY * numerics.EPS * (
-                np.maximum(np.abs(fp), 1.0) + np.maximum(np.abs(f0), 1.0)
-            ) / h
+            side_noise = (
+                numerics.NOISE_SAFETY
+                * numerics.EPS
+                * (np.maximum(np.abs(fp), 1.0) + np.maximum(np.abs(f0), 1.0))
+                / h
+            )
         bad = ~(np.isfinite(fp) & np.isfinite(fm))
         c = np.where(bad, np.nan, c)
         rungs[k] = (c, 2.0 * h, noise, fwd, bwd, side_noise, bad)
@@ -300,33 +302,6 @@ def _numeric_refs(result, pieces_shapes):
     return out
 
 
-def _build_report(kind, piece_names, analytic, refs, methods, against, atol, rtol, **extra):
-    reports = []
-    for k, (a, name) in enumerate(zip(analytic, piece_names, strict=True)):
-        r = InputReport(name=name, number=k, shape=a.shape)
-        for oracle in against:
-            r.checks[oracle] = _oracle_check(
-                oracle, methods[oracle], name, k, a, refs[oracle][k], atol, rtol
-            )
-        reports.append(r)
-    notes = list(extra.get("notes", []))
-    kinks = sum(c.kinks for r in reports for c in r.checks.values())
-    if kinks:
-        notes.append(
-            f"{kinks} element(s) sit at a kink along the direction (one-sided derivatives "
-            "differ); the analytic value was accepted between them"
-        )
-    return Report(
-        kind=kind,
-        inputs=reports,
-        oracles=against,
-        problems=list(extra.get("problems", [])),
-        notes=notes,
-        agreements=_agreements(refs, piece_names) if len(refs) > 1 else [],
-        context=extra.get("context", {}),
-    )
-
-
 def _common_arguments(fn, user, user_name, inputs, against, rtol, atol, seed, names):
     check_callable(fn, "fn")
     check_callable(user, user_name)
@@ -338,14 +313,6 @@ def _common_arguments(fn, user, user_name, inputs, against, rtol, atol, seed, na
     dtypes = input_dtypes(inputs)
     names = _names(fn, len(xs), names)
     return against, rtol, atol, seed, xs, dtypes, names
-
-
-def _dtype_notes(names, dtypes):
-    return [
-        f"{name} was given as {dt}; it was evaluated in float64"
-        for name, dt in zip(names, dtypes, strict=True)
-        if dt != np.float64
-    ]
 
 
 def check_jvp(

@@ -21,15 +21,13 @@ import time
 import numpy as np
 
 from oracles._validation import normalize_gradients
-from oracles.check import _call_user, _check_determinism, _mutations
+from oracles.check import _build_report, _call_user, _check_determinism, _dtype_notes, _mutations
 from oracles.errors import GradientMismatch, InvalidArgument, UserFunctionError
 from oracles.jvp import (
     _as_directions,
     _as_output,
     _autodiff_refs,
-    _build_report,
     _common_arguments,
-    _dtype_notes,
     _flat,
     _linearity_problem,
     _numeric_refs,
@@ -185,8 +183,12 @@ def check_hvp(
         if record:
             problems.extend(_mutations(xs, p, names, "hvp"))
             problems.extend(
-                _mutations(directions, d, [f"v[{k}]" if len(xs) > 1 else "v" for k in
-                                           range(len(xs))], "hvp")
+                _mutations(
+                    directions,
+                    d,
+                    [f"v[{k}]" if len(xs) > 1 else "v" for k in range(len(xs))],
+                    "hvp",
+                )
             )
         return blocks
 
