@@ -457,6 +457,20 @@ def _build_report(kind, piece_names, analytic, refs, methods, against, atol, rto
     )
 
 
+def _context(fn, user, user_role, names, xs, dtypes, direction, methods, against, atol, rtol):
+    """The call context every check reports (``direction``: (label, description))."""
+    return {
+        "fn": getattr(fn, "__name__", type(fn).__name__),
+        user_role: getattr(user, "__name__", type(user).__name__),
+        "inputs": ", ".join(
+            f"{n} {tuple(x.shape)} {dt}" for n, x, dt in zip(names, xs, dtypes, strict=True)
+        ),
+        direction[0]: direction[1],
+        "oracles": ", ".join(f"{o} ({methods[o]})" for o in against),
+        "tolerance": f"error estimate + atol {atol:g} + rtol {rtol:g} * |reference|",
+    }
+
+
 def _dtype_notes(names, dtypes):
     return [
         f"{name} was given as {dt}; it was evaluated in float64"
@@ -670,18 +684,11 @@ def check_vjp(
                     "oracle's absolute steps (<= 0.125) vanish in rounding: those elements cannot "
                     "be judged numerically. Rescale the input, or check against torch or jax"
                 )
-    context = {
-        "fn": getattr(fn, "__name__", type(fn).__name__),
-        "vjp": getattr(vjp, "__name__", type(vjp).__name__),
-        "inputs": ", ".join(
-            f"{n} {tuple(x.shape)} {dt}" for n, x, dt in zip(names, xs, dtypes, strict=True)
-        ),
-        "cotangent": cot_desc,
-        "oracles": ", ".join(f"{o} ({methods[o]})" for o in against),
-        "tolerance": f"error estimate + atol {atol:g} + rtol {rtol:g} * |reference|",
-        "fn evaluations": evaluations,
-        "seconds": f"{time.perf_counter() - started:.3f}",
-    }
+    context = _context(
+        fn, vjp, "vjp", names, xs, dtypes, ("cotangent", cot_desc), methods, against, atol, rtol
+    )
+    context["fn evaluations"] = evaluations
+    context["seconds"] = f"{time.perf_counter() - started:.3f}"
     report = _build_report(
         "check_vjp",
         names,

@@ -27,6 +27,7 @@ from oracles.check import (
     _build_report,
     _call_user,
     _check_determinism,
+    _context,
     _dtype_notes,
     _mutations,
     _names,
@@ -457,18 +458,11 @@ def check_jvp(
             )
             methods[oracle] = "jax.jvp, float64"
 
-    context = {
-        "fn": getattr(fn, "__name__", type(fn).__name__),
-        "jvp": getattr(jvp, "__name__", type(jvp).__name__),
-        "inputs": ", ".join(
-            f"{n} {tuple(x.shape)} {dt}" for n, x, dt in zip(names, xs, dtypes, strict=True)
-        ),
-        "tangents": tan_desc,
-        "oracles": ", ".join(f"{o} ({methods[o]})" for o in against),
-        "tolerance": f"error estimate + atol {atol:g} + rtol {rtol:g} * |reference|",
-        "fn evaluations": evaluations,
-        "seconds": f"{time.perf_counter() - started:.3f}",
-    }
+    context = _context(
+        fn, jvp, "jvp", names, xs, dtypes, ("tangents", tan_desc), methods, against, atol, rtol
+    )
+    context["fn evaluations"] = evaluations
+    context["seconds"] = f"{time.perf_counter() - started:.3f}"
     return _build_report(
         "check_jvp",
         [OUTPUT_NAME],

@@ -21,7 +21,14 @@ import time
 import numpy as np
 
 from oracles._validation import normalize_gradients
-from oracles.check import _build_report, _call_user, _check_determinism, _dtype_notes, _mutations
+from oracles.check import (
+    _build_report,
+    _call_user,
+    _check_determinism,
+    _context,
+    _dtype_notes,
+    _mutations,
+)
 from oracles.errors import GradientMismatch, InvalidArgument, UserFunctionError
 from oracles.jvp import (
     _as_directions,
@@ -251,18 +258,11 @@ def check_hvp(
             )
             methods[oracle] = "jax.jvp of jax.grad (forward over reverse), float64"
 
-    context = {
-        "fn": getattr(fn, "__name__", type(fn).__name__),
-        "hvp": getattr(hvp, "__name__", type(hvp).__name__),
-        "inputs": ", ".join(
-            f"{n} {tuple(x.shape)} {dt}" for n, x, dt in zip(names, xs, dtypes, strict=True)
-        ),
-        "v": vec_desc,
-        "oracles": ", ".join(f"{o} ({methods[o]})" for o in against),
-        "tolerance": f"error estimate + atol {atol:g} + rtol {rtol:g} * |reference|",
-        "gradient evaluations": evaluations,
-        "seconds": f"{time.perf_counter() - started:.3f}",
-    }
+    context = _context(
+        fn, hvp, "hvp", names, xs, dtypes, ("v", vec_desc), methods, against, atol, rtol
+    )
+    context["gradient evaluations"] = evaluations
+    context["seconds"] = f"{time.perf_counter() - started:.3f}"
     return _build_report(
         "check_hvp",
         block_names,

@@ -184,6 +184,19 @@ def _one_minus_softmax(logits):
     return out
 
 
+def _se_arguments(pred, target, reduction):
+    """Validated float arrays ``(pred, target)`` of one shape, and a known reduction."""
+    pred = np.asarray(pred, dtype=np.result_type(pred, np.float64))
+    target = np.asarray(target, dtype=np.result_type(target, np.float64))
+    if pred.shape != target.shape:
+        raise InvalidInput(
+            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
+        )
+    if reduction not in SE_REDUCTIONS:
+        raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
+    return pred, target
+
+
 def _se_scale(shape, reduction, half):
     """The constant ``c`` in ``L = c * sum (p - t)^2`` (before any ``none``)."""
     c = 0.5 if half else 1.0
@@ -217,14 +230,7 @@ def squared_error(pred, target, *, reduction="sum", half=False):
     >>> float(squared_error(np.array([1.0, 2.0]), np.zeros(2), reduction="mean", half=True))
     1.25
     """
-    pred = np.asarray(pred, dtype=np.result_type(pred, np.float64))
-    target = np.asarray(target, dtype=np.result_type(target, np.float64))
-    if pred.shape != target.shape:
-        raise InvalidInput(
-            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
-        )
-    if reduction not in SE_REDUCTIONS:
-        raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
+    pred, target = _se_arguments(pred, target, reduction)
     c = _se_scale(pred.shape, reduction, half)
     sq = (pred - target) ** 2
     return c * sq if reduction == "none" else c * np.sum(sq)
@@ -246,14 +252,7 @@ def squared_error_vjp(g, pred, target, *, reduction="sum", half=False):
     >>> dp.tolist(), dt.tolist()
     ([2.0, 4.0], [-2.0, -4.0])
     """
-    pred = np.asarray(pred, dtype=np.result_type(pred, np.float64))
-    target = np.asarray(target, dtype=np.result_type(target, np.float64))
-    if pred.shape != target.shape:
-        raise InvalidInput(
-            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
-        )
-    if reduction not in SE_REDUCTIONS:
-        raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
+    pred, target = _se_arguments(pred, target, reduction)
     c = _se_scale(pred.shape, reduction, half)
     dpred = (2.0 * c) * (pred - target) * g
     return dpred, -dpred
