@@ -24,6 +24,12 @@ def _report_parser(sub):
         help="comma-separated oracles among numeric, torch, jax (default: all three)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and cotangents")
+    p.add_argument(
+        "--mode",
+        default="exhaustive",
+        choices=["exhaustive", "fast", "auto", "ladder"],
+        help="numeric mode (default exhaustive: every element compared on its own)",
+    )
     p.add_argument("--no-mlp", action="store_true", help="skip the MNIST MLP step cases")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--verbose", action="store_true", help="print the full report of every case")
@@ -51,6 +57,7 @@ def _report_main(args):
             jax_fn=case.jax_fn,
             names=case.names,
             seed=args.seed,
+            mode=args.mode,
         )
         seconds = time.perf_counter() - t0
         failures += not report.ok
