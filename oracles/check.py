@@ -103,9 +103,7 @@ class _Guarded:
     The numeric oracle calls ``fn`` at perturbed points, far from the first
     call: an exception, a non-array, a complex result or a changed shape
     there is reported naming the perturbed element, never as a traceback
-    from inside the numerics. A ``ValueError`` about read-only arrays passes
-    through unchanged: :class:`~oracles.numerics.ScalarObjective` answers
-    them by handing ``fn`` writeable copies. With ``shape=None`` only
+    from inside the numerics. With ``shape=None`` only
     exceptions are converted (autodiff functions return framework tensors).
     """
 
@@ -133,12 +131,6 @@ class _Guarded:
     def __call__(self, *args):
         try:
             out = self.fn(*args)
-        except ValueError as exc:
-            if "read-only" in str(exc):
-                raise
-            raise UserFunctionError(
-                f"{self.what} raised {type(exc).__name__} {self._where(args)}: {exc}"
-            ) from exc
         except (GradientMismatch, OraclesError, KeyboardInterrupt):
             raise
         except Exception as exc:

@@ -212,21 +212,16 @@ def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, no
 def _fast_output(objective):
     """``objective.output`` of the working arrays, minus per-call overhead.
 
-    The read-only views and the floating-point error state are set up once
-    per chunk instead of once per call (the views see every in-place change
-    of the working arrays). Falls back to ``objective.output`` when ``fn``
-    needs fresh copies (it writes into its inputs).
+    The floating-point error state is set up once per chunk instead of once
+    per call; ``fn`` still gets fresh copies of the working arrays on every
+    call (see :class:`~oracles.numerics.ScalarObjective`).
     """
     work = objective.work
-    objective.output(work)  # settles copy_on_call before views are reused
-    if objective.copy_on_call:
-        return lambda: objective.output(work)
-    views = objective._views(work)
     fn = objective.fn
 
     def evaluate():
         objective.calls += 1
-        return np.asarray(fn(*views), dtype=np.float64)
+        return np.asarray(fn(*[x.copy() for x in work]), dtype=np.float64)
 
     return evaluate
 

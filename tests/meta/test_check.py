@@ -175,3 +175,30 @@ def test_noise_in_fn_is_not_taken_for_a_kink():
     report = check_vjp(noisy, lambda g, x: g * np.cos(x) * 3, (np.array([0.3, 0.6]),))
     assert not report.ok
     assert not any("kink" in n for n in report.notes)
+
+
+@pytest.mark.parametrize(
+    "fn, vjp",
+    [
+        (lambda x: x, lambda g, x: g),
+        (lambda x: x.reshape(2, 3), lambda g, x: g.reshape(6)),
+        (lambda x: x[::2], lambda g, x: np.stack([g, np.zeros(3)], axis=1).reshape(6)),
+    ],
+    ids=["identity", "reshape", "strided view"],
+)
+def test_functions_returning_views_of_their_input(fn, vjp):
+    """fn gets fresh copies: an output that aliases the input must not move with the next step."""
+    x = _x(17, (6,))
+    assert check_vjp(fn, vjp, (x,)).ok
+    wrong = check_vjp(fn, lambda g, x: vjp(g, x) * (1 + 1e-6), (x,))
+    assert not wrong.ok
+
+
+def test_fn_writing_into_its_input_is_a_problem():
+    def double_in_place(x):
+        x *= 2.0
+        return x
+
+    report = check_vjp(double_in_place, lambda g, x: 2 * g, (_x(18, (4,)),))
+    assert not report.ok
+    assert any("fn modified its argument x in place" in p for p in report.problems)
