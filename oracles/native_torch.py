@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from oracles.errors import InvalidArgument
 from oracles.torch_backend import _import_torch
+from reference.losses import CE_REDUCTIONS, SE_REDUCTIONS
 
 __all__ = [
     "affine",
@@ -28,8 +29,9 @@ __all__ = [
     "tanh",
 ]
 
-_CE_REDUCTIONS = ("mean", "sum", "none")
-_SE_REDUCTIONS = ("sum", "mean", "batch_mean", "none")
+# The reference's conventions, named once (reference.losses).
+_CE_REDUCTIONS = CE_REDUCTIONS
+_SE_REDUCTIONS = SE_REDUCTIONS
 
 
 def tanh(x):
