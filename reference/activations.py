@@ -1,4 +1,4 @@
-"""Elementwise activations and their hand-derived vector-Jacobian products.
+"""Elementwise activations, their hand-derived vector-Jacobian products and an HVP.
 
 Every activation ``y = f(x)`` here acts elementwise, so its Jacobian
 ``J = dy/dx`` is diagonal: ``J[i, j] = f'(x[i]) * delta(i, j)``. The
@@ -7,15 +7,18 @@ vector-Jacobian product of a cotangent ``g`` (the upstream gradient
 matrix is ever formed.
 
 Each ``*_vjp(g, x)`` takes the cotangent first, then the forward inputs, and
-returns the gradient with respect to ``x``. Nothing here modifies its
-arguments.
+returns the gradient with respect to ``x``. ``tanh_hvp(v, x)`` takes the
+direction first in the same way; the Hessian of a sum of elementwise
+functions is diagonal too. Nothing here modifies its arguments.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["relu", "relu_vjp", "sigmoid", "sigmoid_vjp", "tanh", "tanh_vjp"]
+from reference._validation import InvalidInput, direction_like
+
+__all__ = ["relu", "relu_vjp", "sigmoid", "sigmoid_vjp", "tanh", "tanh_hvp", "tanh_vjp"]
 
 
 def tanh(x):
@@ -51,6 +54,57 @@ def tanh_vjp(g, x):
     """
     y = np.tanh(x)
     return g * (1.0 - y * y)
+
+
+def tanh_hvp(v, x, *, weights=None):
+    r"""HVP of ``L(x) = sum(weights * tanh(x))`` with respect to ``x``.
+
+    This is the second-order term that backpropagation through a tanh layer
+    needs: ``weights`` plays the role of the upstream gradient, held fixed.
+
+    Derivation
+    ----------
+    With ``y = tanh(x)``, ``dy/dx = 1 - y^2`` and, differentiating again,
+    ``d^2 y / dx^2 = -2 y dy/dx = -2 tanh(x) (1 - tanh(x)^2)``. ``L`` is a
+    sum of functions of one element each, so its Hessian is diagonal::
+
+        dL/dx_i = w_i (1 - y_i^2)
+        H = diag(-2 w y (1 - y^2))
+        (H v)_i = -2 w_i y_i (1 - y_i^2) v_i
+
+    Forgetting the factor 2, or the sign (``tanh`` is concave for
+    ``x > 0``), are the usual mistakes.
+
+    Parameters
+    ----------
+    v : array, shape of ``x``
+    x : array
+    weights : array or float, optional
+        Broadcast to ``x``'s shape; default 1 (``L = sum tanh(x)``).
+
+    Returns
+    -------
+    ndarray
+        ``H v``, shaped like ``x``.
+
+    Examples
+    --------
+    >>> tanh_hvp(np.array([1.0]), np.array([0.0])).tolist()
+    [-0.0]
+    >>> round(float(tanh_hvp(np.array([1.0]), np.array([1.0]))[0]), 6)
+    -0.6397
+    """
+    x = np.asarray(x, dtype=np.float64)
+    v = direction_like(v, x.shape, "x")
+    w = np.ones(x.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    try:
+        w = np.broadcast_to(w, x.shape)
+    except ValueError:
+        raise InvalidInput(
+            f"weights must broadcast to the shape of x {x.shape}, got {w.shape}"
+        ) from None
+    # tanh_vjp computes (1 - y^2) times its first argument.
+    return -2.0 * np.tanh(x) * tanh_vjp(w * v, x)
 
 
 def sigmoid(x):

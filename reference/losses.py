@@ -1,4 +1,4 @@
-"""Losses: cross-entropy from logits and squared error, with hand-derived VJPs.
+"""Losses: cross-entropy from logits and squared error, with hand-derived VJPs and HVPs.
 
 Conventions (written out because published derivations mix them up):
 
@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference._validation import InvalidInput
+from reference._validation import InvalidInput, direction_like
 from reference.softmax import _shifted, log_softmax, softmax
 
 __all__ = [
     "CE_REDUCTIONS",
     "SE_REDUCTIONS",
     "cross_entropy",
+    "cross_entropy_hvp",
     "cross_entropy_vjp",
     "squared_error",
+    "squared_error_hvp",
     "squared_error_vjp",
 ]
 
 CE_REDUCTIONS = ("mean", "sum", "none")
+# The reductions whose loss is a scalar (a Hessian-vector product needs a scalar loss).
+_CE_SCALAR_REDUCTIONS = ("mean", "sum")
 _FLOAT_MAX = float(np.finfo(np.float64).max)
 SE_REDUCTIONS = ("sum", "mean", "batch_mean", "none")
 
@@ -165,6 +169,75 @@ def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
     return row_grad * g
 
 
+def cross_entropy_hvp(v, logits, targets, *, reduction="mean"):
+    r"""HVP of ``L(z) = cross_entropy(z, targets, reduction=reduction)`` with respect to the logits.
+
+    Derivation
+    ----------
+    Rows are independent (the Hessian is block diagonal), so take one row
+    ``z`` with targets ``y``, ``S = sum_i y_i`` (1 for class labels) and
+    ``a = softmax(z)``. From :func:`reference.losses.cross_entropy_vjp`::
+
+        dL/dz_j = S a_j - y_j
+
+    The targets are constants; differentiate ``a_j`` once more
+    (``da_j/dz_k = a_j (delta_jk - a_k)``)::
+
+        d^2 L / dz_j dz_k = S (a_j delta_jk - a_j a_k)
+        H = S (diag(a) - a a^T)
+
+    and, without forming ``H``::
+
+        (H v)_j = S (a_j v_j - a_j (a . v)) = S a_j (v_j - a . v)
+
+    ``"sum"`` adds the rows' Hessians, ``"mean"`` divides them by the number
+    of rows ``N``. Dropping the ``a (a . v)`` term (keeping only the
+    diagonal of ``H``) is the classic mistake; so is forgetting ``S`` for
+    targets that do not sum to 1.
+
+    Parameters
+    ----------
+    v : array, shape of ``logits``
+        The direction.
+    logits : array, shape ``(..., C)``
+    targets : int array, shape ``(...)``, or float array, shape ``(..., C)``
+        As in :func:`reference.losses.cross_entropy`.
+    reduction : {"mean", "sum"}
+        ``"none"`` has no HVP: the loss is not a scalar.
+
+    Returns
+    -------
+    ndarray
+        ``H v``, shaped like ``logits``.
+
+    Notes
+    -----
+    ``H`` is positive semi-definite (``v . H v = S (sum a v^2 - (a . v)^2)
+    >= 0``) and ``H 1 = 0``: adding a constant to a row's logits does not
+    change the loss.
+
+    Examples
+    --------
+    >>> z = np.zeros((1, 2))
+    >>> cross_entropy_hvp(np.array([[1.0, 0.0]]), z, np.array([0])).tolist()
+    [[0.25, -0.25]]
+    """
+    if reduction not in _CE_SCALAR_REDUCTIONS:
+        raise InvalidInput(
+            f"reduction must be one of {_CE_SCALAR_REDUCTIONS} (a Hessian-vector product needs a "
+            f"scalar loss), got {reduction!r}"
+        )
+    logits = np.asarray(logits, dtype=np.float64)
+    Y, _ = _targets_as_probabilities(logits, targets)
+    v = direction_like(v, logits.shape, "logits")
+    a = softmax(logits, axis=-1)
+    S = np.sum(Y, axis=-1, keepdims=True)
+    hv = S * a * (v - np.sum(a * v, axis=-1, keepdims=True))
+    if reduction == "mean":
+        hv = hv / max(int(np.prod(logits.shape[:-1])), 1)
+    return hv
+
+
 def _one_minus_softmax(logits):
     """``1 - softmax(z)`` along the last axis, accurate where ``softmax(z)`` is near 1.
 
@@ -256,3 +329,64 @@ def squared_error_vjp(g, pred, target, *, reduction="sum", half=False):
     c = _se_scale(pred.shape, reduction, half)
     dpred = (2.0 * c) * (pred - target) * g
     return dpred, -dpred
+
+
+def squared_error_hvp(v, pred, target, *, reduction="sum", half=False):
+    r"""HVP of ``L(p) = squared_error(p, target, reduction=reduction, half=half)`` w.r.t. ``pred``.
+
+    Derivation
+    ----------
+    ``L = c sum_i (p_i - t_i)^2`` with ``c`` the constant of the convention
+    (``1/2`` for ``half=True``, divided by the number of elements for
+    ``"mean"`` and by ``pred.shape[0]`` for ``"batch_mean"``), so::
+
+        dL/dp_i = 2 c (p_i - t_i)
+        d^2 L / dp_i dp_j = 2 c delta_ij
+        H v = 2 c v
+
+    The Hessian does not depend on ``pred`` or ``target``: the loss is
+    quadratic. (With respect to ``(pred, target)`` jointly it would be
+    ``2 c [[I, -I], [-I, I]]``; only ``pred`` is differentiated here.)
+
+    Parameters
+    ----------
+    v : array, shape of ``pred``
+    pred, target : array
+        Same shape.
+    reduction : {"sum", "mean", "batch_mean"}
+        ``"none"`` has no HVP: the loss is not a scalar.
+    half : bool
+
+    Returns
+    -------
+    ndarray
+        ``H v``, shaped like ``pred``.
+
+    Examples
+    --------
+    >>> squared_error_hvp(np.array([1.0, -2.0]), np.zeros(2), np.ones(2), reduction="mean").tolist()
+    [1.0, -2.0]
+    """
+    scalar = tuple(r for r in SE_REDUCTIONS if r != "none")
+    if reduction not in scalar:
+        raise InvalidInput(
+            f"reduction must be one of {scalar} (a Hessian-vector product needs a scalar loss), "
+            f"got {reduction!r}"
+        )
+    if not isinstance(half, bool | np.bool_):
+        raise InvalidInput(f"half must be True or False, got {half!r}")
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    if pred.shape != target.shape:
+        raise InvalidInput(
+            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
+        )
+    v = direction_like(v, pred.shape, "pred")
+    c = 0.5 if half else 1.0
+    if reduction == "mean":
+        c /= max(int(np.prod(pred.shape)), 1)
+    elif reduction == "batch_mean":
+        if pred.ndim < 1:
+            raise InvalidInput("reduction='batch_mean' needs an array with a batch axis")
+        c /= max(pred.shape[0], 1)
+    return 2.0 * c * v
