@@ -52,7 +52,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import oracles  # noqa: E402
-from oracles.exhaustive import Exhaustive  # noqa: E402
+from oracles import Exhaustive  # noqa: E402
 from reference import mlp, mnist  # noqa: E402
 
 LEVELS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
@@ -106,7 +106,7 @@ def floor_seconds(fn, params, calls):
 def run_ours(mode, fn, vjp, params):
     """(seconds, failing (input, flat index) set, report)."""
     t = time.perf_counter()
-    report = oracles.check_vjp(fn, vjp, params, cotangent=1.0, mode=mode, names=NAMES)
+    report = oracles.check_vjp(fn, vjp, params, direction=1.0, mode=mode, names=NAMES)
     seconds = time.perf_counter() - t
     failing = set()
     for r in report.inputs:
@@ -176,7 +176,7 @@ def jax_function(X, y, vjp):
     import jax
     import jax.numpy as jnp
 
-    from oracles.mnist import jax_mlp_loss
+    from oracles.verify.mnist import jax_mlp_loss
 
     forward = jax_mlp_loss(X, y)
 

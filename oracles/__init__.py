@@ -1,13 +1,22 @@
 """Oracles that judge a hand-written gradient.
 
-``check_vjp`` compares a vector-Jacobian product you derived by hand with
-central-difference numerics (with their own error estimates), PyTorch
-autograd and JAX grad, and returns a report that points at the wrong
-element; ``assert_vjp`` raises :class:`GradientMismatch` with that report.
+``check_vjp``, ``check_jvp``, ``check_hvp`` and ``check_layer`` compare a
+derivative you wrote by hand with central-difference numerics (with their
+own error estimates), PyTorch autograd and JAX, and return a report that
+points at the wrong element; the ``assert_*`` forms raise
+:class:`GradientMismatch` with that report. Every check runs the same
+pipeline and follows one calling convention (see :mod:`oracles.checks`).
+
+The public names are those in ``__all__``; modules and names with a leading
+underscore, and the subpackages ``numerics`` and ``backends``, are internal.
+``oracles.strategies`` (Hypothesis strategies) and ``oracles.plugin`` (the
+pytest plugin) are public modules of their own. ``oracles.verify`` is the
+verification application of this project (``python -m oracles``).
 """
 
-from oracles.check import assert_vjp, check_vjp
-from oracles.complex_step import complex_step_vjp
+from oracles.backends.jax import jax_vjp
+from oracles.backends.torch import torch_vjp
+from oracles.checks import assert_hvp, assert_jvp, assert_vjp, check_hvp, check_jvp, check_vjp
 from oracles.errors import (
     BackendUnavailable,
     GradientMismatch,
@@ -17,15 +26,12 @@ from oracles.errors import (
     OraclesError,
     UserFunctionError,
 )
-from oracles.exhaustive import Exhaustive
-from oracles.fast import Fast
-from oracles.jax_backend import jax_vjp
-from oracles.jvp import assert_jvp, check_jvp
 from oracles.layer import assert_layer, check_layer
 from oracles.numerics import numeric_vjp
+from oracles.numerics.complex_step import complex_step_vjp
+from oracles.numerics.exhaustive import Exhaustive
+from oracles.numerics.fast import Fast
 from oracles.report import Report
-from oracles.second_order import assert_hvp, check_hvp
-from oracles.torch_backend import torch_vjp
 
 __all__ = [
     "BackendUnavailable",

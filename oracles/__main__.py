@@ -1,7 +1,7 @@
-"""``python -m oracles``: see :mod:`oracles.cli`."""
+"""``python -m oracles``: the verification application, :mod:`oracles.verify.cli`."""
 
 import sys
 
-from oracles.cli import main
+from oracles.verify.cli import main
 
 sys.exit(main())

@@ -11,6 +11,7 @@ from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionErr
 
 __all__ = [
     "as_cotangent",
+    "as_directions",
     "as_inputs",
     "as_output",
     "check_arity",
@@ -19,6 +20,7 @@ __all__ = [
     "check_seed",
     "check_tolerance",
     "normalize_gradients",
+    "parse_against",
 ]
 
 _FLOAT_KINDS = "f"
@@ -97,14 +99,69 @@ def input_dtypes(inputs):
     return [np.asarray(x).dtype for x in inputs]
 
 
-def as_cotangent(cotangent, shape=None):
+def as_cotangent(cotangent, shape=None, name="cotangent"):
     """Validate a cotangent -> float64 copy; with ``shape``, it must match."""
-    arr, _ = _as_float64(cotangent, "cotangent")
+    arr, _ = _as_float64(cotangent, name)
     if shape is not None and arr.shape != tuple(shape):
         raise InvalidArgument(
-            f"cotangent must have the shape of fn's output {tuple(shape)}, got {arr.shape}"
+            f"{name} must have the shape of fn's output {tuple(shape)}, got {arr.shape}"
         )
     return arr
+
+
+def as_directions(directions, xs, name="direction"):
+    """One float64 array per input, shaped like it.
+
+    The convention of every input-space object (tangents, HVP vectors,
+    gradients): a bare array when there is one input, else a tuple (or
+    list) with one array per input.
+    """
+    if len(xs) == 1 and not isinstance(directions, (tuple, list)):
+        directions = (directions,)
+    if not isinstance(directions, (tuple, list)):
+        raise InvalidArgumentType(
+            f"{name} must be a tuple with one array per input ({len(xs)}), got "
+            f"{type(directions).__name__}"
+        )
+    if len(directions) != len(xs):
+        raise InvalidArgument(
+            f"{name} must give one array per input ({len(xs)}), got {len(directions)}"
+        )
+    labels = [name] if len(xs) == 1 else [f"{name}[{k}]" for k in range(len(xs))]
+    out = []
+    for u, x, label in zip(directions, xs, labels, strict=True):
+        arr, _ = _as_float64(u, label)
+        if arr.shape != x.shape:
+            raise InvalidArgument(
+                f"{label} must have the shape of its input {x.shape}, got {arr.shape}"
+            )
+        out.append(arr)
+    return out
+
+
+def parse_against(against, supported, kind):
+    """``against=`` -> a tuple of distinct oracle names that ``kind`` supports."""
+    known = ("numeric", "torch", "jax", "complex")
+    if isinstance(against, str):
+        against = (against,)
+    try:
+        against = tuple(against)
+    except TypeError as exc:
+        raise InvalidArgumentType(
+            f"against must be one of {supported} or a sequence of them, got {against!r}"
+        ) from exc
+    if not against:
+        raise InvalidArgument(f"against is empty; name at least one of {supported}")
+    for a in against:
+        if not isinstance(a, str) or a not in known:
+            raise InvalidArgument(f"against must name oracles among {supported}, got {a!r}")
+        if a not in supported:
+            raise InvalidArgument(
+                f"{kind} does not support against={a!r}; its oracles are {supported}"
+            )
+    if len(set(against)) != len(against):
+        raise InvalidArgument(f"against names an oracle twice: {against!r}")
+    return against
 
 
 def check_callable(obj, name):
@@ -190,7 +247,8 @@ def as_output(out, who="fn", where="at the evaluation point"):
             f"{who} returned {type(out).__name__} of dtype {arr.dtype} {where}, which is not a "
             "real numeric array"
         )
-    return np.asarray(arr, dtype=np.float64)
+    # A copy: an fn that writes into and returns one buffer must not change earlier results.
+    return np.array(arr, dtype=np.float64, copy=True)
 
 
 def check_tolerance(value, name):

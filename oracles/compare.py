@@ -6,10 +6,11 @@ The rule, for every element::
 
 where ``error`` is the reference's own error estimate (for central
 differences: what the step ladder says it may be off by; for autodiff:
-rounding, see :func:`oracles.torch_backend.error_estimate`). With the defaults ``atol = rtol = 0``
-the tolerance is exactly what the numerics can explain, so a VJP off by a
-relative 1e-6 is flagged wherever the numerics are better than that (on
-well-conditioned inputs they are good to about 1e-10 relative).
+rounding, see :func:`oracles.backends.rounding.error_estimate`). With the
+defaults ``atol = rtol = 0`` the tolerance is exactly what the numerics can
+explain, so a VJP off by a relative 1e-6 is flagged wherever the numerics are
+better than that (on well-conditioned inputs they are good to about 1e-10
+relative).
 
 At a kink (the numeric oracle saw one-sided slopes that differ by a jump
 that does not shrink with the step) any value between the two one-sided
@@ -22,7 +23,55 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "Reference", "compare"]
+
+
+@dataclass
+class Reference:
+    """One oracle's reference for one compared piece (a gradient, an output tangent, ...).
+
+    Attributes
+    ----------
+    value : ndarray
+        The reference values, shaped like the piece.
+    error : ndarray
+        Their error estimates (absolute).
+    kink, left, right : ndarray, optional
+        Where ``kink`` is True the function is not differentiable along the
+        perturbation, and any value between the one-sided slopes ``left``
+        and ``right`` is a valid subgradient.
+    nonfinite : ndarray of bool, optional
+        Where the function was NaN or inf at some perturbed point used.
+    checked : ndarray of bool, optional
+        The elements compared one by one (``mode="fast"``); ``None``: all.
+    covered : int, optional
+        How many elements the reference vouches for (the fast mode's passing
+        projections cover elements it never compared individually).
+    """
+
+    value: np.ndarray
+    error: np.ndarray
+    kink: np.ndarray | None = None
+    left: np.ndarray | None = None
+    right: np.ndarray | None = None
+    nonfinite: np.ndarray | None = None
+    checked: np.ndarray | None = None
+    covered: int | None = None
+
+    def subset(self, positions):
+        """The reference at flat ``positions`` only (``checked``/``covered`` dropped)."""
+
+        def take(a):
+            return None if a is None else np.asarray(a).reshape(-1)[positions]
+
+        return Reference(
+            value=take(self.value),
+            error=take(self.error),
+            kink=take(self.kink),
+            left=take(self.left),
+            right=take(self.right),
+            nonfinite=take(self.nonfinite),
+        )
 
 
 @dataclass

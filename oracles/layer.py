@@ -5,28 +5,35 @@ what it needs, and ``backward(dout)``, which returns the gradient with
 respect to its input(s) and stores the gradients of its parameters as
 attributes (``dW`` next to ``W``). :func:`check_layer` turns such an object
 into the pair ``fn(*inputs, *params)`` / ``vjp(cotangent, *inputs,
-*params)`` that :func:`oracles.check_vjp` judges, so the report is the same
+*params)`` that the VJP check judges, so the report is the same
 one, with the inputs named as ``forward`` names them and the parameters
 named by their attributes (``x``, ``W``, ``b``).
 
 The user's layer is never touched: every evaluation runs on a
-``copy.deepcopy`` of it.
+``copy.deepcopy`` of it. The check is the VJP check of the pipeline
+(:mod:`oracles._pipeline`), with the layer's hygiene findings added.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from oracles.check import _call_user, _mutations, check_vjp
+from oracles._guards import call_user, mutations
+from oracles._pipeline import raise_unless_passed, run
+from oracles._validation import check_names
+from oracles.checks import VJP
 from oracles.errors import (
-    GradientMismatch,
     InvalidArgument,
     InvalidArgumentType,
     UserFunctionError,
 )
+from oracles.report import Report
 
 __all__ = ["GRADIENT_NAMES", "assert_layer", "check_layer"]
 
@@ -86,7 +93,10 @@ def _backward_takes_dout(layer):
     )
 
 
-def _forward_names(layer, n):
+def _forward_names(layer, n, names=None):
+    names = check_names(names, n)
+    if names is not None:
+        return names
     try:
         params = list(inspect.signature(layer.forward).parameters.values())
     except (TypeError, ValueError):
@@ -224,6 +234,16 @@ def _changed_params(before, layer, names, who):
     return problems
 
 
+def _scaled(result, c):
+    """``result`` (a gradient, or a tuple of them) times the scalar cotangent ``c``."""
+    c = float(np.asarray(c))
+    if result is None or c == 1.0:
+        return result
+    if isinstance(result, (tuple, list)):
+        return type(result)(None if g is None else np.asarray(g) * c for g in result)
+    return np.asarray(result) * c
+
+
 def _returned_count(ret):
     if ret is None:
         return 0
@@ -233,18 +253,21 @@ def _returned_count(ret):
 
 
 def check_layer(
-    layer,
-    *inputs,
-    params=None,
-    wrt=None,
-    cotangent=None,
-    against="numeric",
-    rtol=None,
-    atol=None,
-    seed=None,
-    torch_fn=None,
-    jax_fn=None,
-):
+    layer: Any,
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    *,
+    direction: ArrayLike | None = None,
+    params: dict | Sequence[str] | None = None,
+    wrt: Sequence[int] | int | None = None,
+    against: str | Sequence[str] = "numeric",
+    mode: Any = "auto",
+    names: Sequence[str] | None = None,
+    seed: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    torch_fn: Callable[..., Any] | None = None,
+    jax_fn: Callable[..., Any] | None = None,
+) -> Report:
     """Check a layer's ``backward`` (input and parameter gradients); return a report.
 
     Parameters
@@ -255,9 +278,10 @@ def check_layer(
         to the input (a bare array) or to several inputs (a tuple, in
         order); parameter gradients are stored as attributes. Never
         modified: every evaluation runs on a deep copy.
-    *inputs : array_like
-        The arguments of ``forward``. Inputs that are not differentiated
-        (integer labels, targets) are passed unchanged.
+    inputs : tuple of array_like
+        The arguments of ``forward``, one entry per positional argument (a
+        bare array counts as the only one). Inputs that are not
+        differentiated (integer labels, targets) are passed unchanged.
     params : dict or sequence of str, optional
         ``{"W": "dW", "b": "db"}``: parameter attribute -> attribute where
         ``backward`` stores its gradient. A sequence of names looks the
@@ -271,11 +295,14 @@ def check_layer(
         the gradient of ``inputs[0]``, a tuple of ``k`` arrays those of
         ``inputs[0:k]``, ``None`` no input gradient (parameters only). The
         other inputs are held fixed. Integer inputs cannot be differentiated.
-    cotangent : array_like, optional
+    direction : array_like, optional
         The ``dout`` passed to ``backward``, shaped like ``forward``'s
         output. Default: standard normal from ``numpy.random.default_rng(seed)``;
         ``1.0`` when ``backward`` takes no argument.
-    against, rtol, atol, seed, torch_fn, jax_fn
+    names : sequence of str, optional
+        Names of ``forward``'s inputs in the report (default: ``forward``'s
+        parameter names); parameters are named by their attributes.
+    against, mode, seed, rtol, atol, torch_fn, jax_fn
         As in :func:`oracles.check_vjp`. ``torch_fn`` and ``jax_fn`` take
         the differentiated inputs, then the parameters, in the report's
         order (``x, W, b``).
@@ -318,14 +345,22 @@ def check_layer(
     ...     def backward(self, dout):
     ...         self.dw = dout * self._x
     ...         return dout * self.w
-    >>> r = check_layer(Scale(np.array([2.0, 3.0])), np.array([1.0, -1.0]))
+    >>> r = check_layer(Scale(np.array([2.0, 3.0])), (np.array([1.0, -1.0]),))
     >>> r.ok, [i.name for i in r.inputs]
     (True, ['x', 'w'])
     """
     __tracebackhide__ = True
     _check_layer_object(layer)
+    if isinstance(inputs, np.ndarray) or np.isscalar(inputs):
+        inputs = (inputs,)
+    if not isinstance(inputs, (tuple, list)):
+        raise InvalidArgumentType(
+            "inputs must be a tuple with one entry per argument of layer.forward, got "
+            f"{type(inputs).__name__}"
+        )
     if not inputs:
-        raise InvalidArgument("check_layer needs the inputs of layer.forward after the layer")
+        raise InvalidArgument("inputs is empty; layer.forward needs at least one input")
+    cotangent = direction
     template = _copy_layer(layer)
     raw_inputs = [_copy_value(x) for x in inputs]
     explicit = _parse_params(params, template)
@@ -333,13 +368,13 @@ def check_layer(
     takes_dout = _backward_takes_dout(template)
     if not takes_dout and cotangent is not None and not np.array_equal(cotangent, 1.0):
         raise InvalidArgument(
-            f"{_layer_name(layer)}.backward takes no upstream gradient, so cotangent must be None "
+            f"{_layer_name(layer)}.backward takes no upstream gradient, so direction must be None "
             f"or 1.0, got {cotangent!r}"
         )
 
     # Probe: one forward and backward on a copy tells which gradients exist.
     probe = _copy_layer(template)
-    out = _call_user(probe.forward, [_copy_value(x) for x in raw_inputs], "layer.forward")
+    out = call_user(probe.forward, [_copy_value(x) for x in raw_inputs], "layer.forward")
     try:
         out = np.asarray(out, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -355,11 +390,11 @@ def check_layer(
         cotangent = 1.0
     if cotangent is not None and np.shape(cotangent) != out.shape:
         raise InvalidArgument(
-            f"cotangent must have the shape of layer.forward's output {out.shape}, "
+            f"direction must have the shape of layer.forward's output {out.shape}, "
             f"got {np.shape(cotangent)}"
         )
     dout = _dout_for(out, cotangent, takes_dout)
-    ret = _call_user(probe.backward, [] if dout is None else [dout], "layer.backward")
+    ret = call_user(probe.backward, [] if dout is None else [dout], "layer.backward")
     if wrt is None:
         n_ret = _returned_count(ret)
         if n_ret > len(raw_inputs):
@@ -389,7 +424,8 @@ def check_layer(
             "parameter with a gradient attribute was found; pass params={'W': 'dW', ...}"
         )
 
-    in_names = [_forward_names(template, len(raw_inputs))[k] for k in wrt]
+    all_names = _forward_names(template, len(raw_inputs), names)
+    in_names = [all_names[k] for k in wrt]
     param_names = list(pairs)
     names = in_names + param_names
     dups = {n for n in names if names.count(n) > 1}
@@ -421,17 +457,20 @@ def check_layer(
         pristine_x = [xs[k].copy() for k in wrt]
         pristine_p = [np.array(getattr(lay, p), copy=True) for p in param_names]
         lay.forward(*xs)
-        problems.extend(_mutations(pristine_x, [xs[k] for k in wrt], in_names, "layer.forward"))
+        problems.extend(mutations(pristine_x, [xs[k] for k in wrt], in_names, "layer.forward"))
         problems.extend(_changed_params(pristine_p, lay, param_names, "layer.forward"))
         pristine_x = [xs[k].copy() for k in wrt]
         pristine_p = [np.array(getattr(lay, p), copy=True) for p in param_names]
         if takes_dout:
             d = np.array(cot, copy=True)
             result = lay.backward(d)
-            problems.extend(_mutations([cot], [d], ["dout"], "layer.backward"))
+            problems.extend(mutations([cot], [d], ["dout"], "layer.backward"))
         else:
+            # backward() is the gradient of the loss itself: the VJP at the
+            # (scalar) cotangent c is c times it.
             result = lay.backward()
-        problems.extend(_mutations(pristine_x, [xs[k] for k in wrt], in_names, "layer.backward"))
+            result = _scaled(result, cot)
+        problems.extend(mutations(pristine_x, [xs[k] for k in wrt], in_names, "layer.backward"))
         problems.extend(_changed_params(pristine_p, lay, param_names, "layer.backward"))
         if n_in == 0:
             grads = []
@@ -447,40 +486,41 @@ def check_layer(
         for g in pairs.values():
             if not hasattr(lay, g):
                 raise UserFunctionError(f"after backward, the layer has no attribute {g!r}")
-            grads.append(getattr(lay, g))
+            grads.append(getattr(lay, g) if takes_dout else _scaled(getattr(lay, g), cot))
         return tuple(grads)
 
     fn.__name__ = f"{_layer_name(layer)}.forward"
     vjp.__name__ = f"{_layer_name(layer)}.backward"
-    report = check_vjp(
+    report = run(
+        VJP,
         fn,
         vjp,
         check_inputs,
-        cotangent=cotangent,
+        direction=cotangent,
         against=against,
+        mode=mode,
+        names=names,
+        seed=seed,
         rtol=rtol,
         atol=atol,
-        seed=seed,
         torch_fn=torch_fn,
         jax_fn=jax_fn,
-        names=names,
+        kind="check_layer",
+        problems=problems,
     )
-    report.kind = "check_layer"
-    report.problems = list(dict.fromkeys(problems)) + report.problems
     fixed = [k for k in range(len(raw_inputs)) if k not in wrt]
     if fixed:
-        all_names = _forward_names(template, len(raw_inputs))
         report.notes.append(
             "held fixed (not differentiated): " + ", ".join(all_names[k] for k in fixed)
         )
     report.context = {"layer": _layer_name(layer), **report.context}
     if not takes_dout:
-        report.context["cotangent"] = "1.0 (backward takes no upstream gradient)"
+        report.context["direction"] = "1.0 (backward takes no upstream gradient)"
     return report
 
 
-def assert_layer(layer, *inputs, **kwargs):
-    """Like :func:`check_layer`, but raise :class:`GradientMismatch` when it fails.
+def assert_layer(layer: Any, inputs: Sequence[ArrayLike] | ArrayLike, **options: Any) -> Report:
+    """Like :func:`check_layer`, but raise :class:`~oracles.errors.GradientMismatch` when it fails.
 
     Returns the report when the check passes; the exception's message is
     the readable report and ``exc.report`` the report object.
@@ -494,13 +534,10 @@ def assert_layer(layer, *inputs, **kwargs):
     ...         return x**2
     ...     def backward(self, dout):
     ...         return dout * self._x  # forgot the factor 2
-    >>> assert_layer(Square(), np.array([1.0, 2.0]))  # doctest: +ELLIPSIS
+    >>> assert_layer(Square(), (np.array([1.0, 2.0]),))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     oracles.errors.GradientMismatch: check_layer: FAILED: 2 of 2 elements of ... x disagree ...
     """
     __tracebackhide__ = True
-    report = check_layer(layer, *inputs, **kwargs)
-    if not report.ok:
-        raise GradientMismatch(report)
-    return report
+    return raise_unless_passed(check_layer(layer, inputs, **options))

@@ -9,8 +9,8 @@ load it with ``-p oracles.plugin``. It adds:
   and ``--oracles-examples`` (Hypothesis ``max_examples`` for tests marked
   ``gradcheck``);
 * a fixture ``gradcheck`` whose methods ``.vjp``, ``.layer``, ``.jvp`` and
-  ``.hvp`` call :func:`oracles.assert_vjp`, :func:`oracles.layer.assert_layer`,
-  :func:`oracles.jvp.assert_jvp` and :func:`oracles.second_order.assert_hvp`
+  ``.hvp`` call :func:`oracles.assert_vjp`, :func:`oracles.assert_layer`,
+  :func:`oracles.assert_jvp` and :func:`oracles.assert_hvp`
   with those settings;
 * a marker ``@pytest.mark.gradcheck(against=..., rtol=..., atol=...,
   examples=...)`` that overrides the options for one test;
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import pytest
 
-from oracles.check import ORACLES
+from oracles._pipeline import ORACLES
 from oracles.errors import GradientMismatch
 
 __all__ = ["GradCheck", "gradcheck"]
@@ -170,28 +170,28 @@ class GradCheck:
     def vjp(self, fn, vjp, inputs, **kwargs):
         """:func:`oracles.assert_vjp` with the configured oracles and tolerances."""
         __tracebackhide__ = True
-        from oracles.check import assert_vjp
+        from oracles.checks import assert_vjp
 
         return assert_vjp(fn, vjp, inputs, **self._options(kwargs))
 
-    def layer(self, layer, *inputs, **kwargs):
-        """:func:`oracles.layer.assert_layer` with the configured oracles and tolerances."""
+    def layer(self, layer, inputs, **kwargs):
+        """:func:`oracles.assert_layer` with the configured oracles and tolerances."""
         __tracebackhide__ = True
         from oracles.layer import assert_layer
 
-        return assert_layer(layer, *inputs, **self._options(kwargs))
+        return assert_layer(layer, inputs, **self._options(kwargs))
 
     def jvp(self, fn, jvp, inputs, **kwargs):
-        """:func:`oracles.jvp.assert_jvp` with the configured oracles and tolerances."""
+        """:func:`oracles.assert_jvp` with the configured oracles and tolerances."""
         __tracebackhide__ = True
-        from oracles.jvp import assert_jvp
+        from oracles.checks import assert_jvp
 
         return assert_jvp(fn, jvp, inputs, **self._options(kwargs))
 
     def hvp(self, fn, hvp, inputs, **kwargs):
-        """:func:`oracles.second_order.assert_hvp` with the configured oracles and tolerances."""
+        """:func:`oracles.assert_hvp` with the configured oracles and tolerances."""
         __tracebackhide__ = True
-        from oracles.second_order import assert_hvp
+        from oracles.checks import assert_hvp
 
         return assert_hvp(fn, hvp, inputs, **self._options(kwargs))
 
@@ -278,7 +278,7 @@ class _ConfiguredGradCheck(GradCheck):
 def gradcheck(pytestconfig):
     """Gradient assertions configured by ``--oracles*`` and ``@pytest.mark.gradcheck``.
 
-    ``gradcheck.vjp(fn, vjp, inputs, ...)``, ``gradcheck.layer(layer, *inputs,
+    ``gradcheck.vjp(fn, vjp, inputs, ...)``, ``gradcheck.layer(layer, inputs,
     ...)``, ``gradcheck.jvp(fn, jvp, inputs, ...)`` and ``gradcheck.hvp(fn,
     hvp, inputs, ...)`` raise :class:`oracles.GradientMismatch` with the
     readable report when the derivation is wrong, and return the report

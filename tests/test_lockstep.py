@@ -1,11 +1,11 @@
-"""oracles.mnist: lockstep training with PyTorch and JAX, the training command, the plots."""
+"""oracles.verify.mnist: lockstep training with PyTorch and JAX, the training command, the plots."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from oracles import mnist
+from oracles.verify import mnist
 from reference import mlp
 
 pytestmark = [pytest.mark.torch, pytest.mark.jax]

@@ -70,12 +70,12 @@ X, W, B = rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard
 
 
 def test_affine_layer(gradcheck):
-    report = gradcheck.layer(Affine(W, B), X)
+    report = gradcheck.layer(Affine(W, B), (X,))
     assert [r.name for r in report.inputs] == ["x", "W", "b"]
 
 
 def test_affine_layer_wrong_dW(gradcheck):
-    gradcheck.layer(AffineWrongDW(W, B), X)
+    gradcheck.layer(AffineWrongDW(W, B), (X,))
 
 
 def test_tanh_vjp(gradcheck):

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from oracles import check_vjp
-from oracles.cases import reference_cases
-from oracles.cli import main
+from oracles.verify.cases import reference_cases
+from oracles.verify.cli import main
 
 CASES = reference_cases(include_mlp=False)
 

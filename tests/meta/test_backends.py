@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from oracles import jax_vjp, torch_vjp
+from oracles.backends.rounding import ROUNDING_FACTOR, TINY, error_estimate
 from oracles.errors import (
     BackendUnavailable,
     InvalidArgument,
@@ -15,8 +17,6 @@ from oracles.errors import (
     OraclesError,
     UserFunctionError,
 )
-from oracles.jax_backend import jax_vjp
-from oracles.torch_backend import ROUNDING_FACTOR, TINY, error_estimate, torch_vjp
 
 BACKENDS = [
     pytest.param("torch", marks=pytest.mark.torch, id="torch"),
@@ -234,14 +234,14 @@ def test_x64_fallback_restores_the_global_flag_even_on_error(monkeypatch):
 
     import jax.experimental
 
-    from oracles.jax_backend import _x64_enabled
+    from oracles.backends.jax import x64_enabled
 
     monkeypatch.delattr(jax.experimental, "enable_x64", raising=False)
     fake = types.SimpleNamespace(config=_FakeConfig())  # no jax.enable_x64 either
-    with _x64_enabled(fake):
+    with x64_enabled(fake):
         assert fake.config.jax_enable_x64 is True
     assert fake.config.jax_enable_x64 is False
-    with pytest.raises(KeyError), _x64_enabled(fake):
+    with pytest.raises(KeyError), x64_enabled(fake):
         raise KeyError("inside")
     assert fake.config.jax_enable_x64 is False
     assert fake.config.updates == [True, False, True, False]
@@ -263,10 +263,10 @@ def test_modules_import_without_torch_or_jax():
     code = (
         "import sys\n"
         "sys.modules['torch'] = None; sys.modules['jax'] = None\n"
-        "import numpy as np, oracles, oracles.torch_backend, oracles.jax_backend\n"
-        "import oracles.native, oracles.native_torch, oracles.native_jax\n"
+        "import numpy as np, oracles, oracles.backends.torch, oracles.backends.jax\n"
+        "import oracles.verify.native, oracles.verify.native_torch, oracles.verify.native_jax\n"
         "from oracles.errors import BackendUnavailable\n"
-        "for f in (oracles.torch_backend.torch_vjp, oracles.jax_backend.jax_vjp):\n"
+        "for f in (oracles.torch_vjp, oracles.jax_vjp):\n"
         "    try:\n"
         "        f(abs, (np.ones(1),), np.ones(1))\n"
         "    except BackendUnavailable as e:\n"

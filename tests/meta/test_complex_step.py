@@ -14,8 +14,8 @@ import pytest
 import reference as R
 from oracles import numeric_vjp
 from oracles.compare import compare
-from oracles.complex_step import DEFAULT_STEP, complex_step_reference, complex_step_vjp
 from oracles.errors import InvalidArgument, InvalidArgumentType
+from oracles.numerics.complex_step import DEFAULT_STEP, complex_step_reference, complex_step_vjp
 from reference import mlp
 
 RNG = np.random.default_rng(20)
@@ -71,7 +71,7 @@ def test_softmax_family_matches_the_reference_vjp(log, scale_offset):
     c = RNG.standard_normal(z.shape)
     fn, vjp = (R.log_softmax, R.log_softmax_vjp) if log else (R.softmax, R.softmax_vjp)
     refs, method = complex_step_reference(fn, [z], c)
-    value, error = refs[0]["value"], refs[0]["error"]
+    value, error = refs[0].value, refs[0].error
     right = vjp(c, z)
     assert compare(right, value, error).ok
     # The reference VJPs round at the scale of the cotangent (a * (g - <g, a>)).
@@ -132,7 +132,7 @@ def test_error_estimate_is_eps_level_and_covers_the_actual_error():
     x = RNG.uniform(-3.0, 3.0, size=(6, 4))
     c = RNG.standard_normal(x.shape)
     refs, _ = complex_step_reference(np.tanh, [x], c)
-    value, error = refs[0]["value"], refs[0]["error"]
+    value, error = refs[0].value, refs[0].error
     exact = c / np.cosh(x) ** 2
     assert np.all(np.abs(value - exact) <= error)
     peak = np.max(np.abs(exact)) + np.max(np.abs(c))
@@ -146,10 +146,10 @@ def test_as_a_reference_it_catches_a_1e12_relative_error():
     c = RNG.standard_normal(z.shape)
     refs, _ = complex_step_reference(R.softmax, [z], c)
     right = R.softmax_vjp(c, z)
-    assert compare(right, refs[0]["value"], refs[0]["error"]).ok
+    assert compare(right, refs[0].value, refs[0].error).ok
     wrong = right.copy()
     wrong[1, 2] *= 1 + 1e-12
-    cmp = compare(wrong, refs[0]["value"], refs[0]["error"])
+    cmp = compare(wrong, refs[0].value, refs[0].error)
     assert cmp.n_failed == 1 and not cmp.passed[1, 2]
 
 
@@ -158,7 +158,7 @@ def test_hand_tanh_vjp_underflowing_to_zero_is_not_blamed():
     # error of eps times the cotangent, within the estimate.
     x = np.array([20.0, -21.0, 0.5])
     refs, _ = complex_step_reference(np.tanh, [x], np.ones(3))
-    assert compare(R.tanh_vjp(np.ones(3), x), refs[0]["value"], refs[0]["error"]).ok
+    assert compare(R.tanh_vjp(np.ones(3), x), refs[0].value, refs[0].error).ok
 
 
 # --- refusals: functions that are not complex-safe ------------------------------------------------

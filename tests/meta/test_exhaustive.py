@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import oracles
-from oracles import exhaustive
-from oracles.exhaustive import Exhaustive, exhaustive_partials
-from oracles.numerics import ScalarObjective
+from oracles.numerics import exhaustive
+from oracles.numerics.exhaustive import Exhaustive, exhaustive_partials
+from oracles.numerics.objective import ScalarObjective
 from reference import mlp, mnist
 from reference.affine import affine, affine_vjp
 from reference.pitfalls import CATALOG
@@ -83,7 +83,7 @@ def test_a_planted_relative_1e6_error_is_named_exactly(small_mlp):
     grads = mlp.mlp_loss_vjp(1.0, X, y, *params)
     j = int(np.argmax(np.abs(grads[0])))
     report = oracles.check_vjp(
-        fn, _vjp(X, y, [(0, j, 1e-6)]), params, cotangent=1.0, mode="exhaustive", names=NAMES
+        fn, _vjp(X, y, [(0, j, 1e-6)]), params, direction=1.0, mode="exhaustive", names=NAMES
     )
     where = tuple(int(k) for k in np.unravel_index(j, params[0].shape))
     assert _failing(report) == [("W1", where)], str(report)
@@ -137,7 +137,7 @@ def test_process_pool_on_a_picklable_function(small_mlp):
             fn,
             _vjp(X, y, [(2, 3, 1e-5)]),
             params,
-            cotangent=1.0,
+            direction=1.0,
             mode=Exhaustive(executor=pool, chunk_size=1000),
             names=NAMES,
         )

@@ -137,31 +137,31 @@ class ForwardWritesInput:
     ids=lambda v: type(v).__name__ if not isinstance(v, tuple) else "",
 )
 def test_correct_layers_pass(layer, inputs):
-    report = assert_layer(layer, *inputs)
+    report = assert_layer(layer, inputs)
     assert report.ok and report.kind == "check_layer"
 
 
 def test_names_parameters_and_held_fixed_inputs():
-    r = check_layer(Affine(W, B), X)
+    r = check_layer(Affine(W, B), (X,))
     assert [i.name for i in r.inputs] == ["x", "W", "b"]
     assert [i.shape for i in r.inputs] == [(4, 3), (3, 2), (2,)]
-    r = check_layer(SoftmaxWithLoss(), LOGITS, LABELS)
+    r = check_layer(SoftmaxWithLoss(), (LOGITS, LABELS))
     assert [i.name for i in r.inputs] == ["logits"]
     assert any("held fixed" in n and "targets" in n for n in r.notes)
-    r = check_layer(GradUnderscore(), np.array([1.0, 0.3]))
+    r = check_layer(GradUnderscore(), (np.array([1.0, 0.3]),))
     assert [i.name for i in r.inputs] == ["x", "w"]
 
 
 def test_public_cached_inputs_are_not_parameters():
     # MyAffine caches ``self.x`` publicly; there is no ``dx`` attribute, so it is no parameter.
-    assert [i.name for i in check_layer(MyAffine(W, B), X).inputs] == ["x", "W", "b"]
+    assert [i.name for i in check_layer(MyAffine(W, B), (X,)).inputs] == ["x", "W", "b"]
 
 
 def test_the_users_layer_is_never_changed():
     layer = MyAffine(W.copy(), B.copy(), mistake="sgd_inside")
     before = copy.deepcopy(vars(layer))
     x = X.copy()
-    check_layer(layer, x)
+    check_layer(layer, (x,))
     assert layer.dW is None and layer.db is None and not hasattr(layer, "x")
     np.testing.assert_array_equal(layer.W, before["W"])
     np.testing.assert_array_equal(x, X)
@@ -171,7 +171,7 @@ def test_the_users_layer_is_never_changed():
 
 
 def test_wrong_parameter_gradient_is_named():
-    r = check_layer(MyAffine(W, B, mistake="dW_mean"), X)
+    r = check_layer(MyAffine(W, B, mistake="dW_mean"), (X,))
     assert not r.ok and r.failed_inputs == ["W"]
     text = str(r)
     assert "elements of the gradient of W disagree with numeric" in text
@@ -179,37 +179,37 @@ def test_wrong_parameter_gradient_is_named():
 
 
 def test_wrong_input_gradient_is_named():
-    r = check_layer(MyAffine(W, B, mistake="dx_no_transpose"), X)
+    r = check_layer(MyAffine(W, B, mistake="dx_no_transpose"), (X,))
     assert r.failed_inputs == ["x"]
 
 
 def test_assert_layer_raises_with_the_report():
     with pytest.raises(GradientMismatch) as info:
-        assert_layer(MyAffine(W, B, mistake="dW_mean"), X)
+        assert_layer(MyAffine(W, B, mistake="dW_mean"), (X,))
     assert info.value.report.failed_inputs == ["W"]
     assert "disagree" in str(info.value)
 
 
 def test_backward_that_updates_parameters_is_a_problem():
-    r = check_layer(MyAffine(W, B, mistake="sgd_inside"), X)
+    r = check_layer(MyAffine(W, B, mistake="sgd_inside"), (X,))
     assert not r.ok
     assert any("layer.backward changed the parameter W" in p for p in r.problems)
 
 
 def test_backward_that_writes_into_dout_is_a_problem():
-    r = check_layer(MyAffine(W, B, mistake="scale_dout"), X)
+    r = check_layer(MyAffine(W, B, mistake="scale_dout"), (X,))
     assert not r.ok
     assert any("layer.backward modified its argument dout" in p for p in r.problems)
 
 
 def test_forward_and_backward_writing_into_inputs_are_problems():
-    r = check_layer(BackwardWritesInput(), np.array([1.0, 2.0]))
+    r = check_layer(BackwardWritesInput(), (np.array([1.0, 2.0]),))
     assert r.failed_inputs == []  # the numbers are right...
     assert not r.ok  # ...but the input was written into
     assert any(p.startswith("layer.backward modified its argument x") for p in r.problems)
-    r = check_layer(ForwardWritesInput(), np.array([0.5, -0.25]))
+    r = check_layer(ForwardWritesInput(), (np.array([0.5, -0.25]),))
     assert any(p.startswith("layer.forward modified its argument x") for p in r.problems) is False
-    r = check_layer(ForwardWritesInput(), np.array([0.5, 3.0]), params={})
+    r = check_layer(ForwardWritesInput(), (np.array([0.5, 3.0]),), params={})
     assert any(p.startswith("layer.forward modified its argument x") for p in r.problems)
 
 
@@ -223,7 +223,7 @@ def test_a_relu_that_zeroes_dout_in_place_is_caught():
             dout[self._mask] = 0
             return dout
 
-    r = check_layer(InPlaceRelu(), X + np.sign(X) * 0.1)
+    r = check_layer(InPlaceRelu(), (X + np.sign(X) * 0.1,))
     assert any("dout" in p for p in r.problems) and not r.ok
 
 
@@ -231,9 +231,12 @@ def test_a_relu_that_zeroes_dout_in_place_is_caught():
 
 
 def test_params_explicit_dict_list_and_empty():
-    assert [i.name for i in check_layer(Affine(W, B), X, params={"W": "dW"}).inputs] == ["x", "W"]
-    assert [i.name for i in check_layer(Affine(W, B), X, params=["b"]).inputs] == ["x", "b"]
-    assert [i.name for i in check_layer(Affine(W, B), X, params={}).inputs] == ["x"]
+    assert [i.name for i in check_layer(Affine(W, B), (X,), params={"W": "dW"}).inputs] == [
+        "x",
+        "W",
+    ]
+    assert [i.name for i in check_layer(Affine(W, B), (X,), params=["b"]).inputs] == ["x", "b"]
+    assert [i.name for i in check_layer(Affine(W, B), (X,), params={}).inputs] == ["x"]
 
 
 def test_wrt_selects_inputs():
@@ -247,13 +250,13 @@ def test_wrt_selects_inputs():
             g[np.arange(len(dout)), self._labels] = dout
             return g
 
-    r = check_layer(SecondInputOnly(), LABELS, LOGITS, wrt=(1,))
+    r = check_layer(SecondInputOnly(), (LABELS, LOGITS), wrt=(1,))
     assert r.ok and [i.name for i in r.inputs] == ["x"]
 
 
 def test_loss_layer_backward_with_scalar_dout():
-    r = check_layer(SoftmaxWithLoss(), LOGITS, LABELS, cotangent=2.5)
-    assert r.ok and r.context["cotangent"] == "given"
+    r = check_layer(SoftmaxWithLoss(), (LOGITS, LABELS), direction=2.5)
+    assert r.ok and r.context["direction"] == "given"
 
 
 def test_wrong_loss_layer_fails():
@@ -261,13 +264,13 @@ def test_wrong_loss_layer_fails():
         def backward(self, dout=1.0):
             return super().backward(dout) * len(LABELS)  # forgot to divide by N
 
-    assert check_layer(MeanlessLoss(), LOGITS, LABELS).failed_inputs == ["logits"]
+    assert check_layer(MeanlessLoss(), (LOGITS, LABELS)).failed_inputs == ["logits"]
 
 
 @pytest.mark.torch
 def test_layer_against_torch():
     r = check_layer(
-        Affine(W, B), X, against=("numeric", "torch"), torch_fn=lambda x, w, b: x @ w + b
+        Affine(W, B), (X,), against=("numeric", "torch"), torch_fn=lambda x, w, b: x @ w + b
     )
     assert r.ok and r.oracles == ("numeric", "torch")
 
@@ -275,7 +278,7 @@ def test_layer_against_torch():
 @pytest.mark.jax
 def test_layer_against_jax_flags_wrong_dw():
     r = check_layer(
-        MyAffine(W, B, mistake="dW_mean"), X, against="jax", jax_fn=lambda x, w, b: x @ w + b
+        MyAffine(W, B, mistake="dW_mean"), (X,), against="jax", jax_fn=lambda x, w, b: x @ w + b
     )
     assert r.failed_inputs == ["W"]
 
@@ -307,26 +310,26 @@ class _Raises:
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: check_layer(_NoBackward(), X), InvalidArgumentType, "backward"),
-        (lambda: check_layer(Tanh()), InvalidArgument, "needs the inputs"),
-        (lambda: check_layer(Tanh(), X, wrt=(3,)), InvalidArgument, "wrt holds 3"),
-        (lambda: check_layer(Tanh(), X, wrt=("x",)), InvalidArgumentType, "positions"),
-        (lambda: check_layer(Affine(W, B), X, params="W"), InvalidArgumentType, "string"),
-        (lambda: check_layer(Affine(W, B), X, params={"V": "dV"}), InvalidArgument, "'V'"),
-        (lambda: check_layer(Affine(W, B), X, params={"W": "dV"}), UserFunctionError, "'dV'"),
-        (lambda: check_layer(Tanh(), X, cotangent=np.ones(3)), InvalidArgument, "shape"),
+        (lambda: check_layer(_NoBackward(), (X,)), InvalidArgumentType, "backward"),
+        (lambda: check_layer(Tanh(), ()), InvalidArgument, "inputs is empty"),
+        (lambda: check_layer(Tanh(), (X,), wrt=(3,)), InvalidArgument, "wrt holds 3"),
+        (lambda: check_layer(Tanh(), (X,), wrt=("x",)), InvalidArgumentType, "positions"),
+        (lambda: check_layer(Affine(W, B), (X,), params="W"), InvalidArgumentType, "string"),
+        (lambda: check_layer(Affine(W, B), (X,), params={"V": "dV"}), InvalidArgument, "'V'"),
+        (lambda: check_layer(Affine(W, B), (X,), params={"W": "dV"}), UserFunctionError, "'dV'"),
+        (lambda: check_layer(Tanh(), (X,), direction=np.ones(3)), InvalidArgument, "shape"),
         (
-            lambda: check_layer(NoArgLoss(), X, X, cotangent=2.0),
+            lambda: check_layer(NoArgLoss(), (X, X), direction=2.0),
             InvalidArgument,
             "no upstream gradient",
         ),
         (
-            lambda: check_layer(SoftmaxWithLoss(), LOGITS, LABELS, wrt=(0, 1)),
+            lambda: check_layer(SoftmaxWithLoss(), (LOGITS, LABELS), wrt=(0, 1)),
             InvalidArgument,
             "integer inputs",
         ),
-        (lambda: check_layer(_TooManyGrads(), X), UserFunctionError, "2 gradients"),
-        (lambda: check_layer(_Raises(), X), UserFunctionError, "boom"),
+        (lambda: check_layer(_TooManyGrads(), (X,)), UserFunctionError, "2 gradients"),
+        (lambda: check_layer(_Raises(), (X,)), UserFunctionError, "boom"),
     ],
 )
 def test_argument_validation(call, error, match):

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from oracles import numeric_vjp
 from oracles import strategies as ost
-from oracles.numerics import ScalarObjective, partials
+from oracles.numerics.ladder import partials
+from oracles.numerics.objective import ScalarObjective
 
 CLOSED_FORMS = {
     "cubic": (lambda x: x**3 - 2 * x, lambda x: 3 * x**2 - 2),

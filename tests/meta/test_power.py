@@ -291,7 +291,7 @@ def test_softmax_at_scale_300_with_tiny_gradients_passes():
     g = 1.0 + 1e-3 * rng.standard_normal(z.shape)
     d = R.softmax_vjp(g, z)
     assert 0 < np.max(np.abs(d)) < 1e-3
-    report = check_vjp(R.softmax, R.softmax_vjp, (z,), cotangent=g)
+    report = check_vjp(R.softmax, R.softmax_vjp, (z,), direction=g)
     assert report.ok, str(report)
 
 
@@ -329,7 +329,7 @@ KINKS = {
 def test_kinks_pass_and_the_report_names_them(name):
     fn, vjp, make = KINKS[name]
     inputs = make()
-    report = check_vjp(fn, vjp, inputs, cotangent=np.ones(np.shape(fn(*inputs))))
+    report = check_vjp(fn, vjp, inputs, direction=np.ones(np.shape(fn(*inputs))))
     assert report.ok, str(report)
     kink_notes = [n for n in report.notes if "kink" in n]
     assert kink_notes, str(report)
@@ -345,7 +345,7 @@ def test_a_value_outside_the_subdifferential_at_a_kink_fails(name):
         # 1.5 g at every element: outside [left, right] at the kinks, and wrong off them.
         return tuple(1.5 * d + 0.5 * g for d in _tuple(vjp(g, *xs)))
 
-    report = check_vjp(fn, wrong, inputs, cotangent=np.ones(np.shape(fn(*inputs))))
+    report = check_vjp(fn, wrong, inputs, direction=np.ones(np.shape(fn(*inputs))))
     assert not report.ok, str(report)
 
 

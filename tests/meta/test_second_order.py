@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from oracles import GradientMismatch, InvalidArgument, UserFunctionError
-from oracles.second_order import assert_hvp, check_hvp
+from oracles import GradientMismatch, InvalidArgument, UserFunctionError, assert_hvp, check_hvp
 from oracles.strategies import logits_and_targets
 from reference import InvalidInput, cross_entropy_hvp, squared_error_hvp, tanh_hvp
 from reference.activations import tanh_vjp
@@ -224,7 +223,7 @@ def test_given_vectors_are_used():
     x = np.array([0.3, -0.2])
     f, g = (lambda x: np.sum(x**4)), (lambda x: 4 * x**3)
     wrong_in_second = lambda v, x: 12 * x**2 * v * np.array([1.0, 3.0])  # noqa: E731
-    assert check_hvp(f, wrong_in_second, (x,), grad=g, vectors=np.array([1.0, 0.0])).ok
+    assert check_hvp(f, wrong_in_second, (x,), grad=g, direction=np.array([1.0, 0.0])).ok
     assert not check_hvp(f, wrong_in_second, (x,), grad=g).ok
 
 
@@ -257,7 +256,7 @@ X = np.array([0.5, -1.0])
         (lambda: check_hvp(np.sum, lambda v, x: 0 * v, (X,), grad=lambda x: x[:1]),
          UserFunctionError, "grad returned"),
         (lambda: check_hvp(np.sum, lambda v, x: 0 * v, (X,), grad=np.ones_like,
-                           vectors=np.ones(3)), InvalidArgument, "vectors"),
+                           direction=np.ones(3)), InvalidArgument, "direction"),
         (lambda: cross_entropy_hvp(np.ones((2, 3)), np.ones((2, 3)), np.array([0, 1]),
                                    reduction="none"), InvalidInput, "scalar loss"),
         (lambda: cross_entropy_hvp(np.ones(3), np.ones((2, 3)), np.array([0, 1])),

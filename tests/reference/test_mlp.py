@@ -179,7 +179,7 @@ def test_argument_validation(call, message):
 def test_full_step_against_numeric_torch_and_jax(digits, activation, loss):
     """Every element of W1, b1, W2, b2 of a 784-8-10 MLP on 8 real digits."""
     from oracles import check_vjp
-    from oracles.mnist import jax_mlp_loss, torch_mlp_loss
+    from oracles.verify.mnist import jax_mlp_loss, torch_mlp_loss
 
     X, y = digits[0][:8], digits[1][:8]
     params = _trained(SIZES, *digits, activation=activation, loss=loss)
@@ -207,7 +207,7 @@ def test_full_step_against_numeric_torch_and_jax(digits, activation, loss):
 def test_full_step_check_catches_a_planted_mistake(digits, against):
     """The same check fails when one bias gradient is off by a relative 1e-6."""
     from oracles import check_vjp
-    from oracles.mnist import jax_mlp_loss, torch_mlp_loss
+    from oracles.verify.mnist import jax_mlp_loss, torch_mlp_loss
 
     X, y = digits[0][:8], digits[1][:8]
     params = _trained(SIZES, *digits)

@@ -1,8 +1,8 @@
 """Every reference op three ways: hand VJP vs torch autograd vs JAX, on native framework ops.
 
 For each op, on Hypothesis-drawn shapes and values, the forward values of
-the torch-native and jax-native versions (:mod:`oracles.native_torch`,
-:mod:`oracles.native_jax`) match the reference, and the three VJPs (the
+the torch-native and jax-native versions (:mod:`oracles.verify.native_torch`,
+:mod:`oracles.verify.native_jax`) match the reference, and the three VJPs (the
 hand derivation, ``torch_vjp`` through torch's ops, ``jax_vjp`` through
 JAX's) agree pairwise elementwise within::
 
@@ -31,10 +31,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as R
-from oracles import native_jax as nj
-from oracles import native_torch as nt
-from oracles.jax_backend import jax_vjp
-from oracles.native import NATIVE_OPS
+from oracles import jax_vjp, torch_vjp
+from oracles.backends.rounding import TINY, error_estimate
 from oracles.strategies import (
     affine_inputs,
     arrays,
@@ -43,7 +41,9 @@ from oracles.strategies import (
     logits,
     logits_and_targets,
 )
-from oracles.torch_backend import TINY, error_estimate, torch_vjp
+from oracles.verify import native_jax as nj
+from oracles.verify import native_torch as nt
+from oracles.verify.native import NATIVE_OPS
 
 pytestmark = [pytest.mark.torch, pytest.mark.jax]
 

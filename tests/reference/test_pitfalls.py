@@ -187,7 +187,7 @@ def test_oracle_passes_the_correct_vjp(p):
 def _native_pitfalls():
     """Entries whose forward is a reference op with torch and jax equivalents."""
     import reference
-    from oracles.native import NATIVE_OPS
+    from oracles.verify.native import NATIVE_OPS
 
     return [
         (p, NATIVE_OPS[p.fn.__name__])

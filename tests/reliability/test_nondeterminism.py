@@ -147,4 +147,4 @@ def test_a_layer_with_dropout_left_on_is_detected():
     rng = np.random.default_rng(0)
     layer = _DropoutAffine(rng.standard_normal((3, 8)), rng.standard_normal(8))
     with pytest.raises(NonDeterministicFunction, match="not deterministic"):
-        check_layer(layer, rng.standard_normal((4, 3)))
+        check_layer(layer, (rng.standard_normal((4, 3)),))

@@ -153,8 +153,8 @@ def test_a_wrong_vjp_of_exp_near_overflow_never_passes(x0):
     x = np.array([x0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # numerics.py's own (see issue 9 report)
-        wrong = check_vjp(np.exp, lambda g, x: 0.5 * g * np.exp(x), (x,), cotangent=np.ones(1))
-        right = check_vjp(np.exp, lambda g, x: g * np.exp(x), (x,), cotangent=np.ones(1))
+        wrong = check_vjp(np.exp, lambda g, x: 0.5 * g * np.exp(x), (x,), direction=np.ones(1))
+        right = check_vjp(np.exp, lambda g, x: g * np.exp(x), (x,), direction=np.ones(1))
     assert not wrong.ok
     text = str(right)
     if not right.ok:  # then it says why: the oracle could not judge this element
@@ -175,7 +175,7 @@ def test_a_genuinely_overflowing_derivative_is_reported_not_passed(fn, vjp, x0, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            report = check_vjp(fn, vjp, (np.array([x0]),), cotangent=np.array([cot]))
+            report = check_vjp(fn, vjp, (np.array([x0]),), direction=np.array([cot]))
         except UserFunctionError as exc:
             assert "NaN or inf" in str(exc)
             return

@@ -57,9 +57,9 @@ def _vjp(mutation):
 
 def _run(entry, fn, vjp, inputs, cot):
     if entry == "check_vjp":
-        return check_vjp(fn, vjp, inputs, cotangent=cot)
+        return check_vjp(fn, vjp, inputs, direction=cot)
     if entry == "assert_vjp":
-        return assert_vjp(fn, vjp, inputs, cotangent=cot)
+        return assert_vjp(fn, vjp, inputs, direction=cot)
     run = {"numeric_vjp": numeric_vjp, "torch_vjp": torch_vjp, "jax_vjp": jax_vjp}[entry]
     return run(fn, inputs, cot)
 
@@ -128,7 +128,7 @@ def test_the_returned_gradients_do_not_alias_the_callers_arrays():
     def identity_vjp(g, x, y):
         return g, g  # returns the cotangent itself
 
-    report = check_vjp(lambda x, y: x + y, identity_vjp, (x, y), cotangent=cot)
+    report = check_vjp(lambda x, y: x + y, identity_vjp, (x, y), direction=cot)
     assert report.ok
     (gx, gy) = numeric_vjp(lambda x, y: x + y, (x, y), cot)
     gx[...] = 99.0
@@ -178,7 +178,7 @@ def test_layer_parameters_inputs_and_cotangent_are_bitwise_unchanged(layer_cls, 
     before = {k: _snapshot(v) for k, v in owned.items()}
     state = dict(vars(layer))
     with contextlib.suppress(OraclesError):
-        report = check_layer(layer, x, cotangent=cot)
+        report = check_layer(layer, (x,), direction=cot)
         assert report.ok == (layer_cls is Affine), str(report)
     assert {k: _snapshot(v) for k, v in owned.items()} == before
     assert layer.W is state["W"] and layer.b is state["b"]

@@ -14,8 +14,8 @@ it (calling a function does, and it receives tensors anyway).
 
 from __future__ import annotations
 
+from oracles.backends.torch import import_torch
 from oracles.errors import InvalidArgument
-from oracles.torch_backend import _import_torch
 from reference.losses import CE_REDUCTIONS, SE_REDUCTIONS
 
 __all__ = [
@@ -43,7 +43,7 @@ def tanh(x):
     >>> tanh(torch.zeros(1)).tolist()
     [0.0]
     """
-    return _import_torch().tanh(x)
+    return import_torch().tanh(x)
 
 
 def sigmoid(x):
@@ -55,7 +55,7 @@ def sigmoid(x):
     >>> sigmoid(torch.zeros(1)).tolist()
     [0.5]
     """
-    return _import_torch().sigmoid(x)
+    return import_torch().sigmoid(x)
 
 
 def relu(x):
@@ -67,7 +67,7 @@ def relu(x):
     >>> relu(torch.tensor([-1.0, 0.0, 2.0])).tolist()
     [0.0, 0.0, 2.0]
     """
-    return _import_torch().relu(x)
+    return import_torch().relu(x)
 
 
 def softmax(x, axis=-1):
@@ -79,7 +79,7 @@ def softmax(x, axis=-1):
     >>> softmax(torch.zeros(2, 2), axis=0).tolist()
     [[0.5, 0.5], [0.5, 0.5]]
     """
-    return _import_torch().softmax(x, dim=axis)
+    return import_torch().softmax(x, dim=axis)
 
 
 def log_softmax(x, axis=-1):
@@ -91,7 +91,7 @@ def log_softmax(x, axis=-1):
     >>> log_softmax(torch.tensor([1000.0, 0.0], dtype=torch.float64)).tolist()
     [0.0, -1000.0]
     """
-    return _import_torch().log_softmax(x, dim=axis)
+    return import_torch().log_softmax(x, dim=axis)
 
 
 def cross_entropy(logits, targets, *, reduction="mean"):
@@ -135,7 +135,7 @@ def cross_entropy(logits, targets, *, reduction="mean"):
     >>> round(float(cross_entropy(z, [2])), 6)
     1.386294
     """
-    torch = _import_torch()
+    torch = import_torch()
     functional = torch.nn.functional
     if reduction not in _CE_REDUCTIONS:
         raise InvalidArgument(f"reduction must be one of {_CE_REDUCTIONS}, got {reduction!r}")
@@ -170,7 +170,7 @@ def squared_error(pred, target, *, reduction="sum", half=False):
     >>> float(squared_error(p, t)), float(squared_error(p, t, reduction="mean", half=True))
     (5.0, 1.25)
     """
-    functional = _import_torch().nn.functional
+    functional = import_torch().nn.functional
     if reduction not in _SE_REDUCTIONS:
         raise InvalidArgument(f"reduction must be one of {_SE_REDUCTIONS}, got {reduction!r}")
     if reduction == "batch_mean":
@@ -197,5 +197,5 @@ def affine(x, W, b):
     >>> affine(torch.ones(2, 3), torch.ones(3, 4), torch.zeros(4)).shape
     torch.Size([2, 4])
     """
-    functional = _import_torch().nn.functional
+    functional = import_torch().nn.functional
     return functional.linear(x, W.mT, b)

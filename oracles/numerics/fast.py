@@ -20,13 +20,13 @@ When one fails, **group testing** names the elements: the index set is split
 by input, then in halves, each half tested along fresh random signs (so that
 two errors cannot cancel the same way twice), recursing into every half that
 disagrees, down to single elements. Each named element is then checked with
-the per-element ladder of :func:`oracles.numerics.partials`, which also tells
+the per-element ladder of :func:`oracles.numerics.ladder.partials`, which also tells
 kinks apart; only that check decides the element's verdict. Then fresh
 directions over the elements not yet checked individually verify that
 nothing else is wrong (up to three rounds). When more than ``max_named``
 blocks of one input disagree at once, the errors are everywhere (a wrong
 formula, not a typo) and that input is checked exhaustively instead
-(:mod:`oracles.exhaustive`).
+(:mod:`oracles.numerics.exhaustive`).
 
 What the report says: elements checked individually are compared like in
 the exhaustive mode; every other element is *covered* by the passing
@@ -40,24 +40,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from oracles import numerics
+from oracles._validation import check_seed
+from oracles.compare import Reference
 from oracles.errors import InvalidArgument, InvalidArgumentType
-from oracles.exhaustive import Exhaustive, exhaustive_partials, sharp_partials
+from oracles.numerics.directional import directional
+from oracles.numerics.exhaustive import Exhaustive, exhaustive_partials, sharp_partials
+from oracles.numerics.objective import N_RUNGS, T0
 
 __all__ = [
-    "AUTO_EXHAUSTIVE_MAX",
-    "MODES",
     "Fast",
     "FastResult",
     "Projection",
     "fast_partials",
-    "resolve_mode",
 ]
 
-#: ``mode="auto"`` checks every element up to this many elements in all, else runs :class:`Fast`.
-AUTO_EXHAUSTIVE_MAX = 5000
-#: The strings ``mode=`` accepts (or a :class:`Fast` / :class:`~oracles.exhaustive.Exhaustive`).
-MODES = ("auto", "fast", "exhaustive", "ladder")
 #: Rounds of "project, localize, confirm" before giving up to an exhaustive check.
 MAX_ROUNDS = 3
 #: After calibration the ladder starts this many times above the step the first direction chose.
@@ -110,21 +106,18 @@ class Fast:
                 raise InvalidArgumentType(f"{name} must be an int, got {v!r}")
             if v < 1:
                 raise InvalidArgument(f"{name} must be at least 1, got {v}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-        ):
-            raise InvalidArgumentType(f"seed must be an int or None, got {self.seed!r}")
+        check_seed(self.seed)
         if not isinstance(self.exhaustive, Exhaustive):
             raise InvalidArgumentType(
-                "exhaustive must be an oracles.exhaustive.Exhaustive, got "
-                f"{type(self.exhaustive).__name__}"
+                f"exhaustive must be an oracles.Exhaustive, got {type(self.exhaustive).__name__}"
             )
 
     def reference(self, objective, grads, *, atol=0.0, rtol=0.0, seed=None, must_check=None):
-        """Numeric reference in the form :func:`oracles.check.check_vjp` consumes.
+        """The numeric reference of every input.
 
-        Returns ``(per-input dicts, method, evaluations, notes)``; each dict
-        has a ``checked`` mask: only those elements carry a numeric value.
+        Returns ``(references, method, evaluations, notes)``: one
+        :class:`~oracles.compare.Reference` per input, whose ``checked`` mask
+        says which elements carry a numeric value of their own.
         """
         res = fast_partials(
             objective,
@@ -137,40 +130,11 @@ class Fast:
             must_check=must_check,
             exhaustive=self.exhaustive,
         )
-        out = []
-        for x, r in zip(objective.work, res.results, strict=True):
-            d = {k: v.reshape(x.shape) for k, v in r.items()}
-            d["covered"] = x.size
-            out.append(d)
+        out = [
+            Reference(**{k: v.reshape(x.shape) for k, v in r.items()}, covered=x.size)
+            for x, r in zip(objective.work, res.results, strict=True)
+        ]
         return out, res.method, res.evaluations, res.notes
-
-
-def resolve_mode(mode, n_elements):
-    """The mode object for ``mode=`` (a string of :data:`MODES` or a mode object).
-
-    Examples
-    --------
-    >>> resolve_mode("auto", 100)
-    Exhaustive(executor=None, progress=None, screen=True, chunk_size=None)
-    >>> type(resolve_mode("auto", 10**6)).__name__
-    'Fast'
-    """
-    if isinstance(mode, (Fast, Exhaustive)):
-        return mode
-    if not isinstance(mode, str):
-        raise InvalidArgumentType(
-            f"mode must be one of {MODES} or an oracles.fast.Fast / oracles.exhaustive.Exhaustive, "
-            f"got {type(mode).__name__}"
-        )
-    if mode == "auto":
-        return Exhaustive() if n_elements <= AUTO_EXHAUSTIVE_MAX else Fast()
-    if mode == "fast":
-        return Fast()
-    if mode == "exhaustive":
-        return Exhaustive()
-    if mode == "ladder":
-        return Exhaustive(screen=False)
-    raise InvalidArgument(f"mode must be one of {MODES}, got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -235,7 +199,7 @@ class _Tester:
         self.abs_grads = [np.abs(g).reshape(-1) for g in self.grads]
         self.atol, self.rtol = atol, rtol
         self.rng = rng
-        self.t0, self.n_rungs = numerics.T0, numerics.N_RUNGS
+        self.t0, self.n_rungs = T0, N_RUNGS
         self.calibrated = False
         self.tests = 0
 
@@ -250,7 +214,7 @@ class _Tester:
 
     def measure(self, u, slack, n, t0=None, n_rungs=None):
         self.tests += 1
-        est = numerics.directional(
+        est = directional(
             self.objective, [u], grads=self.grads, t0=t0 or self.t0, n_rungs=n_rungs or self.n_rungs
         )
         r, e = float(est.value[0]), float(est.error[0])
@@ -271,9 +235,9 @@ class _Tester:
         step = float(est.step[0])
         if not np.isfinite(step):
             return first
-        t0 = min(numerics.T0, T0_ABOVE_BEST * step)
-        drop = int(round(np.log2(numerics.T0 / t0)))
-        self.t0, self.n_rungs = numerics.T0 * 2.0**-drop, max(6, numerics.N_RUNGS - drop)
+        t0 = min(T0, T0_ABOVE_BEST * step)
+        drop = int(round(np.log2(T0 / t0)))
+        self.t0, self.n_rungs = T0 * 2.0**-drop, max(6, N_RUNGS - drop)
         if drop == 0:
             return first
         second, _ = self.measure(u, slack, n)
@@ -342,7 +306,7 @@ def fast_partials(
 
     Parameters
     ----------
-    objective : oracles.numerics.ScalarObjective
+    objective : oracles.numerics.objective.ScalarObjective
     grads : sequence of ndarray
         The analytic gradient, one finite array per input.
     atol, rtol : float
@@ -366,7 +330,7 @@ def fast_partials(
     Examples
     --------
     >>> import numpy as np
-    >>> from oracles.numerics import ScalarObjective
+    >>> from oracles.numerics.objective import ScalarObjective
     >>> x = np.linspace(0.5, 2.0, 10000)
     >>> g = 1 / x
     >>> g[4321] += 1e-7

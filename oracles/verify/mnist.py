@@ -360,7 +360,7 @@ def lockstep(
     import jax
     import torch
 
-    from oracles.jax_backend import _x64_enabled
+    from oracles.backends.jax import x64_enabled
 
     _check_options(activation, loss)
     if steps < 1 or batch < 1:
@@ -378,7 +378,7 @@ def lockstep(
 
     losses = {"reference": [], "torch": [], "jax": []}
     gaps = {"torch": [], "jax": [], "torch-jax": []}
-    with _x64_enabled(jax):
+    with x64_enabled(jax):
         import jax.numpy as jnp
 
         @jax.jit
@@ -434,10 +434,10 @@ def gradient_errors(*, hidden=8, batch=8, activation="tanh", loss="cross_entropy
     The parameters are :func:`reference.mlp.init_params` moved by three SGD
     steps (so the biases are not zero), at the first ``batch`` test digits.
     The oracles, each on every element: central differences
-    (:func:`oracles.numerics.partials` with the step ladder, given the
+    (:func:`oracles.numerics.ladder.partials` with the step ladder, given the
     analytic gradient as :func:`oracles.check_vjp` does),
-    :func:`oracles.torch_backend.torch_vjp` of :func:`torch_mlp_loss` and
-    :func:`oracles.jax_backend.jax_vjp` of :func:`jax_mlp_loss`.
+    :func:`oracles.torch_vjp` of :func:`torch_mlp_loss` and
+    :func:`oracles.jax_vjp` of :func:`jax_mlp_loss`.
 
     Returns
     -------
@@ -452,9 +452,10 @@ def gradient_errors(*, hidden=8, batch=8, activation="tanh", loss="cross_entropy
     >>> sorted(by), analytic[0].shape
     (['jax', 'numeric', 'torch'], (784, 1))
     """
-    from oracles.jax_backend import jax_vjp
-    from oracles.numerics import ScalarObjective, partials
-    from oracles.torch_backend import torch_vjp
+    from oracles import jax_vjp
+    from oracles.numerics.ladder import partials
+    from oracles.numerics.objective import ScalarObjective
+    from oracles import torch_vjp
 
     X_train, y_train, X_test, y_test = _digits()
     params = mlp.init_params(_sizes(hidden), seed=seed)

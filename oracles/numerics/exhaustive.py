@@ -12,7 +12,7 @@ what rounding explains. So the exhaustive check runs in two stages:
    ``2 * max deviation`` as a truncation bound ``T`` for that input. Then every
    element gets one central difference ``c`` at that step, with the error
    estimate ``noise(c) + T`` (``noise`` from the rounding model of
-   :class:`oracles.numerics.ScalarObjective`, per element). An element passes
+   :class:`oracles.numerics.objective.ScalarObjective`, per element). An element passes
    the screen when ``|analytic - c| <= atol + rtol * |c| + noise(c) + T``.
 2. **Ladder** (about 15 evaluations per element). Elements that fail the
    screen, sit at a kink, or were not finite, and every element of inputs too
@@ -41,8 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles import numerics
+from oracles.compare import Reference
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
+from oracles.numerics.ladder import partials
+from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0, ScalarObjective
 
 __all__ = ["Exhaustive", "exhaustive_partials", "sharp_partials"]
 
@@ -115,8 +117,8 @@ class Exhaustive:
     def reference(self, objective, grads, *, atol=0.0, rtol=0.0, seed=None, must_check=None):
         """Numeric reference for every element; see :func:`exhaustive_partials`.
 
-        Returns ``(per-input dicts, method, evaluations, notes)`` as
-        :func:`oracles.check.check_vjp` consumes them.
+        Returns ``(references, method, evaluations, notes)``: one
+        :class:`~oracles.compare.Reference` per input.
         """
         indices = [(i, np.arange(x.size)) for i, x in enumerate(objective.work)]
         est, info = exhaustive_partials(
@@ -130,9 +132,10 @@ class Exhaustive:
             screen=self.screen,
             chunk_size=self.chunk_size,
         )
-        out = []
-        for i, x in enumerate(objective.work):
-            out.append({k: v.reshape(x.shape) for k, v in est[i].items()})
+        out = [
+            Reference(**{k: v.reshape(x.shape) for k, v in est[i].items()})
+            for i, x in enumerate(objective.work)
+        ]
         return out, info["method"], info["evaluations"], info["notes"]
 
 
@@ -161,7 +164,7 @@ def _screen(objective, i, flat_idx, h, noise_x):
 
 
 def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, nonfinite):
-    scale = numerics.NOISE_SAFETY * numerics.EPS
+    scale = NOISE_SAFETY * EPS
     scalar = cot.size == 1
     c_abs = np.abs(cot)
     for p, j in enumerate(flat_idx):
@@ -214,7 +217,7 @@ def _fast_output(objective):
 
     The floating-point error state is set up once per chunk instead of once
     per call; ``fn`` still gets fresh copies of the working arrays on every
-    call (see :class:`~oracles.numerics.ScalarObjective`).
+    call (see :class:`~oracles.numerics.objective.ScalarObjective`).
     """
     work = objective.work
     fn = objective.fn
@@ -227,7 +230,7 @@ def _fast_output(objective):
 
 
 def sharp_partials(objective, elements, grads, *, sharpen=True):
-    """:func:`oracles.numerics.partials`, then again from just above the chosen step.
+    """:func:`oracles.numerics.ladder.partials`, then again from just above the chosen step.
 
     The ladder widens its error estimate to any disagreement between its
     rungs. When the largest steps cross a kink near ``x`` (ReLU units whose
@@ -242,14 +245,14 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
     Examples
     --------
     >>> import numpy as np
-    >>> from oracles.numerics import ScalarObjective
+    >>> from oracles.numerics.objective import ScalarObjective
     >>> x = np.array([0.5, 2.0])
     >>> obj = ScalarObjective(np.exp, [x], np.ones(2))
     >>> out = sharp_partials(obj, [(0, 0), (0, 1)], [np.exp(x)])
     >>> bool(np.allclose(out["value"], np.exp(x), rtol=1e-11))
     True
     """
-    est = numerics.partials(objective, elements, grads=grads)
+    est = partials(objective, elements, grads=grads)
     out = {
         "value": est.value,
         "error": est.error,
@@ -262,15 +265,15 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
         return out
     for p, element in enumerate(elements):
         step = est.step[p]
-        if not np.isfinite(step) or 16.0 * step >= numerics.T0:
+        if not np.isfinite(step) or 16.0 * step >= T0:
             continue
-        drop = int(round(np.log2(numerics.T0 / (16.0 * step))))
-        again = numerics.partials(
+        drop = int(round(np.log2(T0 / (16.0 * step))))
+        again = partials(
             objective,
             [element],
             grads=grads,
-            t0=numerics.T0 * 2.0**-drop,
-            n_rungs=max(6, numerics.N_RUNGS - drop),
+            t0=T0 * 2.0**-drop,
+            n_rungs=max(6, N_RUNGS - drop),
         )
         if again.error[0] < out["error"][p]:
             for key in out:
@@ -290,7 +293,7 @@ def _run_chunk(payload, kind, i, flat_idx, arg):
     Returns ``(result, evaluations, notes)``.
     """
     fn, inputs, cotangent = payload
-    objective = numerics.ScalarObjective(fn, inputs, cotangent)
+    objective = ScalarObjective(fn, inputs, cotangent)
     calls0 = objective.calls
     if kind == "screen":
         h, noise_x = arg
@@ -423,7 +426,7 @@ def exhaustive_partials(
 
     Parameters
     ----------
-    objective : oracles.numerics.ScalarObjective
+    objective : oracles.numerics.objective.ScalarObjective
     grads : sequence of ndarray
         The analytic gradient, one array per input (finite): the screen's
         reference and the noise model's gradient estimate.
@@ -449,7 +452,7 @@ def exhaustive_partials(
     Examples
     --------
     >>> import numpy as np
-    >>> from oracles.numerics import ScalarObjective
+    >>> from oracles.numerics.objective import ScalarObjective
     >>> x = np.linspace(0.1, 2.0, 40)
     >>> obj = ScalarObjective(np.log, (x,), np.ones(40))
     >>> res, info = exhaustive_partials(obj, [1 / x], [(0, np.arange(40))])

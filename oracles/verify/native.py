@@ -2,7 +2,7 @@
 
 ``NATIVE_OPS[name]`` is a :class:`NativePair` ``(torch, jax)`` of functions
 with the call signature of ``reference.<name>``, built from each framework's
-own operations (:mod:`oracles.native_torch`, :mod:`oracles.native_jax`).
+own operations (:mod:`oracles.verify.native_torch`, :mod:`oracles.verify.native_jax`).
 Importing this module imports neither torch nor jax.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from oracles import native_jax, native_torch
+from oracles.verify import native_jax, native_torch
 
 __all__ = ["NATIVE_OPS", "NativePair"]
 

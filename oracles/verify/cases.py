@@ -2,7 +2,7 @@
 
 A :class:`Case` bundles what one check needs: the reference forward and its
 hand-written VJP, the inputs, and the same forward written with torch's and
-jax's own ops (from :mod:`oracles.native`, not a transliteration). The
+jax's own ops (from :mod:`oracles.verify.native`, not a transliteration). The
 report command (``python -m oracles report``), the sensitivity script and
 the benchmarks all run these, so they agree on what "every op" means.
 """
@@ -91,7 +91,7 @@ def reference_cases(*, seed=0, include_mlp=True):
     True
     """
     import reference as R
-    from oracles.native import NATIVE_OPS
+    from oracles.verify.native import NATIVE_OPS
 
     rng = np.random.default_rng(seed)
     cases = []
@@ -174,7 +174,7 @@ def reference_cases(*, seed=0, include_mlp=True):
 
 def mlp_cases(*, seed=0, hidden=16, batch=8, combos=None):
     """The full MLP training step (784 -> hidden -> 10) on real digits, as cases."""
-    from oracles.mnist import jax_mlp_loss, torch_mlp_loss
+    from oracles.verify.mnist import jax_mlp_loss, torch_mlp_loss
     from reference import mlp
     from reference.mnist import as_float_features, load_mnist
 

@@ -48,10 +48,12 @@ import warnings
 
 import numpy as np
 
-from oracles import numerics
 from oracles._validation import as_cotangent, as_inputs, check_callable
+from oracles.backends.rounding import ROUNDING_FACTOR, TINY
+from oracles.compare import Reference
 from oracles.errors import InvalidArgument, InvalidArgumentType
-from oracles.torch_backend import ROUNDING_FACTOR, TINY
+from oracles.numerics.directional import directional
+from oracles.numerics.objective import ScalarObjective
 
 __all__ = ["DEFAULT_STEP", "complex_step_reference", "complex_step_vjp"]
 
@@ -158,8 +160,8 @@ def _check_analytic(fn, xs, cot, grads, seed):
     """The contracted complex-step gradient must match a real directional derivative."""
     rng = np.random.default_rng(seed)
     u = [rng.choice([-1.0, 1.0], size=x.shape) for x in xs]
-    objective = numerics.ScalarObjective(fn, xs, cot)
-    est = numerics.directional(objective, [u], grads=grads)
+    objective = ScalarObjective(fn, xs, cot)
+    est = directional(objective, [u], grads=grads)
     residual, err = float(est.value[0]), float(est.error[0])
     scale = sum(float(np.sum(np.abs(g))) for g in grads)
     if not abs(residual) <= err + ANALYTICITY_RTOL * scale:
@@ -173,7 +175,7 @@ def _check_analytic(fn, xs, cot, grads, seed):
 
 
 def complex_step_reference(fn, xs, cotangent, *, h=DEFAULT_STEP, seed=0):
-    """Complex-step VJP with error estimates, in the shape of check_vjp's references.
+    """Complex-step VJP with error estimates: one :class:`~oracles.compare.Reference` per input.
 
     Parameters
     ----------
@@ -190,8 +192,8 @@ def complex_step_reference(fn, xs, cotangent, *, h=DEFAULT_STEP, seed=0):
 
     Returns
     -------
-    refs : list of dict
-        One ``{"value": ndarray, "error": ndarray}`` per input.
+    refs : list of Reference
+        One :class:`~oracles.compare.Reference` (values and error estimates) per input.
     method : str
         A one-line description for the report.
 
@@ -219,9 +221,9 @@ def complex_step_reference(fn, xs, cotangent, *, h=DEFAULT_STEP, seed=0):
     --------
     >>> import numpy as np
     >>> refs, method = complex_step_reference(np.tanh, [np.array([0.5, 2.0])], np.ones(2))
-    >>> bool(np.allclose(refs[0]["value"], 1 - np.tanh([0.5, 2.0]) ** 2, rtol=1e-15, atol=0))
+    >>> bool(np.allclose(refs[0].value, 1 - np.tanh([0.5, 2.0]) ** 2, rtol=1e-15, atol=0))
     True
-    >>> bool(np.all(refs[0]["error"] < 1e-13))
+    >>> bool(np.all(refs[0].error < 1e-13))
     True
     """
     __tracebackhide__ = True
@@ -240,7 +242,7 @@ def complex_step_reference(fn, xs, cotangent, *, h=DEFAULT_STEP, seed=0):
         a = np.abs(g)
         peak = float(np.max(a)) if a.size else 0.0
         err = ROUNDING_FACTOR * _EPS * (a + peak + ct_peak + s) + TINY
-        refs.append({"value": g, "error": err})
+        refs.append(Reference(value=g, error=err))
     return refs, f"complex step per element, h = {h:g}"
 
 
@@ -289,4 +291,4 @@ def complex_step_vjp(fn, inputs, cotangent, *, h=DEFAULT_STEP):
     if isinstance(inputs, np.ndarray):
         inputs = (inputs,)
     refs, _ = complex_step_reference(fn, tuple(inputs), cotangent, h=h)
-    return tuple(r["value"] for r in refs)
+    return tuple(r.value for r in refs)

@@ -1,6 +1,6 @@
 """Command line: ``python -m oracles report`` and ``python -m oracles mnist``.
 
-``report`` verifies every reference derivation (:mod:`oracles.cases`)
+``report`` verifies every reference derivation (:mod:`oracles.verify.cases`)
 against each oracle and prints one line per op, input and oracle: the max
 absolute and relative error and a verdict. It exits with status 1 when any
 derivation fails, so it can guard CI.
@@ -39,8 +39,8 @@ def _report_parser(sub):
 def _report_main(args):
     from tqdm import tqdm
 
-    from oracles.cases import reference_cases
-    from oracles.check import check_vjp
+    from oracles.verify.cases import reference_cases
+    from oracles import check_vjp
 
     against = tuple(a.strip() for a in args.oracles.split(",") if a.strip())
     cases = reference_cases(seed=args.seed, include_mlp=not args.no_mlp)
@@ -138,7 +138,7 @@ def main(argv=None):
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "mnist":
-        from oracles.mnist import main as mnist_main
+        from oracles.verify.mnist import main as mnist_main
 
         return mnist_main(rest)
     if rest:

@@ -1,4 +1,4 @@
-"""JAX reverse-mode autodiff as an oracle: the VJP of a jax function, NumPy in, NumPy out.
+"""JAX autodiff as an oracle: VJP, JVP and HVP of a jax function, NumPy in, NumPy out.
 
 ``jax`` is imported only when an adapter is called, so ``import oracles``
 works without it; calling one without jax installed raises
@@ -20,12 +20,11 @@ from numpy.typing import ArrayLike
 
 from oracles._validation import as_cotangent, as_inputs, check_callable
 from oracles.errors import BackendUnavailable, UserFunctionError
-from oracles.torch_backend import ROUNDING_FACTOR, TINY, error_estimate
 
-__all__ = ["ROUNDING_FACTOR", "TINY", "error_estimate", "jax_vjp"]
+__all__ = ["import_jax", "jax_grad", "jax_hvp", "jax_jvp", "jax_vjp", "x64_enabled"]
 
 
-def _import_jax():
+def import_jax():
     try:
         import jax
     except ImportError as exc:
@@ -36,7 +35,7 @@ def _import_jax():
 
 
 @contextlib.contextmanager
-def _x64_enabled(jax):
+def x64_enabled(jax):
     """Turn on JAX's 64-bit mode inside the block only, whatever the JAX version."""
     scoped = getattr(jax, "enable_x64", None)  # jax >= 0.7: a config State, callable
     if callable(scoped):
@@ -99,7 +98,8 @@ def jax_vjp(
     compilation. At kinks JAX returns its own choice of subgradient
     (``jax.nn.relu`` has derivative 0 at 0). XLA on CPU flushes subnormal
     numbers to zero, so results below ~2e-308 come back as 0 (torch keeps
-    them). :func:`error_estimate` gives the rounding bound to compare with.
+    them). :func:`oracles.backends.rounding.error_estimate` gives the rounding bound
+    to compare with.
 
     Examples
     --------
@@ -108,12 +108,12 @@ def jax_vjp(
     >>> dx.tolist(), dy.tolist()
     ([5.0], [2.0])
     """
-    jax = _import_jax()
+    jax = import_jax()
     check_callable(jax_fn, "jax_fn")
     arrays = as_inputs(inputs)  # fresh float64 copies; the caller's arrays stay untouched
     import jax.numpy as jnp
 
-    with _x64_enabled(jax):
+    with x64_enabled(jax):
         primals = tuple(jnp.asarray(a, dtype=jnp.float64) for a in arrays)
         out, pullback = jax.vjp(jax_fn, *primals)
         if not isinstance(out, jax.Array) or not jnp.issubdtype(out.dtype, jnp.floating):
@@ -125,3 +125,58 @@ def jax_vjp(
         grads = pullback(jnp.asarray(ct, dtype=out.dtype))
         # np.array copies: the result never aliases a jax buffer.
         return tuple(np.array(g, dtype=np.float64) for g in grads)
+
+
+def _array_result(out, who):
+    jax = import_jax()
+    import jax.numpy as jnp
+
+    if not isinstance(out, jax.Array) or not jnp.issubdtype(out.dtype, jnp.floating):
+        kind = (
+            f"an array of dtype {out.dtype}" if isinstance(out, jax.Array) else type(out).__name__
+        )
+        raise UserFunctionError(f"{who} must return a floating jax array, got {kind}")
+    return out
+
+
+def jax_jvp(jax_fn, inputs, tangents):
+    """Jacobian-vector product of ``jax_fn`` along ``tangents`` by ``jax.jvp``, float64."""
+    jax = import_jax()
+    check_callable(jax_fn, "jax_fn")
+    xs, us = as_inputs(inputs), as_inputs(tangents)
+    import jax.numpy as jnp
+
+    with x64_enabled(jax):
+        primals = tuple(jnp.asarray(x, dtype=jnp.float64) for x in xs)
+        tans = tuple(jnp.asarray(u, dtype=jnp.float64) for u in us)
+        out, out_t = jax.jvp(jax_fn, primals, tans)
+        _array_result(out, "jax_fn")
+        return np.array(out_t, dtype=np.float64)
+
+
+def jax_grad(jax_fn, inputs):
+    """Gradient of a scalar ``jax_fn``, one float64 array per input."""
+    return jax_vjp(jax_fn, inputs, 1.0)
+
+
+def jax_hvp(jax_fn, inputs, vectors):
+    """Hessian-vector product of a scalar ``jax_fn``: ``jax.jvp`` of ``jax.grad``, float64."""
+    jax = import_jax()
+    check_callable(jax_fn, "jax_fn")
+    xs, vs = as_inputs(inputs), as_inputs(vectors)
+    import jax.numpy as jnp
+
+    def scalar(*args):
+        out = _array_result(jax_fn(*args), "jax_fn")
+        if out.size != 1:
+            raise UserFunctionError(
+                f"jax_fn must return a scalar for a Hessian-vector product, got shape {out.shape}"
+            )
+        return out.reshape(())
+
+    with x64_enabled(jax):
+        primals = tuple(jnp.asarray(x, dtype=jnp.float64) for x in xs)
+        tans = tuple(jnp.asarray(v, dtype=jnp.float64) for v in vs)
+        grad = jax.grad(scalar, argnums=tuple(range(len(xs))))
+        _, hv = jax.jvp(grad, primals, tans)
+        return tuple(np.array(h, dtype=np.float64) for h in hv)

@@ -10,14 +10,14 @@ depend on); they are composed here from ``jax.nn.log_softmax`` and
 ``jnp.square``.
 
 jax is imported inside each function: importing this module does not need
-it. Call them under 64-bit mode (:func:`~oracles.jax_backend.jax_vjp` does)
+it. Call them under 64-bit mode (:func:`~oracles.jax_vjp` does)
 to get float64.
 """
 
 from __future__ import annotations
 
+from oracles.backends.jax import import_jax
 from oracles.errors import InvalidArgument
-from oracles.jax_backend import _import_jax
 from reference.losses import CE_REDUCTIONS, SE_REDUCTIONS
 
 __all__ = [
@@ -37,7 +37,7 @@ _SE_REDUCTIONS = SE_REDUCTIONS
 
 
 def _jnp():
-    _import_jax()
+    import_jax()
     import jax.numpy as jnp
 
     return jnp
@@ -62,7 +62,7 @@ def sigmoid(x):
     >>> sigmoid(0.0).tolist()
     0.5
     """
-    return _import_jax().nn.sigmoid(x)
+    return import_jax().nn.sigmoid(x)
 
 
 def relu(x):
@@ -74,7 +74,7 @@ def relu(x):
     >>> relu(jnp.array([-1.0, 0.0, 2.0])).tolist()
     [0.0, 0.0, 2.0]
     """
-    return _import_jax().nn.relu(x)
+    return import_jax().nn.relu(x)
 
 
 def softmax(x, axis=-1):
@@ -86,7 +86,7 @@ def softmax(x, axis=-1):
     >>> softmax(jnp.zeros((2, 2)), axis=0).tolist()
     [[0.5, 0.5], [0.5, 0.5]]
     """
-    return _import_jax().nn.softmax(x, axis=axis)
+    return import_jax().nn.softmax(x, axis=axis)
 
 
 def log_softmax(x, axis=-1):
@@ -98,7 +98,7 @@ def log_softmax(x, axis=-1):
     >>> log_softmax(jnp.array([1000.0, 0.0])).tolist()
     [0.0, -1000.0]
     """
-    return _import_jax().nn.log_softmax(x, axis=axis)
+    return import_jax().nn.log_softmax(x, axis=axis)
 
 
 def cross_entropy(logits, targets, *, reduction="mean"):
@@ -127,7 +127,7 @@ def cross_entropy(logits, targets, *, reduction="mean"):
     >>> round(float(cross_entropy(jnp.zeros((1, 4)), jnp.array([2]))), 6)
     1.386294
     """
-    jax = _import_jax()
+    jax = import_jax()
     jnp = _jnp()
     if reduction not in _CE_REDUCTIONS:
         raise InvalidArgument(f"reduction must be one of {_CE_REDUCTIONS}, got {reduction!r}")

@@ -1,0 +1,153 @@
+"""The guards around every call of the user's code.
+
+Whatever the user's function does (raise, return the wrong thing, write into
+its arguments, return a buffer it reuses, draw random numbers), the check
+reports it in the user's terms, naming the function and the argument, and
+never as a traceback from inside the oracles:
+
+* :func:`call_user` turns an exception into :class:`UserFunctionError`;
+* :class:`Guarded` does the same at perturbed points, and names the element;
+* :func:`mutations` finds arguments written into in place;
+* :func:`differs` / :func:`check_repeatable` find non-determinism.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oracles._validation import as_output
+from oracles.errors import (
+    GradientMismatch,
+    NonDeterministicFunction,
+    OraclesError,
+    UserFunctionError,
+)
+
+__all__ = ["Guarded", "call_user", "check_repeatable", "differs", "mutations"]
+
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def call_user(func, args, what):
+    """``func(*args)``; an exception from the user's code becomes a :class:`UserFunctionError`."""
+    try:
+        return func(*args)
+    except (GradientMismatch, OraclesError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the user's code raised: say whose code it was
+        raise UserFunctionError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+
+class Guarded:
+    """``fn`` as the oracles call it: misbehaviour anywhere becomes a clear UserFunctionError.
+
+    The numeric oracle calls ``fn`` at perturbed points, far from the first
+    call: an exception, a non-array, a complex result or a changed shape
+    there is reported naming the perturbed element, never as a traceback
+    from inside the numerics. With ``shape=None`` only exceptions are
+    converted (autodiff functions return framework tensors). The result is
+    always a fresh array: an ``fn`` that writes into and returns one buffer
+    (``np.sin(x, out=buf)``) cannot make earlier results change.
+    """
+
+    def __init__(self, fn, what, xs, names, shape=None):
+        self.fn, self.what, self.xs, self.names, self.shape = fn, what, xs, names, shape
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __reduce__(self):
+        return (Guarded, (self.fn, self.what, self.xs, self.names, self.shape))
+
+    def _where(self, args):
+        for x, a, name in zip(self.xs, args, self.names, strict=False):
+            try:
+                a = np.asarray(a, dtype=np.float64)
+            except Exception:  # a framework tensor: no element to name
+                return "while the oracle evaluated it"
+            if a.shape != x.shape:
+                continue
+            changed = np.flatnonzero(a != x)
+            if changed.size:
+                idx = tuple(int(i) for i in np.unravel_index(int(changed[0]), x.shape))
+                return (
+                    f"at a perturbed point ({name}[{', '.join(map(str, idx))}] = {float(a[idx])!r} "
+                    f"instead of {float(x[idx])!r})"
+                )
+        return "at the evaluation point"
+
+    def __call__(self, *args):
+        try:
+            out = self.fn(*args)
+        except (GradientMismatch, OraclesError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise UserFunctionError(
+                f"{self.what} raised {type(exc).__name__} {self._where(args)}: {exc}"
+            ) from exc
+        if self.shape is None:
+            return out
+        out = as_output(out, self.what, self._where(args))
+        if out.shape != self.shape:
+            raise UserFunctionError(
+                f"{self.what} returned shape {out.shape} {self._where(args)}, but {self.shape} at "
+                "the evaluation point"
+            )
+        return out
+
+
+def _first_change(before, after):
+    diff = np.argwhere(~((before == after) | (np.isnan(before) & np.isnan(after))))
+    idx = tuple(int(i) for i in diff[0]) if before.ndim else ()
+    return idx, float(before[idx]), float(after[idx])
+
+
+def mutations(pristine, passed, names, who):
+    """Problems for every argument ``who`` wrote into (``passed`` against ``pristine``)."""
+    problems = []
+    for p, a, name in zip(pristine, passed, names, strict=True):
+        a = np.asarray(a)
+        if a.shape != p.shape:
+            problems.append(f"{who} changed the shape of its argument {name} in place")
+        elif not np.array_equal(p, a, equal_nan=True):
+            idx, old, new = _first_change(p, a)
+            problems.append(
+                f"{who} modified its argument {name} in place (e.g. [{', '.join(map(str, idx))}] "
+                f"changed from {old:.17g} to {new:.17g}): a caller's array would change. "
+                "Compute into a new array instead."
+            )
+    return problems
+
+
+def differs(first, again):
+    """``(differs, max difference, scale)`` of two evaluations (NaN equals NaN)."""
+    if again.shape != first.shape:
+        return True, np.inf, np.nan
+    if not first.size:
+        return False, 0.0, 0.0
+    same = (first == again) | (np.isnan(first) & np.isnan(again))
+    if same.all():
+        return False, 0.0, 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = float(np.max(np.abs(np.where(np.isfinite(first), first, 0.0))))
+        diff = float(np.max(np.where(same, 0.0, np.abs(again - first))))
+    return not diff <= 4 * _EPS * scale, diff, scale
+
+
+def check_repeatable(evaluate, first, who, hint, labels, repeats=2):
+    """Call ``evaluate()`` ``repeats`` more times; raise if a result differs from ``first``.
+
+    ``first`` and every result are lists of arrays (the pieces of one call);
+    ``labels`` says what each piece is, in the message (``"gradients of x"``).
+    """
+    for _ in range(repeats):
+        again = evaluate()
+        for a, b, label in zip(first, again, labels, strict=True):
+            bad, diff, scale = differs(a, b)
+            if bad:
+                what = (
+                    f"{label} of shape {a.shape}, then {b.shape}"
+                    if a.shape != b.shape
+                    else f"different {label} (max difference {diff:.3g} at scale {scale:.3g})"
+                )
+                raise NonDeterministicFunction(
+                    f"{who} is not deterministic: it returned {what} for the same arguments. {hint}"
+                )

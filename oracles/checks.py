@@ -1,0 +1,597 @@
+"""The checks of hand-written derivatives: VJPs, JVPs and HVPs, as specs of one pipeline.
+
+The calling convention, the same for every check and every derivative
+----------------------------------------------------------------------
+* What is checked is positional: ``check_*(fn, derivative, inputs)``;
+  every option is keyword-only.
+* ``inputs`` is a tuple with one array per positional argument of ``fn``
+  (a bare array counts as the only input).
+* The user's derivative is called as ``derivative(direction, *inputs)``:
+  ``vjp(cotangent, *inputs)``, ``jvp(tangents, *inputs)``,
+  ``hvp(vectors, *inputs)``.
+* Anything that lives in the input space (gradients, tangents, HVP vectors
+  and HVP results) is a bare array when ``fn`` has one input, else a tuple
+  with one array per input. Anything that lives in the output space (a
+  cotangent, an output tangent) is one array shaped like ``fn``'s output.
+* The same keywords everywhere: ``direction=`` (the cotangent, tangents or
+  vectors; default random normal from ``seed``), ``against=``, ``names=``,
+  ``seed=``, ``rtol=``/``atol=``, ``torch_fn=``/``jax_fn=``; ``mode=`` where
+  the numeric oracle searches element by element (VJPs and layers).
+* ``check_*`` returns a :class:`~oracles.report.Report`; ``assert_*``
+  returns it too, or raises :class:`~oracles.errors.GradientMismatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from oracles._guards import call_user
+from oracles._pipeline import OracleResult, Spec, flat, raise_unless_passed, run, split
+from oracles._validation import as_output, normalize_gradients
+from oracles.compare import Reference
+from oracles.errors import InvalidArgument, UserFunctionError
+from oracles.numerics.directional import vector_ladder
+from oracles.numerics.modes import resolve_mode
+from oracles.numerics.objective import ScalarObjective
+from oracles.report import Report
+
+__all__ = ["assert_hvp", "assert_jvp", "assert_vjp", "check_hvp", "check_jvp", "check_vjp"]
+
+#: Name of the one piece a JVP check compares: the output tangent.
+OUTPUT_NAME = "out_tangent"
+
+
+def _pack(direction):
+    """What the user's derivative receives: a bare array for one input, else a tuple."""
+    return direction[0] if len(direction) == 1 else tuple(direction)
+
+
+def _backend(oracle):
+    if oracle == "torch":
+        from oracles.backends import torch as backend
+    else:
+        from oracles.backends import jax as backend
+    return backend
+
+
+# --- VJP ----------------------------------------------------------------------------------------
+
+
+def _vjp_numeric(r):
+    objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+    safe = [np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
+    n = sum(x.size for x in r.xs)
+    refs, method, evaluations, notes = resolve_mode(r.mode, n).reference(
+        objective,
+        safe,
+        atol=r.atol,
+        rtol=r.rtol,
+        seed=r.seed,
+        must_check=[~np.isfinite(g) for g in r.analytic],
+    )
+    return OracleResult(refs, method, evaluations, notes)
+
+
+def _vjp_autodiff(oracle, backend_fn, r):
+    backend = _backend(oracle)
+    run_vjp = backend.torch_vjp if oracle == "torch" else backend.jax_vjp
+    return list(run_vjp(backend_fn, tuple(r.xs), r.direction[0])), (
+        f"{oracle} reverse-mode autodiff, float64"
+    )
+
+
+VJP = Spec(
+    kind="check_vjp",
+    derivative="vjp",
+    role="cotangent",
+    on_output=True,
+    oracles=("numeric", "torch", "jax", "complex"),
+    call=lambda vjp, d, xs: vjp(d[0], *xs),
+    pieces=lambda r: [(n, x.shape) for n, x in zip(r.names, r.xs, strict=True)],
+    normalize=lambda raw, r: normalize_gradients(raw, [x.shape for x in r.xs], r.names),
+    numeric=_vjp_numeric,
+    autodiff=_vjp_autodiff,
+    uses_mode=True,
+)
+
+
+def check_vjp(
+    fn: Callable[..., ArrayLike],
+    vjp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    *,
+    direction: ArrayLike | None = None,
+    against: str | Sequence[str] = "numeric",
+    mode: Any = "auto",
+    names: Sequence[str] | None = None,
+    seed: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    torch_fn: Callable[..., Any] | None = None,
+    jax_fn: Callable[..., Any] | None = None,
+) -> Report:
+    """Check a hand-written VJP against numerics and/or autodiff; return a report.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs) -> array``, the forward function.
+    vjp : callable
+        ``vjp(cotangent, *inputs)`` -> one gradient per input (a bare array
+        when there is one input, else a tuple).
+    inputs : tuple of array_like
+        The point at which to check, one entry per positional argument of
+        ``fn`` (a bare ndarray or number counts as the only input). Anything
+        NumPy turns into a real array works: arrays of any float or integer
+        dtype, Python numbers, nested lists, 0-d and empty arrays, strided or
+        read-only views. Copied to float64 (float32, float16 and integer
+        inputs are evaluated in float64 and the report says so); never
+        modified. ``fn`` and ``vjp`` receive fresh float64 copies.
+    direction : array_like, optional
+        The cotangent, shaped like ``fn(*inputs)``. Default: a standard
+        normal draw from ``numpy.random.default_rng(seed)``.
+    against : str or sequence of str
+        Oracles among ``"numeric"`` (central differences, step ladder),
+        ``"torch"``, ``"jax"`` (reverse-mode autodiff of ``torch_fn`` /
+        ``jax_fn``) and ``"complex"`` (complex-step derivative of ``fn``
+        itself, accurate to rounding; ``fn`` must accept complex input and
+        be complex-analytic, see :mod:`oracles.numerics.complex_step`).
+    mode : {"auto", "fast", "exhaustive", "ladder"} or a mode object
+        How the numeric oracle works. ``"exhaustive"``: every element by a
+        central difference at a step calibrated per input (about 2
+        evaluations of ``fn`` per element), the full step ladder where that
+        screen does not settle it. ``"ladder"``: the full step ladder for
+        every element (10-25 evaluations each). ``"fast"``: random
+        projections over all inputs, then bisection to name the elements
+        that disagree, each confirmed by the ladder; elements never named
+        are covered by the projections but not compared one by one.
+        ``"auto"`` (default): ``"exhaustive"`` up to 5,000 elements in all,
+        else ``"fast"``. Pass :class:`oracles.Exhaustive` or
+        :class:`oracles.Fast` for their options (an executor, a progress
+        bar, the number of directions).
+    names : sequence of str, optional
+        Names of the inputs in the report (default: ``fn``'s parameter names).
+    seed : int, optional
+        Seed of the random direction (default 0: reproducible).
+    rtol, atol : float, optional
+        Added to each oracle's own error estimate (default 0): an element
+        fails when ``|analytic - reference| > atol + rtol * |reference| +
+        error_estimate``.
+    torch_fn, jax_fn : callable, optional
+        ``fn`` written with the framework's own ops; needed for those oracles.
+
+    Returns
+    -------
+    Report
+        ``.ok``, per-input errors, worst elements, ``str()`` readable.
+        NaN or inf in a gradient, or a reference that could not be computed
+        (``fn`` not finite at every perturbed point, an error estimate that
+        overflowed), count as failures, never as agreement.
+
+    Raises
+    ------
+    InvalidArgumentType
+        An argument has the wrong type: ``fn``/``vjp`` not callable; an input
+        or the direction that is boolean, complex, object, string, masked or
+        not convertible to an array; a non-numeric ``rtol``/``atol``/``seed``.
+    InvalidArgument
+        An argument breaks a rule: NaN or inf in an input or the direction; a
+        direction not shaped like ``fn``'s output; no inputs, or more/fewer
+        than ``fn`` takes; an unknown or repeated oracle in ``against``; a
+        negative or non-finite tolerance; a negative seed.
+    UserFunctionError
+        ``fn``, ``vjp``, ``torch_fn`` or ``jax_fn`` raised, or returned
+        something unusable: ``vjp`` the wrong number of gradients, a gradient
+        of the wrong shape or None or not numeric; ``fn`` None, a tuple,
+        complex or non-numeric values, NaN/inf at the evaluation point, or
+        another shape at a perturbed point. The message names the function,
+        the input and what was expected; ``__cause__`` is the user's exception.
+    NonDeterministicFunction
+        ``fn`` (or ``vjp``) returned different results for the same arguments.
+
+    Notes
+    -----
+    Failure modes of numerics, and what this function does about them:
+    kinks (ReLU at 0, ``max``, ``abs``) are detected and any subgradient
+    between the one-sided slopes is accepted; steps too small or too large
+    for ``|x|`` are avoided by a ladder of steps whose rung is chosen by its
+    error estimate; near-zero true gradients get an absolute error estimate
+    from the rounding of ``fn`` (not a relative one); float32 inputs are
+    evaluated in float64. A ``vjp`` that is not linear in its cotangent, or
+    that writes into its arguments, fails with a problem that says so.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = check_vjp(np.sin, lambda g, x: g * np.cos(x), (np.array([0.5, 1.0]),))
+    >>> r.ok
+    True
+    >>> r = check_vjp(np.sin, lambda g, x: g * np.cos(x) * (1 + 1e-6), (np.array([0.5, 1.0]),))
+    >>> r.ok, r.failed_inputs
+    (False, ['x'])
+    """
+    __tracebackhide__ = True
+    return run(
+        VJP,
+        fn,
+        vjp,
+        inputs,
+        direction=direction,
+        against=against,
+        mode=mode,
+        names=names,
+        seed=seed,
+        rtol=rtol,
+        atol=atol,
+        torch_fn=torch_fn,
+        jax_fn=jax_fn,
+    )
+
+
+def assert_vjp(
+    fn: Callable[..., ArrayLike],
+    vjp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    **options: Any,
+) -> Report:
+    """Like :func:`check_vjp`, but raise :class:`~oracles.errors.GradientMismatch` when it fails.
+
+    Returns the report when the check passes. The exception's message is the
+    readable report; the report object is ``exc.report``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> assert_vjp(np.exp, lambda g, x: g * np.exp(x), (np.zeros(3),)).ok
+    True
+    >>> assert_vjp(np.exp, lambda g, x: g * x, (np.zeros(3),))
+    Traceback (most recent call last):
+    ...
+    oracles.errors.GradientMismatch: check_vjp: FAILED: 3 of 3 elements of the gradient of x ...
+    ...
+    """
+    __tracebackhide__ = True
+    return raise_unless_passed(check_vjp(fn, vjp, inputs, **options))
+
+
+# --- forward mode: JVP, and HVP as a JVP of the gradient ----------------------------------------
+
+
+def _forward_mode_numeric(evaluate, r, source):
+    """The numeric reference of a forward-mode check: ``evaluate`` along the direction."""
+    linear = None
+    if not r.options.get("nonlinear"):
+
+        def linear(d):
+            return flat(r.derivative(d))
+
+    result, evaluations = vector_ladder(evaluate, r.xs, r.direction, linear=linear)
+    fields = {
+        key: split(result[key], r.piece_shapes)
+        for key in ("value", "error", "kink", "left", "right", "nonfinite")
+    }
+    refs = [
+        Reference(**{key: fields[key][k] for key in fields}) for k in range(len(r.piece_shapes))
+    ]
+    method = f"central differences of {source} along the direction, step ladder + Richardson"
+    return OracleResult(refs, method, evaluations)
+
+
+def _jvp_normalize(raw, r):
+    out = as_output(raw, "jvp")
+    if out.shape != r.out.shape:
+        raise UserFunctionError(
+            f"jvp returned shape {out.shape}; the output tangent must have the shape of fn's "
+            f"output {r.out.shape}"
+        )
+    return [out]
+
+
+def _jvp_numeric(r):
+    fn = r.guarded_fn()
+    return _forward_mode_numeric(lambda a: fn(*[x.copy() for x in a]).ravel(), r, "fn")
+
+
+def _jvp_autodiff(oracle, backend_fn, r):
+    backend = _backend(oracle)
+    if oracle == "torch":
+        return [backend.torch_jvp(backend_fn, tuple(r.xs), tuple(r.direction))], (
+            "torch.func.jvp, float64"
+        )
+    return [backend.jax_jvp(backend_fn, tuple(r.xs), tuple(r.direction))], "jax.jvp, float64"
+
+
+JVP = Spec(
+    kind="check_jvp",
+    derivative="jvp",
+    role="tangents",
+    on_output=False,
+    oracles=("numeric", "torch", "jax"),
+    call=lambda jvp, d, xs: jvp(_pack(d), *xs),
+    pieces=lambda r: [(OUTPUT_NAME, r.out.shape)],
+    normalize=_jvp_normalize,
+    numeric=_jvp_numeric,
+    autodiff=_jvp_autodiff,
+)
+
+
+def check_jvp(
+    fn: Callable[..., ArrayLike],
+    jvp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    *,
+    direction: Sequence[ArrayLike] | ArrayLike | None = None,
+    against: str | Sequence[str] = "numeric",
+    names: Sequence[str] | None = None,
+    seed: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    torch_fn: Callable[..., Any] | None = None,
+    jax_fn: Callable[..., Any] | None = None,
+) -> Report:
+    """Check a hand-written Jacobian-vector product (forward mode); return a report.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs) -> array``.
+    jvp : callable
+        ``jvp(tangents, *inputs) -> out_tangent``: the derivative of ``fn``
+        at ``inputs`` along ``tangents``, shaped like ``fn``'s output.
+        ``tangents`` is a bare array when there is one input, else a tuple
+        with one array per input.
+    inputs : tuple of array_like
+        The point. Copied to float64; never modified.
+    direction : array_like or tuple of array_like, optional
+        The tangents, one per input and shaped like it (a bare array when
+        there is one input). Default: standard normal from
+        ``numpy.random.default_rng(seed)``.
+    against : str or sequence of str
+        Oracles among ``"numeric"``, ``"torch"`` (``torch.func.jvp``) and
+        ``"jax"`` (``jax.jvp``), both in float64.
+    names, seed, rtol, atol, torch_fn, jax_fn
+        As in :func:`check_vjp`.
+
+    Returns
+    -------
+    Report
+        ``kind`` ``"check_jvp"``; its one piece is the output tangent,
+        named ``out_tangent``, compared element by element.
+
+    Notes
+    -----
+    The numeric reference differentiates the whole output along the
+    tangents on a ladder of steps (central differences, Richardson
+    extrapolation), with an error estimate per output element, so one
+    direction checks every output element at once (2 calls of ``fn`` per
+    step, about 30 in all). At a kink along the tangents (ReLU at 0) any
+    value between the one-sided derivatives is accepted. A JVP that is not
+    linear in its tangents (the tangent left out of a product) fails with a
+    problem that says so.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([0.5, 1.0])
+    >>> check_jvp(np.sin, lambda t, x: np.cos(x) * t, (x,)).ok
+    True
+    >>> r = check_jvp(np.sin, lambda t, x: np.sin(x) * t, (x,))
+    >>> r.ok, r.failed_inputs
+    (False, ['out_tangent'])
+    """
+    __tracebackhide__ = True
+    return run(
+        JVP,
+        fn,
+        jvp,
+        inputs,
+        direction=direction,
+        against=against,
+        names=names,
+        seed=seed,
+        rtol=rtol,
+        atol=atol,
+        torch_fn=torch_fn,
+        jax_fn=jax_fn,
+    )
+
+
+def assert_jvp(
+    fn: Callable[..., ArrayLike],
+    jvp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    **options: Any,
+) -> Report:
+    """Like :func:`check_jvp`, but raise :class:`~oracles.errors.GradientMismatch` when it fails.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> assert_jvp(np.exp, lambda t, x: np.exp(x) * t, (np.zeros(3),)).ok
+    True
+    >>> assert_jvp(np.exp, lambda t, x: x * t, (np.ones(3),))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    oracles.errors.GradientMismatch: check_jvp: FAILED: 3 of 3 elements of ... disagree ...
+    """
+    __tracebackhide__ = True
+    return raise_unless_passed(check_jvp(fn, jvp, inputs, **options))
+
+
+def _hvp_validate(r):
+    grad = r.options.get("grad")
+    if grad is not None and not callable(grad):
+        from oracles.errors import InvalidArgumentType
+
+        raise InvalidArgumentType(f"grad must be callable, got {type(grad).__name__}")
+    if "numeric" in r.against and grad is None and not any(r.backends.values()):
+        raise InvalidArgument(
+            "the numeric oracle of check_hvp differentiates a gradient along the direction: give "
+            "grad= (a hand-written gradient of fn) or torch_fn= / jax_fn= (whose autodiff "
+            "gradient is used)"
+        )
+
+
+def _hvp_numeric(r):
+    from oracles._guards import Guarded
+
+    grad = r.options.get("grad")
+    shapes = [x.shape for x in r.xs]
+    if grad is not None:
+        source = "grad="
+
+        def gradient(a):
+            raw = call_user(grad, [np.array(x, copy=True) for x in a], "grad")
+            return flat(normalize_gradients(raw, shapes, r.names, who="grad"))
+
+    else:
+        oracle = "torch" if r.backends["torch"] is not None else "jax"
+        source = f"the {oracle} autodiff gradient"
+        backend = _backend(oracle)
+        run_grad = backend.torch_grad if oracle == "torch" else backend.jax_grad
+        backend_fn = Guarded(r.backends[oracle], f"{oracle}_fn", r.xs, r.names)
+
+        def gradient(a):
+            return flat(run_grad(backend_fn, tuple(a)))
+
+    return _forward_mode_numeric(gradient, r, source)
+
+
+def _hvp_autodiff(oracle, backend_fn, r):
+    backend = _backend(oracle)
+    if oracle == "torch":
+        return list(backend.torch_hvp(backend_fn, tuple(r.xs), tuple(r.direction))), (
+            "torch.autograd.functional.hvp (double backward), float64"
+        )
+    return list(backend.jax_hvp(backend_fn, tuple(r.xs), tuple(r.direction))), (
+        "jax.jvp of jax.grad (forward over reverse), float64"
+    )
+
+
+HVP = Spec(
+    kind="check_hvp",
+    derivative="hvp",
+    role="vectors",
+    on_output=False,
+    oracles=("numeric", "torch", "jax"),
+    call=lambda hvp, d, xs: hvp(_pack(d), *xs),
+    pieces=lambda r: [(f"Hv[{n}]", x.shape) for n, x in zip(r.names, r.xs, strict=True)],
+    normalize=lambda raw, r: normalize_gradients(raw, [x.shape for x in r.xs], r.names, who="hvp"),
+    numeric=_hvp_numeric,
+    autodiff=_hvp_autodiff,
+    scalar_output=True,
+    validate=_hvp_validate,
+)
+
+
+def check_hvp(
+    fn: Callable[..., ArrayLike],
+    hvp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    *,
+    direction: Sequence[ArrayLike] | ArrayLike | None = None,
+    grad: Callable[..., Any] | None = None,
+    against: str | Sequence[str] = "numeric",
+    names: Sequence[str] | None = None,
+    seed: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    torch_fn: Callable[..., Any] | None = None,
+    jax_fn: Callable[..., Any] | None = None,
+) -> Report:
+    """Check a hand-written Hessian-vector product of a scalar ``fn``; return a report.
+
+    ``H v`` is the derivative of the gradient along ``v``, so this is a
+    forward-mode check of the gradient (:func:`check_jvp` of it): the numeric
+    oracle differentiates a gradient function along ``v``; the torch oracle
+    is ``torch.autograd.functional.hvp`` (double backward) and the jax
+    oracle ``jax.jvp(jax.grad(f))`` (forward over reverse), both in float64.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(*inputs) -> scalar``, the loss.
+    hvp : callable
+        ``hvp(vectors, *inputs) -> H v``, with ``vectors`` and the result a
+        bare array when there is one input, else tuples with one array per
+        input: the blocks ``(H v)_k = sum_j d^2 fn / dx_k dx_j v_j``.
+    inputs : tuple of array_like
+        The point. Copied to float64; never modified.
+    direction : array_like or tuple of array_like, optional
+        The vectors ``v``, one per input (a bare array when there is one
+        input). Default: standard normal from ``numpy.random.default_rng(seed)``.
+    grad : callable, optional
+        ``grad(*inputs)`` -> the gradient of ``fn`` (an array, or a tuple
+        with one per input): what the numeric oracle differentiates along
+        ``v``. Default: the autodiff gradient of ``torch_fn`` (else
+        ``jax_fn``); one of the three is needed for ``"numeric"``.
+        Differentiating ``fn`` twice numerically would lose half the digits
+        and is not offered.
+    against, names, seed, rtol, atol, torch_fn, jax_fn
+        As in :func:`check_jvp`; the report calls the blocks ``Hv[x]``.
+
+    Returns
+    -------
+    Report
+        ``kind`` ``"check_hvp"``, one entry per block of ``H v``.
+
+    Notes
+    -----
+    With ``grad=`` a hand-written gradient, a failure can mean the HVP or
+    the gradient is wrong; check the gradient first (:func:`check_vjp`), or
+    add ``"torch"``/``"jax"`` to ``against`` to tell them apart.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = lambda x: np.sum(x**3)
+    >>> g = lambda x: 3 * x**2
+    >>> x = np.array([1.0, -2.0])
+    >>> check_hvp(f, lambda v, x: 6 * x * v, (x,), grad=g).ok
+    True
+    >>> check_hvp(f, lambda v, x: 3 * x * v, (x,), grad=g).failed_inputs
+    ['Hv[x]']
+    """
+    __tracebackhide__ = True
+    return run(
+        HVP,
+        fn,
+        hvp,
+        inputs,
+        direction=direction,
+        against=against,
+        names=names,
+        seed=seed,
+        rtol=rtol,
+        atol=atol,
+        torch_fn=torch_fn,
+        jax_fn=jax_fn,
+        grad=grad,
+    )
+
+
+def assert_hvp(
+    fn: Callable[..., ArrayLike],
+    hvp: Callable[..., Any],
+    inputs: Sequence[ArrayLike] | ArrayLike,
+    **options: Any,
+) -> Report:
+    """Like :func:`check_hvp`, but raise :class:`~oracles.errors.GradientMismatch` when it fails.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f, g = (lambda x: np.sum(np.exp(x))), (lambda x: np.exp(x))
+    >>> assert_hvp(f, lambda v, x: np.exp(x) * v, (np.zeros(2),), grad=g).ok
+    True
+    >>> assert_hvp(f, lambda v, x: v, (np.ones(2),), grad=g)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    oracles.errors.GradientMismatch: check_hvp: FAILED: 2 of 2 elements of Hv[x] disagree ...
+    """
+    __tracebackhide__ = True
+    return raise_unless_passed(check_hvp(fn, hvp, inputs, **options))
