@@ -10,6 +10,13 @@ Each op's forward, VJP and HVP sit side by side in one module. The
 derivation of each is written in its docstring; the test suite verifies
 every one against central-difference numerics, PyTorch autograd and JAX
 with :mod:`oracles`. ``reference`` never imports ``oracles``.
+
+Every public function converts plain lists and raises
+:class:`InvalidInput` (a ValueError) naming the argument and the rule for
+anything it cannot give a correct result for: ``None``, non-numbers, a
+softmax over zero classes, labels out of range, a mean over an empty batch.
+Complex inputs give the analytic continuation of the real formulas (what
+the complex-step oracle evaluates), except in :mod:`reference.mlp`.
 """
 
 from reference import layers, mlp, pitfalls

@@ -10,13 +10,26 @@ Each ``*_vjp(g, x)`` takes the cotangent first, then the forward inputs, and
 returns the gradient with respect to ``x``. ``tanh_hvp(v, x)`` takes the
 direction first in the same way; the Hessian of a sum of elementwise
 functions is diagonal too. Nothing here modifies its arguments.
+
+Inputs follow :mod:`reference._validation`: lists are converted, ``None``
+and non-numbers raise :class:`reference.InvalidInput`, empty arrays give
+empty results. The cotangent ``g`` has the shape of ``x`` or broadcasts to
+it (a scalar weights every element). Complex ``x`` gives the analytic
+continuation (``relu`` compares complex numbers as NumPy orders them, real
+part first: the analytic branch away from ``Re x = 0``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from reference._validation import InvalidInput, direction_like
+from reference._validation import (
+    InvalidInput,
+    as_floats,
+    as_numbers,
+    cotangent_like,
+    direction_like,
+)
 
 __all__ = ["relu", "relu_vjp", "sigmoid", "sigmoid_vjp", "tanh", "tanh_hvp", "tanh_vjp"]
 
@@ -29,7 +42,7 @@ def tanh(x):
     >>> float(tanh(0.0))
     0.0
     """
-    return np.tanh(x)
+    return np.tanh(as_numbers(x, "x"))
 
 
 def tanh_vjp(g, x):
@@ -52,6 +65,8 @@ def tanh_vjp(g, x):
     >>> float(tanh_vjp(1.0, 0.0))
     1.0
     """
+    x = as_numbers(x, "x")
+    g = cotangent_like(g, x.shape, "g", "x")
     y = np.tanh(x)
     return g * (1.0 - y * y)
 
@@ -94,9 +109,9 @@ def tanh_hvp(v, x, *, weights=None):
     >>> round(float(tanh_hvp(np.array([1.0]), np.array([1.0]))[0]), 6)
     -0.6397
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = as_floats(x, "x")
     v = direction_like(v, x.shape, "x")
-    w = np.ones(x.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = np.ones(x.shape) if weights is None else as_floats(weights, "weights")
     try:
         w = np.broadcast_to(w, x.shape)
     except ValueError:
@@ -110,10 +125,12 @@ def tanh_hvp(v, x, *, weights=None):
 def sigmoid(x):
     r"""Logistic sigmoid ``y = 1 / (1 + e^-x)``, stable for any ``|x|``.
 
-    ``exp`` is only ever evaluated at ``-|x|``, so it cannot overflow: for
-    ``x >= 0`` we use ``1 / (1 + e^-x)``, for ``x < 0`` the algebraically equal
-    ``e^x / (1 + e^x)``. At ``x = +-1e308`` the result is exactly 1 or 0,
-    without warnings.
+    ``exp`` is only ever evaluated where its real part is ``-|Re x|``, so it
+    cannot overflow: for ``Re x >= 0`` we use ``1 / (1 + e^-x)``, otherwise
+    the algebraically equal ``e^x / (1 + e^x)``. At ``x = +-1e308`` the
+    result is exactly 1 or 0, without warnings. Both branches are analytic
+    (no ``|x|`` inside ``exp``), so complex ``x`` gives the analytic
+    continuation, as the complex-step oracle needs.
 
     Examples
     --------
@@ -122,9 +139,10 @@ def sigmoid(x):
     >>> float(sigmoid(-1e308)), float(sigmoid(1e308))
     (0.0, 1.0)
     """
-    x = np.asarray(x, dtype=np.result_type(x, np.float64))
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    x = as_floats(x, "x")
+    right = x.real >= 0
+    e = np.exp(np.where(right, -x, x))
+    return np.where(right, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def sigmoid_vjp(g, x):
@@ -145,7 +163,9 @@ def sigmoid_vjp(g, x):
     >>> float(sigmoid_vjp(1.0, 0.0))
     0.25
     """
-    return g * sigmoid(x) * sigmoid(-np.asarray(x))
+    x = as_floats(x, "x")
+    g = cotangent_like(g, x.shape, "g", "x")
+    return g * sigmoid(x) * sigmoid(-x)
 
 
 def relu(x):
@@ -156,7 +176,7 @@ def relu(x):
     >>> relu(np.array([-1.0, 0.0, 2.0])).tolist()
     [0.0, 0.0, 2.0]
     """
-    return np.maximum(x, 0.0)
+    return np.maximum(as_numbers(x, "x"), 0.0)
 
 
 def relu_vjp(g, x):
@@ -178,4 +198,6 @@ def relu_vjp(g, x):
     >>> relu_vjp(np.ones(3), np.array([-1.0, 0.0, 2.0])).tolist()
     [0.0, 0.0, 1.0]
     """
-    return np.where(np.asarray(x) > 0, g, 0.0)
+    x = as_numbers(x, "x")
+    g = cotangent_like(g, x.shape, "g", "x")
+    return np.where(x > 0, g, 0.0)

@@ -24,6 +24,10 @@ where layer code usually goes wrong, so it follows these rules:
 * Cached inputs live in private attributes (``_x``); the only public array
   attributes of a layer are its parameters and their gradients, so a
   checker that pairs ``W`` with ``dW`` finds exactly those.
+* Inputs are accepted and refused as the reference functions accept and
+  refuse them (lists converted; ``None`` and non-numbers raise
+  :class:`reference.InvalidInput` naming the argument), checked before
+  anything is cached.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from reference._validation import InvalidInput
+from reference._validation import InvalidInput, as_numbers
 from reference.activations import relu, relu_vjp, sigmoid, sigmoid_vjp, tanh, tanh_vjp
 from reference.affine import affine, affine_vjp
 from reference.losses import (
@@ -71,7 +75,7 @@ def _require_forward(layer):
 
 def _check_dout(layer, dout, *, scalar_ok=False):
     """``dout`` as an array whose shape is the forward output's (or ``()`` if allowed)."""
-    dout = np.asarray(dout)
+    dout = as_numbers(dout, "dout")
     if dout.shape == layer._out_shape or (scalar_ok and dout.shape == ()):
         return dout
     expected = f"{layer._out_shape}"
@@ -94,7 +98,7 @@ class _Elementwise:
         self._out_shape = None
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        x = np.array(x)  # a copy: backward must see the x of this forward
+        x = np.array(as_numbers(x, "x"))  # a copy: backward must see the x of this forward
         out = type(self)._fn(x)
         self._x, self._out_shape = x, np.shape(out)
         return out
@@ -186,7 +190,7 @@ class Softmax:
         self._out_shape = None
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        x = np.array(x)
+        x = np.array(as_numbers(x, "x"))
         if not -x.ndim <= self.axis < x.ndim:
             raise InvalidInput(f"axis {self.axis} is out of range for x of shape {x.shape}")
         out = softmax(x, axis=self.axis)
@@ -231,8 +235,8 @@ class Affine:
     """
 
     def __init__(self, W: ArrayLike, b: ArrayLike) -> None:
-        W = np.asarray(W)
-        b = np.asarray(b)
+        W = as_numbers(W, "W")
+        b = as_numbers(b, "b")
         if W.ndim != 2:
             raise InvalidInput(f"W must be 2-D, shape (n_in, n_out), got shape {W.shape}")
         if b.shape != (W.shape[1],):
@@ -248,7 +252,7 @@ class Affine:
         self._out_shape = None
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        x = np.array(x)
+        x = np.array(as_numbers(x, "x"))
         if x.ndim < 1 or x.shape[-1] != self.W.shape[0]:
             raise InvalidInput(
                 f"x must have shape (..., n_in) with n_in = {self.W.shape[0]} (the rows of W), "
@@ -306,9 +310,8 @@ class SoftmaxWithLoss:
         self._out_shape = None
 
     def forward(self, logits: ArrayLike, targets: ArrayLike) -> np.ndarray:
-        logits = np.array(logits)
-        targets = np.array(targets)
         loss = cross_entropy(logits, targets, reduction=self.reduction)
+        logits, targets = np.array(logits), np.array(targets)  # copies, validated above
         self._logits, self._targets, self._out_shape = logits, targets, np.shape(loss)
         return loss
 
@@ -362,9 +365,8 @@ class SquaredErrorLoss:
         self._out_shape = None
 
     def forward(self, pred: ArrayLike, target: ArrayLike) -> np.ndarray:
-        pred = np.array(pred)
-        target = np.array(target)
         loss = squared_error(pred, target, reduction=self.reduction, half=self.half)
+        pred, target = np.array(pred), np.array(target)  # copies, validated above
         self._pred, self._target, self._out_shape = pred, target, np.shape(loss)
         return loss
 

@@ -10,13 +10,27 @@ Conventions (written out because published derivations mix them up):
   ``N`` after summing over the class axis.
 * ``half=True`` multiplies the squared error by 1/2, the convention of many
   textbooks, which makes the gradient ``(p - t)`` instead of ``2 (p - t)``.
+
+Inputs (see :mod:`reference._validation`): lists are converted; ``None``,
+non-numbers, logits without a class (``C = 0``), and class labels that are
+negative, ``>= C`` or not integers raise :class:`reference.InvalidInput`
+naming the argument. An empty batch is a valid input for ``"sum"`` (loss 0)
+and ``"none"`` (an empty array); a mean over nothing is undefined, so
+``"mean"`` (and ``"batch_mean"`` with no rows) refuses it. Complex logits,
+predictions and targets give the analytic continuation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from reference._validation import InvalidInput, direction_like
+from reference._validation import (
+    InvalidInput,
+    as_floats,
+    as_numbers,
+    cotangent_like,
+    direction_like,
+)
 from reference.softmax import _shifted, log_softmax, softmax
 
 __all__ = [
@@ -38,52 +52,62 @@ SE_REDUCTIONS = ("sum", "mean", "batch_mean", "none")
 
 
 def _targets_as_probabilities(logits, targets):
-    """Return ``(Y, is_labels)``: targets as an array shaped like ``logits``."""
-    logits = np.asarray(logits)
-    targets = np.asarray(targets)
-    if logits.ndim < 1:
+    """Return ``(logits, Y)``: logits as floats, targets as probabilities shaped like them."""
+    logits = as_floats(logits, "logits")
+    if logits.ndim < 1 or logits.shape[-1] == 0:
         raise InvalidInput(
-            f"logits must have at least 1 axis (the classes), got shape {logits.shape}"
+            f"logits must have a class axis (the last) with at least 1 class, got shape "
+            f"{logits.shape}"
         )
     n_classes = logits.shape[-1]
+    if targets is not None and np.asarray(targets).dtype == np.bool_:
+        raise InvalidInput(
+            "targets must be integer class labels or floating probability targets, got dtype bool"
+        )
+    targets = as_numbers(targets, "targets")
     if np.issubdtype(targets.dtype, np.integer):
         if targets.shape != logits.shape[:-1]:
             raise InvalidInput(
-                f"integer class labels must have the shape of logits without the class axis: "
-                f"expected {logits.shape[:-1]}, got {targets.shape}"
+                f"targets: integer class labels must have the shape of logits without the "
+                f"class axis: expected {logits.shape[:-1]}, got {targets.shape}"
             )
         if targets.size and (targets.min() < 0 or targets.max() >= n_classes):
             raise InvalidInput(
-                f"class labels must lie in [0, {n_classes - 1}], got values in "
+                f"targets: class labels must lie in [0, {n_classes - 1}], got values in "
                 f"[{targets.min()}, {targets.max()}]"
             )
         # One-hot by indexing every row at its own label: Y[n, t_n] = 1.
         # (Y[:, t] would set whole columns: a published mistake.)
         Y = np.zeros(logits.shape, dtype=np.float64)
         np.put_along_axis(Y, targets[..., None].astype(np.intp), 1.0, axis=-1)
-        return Y, True
-    if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.floating):
-        raise InvalidInput(
-            f"targets must be integer class labels or floating probability targets, "
-            f"got dtype {targets.dtype}"
-        )
+        return logits, Y
     if targets.shape != logits.shape:
+        hint = "; class labels must be integers" if targets.shape == logits.shape[:-1] else ""
         raise InvalidInput(
-            f"probability targets must have the shape of logits: expected {logits.shape}, "
-            f"got {targets.shape}"
+            f"targets: {targets.dtype} targets are probabilities and must have the shape of "
+            f"logits {logits.shape}{hint}, got shape {targets.shape}"
         )
-    return targets.astype(np.float64, copy=False), False
+    return logits, targets.astype(np.result_type(targets, np.float64), copy=False)
 
 
-def _reduce(per_row, reduction, valid):
+def _check_reduction(reduction, valid, logits, *, why=""):
+    """A known reduction; ``"mean"`` needs at least one row to average."""
     if reduction not in valid:
-        raise InvalidInput(f"reduction must be one of {valid}, got {reduction!r}")
+        raise InvalidInput(f"reduction must be one of {valid}{why}, got {reduction!r}")
+    if reduction == "mean" and logits.size == 0:
+        raise InvalidInput(
+            f"logits has no rows (shape {logits.shape}): reduction='mean' averages over the "
+            f"rows and a mean of none is undefined; use reduction='sum' (0) or 'none' (empty)"
+        )
+
+
+def _reduce(per_row, reduction):
     if reduction == "none":
         return per_row
     if reduction == "sum":
         return np.sum(per_row)
-    n = max(per_row.size, 1)
-    if per_row.size and np.max(np.abs(per_row)) > _FLOAT_MAX / n:
+    n = per_row.size
+    if np.max(np.abs(per_row)) > _FLOAT_MAX / n:
         # The sum could overflow although the mean is representable (losses
         # of 1e308 from logits near the float64 limit): divide first.
         return np.sum(per_row / n)
@@ -115,12 +139,13 @@ def cross_entropy(logits, targets, *, reduction="mean"):
     >>> round(float(cross_entropy(np.zeros((1, 4)), np.array([2]))), 6)
     1.386294
     """
-    Y, _ = _targets_as_probabilities(logits, targets)
+    logits, Y = _targets_as_probabilities(logits, targets)
+    _check_reduction(reduction, CE_REDUCTIONS, logits)
     # A class with target 0 contributes 0, also where log_softmax is -inf
     # (a logit 1.8e308 below the row's maximum): 0 * -inf would be nan.
     log_a = np.where(Y != 0, log_softmax(logits, axis=-1), 0.0)
     per_row = -np.sum(Y * log_a, axis=-1)
-    return _reduce(per_row, reduction, CE_REDUCTIONS)
+    return _reduce(per_row, reduction)
 
 
 def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
@@ -139,7 +164,8 @@ def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
 
     The reduction scales the row gradients: ``"sum"`` by ``g``, ``"mean"`` by
     ``g / N`` (forgetting the ``1/N`` is another), ``"none"`` row ``n`` by
-    ``g[n]``.
+    ``g[n]``. ``g`` is a scalar for ``"mean"`` and ``"sum"``; for ``"none"``
+    it has the shape of the per-row losses, or is a scalar weighting every row.
 
     Returns
     -------
@@ -151,21 +177,21 @@ def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
     >>> cross_entropy_vjp(1.0, np.zeros((1, 2)), np.array([0])).tolist()
     [[-0.5, 0.5]]
     """
-    Y, _ = _targets_as_probabilities(logits, targets)
-    if reduction not in CE_REDUCTIONS:
-        raise InvalidInput(f"reduction must be one of {CE_REDUCTIONS}, got {reduction!r}")
+    logits, Y = _targets_as_probabilities(logits, targets)
+    _check_reduction(reduction, CE_REDUCTIONS, logits)
+    loss_shape = logits.shape[:-1] if reduction == "none" else ()
+    g = cotangent_like(g, loss_shape, "g", f"the loss (reduction={reduction!r})")
+    g = g.astype(np.result_type(g, np.float64), copy=False)
     a = softmax(logits, axis=-1)
     # S a - y, rearranged as (S - y) a - y (1 - a): both terms are >= 0 for
     # targets in [0, 1], and 1 - a is computed without cancellation, so the
     # gradient of a confident row (a_t = 1 - 1e-11) keeps its digits.
     S = Y.sum(axis=-1, keepdims=True)
     row_grad = (S - Y) * a - Y * _one_minus_softmax(logits)
-    g = np.asarray(g, dtype=np.float64)
     if reduction == "none":
         return row_grad * g[..., None]
     if reduction == "mean":
-        n_rows = max(int(np.prod(np.shape(logits)[:-1])), 1)
-        return row_grad * (g / n_rows)
+        return row_grad * (g / (logits.size // logits.shape[-1]))
     return row_grad * g
 
 
@@ -227,14 +253,14 @@ def cross_entropy_hvp(v, logits, targets, *, reduction="mean"):
             f"reduction must be one of {_CE_SCALAR_REDUCTIONS} (a Hessian-vector product needs a "
             f"scalar loss), got {reduction!r}"
         )
-    logits = np.asarray(logits, dtype=np.float64)
-    Y, _ = _targets_as_probabilities(logits, targets)
+    logits, Y = _targets_as_probabilities(logits, targets)
+    _check_reduction(reduction, _CE_SCALAR_REDUCTIONS, logits)
     v = direction_like(v, logits.shape, "logits")
     a = softmax(logits, axis=-1)
     S = np.sum(Y, axis=-1, keepdims=True)
     hv = S * a * (v - np.sum(a * v, axis=-1, keepdims=True))
     if reduction == "mean":
-        hv = hv / max(int(np.prod(logits.shape[:-1])), 1)
+        hv = hv / (logits.size // logits.shape[-1])
     return hv
 
 
@@ -257,29 +283,38 @@ def _one_minus_softmax(logits):
     return out
 
 
-def _se_arguments(pred, target, reduction):
-    """Validated float arrays ``(pred, target)`` of one shape, and a known reduction."""
-    pred = np.asarray(pred, dtype=np.result_type(pred, np.float64))
-    target = np.asarray(target, dtype=np.result_type(target, np.float64))
+def _se_arguments(pred, target, reduction, half, *, valid=SE_REDUCTIONS, why=""):
+    """Validated float arrays ``(pred, target)`` of one shape, and the constant ``c``.
+
+    ``c`` is the constant in ``L = c * sum (p - t)^2`` (before any ``"none"``).
+    """
+    pred = as_floats(pred, "pred")
+    target = as_floats(target, "target")
     if pred.shape != target.shape:
         raise InvalidInput(
             f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
         )
-    if reduction not in SE_REDUCTIONS:
-        raise InvalidInput(f"reduction must be one of {SE_REDUCTIONS}, got {reduction!r}")
-    return pred, target
-
-
-def _se_scale(shape, reduction, half):
-    """The constant ``c`` in ``L = c * sum (p - t)^2`` (before any ``none``)."""
+    if reduction not in valid:
+        raise InvalidInput(f"reduction must be one of {valid}{why}, got {reduction!r}")
+    if not isinstance(half, bool | np.bool_):
+        raise InvalidInput(f"half must be True or False, got {half!r}")
     c = 0.5 if half else 1.0
     if reduction == "mean":
-        c /= max(int(np.prod(shape)), 1)
+        if pred.size == 0:
+            raise InvalidInput(
+                f"pred has no elements (shape {pred.shape}): reduction='mean' divides by the "
+                f"number of elements and a mean of none is undefined; use reduction='sum' (0) "
+                f"or 'none' (empty)"
+            )
+        c /= pred.size
     elif reduction == "batch_mean":
-        if len(shape) < 1:
-            raise InvalidInput("reduction='batch_mean' needs an array with a batch axis")
-        c /= max(shape[0], 1)
-    return c
+        if pred.ndim < 1 or pred.shape[0] == 0:
+            raise InvalidInput(
+                f"pred must have a batch axis with at least 1 row for reduction='batch_mean' "
+                f"(it divides by the number of rows), got shape {pred.shape}"
+            )
+        c /= pred.shape[0]
+    return pred, target, c
 
 
 def squared_error(pred, target, *, reduction="sum", half=False):
@@ -303,8 +338,7 @@ def squared_error(pred, target, *, reduction="sum", half=False):
     >>> float(squared_error(np.array([1.0, 2.0]), np.zeros(2), reduction="mean", half=True))
     1.25
     """
-    pred, target = _se_arguments(pred, target, reduction)
-    c = _se_scale(pred.shape, reduction, half)
+    pred, target, c = _se_arguments(pred, target, reduction, half)
     sq = (pred - target) ** 2
     return c * sq if reduction == "none" else c * np.sum(sq)
 
@@ -317,7 +351,8 @@ def squared_error_vjp(g, pred, target, *, reduction="sum", half=False):
     ``L = c * sum_i (p_i - t_i)^2`` gives ``dL/dp_i = 2 c (p_i - t_i)`` and
     ``dL/dt_i = -2 c (p_i - t_i)``. With ``half=True`` the 2 cancels the 1/2;
     without it, the 2 stays (dropping it is a published mistake). The
-    cotangent ``g`` multiplies (elementwise for ``"none"``).
+    cotangent ``g`` multiplies: a scalar, or for ``"none"`` an array shaped
+    like ``pred`` (elementwise).
 
     Examples
     --------
@@ -325,8 +360,9 @@ def squared_error_vjp(g, pred, target, *, reduction="sum", half=False):
     >>> dp.tolist(), dt.tolist()
     ([2.0, 4.0], [-2.0, -4.0])
     """
-    pred, target = _se_arguments(pred, target, reduction)
-    c = _se_scale(pred.shape, reduction, half)
+    pred, target, c = _se_arguments(pred, target, reduction, half)
+    loss_shape = pred.shape if reduction == "none" else ()
+    g = cotangent_like(g, loss_shape, "g", f"the loss (reduction={reduction!r})")
     dpred = (2.0 * c) * (pred - target) * g
     return dpred, -dpred
 
@@ -368,25 +404,7 @@ def squared_error_hvp(v, pred, target, *, reduction="sum", half=False):
     [1.0, -2.0]
     """
     scalar = tuple(r for r in SE_REDUCTIONS if r != "none")
-    if reduction not in scalar:
-        raise InvalidInput(
-            f"reduction must be one of {scalar} (a Hessian-vector product needs a scalar loss), "
-            f"got {reduction!r}"
-        )
-    if not isinstance(half, bool | np.bool_):
-        raise InvalidInput(f"half must be True or False, got {half!r}")
-    pred = np.asarray(pred)
-    target = np.asarray(target)
-    if pred.shape != target.shape:
-        raise InvalidInput(
-            f"pred and target must have the same shape, got {pred.shape} and {target.shape}"
-        )
+    why = " (a Hessian-vector product needs a scalar loss)"
+    pred, _, c = _se_arguments(pred, target, reduction, half, valid=scalar, why=why)
     v = direction_like(v, pred.shape, "pred")
-    c = 0.5 if half else 1.0
-    if reduction == "mean":
-        c /= max(int(np.prod(pred.shape)), 1)
-    elif reduction == "batch_mean":
-        if pred.ndim < 1:
-            raise InvalidInput("reduction='batch_mean' needs an array with a batch axis")
-        c /= max(pred.shape[0], 1)
     return 2.0 * c * v

@@ -27,13 +27,20 @@ Two losses, with the convention fixed and written out:
     which is ``C`` times ``F.mse_loss(p, Y)``.
 
 Nothing here modifies its arguments; :func:`sgd_step` returns new arrays.
+
+Inputs: lists are converted; ``None``, non-numbers, complex values (the
+loss is a real number), layers without inputs or outputs, labels that are
+not integers in ``[0, n_L)``, and a batch of 0 rows where a mean over the
+rows is taken (the loss, :func:`accuracy`) raise
+:class:`reference.InvalidInput` naming the argument. :func:`predict` on 0
+rows gives 0 rows of logits.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from reference._validation import InvalidInput
+from reference._validation import InvalidInput, as_floats, as_numbers, real_scalar
 from reference.activations import relu, relu_vjp, sigmoid, sigmoid_vjp, tanh, tanh_vjp
 from reference.affine import affine, affine_vjp
 from reference.losses import cross_entropy, cross_entropy_vjp, squared_error, squared_error_vjp
@@ -58,6 +65,8 @@ __all__ = [
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 LOSSES = ("cross_entropy", "squared_error")
+
+_REAL = "the MLP's loss is a real number"
 
 _ACTIVATION_FNS = {
     "tanh": (tanh, tanh_vjp),
@@ -88,9 +97,12 @@ def init_params(sizes=(784, 128, 10), *, seed=0):
     >>> [p.shape for p in init_params((4, 3, 2), seed=1)]
     [(4, 3), (3,), (3, 2), (2,)]
     """
-    sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes):
-        raise InvalidInput(f"sizes must be at least two positive ints, got {sizes!r}")
+    sizes = _check_sizes(sizes)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InvalidInput(
+            f"seed must be a non-negative int (the same seed gives the same parameters), "
+            f"got {seed!r}"
+        )
     rng = np.random.default_rng(seed)
     params = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -99,9 +111,38 @@ def init_params(sizes=(784, 128, 10), *, seed=0):
     return tuple(params)
 
 
+def _check_sizes(sizes):
+    """``sizes`` as a tuple of at least two positive ints, or InvalidInput."""
+    try:
+        sizes = tuple(sizes)
+    except TypeError:
+        raise InvalidInput(f"sizes must be at least two positive ints, got {sizes!r}") from None
+    if len(sizes) < 2 or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1 for s in sizes
+    ):
+        raise InvalidInput(f"sizes must be at least two positive ints, got {sizes!r}")
+    return tuple(int(s) for s in sizes)
+
+
+def _as_arrays(arrays, name):
+    """A sequence of arrays as a tuple of real float64 arrays named ``name[i]``."""
+    if isinstance(arrays, np.ndarray | str) or arrays is None:
+        raise InvalidInput(f"{name} must be a sequence of arrays, got {type(arrays).__name__}")
+    try:
+        arrays = tuple(arrays)
+    except TypeError:
+        raise InvalidInput(
+            f"{name} must be a sequence of arrays, got {type(arrays).__name__}"
+        ) from None
+    return tuple(
+        as_floats(a, f"{name}[{i}]", real=_REAL).astype(np.float64, copy=False)
+        for i, a in enumerate(arrays)
+    )
+
+
 def _as_params(params):
     """Validate the layer chain and return the parameters as a tuple of float64 arrays."""
-    params = tuple(np.asarray(p, dtype=np.float64) for p in params)
+    params = _as_arrays(params, "params")
     if len(params) < 2 or len(params) % 2:
         raise InvalidInput(
             f"params must be (W_1, b_1, ..., W_L, b_L): an even number >= 2 of arrays, "
@@ -112,12 +153,17 @@ def _as_params(params):
         layer = i // 2 + 1
         if W.ndim != 2 or b.shape != (W.shape[-1],):
             raise InvalidInput(
-                f"layer {layer}: W must be 2-D (n_in, n_out) and b of shape (n_out,), got "
-                f"W {W.shape} and b {b.shape}"
+                f"params, layer {layer}: W must be 2-D (n_in, n_out) and b of shape (n_out,), "
+                f"got W {W.shape} and b {b.shape}"
+            )
+        if W.size == 0:
+            raise InvalidInput(
+                f"params, layer {layer}: every layer needs at least 1 input and 1 output (the "
+                f"last layer's outputs are the classes), got W of shape {W.shape}"
             )
         if i and W.shape[0] != params[i - 2].shape[1]:
             raise InvalidInput(
-                f"layer {layer}: W has {W.shape[0]} input rows but layer {layer - 1} "
+                f"params, layer {layer}: W has {W.shape[0]} input rows but layer {layer - 1} "
                 f"has {params[i - 2].shape[1]} outputs"
             )
     return params
@@ -158,8 +204,8 @@ def vector_to_params(vector, sizes):
     >>> all(np.array_equal(a, b) for a, b in zip(p, q))
     True
     """
-    vector = np.asarray(vector, dtype=np.float64)
-    sizes = tuple(int(s) for s in sizes)
+    vector = as_floats(vector, "vector", real=_REAL)
+    sizes = _check_sizes(sizes)
     shapes = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
         shapes += [(n_in, n_out), (n_out,)]
@@ -186,18 +232,31 @@ def _check_options(activation, loss):
         raise InvalidInput(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def _check_batch(X, y, params):
-    X = np.asarray(X, dtype=np.float64)
-    n_in, n_classes = params[0].shape[0], params[-1].shape[0]
-    if X.ndim != 2 or X.shape[1] != n_in or X.shape[0] < 1:
-        raise InvalidInput(f"X must have shape (N >= 1, {n_in}), got {X.shape}")
-    y = np.asarray(y)
+def _check_X(X, params, *, why=None):
+    """``X`` as real float64 of shape ``(N, n_in)``; ``why`` (a mean over the rows) needs N >= 1."""
+    X = as_floats(X, "X", real=_REAL).astype(np.float64, copy=False)
+    n_in = params[0].shape[0]
+    rows = "N >= 1" if why else "N"
+    if X.ndim != 2 or X.shape[1] != n_in:
+        raise InvalidInput(f"X must have shape ({rows}, {n_in}), got {X.shape}")
+    if why and X.shape[0] == 0:
+        raise InvalidInput(
+            f"X must have shape ({rows}, {n_in}), got {X.shape}: {why}, and a mean of 0 rows "
+            f"is undefined"
+        )
+    return X
+
+
+def _check_batch(X, y, params, *, why="the loss is a mean over the rows"):
+    X = _check_X(X, params, why=why)
+    n_classes = params[-1].shape[0]
+    y = as_numbers(y, "y", bools=False)
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (X.shape[0],):
         raise InvalidInput(
             f"y must be integer class labels of shape ({X.shape[0]},), got dtype {y.dtype} "
             f"and shape {y.shape}"
         )
-    if y.min() < 0 or y.max() >= n_classes:
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise InvalidInput(
             f"y must lie in [0, {n_classes - 1}], got values in [{y.min()}, {y.max()}]"
         )
@@ -327,6 +386,13 @@ def backward(params, cache, *, g=1.0):
     [(4, 3), (3,), (3, 2), (2,)]
     """
     params = _as_params(params)
+    keys = ("h", "z", "X", "y", "activation", "loss")
+    if not isinstance(cache, dict) or not all(k in cache for k in keys):
+        raise InvalidInput(
+            f"cache must be the dict forward returns (keys {keys}), got {type(cache).__name__}"
+        )
+    _check_options(cache["activation"], cache["loss"])
+    g = real_scalar(g, "g", rule="a real number, the cotangent of the scalar loss")
     _, f_vjp = _ACTIVATION_FNS[cache["activation"]]
     hs, zs, y = cache["h"], cache["z"], cache["y"]
     logits = zs[-1]
@@ -371,14 +437,14 @@ def sgd_step(params, grads, lr):
     >>> new[0].tolist(), p[0].tolist()
     ([0.5, 0.0], [1.0, 1.0])
     """
-    params, grads = tuple(params), tuple(grads)
+    params, grads = _as_arrays(params, "params"), _as_arrays(grads, "grads")
+    lr = real_scalar(lr, "lr", rule="a real number, the step size")
     if len(params) != len(grads):
         raise InvalidInput(
             f"params and grads must have the same length, got {len(params)} and {len(grads)}"
         )
     new = []
     for i, (p, d) in enumerate(zip(params, grads, strict=True)):
-        p, d = np.asarray(p, dtype=np.float64), np.asarray(d, dtype=np.float64)
         if p.shape != d.shape:
             raise InvalidInput(f"grads[{i}] has shape {d.shape}, params[{i}] has {p.shape}")
         new.append(p - lr * d)
@@ -416,7 +482,7 @@ def mlp_loss_vjp(g, X, y, *params, activation="tanh", loss="cross_entropy"):
     [(4, 3), (3,), (3, 2), (2,)]
     """
     _, cache = forward(params, X, y, activation=activation, loss=loss)
-    return backward(params, cache, g=float(np.asarray(g)))
+    return backward(params, cache, g=g)
 
 
 # --- inference -----------------------------------------------------------------------------------
@@ -432,9 +498,7 @@ def predict(params, X, *, activation="tanh"):
     """
     _check_options(activation, LOSSES[0])
     params = _as_params(params)
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != params[0].shape[0]:
-        raise InvalidInput(f"X must have shape (N, {params[0].shape[0]}), got {X.shape}")
+    X = _check_X(X, params)
     return _logits(params, X, activation)[1][-1]
 
 
@@ -446,4 +510,7 @@ def accuracy(params, X, y, *, activation="tanh"):
     >>> accuracy(init_params((4, 3, 2)), np.zeros((2, 4)), np.array([0, 1]))
     0.5
     """
-    return float(np.mean(np.argmax(predict(params, X, activation=activation), axis=1) == y))
+    _check_options(activation, LOSSES[0])
+    params = _as_params(params)
+    X, y = _check_batch(X, y, params, why="accuracy is a mean over the rows")
+    return float(np.mean(np.argmax(_logits(params, X, activation)[1][-1], axis=1) == y))

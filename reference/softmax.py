@@ -7,18 +7,42 @@ independent rows, a ``(B, T, C)`` array is ``B * T`` rows.
 Normalizing over the wrong axis (axis 0, the batch, for a ``(N, C)`` array)
 is one of the most common published mistakes; it is in
 :mod:`reference.pitfalls`.
+
+``axis`` must be an int naming an axis of ``x``, and ``x`` must have at
+least one entry along it: a softmax over no classes is not a distribution
+(:class:`reference.InvalidInput`). An empty batch (a zero-length *other*
+axis) gives an empty result. Lists are converted; complex ``x`` gives the
+analytic continuation. The cotangent ``g`` has the shape of ``x``, or
+broadcasts to it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from reference._validation import InvalidInput, as_floats, cotangent_like
+
 __all__ = ["log_softmax", "log_softmax_vjp", "softmax", "softmax_vjp"]
+
+
+def _normalized_input(x, axis):
+    """``x`` as floats with at least one entry along the int ``axis``, or InvalidInput."""
+    x = as_floats(x, "x")
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise InvalidInput(f"axis must be an int, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise InvalidInput(f"axis {axis} is out of range for x of shape {x.shape}")
+    if x.shape[axis] == 0:
+        raise InvalidInput(
+            f"x must have at least 1 entry along axis {axis} (a softmax over no classes is "
+            f"not a distribution), got shape {x.shape}"
+        )
+    return x
 
 
 def _shifted(x, axis):
     """``x - max(x)`` along ``axis``: the same softmax, no overflow in exp."""
-    x = np.asarray(x, dtype=np.result_type(x, np.float64))
+    x = _normalized_input(x, axis)
     m = np.max(x, axis=axis, keepdims=True)
     # A row of all -inf has max -inf; shifting by it would give nan.
     m = np.where(np.isfinite(m), m, 0.0)
@@ -72,6 +96,7 @@ def softmax_vjp(g, x, axis=-1):
     [0.25, -0.25]
     """
     a = softmax(x, axis=axis)
+    g = cotangent_like(g, a.shape, "g", "x")
     return a * (g - np.sum(g * a, axis=axis, keepdims=True))
 
 
@@ -122,4 +147,5 @@ def log_softmax_vjp(g, x, axis=-1):
     [0.5, -0.5]
     """
     a = softmax(x, axis=axis)
+    g = np.broadcast_to(cotangent_like(g, a.shape, "g", "x"), a.shape)
     return g - a * np.sum(g, axis=axis, keepdims=True)
