@@ -23,7 +23,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
-    "sphinx.ext.mathjax",
     "numpydoc",
     "oracles_docs",
 ]
@@ -59,8 +58,11 @@ np.set_printoptions(precision=6, suppress=True)
 # --- HTML --------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"backprop-oracles {release}"
+# No left sidebar: the pages are flat, the top bar lists them all.
+html_sidebars = {"**": []}
 html_theme_options = {
     "navigation_with_keys": False,
+    "header_links_before_dropdown": 7,
     "show_toc_level": 2,
     "navbar_align": "left",
     "footer_start": ["copyright"],

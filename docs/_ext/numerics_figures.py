@@ -181,7 +181,7 @@ def figure_kinks(path):
     ax.set_xlabel("step t")
     ax.set_ylabel("|forward slope - backward slope|")
     ax.set_title(r"$f(x) = |x| + x^2$: the kink test on the rungs the ladder evaluated")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="center left")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

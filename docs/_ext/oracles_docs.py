@@ -92,7 +92,9 @@ def _stub(module_name, name, obj):
     kind = _kind(obj)
     lines = [full, "=" * len(full), "", f".. currentmodule:: {module_name}", ""]
     if kind == "class":
-        lines += [f".. autoclass:: {name}", "   :members:", "   :show-inheritance:"]
+        lines += [f".. autoclass:: {name}", "   :members:"]
+        if issubclass(obj, BaseException):
+            lines.append("   :show-inheritance:")
     elif kind == "function":
         lines += [f".. autofunction:: {name}"]
     else:
@@ -262,8 +264,8 @@ class PitfallsCatalog(SphinxDirective):
                 "",
                 f"**Where it is published.** {_inline(p.source)}",
                 "",
-                f"The wrong VJP, as published (forward: ``{_qualname(p.fn)}``, correct VJP: "
-                f"``{_qualname(p.correct_vjp)}``):",
+                f"The wrong VJP, as published (forward: :func:`{_qualname(p.fn)}`, correct VJP: "
+                f":func:`{_qualname(p.correct_vjp)}`):",
                 "",
                 *_code_block(textwrap.dedent(inspect.getsource(p.wrong_vjp))),
                 f"``check_vjp`` on the entry's inputs ({shapes}), during this build:",
@@ -561,7 +563,7 @@ def add_substitutions(app, config):
     t_min = T0 * 2.0 ** -(N_RUNGS - 1)
     values = {
         "T0": f"1/{round(1 / T0)}" if (1 / T0).is_integer() else f"{T0:g}",
-        "T_MIN": f":math:`2^{{{round(np.log2(t_min))}}} \\approx` {t_min:.1e}",
+        "T_MIN": f"2^{round(np.log2(t_min))} ≈ {t_min:.1e}",
         "N_RUNGS": str(N_RUNGS),
         "AUTO_MAX": f"{AUTO_EXHAUSTIVE_MAX:,}",
     }
