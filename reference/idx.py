@@ -15,13 +15,18 @@ bytes, not from the file name.
 
 Every way a file can be wrong (truncated, foreign, too long, a damaged gzip
 stream) raises :class:`IDXFormatError` with a message naming the file and the
-rule it breaks; nothing is allocated from sizes the file merely claims.
+rule it breaks; nothing is allocated from sizes the file merely claims. A
+claim larger than the file can hold is refused before any data is read: a
+raw file holds its size minus the header; a gzip file at most 1032 times its
+size (deflate's limit: a 258-byte match in 2 bits). Otherwise the data is
+decompressed and read in 1 MiB chunks and refused as soon as it ends short.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import stat
 import zlib
 
 import numpy as np
@@ -44,6 +49,9 @@ _DTYPE_NAMES = {
     0x0E: "float64",
 }
 _CHUNK = 1 << 20
+#: Deflate codes at most 258 bytes in 2 bits: no gzip file decompresses to more
+#: than 1032 times its own size.
+_DEFLATE_MAX_RATIO = 1032
 
 
 class IDXFormatError(InvalidInput):
@@ -54,19 +62,23 @@ class IDXFormatError(InvalidInput):
 
 
 def _read_at_most(stream, n):
-    """Read up to ``n`` bytes in chunks, so a huge claimed size allocates nothing."""
-    parts = []
-    remaining = n
-    while remaining > 0:
-        part = stream.read(min(remaining, _CHUNK))
+    """Read up to ``n`` bytes in chunks into a growing buffer: memory follows the data read."""
+    buf = bytearray()
+    while len(buf) < n:
+        part = stream.read(min(n - len(buf), _CHUNK))
         if not part:
             break
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
+        buf += part
+    return buf
 
 
-def _parse(stream, name):
+def _parse(stream, name, *, capacity=None, bound=None):
+    """Parse one IDX stream that can yield at most ``capacity`` bytes (None: unknown).
+
+    ``bound``, when ``capacity`` is only an upper bound (a gzip file), is the
+    clause of the message that says so; without it ``capacity`` is exact (a
+    raw file's size).
+    """
     header = _read_at_most(stream, 4)
     if len(header) < 4:
         raise IDXFormatError(
@@ -91,7 +103,15 @@ def _parse(stream, name):
     shape = tuple(int.from_bytes(dims_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim))
     expected = 1
     for size in shape:
-        expected *= size
+        expected *= size  # a Python int: 3 sizes below 2**32 cannot overflow it
+    if capacity is not None:
+        room = max(capacity - 4 - 4 * ndim, 0)
+        if expected > room:
+            found = f"only {room} present" if bound is None else bound
+            raise IDXFormatError(
+                f"{name}: truncated IDX file: header announces shape {shape} = {expected} "
+                f"bytes of data, {found}"
+            )
     payload = _read_at_most(stream, expected)
     if len(payload) < expected:
         raise IDXFormatError(
@@ -104,7 +124,8 @@ def _parse(stream, name):
             f"{name}: IDX file too long: data continues after the {expected} bytes "
             f"announced by the header (shape {shape})"
         )
-    return np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
+    # The buffer is this call's own: the array may keep it (writeable, no copy).
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
 def read_idx(path):
@@ -135,9 +156,14 @@ def read_idx(path):
 
     Notes
     -----
-    Sizes claimed by the header are never trusted for allocation: the data is
-    read in chunks and compared with the claim, so a damaged header that
-    announces 2**96 bytes gives a "truncated" error, not a MemoryError.
+    Sizes claimed by the header are never trusted for allocation. A claim
+    larger than the file can hold (a raw file: its size minus the header; a
+    gzip file: 1032 times its size, deflate's largest expansion) is refused
+    before any data is read, so a damaged header that announces 2**96 bytes,
+    or a small gzip file that announces 2**32 images, gives a "truncated"
+    error at once, not a MemoryError. Otherwise the data is decompressed in
+    1 MiB chunks into a buffer that grows with what is actually there, and a
+    stream that ends short is refused when it ends.
 
     Examples
     --------
@@ -149,12 +175,19 @@ def read_idx(path):
     """
     name = os.fspath(path)
     with open(path, "rb") as raw:
+        info = os.fstat(raw.fileno())
+        size = info.st_size if stat.S_ISREG(info.st_mode) else None
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         if not compressed:
-            return _parse(raw, name)
+            return _parse(raw, name, capacity=size)
+        capacity = None if size is None else _DEFLATE_MAX_RATIO * size
+        bound = (
+            f"but a {size}-byte gzip file decompresses to at most {capacity} bytes (deflate "
+            f"expands at most {_DEFLATE_MAX_RATIO}-fold)"
+        )
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                return _parse(stream, name)
+                return _parse(stream, name, capacity=capacity, bound=bound)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise IDXFormatError(f"{name}: damaged or truncated gzip stream: {exc}") from exc

@@ -6,13 +6,18 @@ files (their headers and first digits), damages the gzip layer as well as
 the IDX layer, runs :func:`load_mnist` end to end on mutated pairs, and
 holds every call to a time budget: the reader must answer (an array or
 :class:`IDXFormatError`) in well under a second, never hang, never raise
-anything else.
+anything else. Headers that claim more data than the file can hold are read
+in a child interpreter whose address space is capped at 1 GiB: the reader
+must refuse them without allocating what they claim.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -207,3 +212,106 @@ def test_edges_of_the_real_headers(tmp_path, data, message):
     path.write_bytes(data)
     with pytest.raises(IDXFormatError, match=message):
         read_idx(path)
+
+
+# --- claims larger than the file can hold: refused before anything is allocated -------------------
+
+#: The address space of the child that reads a lying file (the interpreter and NumPy use ~150 MB).
+ADDRESS_SPACE = 1 << 30
+
+_READ_CAPPED = """
+import resource, sys
+from reference.idx import IDXFormatError, read_idx
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    read_idx(sys.argv[1])
+except IDXFormatError as exc:
+    print(f"IDXFormatError: {exc}")
+else:
+    print("accepted")
+"""
+
+
+def _read_capped(path):
+    """``read_idx(path)`` in a fresh interpreter with a 1 GiB address space: what it printed."""
+    pytest.importorskip("resource")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", _READ_CAPPED, os.fspath(path), str(ADDRESS_SPACE)],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard, not a speed test
+        env=env,
+        check=False,
+    )
+    assert "MemoryError" not in child.stdout + child.stderr, child.stderr[-2000:]
+    assert child.returncode == 0, child.stderr[-2000:]
+    return child.stdout
+
+
+def _header(*shape):
+    magic = (0x0800 | len(shape)).to_bytes(4, "big")
+    return magic + b"".join(s.to_bytes(4, "big") for s in shape)
+
+
+#: 2**32 - 1 images of 28 x 28: the largest count a header can claim, 3.4e12 bytes.
+HUGE_CLAIM = _header(2**32 - 1, 28, 28)
+
+
+@pytest.mark.parametrize("zeros_mib", [0, 1, 1536], ids=["header only", "1 MiB", "1.5 GiB"])
+def test_small_gzip_claiming_2_32_images_is_refused_without_allocating_the_claim(
+    tmp_path, zeros_mib
+):
+    # Gzip members concatenate: one member of 1 MiB of zeros (~1 kB), repeated, makes a small
+    # file that really decompresses to 1.5 GiB, more than the child may allocate.
+    mib = bytes(1 << 20)
+    stream = gzip.compress(HUGE_CLAIM + (mib if zeros_mib else b""), mtime=0)
+    stream += gzip.compress(mib, mtime=0) * max(zeros_mib - 1, 0)
+    path = tmp_path / "claims-2-32-images.gz"
+    path.write_bytes(stream)
+    assert len(stream) < 2_000_000
+    out = _read_capped(path)
+    assert out.startswith("IDXFormatError: "), out
+    assert f"header announces shape {(2**32 - 1, 28, 28)} = {(2**32 - 1) * 784} bytes" in out
+    assert f"a {len(stream)}-byte gzip file decompresses to at most" in out
+
+
+def test_raw_file_claiming_more_than_its_size_is_refused_before_reading(tmp_path):
+    # 1.5 GiB of (sparse) zeros after the header: reading it all would not fit in the child.
+    path = tmp_path / "claims-2-32-images.idx"
+    with open(path, "wb") as f:
+        f.write(HUGE_CLAIM)
+        f.truncate(len(HUGE_CLAIM) + 1536 * (1 << 20))
+    out = _read_capped(path)
+    assert out.startswith("IDXFormatError: "), out
+    assert f"bytes of data, only {1536 * (1 << 20)} present" in out
+
+
+@pytest.mark.parametrize("data", [REAL_LABELS, REAL_IMAGES], ids=["labels", "images"])
+def test_raw_files_cut_anywhere_are_refused(tmp_path, data):
+    path = tmp_path / "cut.idx"
+    header = 8 if data is REAL_LABELS else 16
+    for cut in [*range(header + 2), len(data) // 2, len(data) - 1]:
+        path.write_bytes(data[:cut])
+        with pytest.raises(IDXFormatError, match="truncated IDX") as info:
+            read_idx(path)
+        if cut >= header:
+            assert f"only {cut - header} present" in str(info.value)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gzip"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2**21 + 1,) * 3, (2**32 - 1,) * 3, (2**31, 2**31, 3)],
+    ids=["just past 2**63", "2**96", "3 * 2**62"],
+)
+def test_dims_whose_product_passes_2_63_are_a_format_error_not_an_overflow(
+    tmp_path, shape, compress
+):
+    assert shape[0] * shape[1] * shape[2] > 2**63
+    data = _header(*shape) + bytes(64)
+    path = tmp_path / "overflow.idx"
+    path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
+    with pytest.raises(IDXFormatError, match="truncated IDX file") as info:
+        read_idx(path)
+    assert f"{shape[0] * shape[1] * shape[2]} bytes of data" in str(info.value)
