@@ -1,22 +1,30 @@
-"""check_layer / assert_layer: judge a layer object's ``backward``.
+"""check_layer / assert_layer: judge a layer object, or a whole network, as its author wrote it.
 
-A layer in the "from scratch" style has ``forward(*inputs)``, which caches
-what it needs, and ``backward(dout)``, which returns the gradient with
-respect to its input(s) and stores the gradients of its parameters as
-attributes (``dW`` next to ``W``). :func:`check_layer` turns such an object
-into the pair ``fn(*inputs, *params)`` / ``vjp(cotangent, *inputs,
-*params)`` that the VJP check judges, so the report is the same
-one, with the inputs named as ``forward`` names them and the parameters
-named by their attributes (``x``, ``W``, ``b``).
+Three shapes of code are recognised:
 
-The user's layer is never touched: every evaluation runs on a
-``copy.deepcopy`` of it. The check is the VJP check of the pipeline
-(:mod:`oracles._pipeline`), with the layer's hygiene findings added.
+* a **layer**: ``forward(*inputs)`` caches what it needs, ``backward(dout)``
+  returns the gradient of its input(s) and stores the gradients of its
+  parameters wherever its author keeps them (``dW`` next to ``W``,
+  ``grads['W']``, ``gradients['W']`` next to ``parameters['W']``, inside
+  nested layers). A loss layer (``forward`` returns a scalar, ``backward()``
+  or ``backward(dout=1)``) is called as its author calls it;
+* a **network** in the from-scratch style: ``loss(x, t)`` and
+  ``gradient(x, t)`` returning a dict keyed like its ``params`` (or, in the
+  CS231n style, ``loss(X, y)`` returning ``(loss, grads)``);
+* with a layer containing other layers (a list or dict of them), the whole
+  is checked: its output against every parameter of every layer inside.
+
+Either way the object becomes the pair ``fn(*inputs, *params)`` /
+``vjp(cotangent, *inputs, *params)`` that the one VJP pipeline
+(:mod:`oracles._pipeline`) judges, with the hygiene findings of
+:mod:`oracles._layer_hygiene` added as problems. Every evaluation runs on a
+deep copy of the layer in which the parameters are replaced by the arrays
+being evaluated, everywhere they are referenced; the user's layer is never
+touched, and NumPy's global random state is restored afterwards.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,81 +32,185 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import call_user, mutations
+from oracles._guards import call_user, differs, mutations
+from oracles._layer_objects import (
+    copy_with,
+    is_private,
+    render,
+    resolve,
+    restore_rngs,
+    rng_states,
+    sizes,
+    walk,
+)
+from oracles._layer_params import (
+    GRADIENT_NAMES,
+    candidates,
+    describe,
+    explicit_params,
+    gradient_problem,
+    missing_gradient_error,
+    name_params,
+    network_keys,
+    partner_paths,
+)
 from oracles._pipeline import raise_unless_passed, run
-from oracles._validation import check_names
+from oracles._validation import as_output, check_names, check_seed
 from oracles.checks import VJP
 from oracles.errors import (
     InvalidArgument,
     InvalidArgumentType,
+    NonDeterministicFunction,
     UserFunctionError,
 )
 from oracles.report import Report
 
-__all__ = ["GRADIENT_NAMES", "assert_layer", "check_layer"]
+__all__ = ["GRADIENT_NAMES", "RESET_METHODS", "assert_layer", "check_layer"]
 
-#: Where :func:`check_layer` looks for the gradient of a parameter ``P`` when
-#: ``params`` is not given: the first of these attributes that exists.
-GRADIENT_NAMES = ("d{}", "grad_{}", "{}_grad")
+#: Methods that reset accumulated gradients (numpy-ml's ``flush_gradients``, the
+#: ``zero_grad`` convention). A layer whose backward accumulates and that has one
+#: of these is reset before every evaluation.
+RESET_METHODS = ("flush_gradients", "zero_grad", "zero_grads", "zero_gradients", "reset_gradients")
 
+#: Methods that reset the state a stateful layer carries between forward calls.
+STATE_RESETS = ("reset_state",)
 
-def _layer_name(layer):
-    return type(layer).__name__
-
-
-def _check_layer_object(layer):
-    for method in ("forward", "backward"):
-        if not callable(getattr(layer, method, None)):
-            raise InvalidArgumentType(
-                f"layer must have callable forward and backward methods; "
-                f"{_layer_name(layer)} has no callable {method!r}"
-            )
+_MISSING = object()
 
 
-def _copy_layer(layer, keep=()):
-    """A deep copy of ``layer``; the objects in ``keep`` are shared, not copied.
+# --- how the object is called --------------------------------------------------------------------
 
-    ``keep`` holds the parameter arrays that are about to be replaced on the
-    copy anyway: copying them on every evaluation would cost a full copy of
-    every weight per function call.
-    """
-    memo = {id(obj): obj for obj in keep}
+
+def _first_positional(method):
+    """``(style, default)``: ``"none"`` (no argument), ``"default"`` or ``"required"``."""
     try:
-        return copy.deepcopy(layer, memo)
-    except Exception as exc:
-        raise InvalidArgument(
-            f"layer ({_layer_name(layer)}) cannot be deep-copied ({type(exc).__name__}: {exc}); "
-            "check_layer runs every evaluation on a copy so that your layer is never changed"
-        ) from exc
-
-
-def _copy_value(value):
-    return np.array(value, copy=True) if isinstance(value, np.ndarray) else copy.deepcopy(value)
-
-
-def _backward_takes_dout(layer):
-    """False when ``backward`` takes no argument at all (a loss layer's ``backward()``)."""
-    try:
-        params = list(inspect.signature(layer.backward).parameters.values())
+        params = list(inspect.signature(method).parameters.values())
     except (TypeError, ValueError):
+        return "required", None
+    for p in params:
+        if p.kind == inspect.Parameter.VAR_POSITIONAL:
+            return "required", None
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            if p.default is inspect.Parameter.empty:
+                return "required", None
+            return "default", p.default
+    return "none", None
+
+
+def _is_unit_default(value):
+    if value is None:
         return True
-    return any(
-        p.kind
-        in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.VAR_POSITIONAL,
-        )
-        for p in params
+    try:
+        return bool(np.asarray(value, dtype=np.float64) == 1.0) and np.ndim(value) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+class _LayerCalls:
+    """``forward(*inputs)`` / ``backward(dout)`` (or ``backward()``) on a layer object."""
+
+    kind = "layer"
+    forward_name = "layer.forward"
+    backward_name = "layer.backward"
+
+    def __init__(self, template):
+        self.style, self.default = _first_positional(template.backward)
+        self.loss = False
+        self.signature_of = template.forward
+
+    def forward(self, obj, xs):
+        return obj.forward(*xs)
+
+    def backward(self, obj, xs, dout):
+        ret = obj.backward() if self.loss else obj.backward(dout)
+        return ret, None
+
+    def gradient(self, obj, returned, param):
+        return resolve(obj, param.grad, _MISSING)
+
+    def call_description(self, layer_name):
+        if self.style == "none":
+            return "backward()"
+        return f"backward() (its default dout={self.default!r})"
+
+
+class _NetworkCalls:
+    """A network: ``loss(*inputs)``, and ``gradient(*inputs)`` -> ``{key: gradient}``.
+
+    Without a ``gradient`` method, ``loss(*inputs)`` returns ``(loss, grads)``.
+    """
+
+    kind = "network"
+    forward_name = "layer.loss"
+    loss = True
+
+    def __init__(self, template):
+        self.has_gradient = callable(getattr(template, "gradient", None))
+        self.backward_name = "layer.gradient" if self.has_gradient else "layer.loss"
+        self.signature_of = template.loss
+
+    def forward(self, obj, xs):
+        out = obj.loss(*xs)
+        if not self.has_gradient and isinstance(out, tuple) and len(out) == 2:
+            out = out[0]
+        return out
+
+    def backward(self, obj, xs, dout):
+        if self.has_gradient:
+            grads = obj.gradient(*xs)
+            what = "layer.gradient(...)"
+        else:
+            result = obj.loss(*xs)
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise UserFunctionError(
+                    f"layer.loss returned {type(result).__name__}; a network without a gradient "
+                    "method must return (loss, grads) from loss(X, y), grads a dict keyed like "
+                    "its params"
+                )
+            grads = result[1]
+            what = "the grads that layer.loss(...) returns"
+        if not isinstance(grads, dict):
+            raise UserFunctionError(
+                f"{what} is a {type(grads).__name__}; expected a dict of gradients keyed like "
+                "the network's params (grads['W1'] for params['W1'])"
+            )
+        return None, grads
+
+    def gradient(self, obj, returned, param):
+        return returned.get(param.grad, _MISSING)
+
+    @property
+    def source(self):
+        if self.has_gradient:
+            return "the dict layer.gradient() returns"
+        return "the grads layer.loss() returns"
+
+
+def _calls_for(layer):
+    if callable(getattr(layer, "forward", None)) and callable(getattr(layer, "backward", None)):
+        return _LayerCalls
+    if callable(getattr(layer, "loss", None)) and not callable(getattr(layer, "forward", None)):
+        return _NetworkCalls
+    missing = "forward" if not callable(getattr(layer, "forward", None)) else "backward"
+    raise InvalidArgumentType(
+        "layer must have callable forward and backward methods (a network: loss and gradient); "
+        f"{type(layer).__name__} has no callable {missing!r}"
     )
 
 
-def _forward_names(layer, n, names=None):
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def _copy_value(value):
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+
+
+def _input_names(method, n, names=None):
     names = check_names(names, n)
     if names is not None:
         return names
     try:
-        params = list(inspect.signature(layer.forward).parameters.values())
+        params = list(inspect.signature(method).parameters.values())
     except (TypeError, ValueError):
         params = []
     positional = [
@@ -111,83 +223,7 @@ def _forward_names(layer, n, names=None):
     return [f"inputs[{k}]" for k in range(n)]
 
 
-def _is_float_array(value):
-    return isinstance(value, np.ndarray) and value.dtype.kind == "f"
-
-
-def _gradient_attribute(layer, param):
-    for pattern in GRADIENT_NAMES:
-        name = pattern.format(param)
-        if hasattr(layer, name):
-            return name
-    return None
-
-
-def _discover_params(after):
-    """``{P: dP}`` for public float arrays ``P`` of a layer that, after backward, has a ``dP``."""
-    found = {}
-    grad_attrs = set()
-    try:
-        attributes = vars(after)
-    except TypeError:  # __slots__: no instance dict; pass params= explicitly
-        attributes = {}
-    for attr, value in attributes.items():
-        if attr.startswith("_") or not _is_float_array(value) or attr in grad_attrs:
-            continue
-        grad = _gradient_attribute(after, attr)
-        if grad is None:
-            continue
-        g = getattr(after, grad)
-        if isinstance(g, np.ndarray) and g.shape == value.shape:
-            found[attr] = grad
-            grad_attrs.add(grad)
-    # A gradient attribute is never a parameter itself (dW has no ddW, but be sure).
-    return {p: g for p, g in found.items() if p not in grad_attrs}
-
-
-def _parse_params(params, template):
-    """``params`` as a dict ``{parameter attribute: gradient attribute}`` (None: discover later)."""
-    if params is None:
-        return None
-    if isinstance(params, str):
-        raise InvalidArgumentType(
-            f"params must be a dict {{parameter: gradient attribute}} or a sequence of parameter "
-            f"names, got the string {params!r}; write [{params!r}]"
-        )
-    if isinstance(params, dict):
-        pairs = dict(params)
-    else:
-        try:
-            names = list(params)
-        except TypeError as exc:
-            raise InvalidArgumentType(
-                "params must be a dict {parameter: gradient attribute} or a sequence of "
-                f"parameter names, got {type(params).__name__}"
-            ) from exc
-        pairs = {}
-        for p in names:
-            grad = _gradient_attribute(template, p) if isinstance(p, str) else None
-            pairs[p] = grad if grad is not None else f"d{p}"
-    for p, g in pairs.items():
-        if not isinstance(p, str) or not isinstance(g, str):
-            raise InvalidArgumentType(
-                f"params must map attribute names (str) to attribute names (str), got {p!r}: {g!r}"
-            )
-        if not hasattr(template, p):
-            raise InvalidArgument(f"params names {p!r}, but the layer has no attribute {p!r}")
-        try:
-            arr = np.asarray(getattr(template, p))
-        except (TypeError, ValueError):
-            arr = np.asarray(None)
-        if arr.dtype.kind not in "fiu":
-            raise InvalidArgument(
-                f"params names {p!r}, but layer.{p} is not a numeric array "
-                f"({type(getattr(template, p)).__name__})"
-            )
-    return pairs
-
-
-def _parse_wrt(wrt, raw_inputs):
+def _parse_wrt(wrt, n):
     if wrt is None:
         return None
     if isinstance(wrt, (int, np.integer)) and not isinstance(wrt, bool):
@@ -198,7 +234,6 @@ def _parse_wrt(wrt, raw_inputs):
         raise InvalidArgumentType(
             f"wrt must be a sequence of input positions, got {wrt!r}"
         ) from exc
-    n = len(raw_inputs)
     for k in wrt:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise InvalidArgumentType(f"wrt must hold input positions (ints), got {k!r}")
@@ -211,45 +246,445 @@ def _parse_wrt(wrt, raw_inputs):
     return tuple(int(k) for k in wrt)
 
 
-def _dout_for(out, cotangent, takes_dout):
-    """The upstream gradient to pass to ``backward`` in the probe run."""
-    if not takes_dout:
-        return None
-    if cotangent is not None:
-        return np.array(cotangent, dtype=np.float64)
-    return np.ones(np.shape(out))
-
-
-def _changed_params(before, layer, names, who):
-    """Problems for every parameter ``who`` changed (in place or by rebinding the attribute)."""
-    problems = []
-    for name, old in zip(names, before, strict=True):
-        new = np.asarray(getattr(layer, name, None))
-        if new.shape != old.shape or not np.array_equal(new, old, equal_nan=True):
-            problems.append(
-                f"{who} changed the parameter {name} (an optimizer step or a weight update "
-                f"inside {who.split('.')[-1]}?): it must leave parameters as they are; update "
-                "them separately, after the gradients are computed"
-            )
-    return problems
-
-
-def _scaled(result, c):
-    """``result`` (a gradient, or a tuple of them) times the scalar cotangent ``c``."""
-    c = float(np.asarray(c))
-    if result is None or c == 1.0:
-        return result
-    if isinstance(result, (tuple, list)):
-        return type(result)(None if g is None else np.asarray(g) * c for g in result)
-    return np.asarray(result) * c
-
-
-def _returned_count(ret):
+def _returned(ret):
+    """What backward returned, as a list of input gradients."""
     if ret is None:
-        return 0
+        return []
     if isinstance(ret, (tuple, list)):
-        return len(ret)
-    return 1
+        return list(ret)
+    return [ret]
+
+
+def _scaled(value, c):
+    if c == 1.0 or value is None:
+        return value
+    return np.asarray(value) * c
+
+
+def _other_inputs(xs):
+    """Inputs that differ from ``xs`` but keep its values (rows rolled): another x, same domain."""
+    out = []
+    for x in xs:
+        a = np.asarray(x)
+        if a.ndim >= 1 and a.shape[0] > 1:
+            out.append(np.roll(a, 1, axis=0))
+        elif a.size > 1:
+            out.append(a.reshape(-1)[::-1].reshape(a.shape).copy())
+        else:
+            out.append(np.array(a, copy=True))
+    return out
+
+
+def _snapshot(value):
+    if isinstance(value, np.ndarray):
+        return ("array", id(value), value.copy())
+    return ("other", id(value), value)
+
+
+def _unchanged(before, value):
+    kind, ident, saved = before
+    if id(value) != ident:
+        return False
+    if kind == "array":
+        return saved.shape == value.shape and np.array_equal(saved, value, equal_nan=True)
+    return True
+
+
+# --- the check -----------------------------------------------------------------------------------
+
+
+class _Session:
+    """Everything check_layer learns about one layer, and the copies it evaluates."""
+
+    def __init__(self, layer, inputs, seed):
+        self.name = type(layer).__name__
+        self.template = copy_with(layer)
+        self.calls = _calls_for(layer)(self.template)
+        self.inputs = [_copy_value(x) for x in inputs]
+        self.seed = 0 if seed is None else seed
+        self.reseed = False
+        self.rngs = rng_states(self.template)
+        self.reset = None
+        self.params = []
+        self.problems = {}
+        self.notes = []
+        self.wrt = ()
+        self.piece_names = []
+
+    # copies and calls
+
+    def fresh(self, values=None):
+        """A deep copy of the template; the parameters replaced by ``values`` (or copies)."""
+        subs = {}
+        for k, p in enumerate(self.params):
+            v = p.array if values is None else values[k]
+            subs[id(p.array)] = np.array(v, dtype=np.float64, copy=True)
+        obj = copy_with(self.template, subs)
+        if self.reset is not None:
+            call_user(getattr(obj, self.reset), [], f"layer.{self.reset}")
+        return obj, subs
+
+    def xs(self):
+        return [_copy_value(x) for x in self.inputs]
+
+    def before_forward(self, obj):
+        if self.reseed:
+            np.random.seed(self.seed)  # noqa: NPY002 - the global RNG is what published code uses
+            restore_rngs(obj, self.rngs)
+
+    def forward(self, obj, xs):
+        self.before_forward(obj)
+        raw = call_user(lambda: self.calls.forward(obj, xs), [], self.calls.forward_name)
+        return as_output(raw, self.calls.forward_name)
+
+    def backward(self, obj, xs, dout):
+        if self.calls.kind == "network":
+            self.before_forward(obj)
+        return call_user(lambda: self.calls.backward(obj, xs, dout), [], self.calls.backward_name)
+
+    def record(self, key, message):
+        self.problems.setdefault(key, message)
+
+    # randomness
+
+    def settle_randomness(self):
+        """The output at the inputs; re-seed before every forward if that makes it repeatable."""
+        first, second = (self.forward(self.fresh()[0], self.xs()) for _ in range(2))
+        if differs(first, second)[0]:
+            self.reseed = True
+            first, second = (self.forward(self.fresh()[0], self.xs()) for _ in range(2))
+            if differs(first, second)[0]:
+                raise NonDeterministicFunction(
+                    f"{self.calls.forward_name} is not deterministic: it returned different "
+                    "outputs for the same inputs even with NumPy's global random generator and "
+                    "the layer's own generators re-seeded before every call. It draws from a "
+                    "source check_layer cannot reset (np.random.default_rng() created inside "
+                    "forward, Python's random module, ...): create the generator in __init__ "
+                    "(self.rng = np.random.default_rng(seed)), or switch dropout off"
+                )
+            self._note_reseed()
+        elif not self.reseed:
+            try:
+                obj = self.fresh()[0]
+                same = [self.forward(obj, self.xs()) for _ in range(2)]
+                if differs(*same)[0] and self.rngs:
+                    self.reseed = True
+                    obj = self.fresh()[0]
+                    same = [self.forward(obj, self.xs()) for _ in range(2)]
+                    if differs(*same)[0]:
+                        self.reseed = False  # not randomness: the second-forward check says more
+                    else:
+                        self._note_reseed()
+            except UserFunctionError:
+                pass  # forward cannot run twice on one object; the second-forward check says so
+        return first
+
+    def _note_reseed(self):
+        gens = ", ".join(render(p) for p in self.rngs)
+        self.notes.append(
+            f"{self.calls.forward_name} is random (a dropout mask?): NumPy's global random "
+            f"generator{' and ' + gens if gens else ''} were re-seeded (seed {self.seed}) before "
+            "every forward, which made it deterministic, so the derivative of the function with "
+            "that mask was checked; the caller's random state was restored afterwards"
+        )
+
+    # parameters
+
+    def find_gradient(self, obj, returned, p):
+        """Where the gradient of ``p`` is after backward (a path, or a key), or None."""
+        if p.grad is not None:
+            if self.calls.gradient(obj, returned, p) is _MISSING:
+                text = p.extra.get("grad_text", p.grad)
+                raise UserFunctionError(
+                    f"after backward, the layer has no attribute {text!r} (the gradient of "
+                    f"{render(p.slots[0])}); backward must store it"
+                )
+            return p.grad
+        for slot in p.slots:
+            options = network_keys(slot) if self.calls.kind == "network" else partner_paths(slot)
+            for q in options:
+                if self.calls.gradient(obj, returned, _Probe(q)) is not _MISSING:
+                    return q
+        return None
+
+    def discover(self, out, dout, explicit):
+        """The parameters (with their gradients), validated; errors name what is wrong."""
+        if explicit is not None:
+            found = explicit
+        else:
+            found = candidates(self.template)
+        self.params = found
+        obj, subs = self.fresh()
+        xs = self.xs()
+        self.forward(obj, xs)
+        keep = []
+        for p in found:
+            new = subs[id(p.array)]
+            if not p.explicit and any(resolve(obj, s, None) is not new for s in p.slots):
+                continue  # forward assigns it anew: a cache of the input, not a parameter
+            p.modified_by_forward = not np.array_equal(new, p.array, equal_nan=True)
+            keep.append(p)
+        before = {}
+        for p in keep:
+            for s in p.slots:
+                for q in partner_paths(s):
+                    v = resolve(obj, q, _MISSING)
+                    if v is not _MISSING:
+                        before.setdefault(q, _snapshot(v))
+        floats = self._float_parameters(obj)
+        ret, returned = self.backward(obj, xs, dout)
+        params, unpaired = [], []
+        for p in keep:
+            p.grad = self.find_gradient(obj, returned, p)
+            if p.grad is not None:
+                params.append(p)
+            elif p.explicit:
+                looked = ", ".join(render(q) for q in partner_paths(p.slots[0])[:4])
+                raise UserFunctionError(
+                    f"after backward, there is no gradient of {render(p.slots[0])} (looked for "
+                    f"{looked}); backward must store it, or name it: params={{'W': 'dW'}}"
+                )
+            elif not p.modified_by_forward:
+                unpaired.append(p)
+        partners = {tuple(p.grad) for p in params if isinstance(p.grad, tuple)}
+        params = [p for p in params if not any(tuple(s) in partners for s in p.slots)]
+        unpaired = [p for p in unpaired if not any(tuple(s) in partners for s in p.slots)]
+        self._check_found(obj, returned, params, before)
+        self._check_floats(obj, floats)
+        if self.calls.kind == "network":
+            self._check_keys(returned, params)
+        unread = [p for p in unpaired if self._reads(p, found, out)]
+        if unread:
+            raise missing_gradient_error(
+                unread, self.calls.kind == "network", self.calls.forward_name, self.backward_name
+            )
+        self.params = params
+        return params
+
+    @property
+    def backward_name(self):
+        return self.calls.backward_name
+
+    def _where(self, p):
+        if self.calls.kind == "network":
+            return f"{self.calls.source}[{p.grad!r}]"
+        return render(p.grad)
+
+    def _check_found(self, obj, returned, params, before):
+        for p in params:
+            value = self.calls.gradient(obj, returned, p)
+            where = self._where(p)
+            problem = gradient_problem(value, p, where)
+            if problem is None and isinstance(p.grad, tuple) and p.grad in before:
+                if _unchanged(before[p.grad], value):
+                    problem = (
+                        f"backward never wrote {where}, the gradient of {p.where}: it holds "
+                        "exactly what it held before backward"
+                    )
+            if problem is not None:
+                raise UserFunctionError(problem)
+
+    def _float_parameters(self, obj):
+        """Python-float attributes with a gradient-named sibling, and that sibling's state."""
+        out = []
+        for path, value in walk(obj):
+            if path[-1][0] != "attr" or str(path[-1][1]).startswith("_"):
+                continue
+            if isinstance(value, float) and not isinstance(value, bool):
+                for q in partner_paths(path)[: len(GRADIENT_NAMES)]:
+                    v = resolve(obj, q, _MISSING)
+                    out.append((path, q, _snapshot(v) if v is not _MISSING else None))
+        return out
+
+    def _check_floats(self, obj, floats):
+        for path, q, before in floats:
+            v = resolve(obj, q, _MISSING)
+            if v is _MISSING or (before is not None and _unchanged(before, v)):
+                continue
+            raise UserFunctionError(
+                f"{render(path)} is a Python float and backward stores its gradient in "
+                f"{render(q)}: check_layer checks parameters that are NumPy arrays. Store it as "
+                f"a 0-d array (np.array({resolve(obj, path)!r})), or pass params= without it"
+            )
+
+    def _check_keys(self, returned, params):
+        used = {p.grad for p in params}
+        extra = [k for k in returned if k not in used]
+        if extra:
+            known = sorted({str(k) for p in params for s in p.slots for k in network_keys(s)})
+            raise UserFunctionError(
+                f"{self.calls.source} has gradients for {', '.join(map(repr, extra))}, but the "
+                f"network has no parameter under that key (parameters found: "
+                f"{', '.join(known) or 'none'}); key the gradients like the parameters"
+            )
+
+    def _reads(self, p, found, out):
+        """Does forward's output change when ``p`` changes? (Then it is a parameter.)"""
+        rng = np.random.default_rng(self.seed + 1)
+        values = []
+        for q in found:
+            v = np.array(q.array, dtype=np.float64, copy=True)
+            if q is p:
+                v = v + (1.0 + np.abs(v)) * rng.standard_normal(v.shape)
+            values.append(v)
+        saved, self.params = self.params, found
+        try:
+            obj = self.fresh(values)[0]
+            try:
+                again = self.forward(obj, self.xs())
+            except UserFunctionError:
+                return True
+        finally:
+            self.params = saved
+        return bool(differs(out, again)[0])
+
+    # hygiene
+
+    def params_unchanged(self, obj, subs, values, who):
+        for p, before in zip(self.params, values, strict=True):
+            new = subs[id(p.array)]
+            for s in p.slots:
+                now = resolve(obj, s, _MISSING)
+                if now is not new:
+                    self.record(
+                        (who, "param", p.name),
+                        f"{who} changed the parameter {p.name}: it assigned a new value to "
+                        f"{render(s)} (an optimizer step inside {who.split('.')[-1]}?): it must "
+                        "leave parameters as they are; update them separately, after the "
+                        "gradients are computed",
+                    )
+                    break
+            else:
+                if new.shape != before.shape or not np.array_equal(new, before, equal_nan=True):
+                    where = ", ".join(render(s) for s in p.slots)
+                    self.record(
+                        (who, "param", p.name),
+                        f"{who} changed the parameter {p.name} in place ({where}; an optimizer "
+                        f"step or a weight update inside {who.split('.')[-1]}?): it must leave "
+                        "parameters as they are; update them separately, after the gradients "
+                        "are computed",
+                    )
+
+    def inputs_unchanged(self, before, xs, names, who):
+        arrays = [(b, x, n) for b, x, n in zip(before, xs, names, strict=True)]
+        arrays = [(b, x, n) for b, x, n in arrays if isinstance(b, np.ndarray)]
+        for message in mutations([a[0] for a in arrays], [a[1] for a in arrays],
+                                 [a[2] for a in arrays], who):
+            self.record((who, "input", message.split(" in place")[0]), message)
+
+    def dout_unchanged(self, before, d):
+        if d is None:
+            return
+        for message in mutations([before], [d], ["dout"], self.calls.backward_name):
+            self.record(("dout",), message)
+
+    def evaluate(self, values, xs, dout, names, record=True):
+        """One forward and backward on a fresh copy: ``(input gradients, parameter gradients)``."""
+        obj, subs = self.fresh(values)
+        before_x = [_copy_value(x) for x in xs]
+        before_p = [np.array(subs[id(p.array)], copy=True) for p in self.params]
+        if self.calls.kind == "layer":
+            self.forward(obj, xs)
+            if record:
+                self.inputs_unchanged(before_x, xs, names, self.calls.forward_name)
+                self.params_unchanged(obj, subs, before_p, self.calls.forward_name)
+            before_x = [_copy_value(x) for x in xs]
+            before_p = [np.array(subs[id(p.array)], copy=True) for p in self.params]
+        d = None if dout is None else np.array(dout, dtype=np.float64, copy=True)
+        ret, returned = self.backward(obj, xs, d)
+        if record:
+            self.dout_unchanged(dout, d)
+            self.inputs_unchanged(before_x, xs, names, self.backward_name)
+            self.params_unchanged(obj, subs, before_p, self.backward_name)
+        return obj, ret, returned
+
+    def pieces(self, obj, ret, returned):
+        """Input gradients then parameter gradients, validated, as float64 arrays."""
+        grads, wrt = _returned(ret), self.wrt
+        if len(grads) != len(wrt):
+            raise UserFunctionError(
+                f"{self.backward_name} returned {len(grads)} gradient(s), but {len(wrt)} were "
+                "expected (one per input it differentiates)"
+            )
+        out = []
+        for g, k, name in zip(grads, wrt, self.piece_names, strict=False):
+            shape = np.shape(self.inputs[k])
+            if g is None or isinstance(g, (list, tuple)) or np.shape(g) != shape:
+                what = "None" if g is None else (
+                    f"a {type(g).__name__}" if isinstance(g, (list, tuple))
+                    else f"shape {np.shape(g)}"
+                )
+                raise UserFunctionError(
+                    f"{self.backward_name} returned {what} as the gradient of {name}; expected "
+                    f"an array of shape {shape}, the shape of the input"
+                )
+            out.append(np.array(g, dtype=np.float64, copy=True))
+        for p in self.params:
+            value = self.calls.gradient(obj, returned, p)
+            where = self._where(p)
+            if value is _MISSING:
+                raise UserFunctionError(
+                    f"after backward, {where} (the gradient of {p.name}) is not there"
+                )
+            problem = gradient_problem(value, p, where)
+            if problem is not None:
+                raise UserFunctionError(problem)
+            out.append(np.array(value, dtype=np.float64, copy=True))
+        return out
+
+
+class _Probe:
+    """A stand-in parameter whose gradient is looked up at ``grad`` (see find_gradient)."""
+
+    def __init__(self, grad):
+        self.grad = grad
+
+
+def _dout(session, out, direction):
+    if session.calls.loss:
+        return None
+    if direction is not None:
+        return np.array(direction, dtype=np.float64)
+    return np.random.default_rng(session.seed).standard_normal(out.shape)
+
+
+def _decide_loss(session, out, direction):
+    calls = session.calls
+    if calls.kind == "network":
+        if out.shape != ():
+            raise UserFunctionError(
+                f"layer.loss must return a scalar loss; it returned shape {out.shape}"
+            )
+        if direction is not None and np.shape(direction) != ():
+            raise InvalidArgument(
+                f"direction must be a scalar for a network (its loss is a scalar), got shape "
+                f"{np.shape(direction)}"
+            )
+        return
+    if calls.style == "none":
+        if out.shape != ():
+            raise UserFunctionError(
+                f"{session.name}.backward takes no upstream gradient, so forward must return a "
+                f"scalar loss; it returned shape {out.shape}"
+            )
+        if direction is not None and not np.array_equal(direction, 1.0):
+            raise InvalidArgument(
+                f"{session.name}.backward takes no upstream gradient, so direction must be None "
+                f"or 1.0, got {direction!r}"
+            )
+        calls.loss = True
+    elif (
+        calls.style == "default"
+        and direction is None
+        and out.shape == ()
+        and _is_unit_default(calls.default)
+    ):
+        calls.loss = True
+    if not calls.loss and direction is not None and np.shape(direction) != out.shape:
+        raise InvalidArgument(
+            f"direction must have the shape of layer.forward's output {out.shape}, "
+            f"got {np.shape(direction)}"
+        )
 
 
 def check_layer(
@@ -268,40 +703,45 @@ def check_layer(
     torch_fn: Callable[..., Any] | None = None,
     jax_fn: Callable[..., Any] | None = None,
 ) -> Report:
-    """Check a layer's ``backward`` (input and parameter gradients); return a report.
+    """Check a layer's ``backward``, or a network's gradient, against every parameter.
 
     Parameters
     ----------
     layer : object
-        Has ``forward(*inputs) -> array`` and ``backward(dout)`` (or
-        ``backward()`` for a loss layer) returning the gradient with respect
-        to the input (a bare array) or to several inputs (a tuple, in
-        order); parameter gradients are stored as attributes. Never
-        modified: every evaluation runs on a deep copy.
+        A layer: ``forward(*inputs) -> array`` and ``backward(dout)`` (a loss
+        layer: ``backward(dout=1)`` or ``backward()``) returning the
+        gradient of the input (a bare array) or of several inputs (a tuple,
+        in order), the parameter gradients stored in the layer. Or a
+        network: ``loss(*inputs) -> scalar`` and ``gradient(*inputs) ->
+        dict`` keyed like its parameters (or ``loss`` returning ``(loss,
+        grads)``). Never modified: every evaluation runs on a deep copy.
     inputs : tuple of array_like
-        The arguments of ``forward``, one entry per positional argument (a
-        bare array counts as the only one). Inputs that are not
+        The arguments of ``forward`` (or ``loss``), one entry per positional
+        argument (a bare array counts as the only one). Inputs that are not
         differentiated (integer labels, targets) are passed unchanged.
+    direction : array_like, optional
+        The ``dout`` passed to ``backward``, shaped like ``forward``'s
+        output. Default: standard normal from
+        ``numpy.random.default_rng(seed)``. A loss layer or network is
+        called as its author calls it, ``backward()`` or ``gradient(...)``,
+        and its result scaled by the (scalar) direction, default 1.
     params : dict or sequence of str, optional
-        ``{"W": "dW", "b": "db"}``: parameter attribute -> attribute where
-        ``backward`` stores its gradient. A sequence of names looks the
-        gradient up as ``dW``, ``grad_W`` or ``W_grad``. Default: every
-        public floating-point array attribute ``P`` for which, after one
-        ``forward`` and ``backward``, such a gradient attribute exists with
-        ``P``'s shape. Pass ``{}`` to check the input gradient only.
+        ``{"W": "dW", "b": "db"}``: parameter -> where ``backward`` stores
+        its gradient, as attribute names or paths (``"params['W']"``,
+        ``"layers[0].W"``; for a network, keys of the returned dict). A
+        sequence of parameters looks their gradients up by the rules below.
+        ``{}`` checks the input gradient only. Default: discovered (see
+        Notes); the report says what was found where.
     wrt : sequence of int, optional
         Positions of the inputs whose gradients ``backward`` returns, in
         order. Default: read from what ``backward`` returns: a bare array is
         the gradient of ``inputs[0]``, a tuple of ``k`` arrays those of
         ``inputs[0:k]``, ``None`` no input gradient (parameters only). The
         other inputs are held fixed. Integer inputs cannot be differentiated.
-    direction : array_like, optional
-        The ``dout`` passed to ``backward``, shaped like ``forward``'s
-        output. Default: standard normal from ``numpy.random.default_rng(seed)``;
-        ``1.0`` when ``backward`` takes no argument.
     names : sequence of str, optional
         Names of ``forward``'s inputs in the report (default: ``forward``'s
-        parameter names); parameters are named by their attributes.
+        parameter names); parameters are named by their attribute or key,
+        or by their path where two would share a name.
     against, mode, seed, rtol, atol, torch_fn, jax_fn
         As in :func:`oracles.check_vjp`. ``torch_fn`` and ``jax_fn`` take
         the differentiated inputs, then the parameters, in the report's
@@ -310,28 +750,50 @@ def check_layer(
     Returns
     -------
     Report
-        As from :func:`oracles.check_vjp`, with ``kind`` ``"check_layer"``.
+        As from :func:`oracles.check_vjp`, with ``kind`` ``"check_layer"``;
+        its notes say which parameters were checked and where they were
+        found, and how the layer was called.
 
     Raises
     ------
     InvalidArgument, InvalidArgumentType
-        ``layer`` lacks ``forward``/``backward``, ``params`` names an
-        attribute that does not exist, ``wrt`` is out of range, ...
+        ``layer`` has neither ``forward``/``backward`` nor ``loss``,
+        ``params`` names something that does not exist, ``wrt`` is out of
+        range, the layer cannot be deep-copied, ...
     UserFunctionError
-        ``forward`` or ``backward`` raised, returned the wrong number of
-        gradients, or left a gradient attribute missing.
+        ``forward`` or ``backward`` raised or returned the wrong number of
+        gradients; ``forward`` reads an array for which no gradient is
+        stored; a gradient is None, a list, or has the wrong shape (a
+        transposed ``dW``). The message names the parameter and what was
+        expected.
+    NonDeterministicFunction
+        ``forward`` stays random even with NumPy's random state re-seeded.
 
     Notes
     -----
-    Layer bookkeeping mistakes are reported as problems that fail the
-    check, even when every number agrees: ``backward`` writing into
-    ``dout`` (``dout[x <= 0] = 0``), changing a parameter (an optimizer step
-    inside ``backward``), ``forward`` or ``backward`` writing into an input.
-    The layer is copied for every evaluation, so state cached by
-    ``forward`` (``self._x``) always belongs to the point being evaluated.
-    A layer that is random in ``forward`` (dropout in training mode) cannot
-    be checked: fix its randomness first. The numeric oracle's notes apply
-    (kinks, steps, near-zero gradients): see :func:`oracles.check_vjp`.
+    Parameters are the floating-point arrays of the layer (attributes,
+    ``__slots__``, entries of dicts and lists, inside nested layers) that
+    ``forward`` reads without assigning them; their gradients are found
+    next to them: ``dW``, ``grad_W`` or ``W_grad`` for ``W``; ``grads['W']``
+    or ``gradients['W']`` for ``W`` or ``params['W']``/``parameters['W']``;
+    ``grads[0]`` for ``params[0]``. An array ``forward`` assigns (``self.x =
+    x``) is a cache, one it writes into is a buffer: neither is a
+    parameter. Arrays shared between places (a network's ``params['W1']``
+    that is also its first layer's ``W``) are one parameter.
+
+    Hygiene mistakes fail the check as problems even when every number
+    agrees, each naming the attribute: ``backward`` writing into ``dout``
+    (``dout[x <= 0] = 0``), into its inputs or into a parameter (an
+    optimizer step, also through ``self.params['W'] -= ...``); ``backward``
+    accumulating (``self.dW += ...``: a second backward after one forward
+    must give the same gradients) or growing the layer's state; ``forward``
+    keeping state that makes a second forward, with another input, give
+    another answer. A layer whose accumulation is by design and that
+    offers ``flush_gradients()`` or ``zero_grad()`` is reset before every
+    evaluation instead (a note says so). A random ``forward`` (dropout
+    drawing its mask from ``np.random``) is re-seeded before every call;
+    the caller's random state is restored. The numeric oracle's notes
+    apply (kinks, steps, near-zero gradients): see :func:`oracles.check_vjp`.
 
     Examples
     --------
@@ -340,17 +802,42 @@ def check_layer(
     ...     def __init__(self, w):
     ...         self.w = w
     ...     def forward(self, x):
-    ...         self._x = x
+    ...         self.x = x
     ...         return self.w * x
     ...     def backward(self, dout):
-    ...         self.dw = dout * self._x
+    ...         self.dw = dout * self.x
     ...         return dout * self.w
     >>> r = check_layer(Scale(np.array([2.0, 3.0])), (np.array([1.0, -1.0]),))
     >>> r.ok, [i.name for i in r.inputs]
     (True, ['x', 'w'])
+    >>> [n for n in r.notes if n.startswith("parameters")]
+    ['parameters checked: w (layer.w, gradient layer.dw)']
     """
     __tracebackhide__ = True
-    _check_layer_object(layer)
+    state = np.random.get_state()  # noqa: NPY002 - restored bitwise, whatever the layer draws
+    try:
+        return _check_layer(
+            layer,
+            inputs,
+            direction=direction,
+            params=params,
+            wrt=wrt,
+            against=against,
+            mode=mode,
+            names=names,
+            seed=seed,
+            rtol=rtol,
+            atol=atol,
+            torch_fn=torch_fn,
+            jax_fn=jax_fn,
+        )
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+
+
+def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
+    __tracebackhide__ = True
+    _calls_for(layer)
     if isinstance(inputs, np.ndarray) or np.isscalar(inputs):
         inputs = (inputs,)
     if not isinstance(inputs, (tuple, list)):
@@ -360,163 +847,309 @@ def check_layer(
         )
     if not inputs:
         raise InvalidArgument("inputs is empty; layer.forward needs at least one input")
-    cotangent = direction
-    template = _copy_layer(layer)
-    raw_inputs = [_copy_value(x) for x in inputs]
-    explicit = _parse_params(params, template)
-    wrt = _parse_wrt(wrt, raw_inputs)
-    takes_dout = _backward_takes_dout(template)
-    if not takes_dout and cotangent is not None and not np.array_equal(cotangent, 1.0):
-        raise InvalidArgument(
-            f"{_layer_name(layer)}.backward takes no upstream gradient, so direction must be None "
-            f"or 1.0, got {cotangent!r}"
-        )
+    seed = check_seed(options["seed"])
+    s = _Session(layer, inputs, seed)
+    n = len(s.inputs)
+    wrt = _parse_wrt(wrt, n)
+    all_names = _input_names(s.calls.signature_of, n, names)
+    explicit = None
+    if params is not None:
+        explicit = explicit_params(params, s.template, s.calls.kind == "network")
+        texts = list(params.values()) if isinstance(params, dict) else []
+        for p, text in zip(explicit, texts, strict=False):
+            p.extra["grad_text"] = text
 
-    # Probe: one forward and backward on a copy tells which gradients exist.
-    probe = _copy_layer(template)
-    out = call_user(probe.forward, [_copy_value(x) for x in raw_inputs], "layer.forward")
-    try:
-        out = np.asarray(out, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise UserFunctionError(
-            f"layer.forward returned {type(out).__name__}, which is not a real numeric array"
-        ) from exc
-    if not takes_dout:
-        if out.shape != ():
+    out = s.settle_randomness()
+    _decide_loss(s, out, direction)
+    dout = _dout(s, out, direction)
+    found = s.discover(out, dout, explicit)
+    if not found and explicit is None:
+        _try_lazy(s, dout)
+
+    # One forward and backward: which inputs have gradients, and hygiene.
+    obj, ret, returned = s.evaluate(None, s.xs(), dout, all_names)
+    if s.calls.kind == "network":
+        wrt = ()
+    elif wrt is None:
+        n_ret = len(_returned(ret))
+        if n_ret > n:
             raise UserFunctionError(
-                f"{_layer_name(layer)}.backward takes no upstream gradient, so forward must return "
-                f"a scalar loss; it returned shape {out.shape}"
-            )
-        cotangent = 1.0
-    if cotangent is not None and np.shape(cotangent) != out.shape:
-        raise InvalidArgument(
-            f"direction must have the shape of layer.forward's output {out.shape}, "
-            f"got {np.shape(cotangent)}"
-        )
-    dout = _dout_for(out, cotangent, takes_dout)
-    ret = call_user(probe.backward, [] if dout is None else [dout], "layer.backward")
-    if wrt is None:
-        n_ret = _returned_count(ret)
-        if n_ret > len(raw_inputs):
-            raise UserFunctionError(
-                f"layer.backward returned {n_ret} gradients, but forward takes {len(raw_inputs)} "
-                "inputs"
+                f"layer.backward returned {n_ret} gradients, but forward takes {n} inputs"
             )
         wrt = tuple(range(n_ret))
-    pairs = _discover_params(probe) if explicit is None else explicit
-    for p, g in pairs.items():
-        if not hasattr(probe, g):
-            raise UserFunctionError(
-                f"after backward, the layer has no attribute {g!r} (the gradient of {p!r}); "
-                "backward must store it"
-            )
     for k in wrt:
-        if np.asarray(raw_inputs[k]).dtype.kind not in "f":
+        if np.asarray(s.inputs[k]).dtype.kind != "f":
             raise InvalidArgument(
-                f"input {k} has dtype {np.asarray(raw_inputs[k]).dtype}, but the gradients "
+                f"input {k} has dtype {np.asarray(s.inputs[k]).dtype}, but the gradients "
                 f"backward returns are taken to belong to inputs {list(wrt)}; integer inputs "
                 "(labels) cannot be differentiated. Pass wrt= to say which inputs the "
                 "returned gradients belong to"
             )
-    if not wrt and not pairs:
+    if not wrt and not s.params:
         raise InvalidArgument(
-            f"nothing to check: {_layer_name(layer)}.backward returned no input gradient and no "
-            "parameter with a gradient attribute was found; pass params={'W': 'dW', ...}"
+            f"nothing to check: {s.name}.backward returned no input gradient and no "
+            "parameter with a gradient was found; pass params={'W': 'dW', ...}"
         )
-
-    all_names = _forward_names(template, len(raw_inputs), names)
     in_names = [all_names[k] for k in wrt]
-    param_names = list(pairs)
-    names = in_names + param_names
-    dups = {n for n in names if names.count(n) > 1}
-    if dups:
-        names = [f"input {n}" if k < len(wrt) and n in dups else n for k, n in enumerate(names)]
+    name_params(s.params, set(in_names))
     n_in = len(wrt)
-    param_arrays = [getattr(template, p) for p in param_names]
-    check_inputs = tuple([raw_inputs[k] for k in wrt] + [np.asarray(v) for v in param_arrays])
+    s.wrt, s.piece_names = wrt, in_names + [p.name for p in s.params]
+    first = s.pieces(obj, ret, returned)
+    _accumulation(s, obj, first, dout)
+    if s.reset is not None:
+        obj, ret, returned = s.evaluate(None, s.xs(), dout, all_names, record=False)
+        first = s.pieces(obj, ret, returned)
+    _second_forward(s, out, first, dout)
+
     problems = []
+    if s.calls.loss:
+        direction = 1.0 if direction is None else direction
 
     def full_inputs(args):
-        xs = [_copy_value(x) for x in raw_inputs]
+        xs = s.xs()
         for k, a in zip(wrt, args[:n_in], strict=True):
             xs[k] = np.array(a, copy=True)
         return xs
 
-    def with_params(args):
-        lay = _copy_layer(template, keep=param_arrays)
-        for p, a in zip(param_names, args[n_in:], strict=True):
-            setattr(lay, p, np.array(a, copy=True))
-        return lay
-
     def fn(*args):
-        return with_params(args).forward(*full_inputs(args))
+        obj = s.fresh(args[n_in:])[0]
+        s.before_forward(obj)
+        return s.calls.forward(obj, full_inputs(args))
 
     def vjp(cot, *args):
-        lay = with_params(args)
         xs = full_inputs(args)
-        pristine_x = [xs[k].copy() for k in wrt]
-        pristine_p = [np.array(getattr(lay, p), copy=True) for p in param_names]
-        lay.forward(*xs)
-        problems.extend(mutations(pristine_x, [xs[k] for k in wrt], in_names, "layer.forward"))
-        problems.extend(_changed_params(pristine_p, lay, param_names, "layer.forward"))
-        pristine_x = [xs[k].copy() for k in wrt]
-        pristine_p = [np.array(getattr(lay, p), copy=True) for p in param_names]
-        if takes_dout:
-            d = np.array(cot, copy=True)
-            result = lay.backward(d)
-            problems.extend(mutations([cot], [d], ["dout"], "layer.backward"))
-        else:
-            # backward() is the gradient of the loss itself: the VJP at the
-            # (scalar) cotangent c is c times it.
-            result = lay.backward()
-            result = _scaled(result, cot)
-        problems.extend(mutations(pristine_x, [xs[k] for k in wrt], in_names, "layer.backward"))
-        problems.extend(_changed_params(pristine_p, lay, param_names, "layer.backward"))
-        if n_in == 0:
-            grads = []
-        elif isinstance(result, (tuple, list)):
-            grads = list(result)
-        else:
-            grads = [result]
-        if len(grads) != n_in:
-            raise UserFunctionError(
-                f"layer.backward returned {len(grads)} gradient(s), but {n_in} were expected "
-                f"(for inputs {list(wrt)})"
-            )
-        for g in pairs.values():
-            if not hasattr(lay, g):
-                raise UserFunctionError(f"after backward, the layer has no attribute {g!r}")
-            grads.append(getattr(lay, g) if takes_dout else _scaled(getattr(lay, g), cot))
+        dout = None if s.calls.loss else cot
+        obj, ret, returned = s.evaluate(args[n_in:], xs, dout, all_names)
+        grads = s.pieces(obj, ret, returned)
+        if s.calls.loss:
+            scale = float(np.asarray(cot))
+            grads = [_scaled(g, scale) for g in grads]
+        problems[:] = list(s.problems.values())
         return tuple(grads)
 
-    fn.__name__ = f"{_layer_name(layer)}.forward"
-    vjp.__name__ = f"{_layer_name(layer)}.backward"
+    fn.__name__ = f"{s.name}.{'loss' if s.calls.kind == 'network' else 'forward'}"
+    vjp.__name__ = f"{s.name}.{s.backward_name.split('.')[-1]}"
+    problems[:] = list(s.problems.values())
+    check_inputs = tuple([inputs[k] for k in wrt] + [p.array for p in s.params])
     report = run(
         VJP,
         fn,
         vjp,
         check_inputs,
-        direction=cotangent,
-        against=against,
-        mode=mode,
-        names=names,
-        seed=seed,
-        rtol=rtol,
-        atol=atol,
-        torch_fn=torch_fn,
-        jax_fn=jax_fn,
+        direction=direction,
+        names=s.piece_names,
         kind="check_layer",
         problems=problems,
+        **options,
     )
-    fixed = [k for k in range(len(raw_inputs)) if k not in wrt]
+    _finish(s, report, all_names, direction)
+    return report
+
+
+def _lazy_suspected(s, dout):
+    """Did one forward and backward create arrays that have gradients next to them?"""
+    before = {path for path, v in walk(s.template) if isinstance(v, np.ndarray)}
+    obj, xs = s.fresh()[0], s.xs()
+    s.forward(obj, xs)
+    _, returned = s.backward(obj, xs, None if dout is None else dout.copy())
+    for path, value in walk(obj):
+        if (
+            not isinstance(value, np.ndarray)
+            or value.dtype.kind != "f"
+            or path in before
+            or is_private(path)
+        ):
+            continue
+        options = network_keys(path) if s.calls.kind == "network" else partner_paths(path)
+        if any(s.calls.gradient(obj, returned, _Probe(q)) is not _MISSING for q in options):
+            return True
+    return False
+
+
+def _try_lazy(s, dout):
+    """Parameters created by the first forward (numpy-ml's lazy init): take them from a warm copy.
+
+    The warm copy ran one forward at the inputs (and its gradient reset, if it
+    has one, which also clears what that forward cached).
+    """
+    if not _lazy_suspected(s, dout):
+        return
+    warm = s.fresh()[0]
+    s.forward(warm, s.xs())
+    for method in RESET_METHODS:
+        if callable(getattr(warm, method, None)):
+            call_user(getattr(warm, method), [], f"layer.{method}")
+            break
+    cold = s.template
+    s.template = warm
+    s.rngs = rng_states(warm)
+    if s.discover(s.forward(s.fresh()[0], s.xs()), dout, None):
+        s.notes.append(
+            f"{s.name} creates its parameters in its first forward: they were taken from a copy "
+            "after one forward at the given inputs"
+        )
+    else:
+        s.template, s.params, s.rngs = cold, [], rng_states(cold)
+
+
+def _accumulation(s, obj, first, dout):
+    """Call backward a second time after one forward: nothing may change, nothing may grow."""
+    names, n_in = s.piece_names, len(s.wrt)
+    grown_before = sizes(obj)
+    try:
+        if s.calls.kind == "network":
+            ret, returned = s.backward(obj, s.xs(), dout)
+        else:
+            d = None if dout is None else np.array(dout, copy=True)
+            ret, returned = s.backward(obj, s.xs(), d)
+        again = s.pieces(obj, ret, returned)
+    except UserFunctionError:
+        s.notes.append(
+            f"{s.backward_name} cannot run twice after one forward, so accumulation across "
+            "calls was checked with two forward-backward pairs"
+        )
+        try:
+            obj = s.evaluate(None, s.xs(), dout, [], record=False)[0]
+            s.forward(obj, s.xs())
+            ret, returned = s.backward(obj, s.xs(), None if dout is None else dout.copy())
+            again = s.pieces(obj, ret, returned)
+        except UserFunctionError:
+            return
+        grown_before = None
+    changed = [
+        (k, differs(a, b)) for k, (a, b) in enumerate(zip(first, again, strict=True))
+        if differs(a, b)[0]
+    ]
+    param_changed = [(names[k], d) for k, d in changed if k >= n_in]
+    if param_changed:
+        reset = next((m for m in RESET_METHODS if callable(getattr(s.template, m, None))), None)
+        if reset is not None:
+            s.reset = reset
+            s.notes.append(
+                f"{s.backward_name} accumulates gradients by design (a second call adds to "
+                f"{', '.join(n for n, _ in param_changed)}); layer.{reset}() was called before "
+                "every evaluation"
+            )
+        else:
+            for name, (_, diff, scale) in param_changed:
+                s.record(
+                    ("accumulates", name),
+                    f"{s.backward_name} accumulates into the gradient of {name}: a second call "
+                    f"after one forward changed it (by up to {diff:.3g}, at scale {scale:.3g}); "
+                    "it adds to the stored gradient (self.dW += ...) instead of setting it, so "
+                    "every call after the first returns a wrong gradient. Set it (self.dW = ...), "
+                    "or give the layer a zero_grad() that resets it",
+                )
+    for k, (_, diff, scale) in changed:
+        if k < n_in:
+            s.record(
+                ("changes", names[k]),
+                f"a second {s.backward_name} after one forward returned another gradient of "
+                f"{names[k]} (by up to {diff:.3g}, at scale {scale:.3g}): backward changes the "
+                "state it reads (writes into its cache?)",
+            )
+    if grown_before is not None:
+        for path, n_after in sizes(obj).items():
+            n_before = grown_before.get(path)
+            if n_before is not None and n_after > n_before:
+                s.record(
+                    ("grows", path),
+                    f"{s.backward_name} grows {render(path)} ({n_before} -> {n_after} entries "
+                    "on a second call after one forward): the layer's state must not grow "
+                    "with every backward",
+                )
+
+
+def _second_forward(s, out, first, dout):
+    """Forward with another input, then with the inputs: the same as on a fresh layer?"""
+    accumulating = any(k[0] == "accumulates" for k in s.problems)
+
+    def attempt(state_reset):
+        obj = s.fresh()[0]
+        other = _other_inputs(s.xs())
+        if state_reset:
+            call_user(getattr(obj, state_reset), [], f"layer.{state_reset}")
+        if s.calls.kind == "layer":
+            s.forward(obj, other)
+        s.backward(obj, other, None if dout is None else dout.copy())
+        if s.reset is not None:
+            call_user(getattr(obj, s.reset), [], f"layer.{s.reset}")
+        if state_reset:
+            call_user(getattr(obj, state_reset), [], f"layer.{state_reset}")
+        out2 = s.forward(obj, s.xs())
+        ret, returned = s.backward(obj, s.xs(), None if dout is None else dout.copy())
+        return out2, s.pieces(obj, ret, returned)
+
+    try:
+        out2, again = attempt(None)
+    except UserFunctionError as exc:
+        s.notes.append(
+            f"a second forward on one layer object, with another input, could not be checked: {exc}"
+        )
+        return
+    bad_out = differs(out, out2)[0]
+    bad = [
+        n for n, a, b in zip(s.piece_names, first, again, strict=True) if differs(a, b)[0]
+    ]
+    if accumulating:
+        bad = []
+    if not bad_out and not bad:
+        return
+    reset = next((m for m in STATE_RESETS if callable(getattr(s.template, m, None))), None)
+    if reset is not None:
+        try:
+            out3, again3 = attempt(reset)
+            ok = not differs(out, out3)[0] and not any(
+                differs(a, b)[0] for a, b in zip(first, again3, strict=True)
+            )
+        except UserFunctionError:
+            ok = False
+        if ok:
+            s.notes.append(
+                f"{s.name} carries state from one forward to the next (stateful by design); "
+                f"each evaluation ran on a fresh copy, and layer.{reset}() made a second "
+                "forward agree with the first"
+            )
+            return
+    what = "output" if bad_out else "gradients of " + ", ".join(bad)
+    s.record(
+        ("second forward",),
+        f"{s.calls.forward_name} keeps state from an earlier call: after a forward with another "
+        f"input, a forward and backward at the inputs gave another {what} than on a fresh "
+        "layer (an input cached only on the first call, a buffer or result reused?). A layer "
+        "must give the same answer however often it was called before",
+    )
+
+
+def _finish(s, report, all_names, direction):
+    wrt = s.wrt
+    if s.params:
+        source = s.calls.source if s.calls.kind == "network" else None
+        where = describe(s.params, source)
+        report.notes.insert(0, f"parameters checked: {where}")
+        report.context["parameters"] = where
+    report.notes.extend(n for n in s.notes if n not in report.notes)
+    fixed = [k for k in range(len(s.inputs)) if k not in wrt]
     if fixed:
         report.notes.append(
             "held fixed (not differentiated): " + ", ".join(all_names[k] for k in fixed)
         )
-    report.context = {"layer": _layer_name(layer), **report.context}
-    if not takes_dout:
-        report.context["direction"] = "1.0 (backward takes no upstream gradient)"
-    return report
+    report.context = {"layer": s.name, **report.context}
+    if s.calls.kind == "network":
+        report.context["direction"] = (
+            f"{direction} (a network: "
+            f"{s.backward_name}(...) as its author calls it, scaled by the cotangent)"
+        )
+    elif s.calls.loss:
+        call = s.calls.call_description(s.name)
+        report.notes.append(
+            f"{s.name} is a loss layer (forward returns a scalar, backward takes "
+            f"{'no upstream gradient' if s.calls.style == 'none' else 'a defaulted dout'}): "
+            f"checked as its author calls it, {call}, with the gradients scaled by the cotangent"
+        )
+        report.context["direction"] = f"1.0 (loss layer: {call})"
+    if s.reset is not None:
+        report.context["reset"] = f"layer.{s.reset}() before every evaluation"
 
 
 def assert_layer(layer: Any, inputs: Sequence[ArrayLike] | ArrayLike, **options: Any) -> Report:

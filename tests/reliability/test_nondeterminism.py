@@ -144,7 +144,18 @@ class _DropoutAffine(Affine):
 
 
 def test_a_layer_with_dropout_left_on_is_detected():
+    # Re-seeding NumPy's global RNG makes the mask repeatable (issue 15); the Affine backward
+    # ignores the mask, so the check fails instead of passing.
     rng = np.random.default_rng(0)
     layer = _DropoutAffine(rng.standard_normal((3, 8)), rng.standard_normal(8))
+    report = check_layer(layer, (rng.standard_normal((4, 3)),))
+    assert not report.ok and "x" in report.failed_inputs
+    assert any("re-seeded" in n for n in report.notes)
+
+    class _FreshGenerator(Affine):
+        def forward(self, x):
+            keep = np.random.default_rng().random((len(x), 8)) >= 0.5  # a new generator per call
+            return super().forward(x) * keep * 2.0
+
     with pytest.raises(NonDeterministicFunction, match="not deterministic"):
-        check_layer(layer, (rng.standard_normal((4, 3)),))
+        check_layer(_FreshGenerator(layer.W, layer.b), (rng.standard_normal((4, 3)),))

@@ -1,0 +1,239 @@
+"""Paths into a layer object, walking its state, and copying it with new parameters.
+
+A layer keeps what matters wherever its author put it: attributes
+(``self.W``), ``__slots__``, dicts (``self.params['W']``), lists
+(``self.grads[0]``), other layer objects (``self.layers['Affine1'].W``).
+A *path* names one such place from the layer itself, as a tuple of steps
+``("attr", name)`` or ``("item", key)``; :func:`render` writes it the way the
+user would (``layer.layers['Affine1'].W``).
+
+:func:`walk` visits every value reachable from the layer through those
+containers (never into NumPy arrays, modules, functions or classes), so the
+same array can be found under several paths: a network's ``params['W1']`` is
+the very array its first layer holds as ``W``. :func:`copy_with` deep-copies
+the layer while putting new arrays in place of given ones *everywhere* they
+occur, which keeps such aliases aliased on the copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import types
+
+import numpy as np
+
+from oracles.errors import InvalidArgument
+
+__all__ = [
+    "copy_with",
+    "is_private",
+    "parse_path",
+    "render",
+    "resolve",
+    "rng_states",
+    "restore_rngs",
+    "sizes",
+    "walk",
+]
+
+#: How deep :func:`walk` goes (layer -> dict of layers -> layer -> dict -> array is 4).
+MAX_DEPTH = 8
+
+#: At most this many entries of one list, tuple or dict are visited.
+MAX_ITEMS = 1000
+
+_MISSING = object()
+
+_SKIP_TYPES = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    np.ndarray,
+    np.generic,
+    np.random.Generator,
+    np.random.RandomState,
+    np.random.BitGenerator,
+    str,
+    bytes,
+)
+
+_FOREIGN_MODULES = ("builtins", "numpy", "scipy", "torch", "jax", "collections", "functools")
+
+
+def render(path, root="layer"):
+    """``("attr", "params"), ("item", "W")`` -> ``"layer.params['W']"``."""
+    text = root
+    for kind, key in path:
+        text += f".{key}" if kind == "attr" else f"[{key!r}]"
+    return text
+
+
+def resolve(obj, path, default=_MISSING):
+    """The value at ``path`` in ``obj``; ``default`` (or LookupError) when it is not there."""
+    for kind, key in path:
+        try:
+            obj = getattr(obj, key) if kind == "attr" else obj[key]
+        except (AttributeError, LookupError, TypeError):
+            if default is _MISSING:
+                raise LookupError(render(path)) from None
+            return default
+    return obj
+
+
+def is_private(path):
+    """True when a step of ``path`` is an attribute whose name starts with an underscore."""
+    return any(kind == "attr" and str(key).startswith("_") for kind, key in path)
+
+
+def parse_path(text, what):
+    """``"W"``, ``"params['W']"``, ``"layers[0].W"`` -> a path; InvalidArgument otherwise.
+
+    A leading ``layer.`` is allowed (``"layer.params['W']"``).
+    """
+    if not isinstance(text, str) or not text:
+        raise InvalidArgument(f"{what} must be an attribute name or a path, got {text!r}")
+    rest = text[len("layer.") :] if text.startswith("layer.") else text
+    path, i = [], 0
+    while i < len(rest):
+        if rest[i] == ".":
+            i += 1
+            continue
+        if rest[i] == "[":
+            end = rest.find("]", i)
+            if end < 0:
+                raise InvalidArgument(f"{what} {text!r}: a '[' is not closed")
+            inner = rest[i + 1 : end].strip()
+            if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "'\"":
+                path.append(("item", inner[1:-1]))
+            else:
+                try:
+                    path.append(("item", int(inner)))
+                except ValueError:
+                    raise InvalidArgument(
+                        f"{what} {text!r}: [{inner}] must be a quoted key or an integer index"
+                    ) from None
+            i = end + 1
+            continue
+        j = i
+        while j < len(rest) and rest[j] not in ".[":
+            j += 1
+        name = rest[i:j]
+        if not name.isidentifier():
+            raise InvalidArgument(f"{what} {text!r}: {name!r} is not an attribute name")
+        path.append(("attr", name))
+        i = j
+    return tuple(path)
+
+
+def _is_user_object(value):
+    if isinstance(value, _SKIP_TYPES) or inspect.isroutine(value):
+        return False
+    module = getattr(type(value), "__module__", "") or ""
+    if module.split(".")[0] in _FOREIGN_MODULES:
+        return False
+    return hasattr(value, "__dict__") or _slot_names(type(value))
+
+
+def _slot_names(cls):
+    names = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        if isinstance(slots, str):
+            slots = (slots,)
+        names += [s for s in slots if s not in ("__dict__", "__weakref__") and s not in names]
+    return names
+
+
+def attributes(obj):
+    """``(name, value)`` for the instance attributes of ``obj``: its ``__dict__`` and slots."""
+    out = []
+    try:
+        out += list(vars(obj).items())
+    except TypeError:
+        pass
+    for name in _slot_names(type(obj)):
+        if name.startswith("__"):
+            continue  # name-mangled; not something a user names
+        value = getattr(obj, name, _MISSING)
+        if value is not _MISSING and all(name != n for n, _ in out):
+            out.append((name, value))
+    return out
+
+
+def _children(value):
+    if isinstance(value, dict):
+        items = [(("item", k), v) for k, v in value.items() if isinstance(k, (str, int))]
+    elif isinstance(value, (list, tuple)):
+        items = [(("item", k), v) for k, v in enumerate(value)]
+    elif _is_user_object(value):
+        items = [(("attr", k), v) for k, v in attributes(value) if not k.startswith("__")]
+    else:
+        return []
+    return items[:MAX_ITEMS]
+
+
+def walk(obj):
+    """``(path, value)`` for every value reachable from ``obj`` (depth first, in order).
+
+    Containers and objects are entered once (the first path that reaches
+    them); arrays are reported under every path, so aliases show up.
+    """
+    seen = {id(obj)}
+    out = []
+
+    def visit(value, path):
+        for step, child in _children(value):
+            child_path = (*path, step)
+            out.append((child_path, child))
+            if len(child_path) < MAX_DEPTH and id(child) not in seen and _children(child):
+                seen.add(id(child))
+                visit(child, child_path)
+
+    visit(obj, ())
+    return out
+
+
+def sizes(obj):
+    """``{path: len}`` of every list and dict reachable from ``obj`` (to see state grow)."""
+    return {p: len(v) for p, v in walk(obj) if isinstance(v, (list, dict))}
+
+
+def rng_states(obj):
+    """``{path: state}`` of every NumPy Generator and RandomState reachable from ``obj``."""
+    states = {}
+    for path, value in walk(obj):
+        if isinstance(value, np.random.Generator):
+            states[path] = copy.deepcopy(value.bit_generator.state)
+        elif isinstance(value, np.random.RandomState):
+            states[path] = value.get_state()
+    return states
+
+
+def restore_rngs(obj, states):
+    """Put every generator of ``obj`` listed in ``states`` back into its recorded state."""
+    for path, state in states.items():
+        value = resolve(obj, path, None)
+        if isinstance(value, np.random.Generator):
+            value.bit_generator.state = copy.deepcopy(state)
+        elif isinstance(value, np.random.RandomState):
+            value.set_state(state)
+
+
+def copy_with(template, substitutes=None):
+    """A deep copy of ``template`` in which ``substitutes`` (``{id(old): new}``) replace arrays.
+
+    Every reference to an old array, under any path, becomes a reference to
+    its new array on the copy, so arrays shared between places stay shared.
+    """
+    memo = dict(substitutes or {})
+    try:
+        return copy.deepcopy(template, memo)
+    except Exception as exc:  # noqa: BLE001 - whatever the user's object raises
+        raise InvalidArgument(
+            f"layer ({type(template).__name__}) cannot be deep-copied ({type(exc).__name__}: "
+            f"{exc}); check_layer runs every evaluation on a copy so that your layer is never "
+            "changed"
+        ) from exc
