@@ -4,26 +4,117 @@
 against each oracle and prints one line per op, input and oracle: the max
 absolute and relative error and a verdict. It exits with status 1 when any
 derivation fails, so it can guard CI.
+
+Exit status, for both commands: 0 when everything was verified, 1 when a
+derivation failed, 2 for a usage error. Every option is checked before any
+work is done (an unknown, repeated or empty oracle in ``--oracles``; a
+``--json`` path whose directory is missing or not writable, or that is a
+directory): argparse prints the option and the rule and exits with 2.
+Output files are written through :mod:`oracles._files` (a temporary file in
+the same directory moved into place), never through a symlink planted at
+the output path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 
+import numpy as np
+
+from oracles._files import open_atomic, output_file_problem
+
 __all__ = ["main"]
+
+ORACLES = ("numeric", "torch", "jax")
+
+
+def _oracle_list(text):
+    """``--oracles``: a comma-separated list of distinct names among :data:`ORACLES`."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise argparse.ArgumentTypeError(
+            f"must name at least one of {', '.join(ORACLES)}, got {text!r}"
+        )
+    for name in names:
+        if not name:
+            raise argparse.ArgumentTypeError(f"must not contain an empty name, got {text!r}")
+        if name not in ORACLES:
+            raise argparse.ArgumentTypeError(
+                f"must name oracles among {', '.join(ORACLES)}; {name!r} is not one of them"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"must name each oracle once; {', '.join(repeated)} is repeated in {text!r}"
+        )
+    return tuple(names)
+
+
+def _int_at_least(minimum):
+    """An argparse ``type``: an int ``>= minimum``, named in the error."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+@contextlib.contextmanager
+def _numpy_random_kept():
+    """Restore NumPy's global random state on exit.
+
+    For imports only: the first ``import jax`` (0.10) draws from NumPy's
+    global generator, and no command of this application may change it.
+    """
+    state = np.random.get_state()  # noqa: NPY002 (the legacy global state is what is kept)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+
+
+def _import_jax():
+    """``import jax`` leaving NumPy's global random state as it was.
+
+    Raises :class:`oracles.BackendUnavailable` naming the extra when JAX is
+    not installed.
+    """
+    from oracles.backends.jax import import_jax
+
+    with _numpy_random_kept():
+        return import_jax()
+
+
+def _output_file(text):
+    """``--json``: a file that can be written (its directory exists and accepts files)."""
+    problem = output_file_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write the results there: {problem}")
+    return text
 
 
 def _report_parser(sub):
     p = sub.add_parser("report", help="verify every reference derivation against every oracle")
     p.add_argument(
         "--oracles",
-        default="numeric,torch,jax",
-        help="comma-separated oracles among numeric, torch, jax (default: all three)",
+        type=_oracle_list,
+        default=ORACLES,
+        help="comma-separated distinct oracles among numeric, torch, jax (default: all three)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the inputs and cotangents")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="seed of the inputs and cotangents"
+    )
     p.add_argument(
         "--mode",
         default="exhaustive",
@@ -31,7 +122,9 @@ def _report_parser(sub):
         help="numeric mode (default exhaustive: every element compared on its own)",
     )
     p.add_argument("--no-mlp", action="store_true", help="skip the MNIST MLP step cases")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument(
+        "--json", metavar="PATH", type=_output_file, help="also write the results as JSON"
+    )
     p.add_argument("--verbose", action="store_true", help="print the full report of every case")
     return p
 
@@ -39,10 +132,13 @@ def _report_parser(sub):
 def _report_main(args):
     from tqdm import tqdm
 
-    from oracles.verify.cases import reference_cases
     from oracles import check_vjp
+    from oracles.verify.cases import reference_cases
 
-    against = tuple(a.strip() for a in args.oracles.split(",") if a.strip())
+    against = args.oracles
+    if "jax" in against:
+        with contextlib.suppress(ImportError):  # check_vjp reports a missing jax
+            _import_jax()  # first imported here, so that np.random stays as it was
     cases = reference_cases(seed=args.seed, include_mlp=not args.no_mlp)
     rows, failures = [], 0
     started = time.perf_counter()
@@ -87,7 +183,7 @@ def _report_main(args):
     verdict = "ALL DERIVATIONS VERIFIED" if not failures else f"{failures} CASE(S) FAILED"
     print(f"\n{verdict}: {len(cases)} cases, oracles {', '.join(against)}, {total:.1f} s")
     if args.json:
-        with open(args.json, "w") as fh:
+        with open_atomic(args.json, "w") as fh:
             json.dump({"oracles": against, "seed": args.seed, "rows": rows}, fh, indent=1)
         print(f"results written to {args.json}")
     return 1 if failures else 0
