@@ -10,7 +10,9 @@
    native losses, ``torch.optim.SGD``) and by a JAX model (``jax.grad``), all
    in float64, and prints the largest parameter gap seen;
 3. writes PNG plots (needs matplotlib, the ``plot`` extra) into ``--out``
-   (default ``oracles-report/``):
+   (default ``oracles-report/``, created if missing), each through
+   :func:`oracles._files.open_atomic` (a temporary file moved into place; a
+   symlink planted at a plot's path is replaced, never followed):
 
    - ``mnist-lockstep-loss.png``: the three loss curves overlaid, and below
      them the largest parameter gap after each step (log scale);
@@ -20,20 +22,38 @@
    - ``mnist-w1-gradient-error.png``: ``|error|`` of the W1 gradient per
      oracle, as 28 x 28 tiles for a few hidden units (one pixel per input).
 
+With ``--images``/``--labels`` every stage (training, lockstep, gradient
+check) uses those files instead of the bundled sample. Every option is
+checked before any work is done: a size, count or step number below 1, a
+negative seed, a learning rate that is not a positive finite number, only one
+of ``--images``/``--labels`` or files that are not MNIST with at least 10,000
+digits, an ``--out`` that is not a directory that can be written, or a
+missing torch/jax/matplotlib is a usage error (exit status 2) up front, not
+after training.
+
 The plot functions take plain arrays, so the data may come from anywhere
 (for instance the per-input results of :func:`oracles.check_vjp`).
+
+No function here changes global state: torch's and NumPy's global random
+generators, NumPy's error state, ``warnings.filters`` and JAX's 64-bit flag
+are as they were after every call (third-party modules imported for the first
+time may add their own warning filters).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from oracles._files import open_atomic, output_dir_problem
 from oracles.errors import InvalidArgument
+from oracles.verify.cli import _import_jax, _int_at_least
 from reference import mlp
 from reference.mnist import as_float_features, load_mnist, train_test_split
 
@@ -56,10 +76,19 @@ HISTOGRAM_PLOT = "mnist-gradient-relative-errors.png"
 TILES_PLOT = "mnist-w1-gradient-error.png"
 
 
-def _digits(n_train=8000, n_test=2000, images_path=None, labels_path=None):
+N_TRAIN, N_TEST = 8000, 2000
+
+
+def _digits(images_path=None, labels_path=None):
+    """The first 8,000 digits to train, the next 2,000 to test (bundled sample or the files)."""
     images, labels = load_mnist(images_path, labels_path)
+    if images.shape[0] < N_TRAIN + N_TEST:
+        raise InvalidArgument(
+            f"the MNIST files must hold at least {N_TRAIN + N_TEST} digits ({N_TRAIN} to train, "
+            f"{N_TEST} to test), {images_path} holds {images.shape[0]}"
+        )
     X = as_float_features(images)
-    return train_test_split(X, labels.astype(np.int64), n_train=n_train, n_test=n_test)
+    return train_test_split(X, labels.astype(np.int64), n_train=N_TRAIN, n_test=N_TEST)
 
 
 def _check_options(activation, loss):
@@ -69,8 +98,16 @@ def _check_options(activation, loss):
         raise InvalidArgument(f"loss must be one of {mlp.LOSSES}, got {loss!r}")
 
 
+def _check_counts(**counts):
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise InvalidArgument(f"{name} must be an int >= 1, got {value!r}")
+
+
 def _sizes(hidden):
     hidden = (hidden,) if isinstance(hidden, int | np.integer) else tuple(hidden)
+    if not all(isinstance(h, int | np.integer) and h >= 1 for h in hidden):
+        raise InvalidArgument(f"hidden must be an int >= 1 or a sequence of them, got {hidden!r}")
     return (784, *hidden, 10)
 
 
@@ -186,7 +223,9 @@ def train(
 
     Each epoch visits the training digits in a new seeded order. The whole
     run is the reference code only: :func:`reference.mlp.loss_and_grads` and
-    :func:`reference.mlp.sgd_step`.
+    :func:`reference.mlp.sgd_step`. ``images_path``/``labels_path``: MNIST
+    IDX files to use instead of the bundled sample (both or neither; the
+    first 8,000 digits train, the next 2,000 test).
 
     Returns
     -------
@@ -202,9 +241,12 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    _check_options(activation, loss)
+    _check_counts(epochs=epochs, batch_size=batch_size)
+    sizes = _sizes(hidden)
     X_train, y_train, X_test, y_test = _digits(images_path=images_path, labels_path=labels_path)
     rng = np.random.default_rng(seed)
-    params = mlp.init_params(_sizes(hidden), seed=seed)
+    params = mlp.init_params(sizes, seed=seed)
     n = X_train.shape[0]
     steps_per_epoch = -(-n // batch_size)
     losses = []
@@ -284,7 +326,8 @@ def _torch_model(params, activation):
     layers = []
     for i in range(0, len(params), 2):
         W, b = params[i], params[i + 1]
-        linear = nn.Linear(W.shape[0], W.shape[1], dtype=torch.float64)
+        # skip_init: no random initialisation, so torch's global generator is not drawn from.
+        linear = nn.utils.skip_init(nn.Linear, W.shape[0], W.shape[1], dtype=torch.float64)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(W.T.copy()))  # nn.Linear stores (n_out, n_in)
             linear.bias.copy_(torch.from_numpy(b.copy()))
@@ -313,6 +356,8 @@ def lockstep(
     batch=32,
     lr=0.1,
     seed=0,
+    images_path=None,
+    labels_path=None,
 ):
     """Train the same initial MLP with the reference, PyTorch and JAX side by side.
 
@@ -346,10 +391,19 @@ def lockstep(
     lr : float
     seed : int
         Seeds the initial parameters and the minibatch order.
+    images_path, labels_path : str or os.PathLike, optional
+        MNIST IDX files to take the 8,000 training digits from instead of the
+        bundled sample (both or neither), as for :func:`train`.
 
     Returns
     -------
     LockstepResult
+
+    Notes
+    -----
+    The torch model is built without drawing from torch's global random
+    generator (``torch.nn.utils.skip_init``, then the reference parameters
+    are copied in), so ``torch.get_rng_state()`` is the same after the call.
 
     Examples
     --------
@@ -357,16 +411,17 @@ def lockstep(
     >>> result.max_gap < 1e-12, result.losses["jax"].shape
     (True, (3,))
     """
-    import jax
     import torch
 
     from oracles.backends.jax import x64_enabled
 
+    jax = _import_jax()
+
     _check_options(activation, loss)
     if steps < 1 or batch < 1:
         raise InvalidArgument(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
-    X_train, y_train, _, _ = _digits()
     sizes = _sizes(hidden)
+    X_train, y_train, _, _ = _digits(images_path=images_path, labels_path=labels_path)
     params = mlp.init_params(sizes, seed=seed)
     order = np.random.default_rng(seed).permutation(X_train.shape[0])
     batches = [
@@ -428,7 +483,16 @@ def lockstep(
 # --- (c) gradient errors and plots ---------------------------------------------------------------
 
 
-def gradient_errors(*, hidden=8, batch=8, activation="tanh", loss="cross_entropy", seed=0):
+def gradient_errors(
+    *,
+    hidden=8,
+    batch=8,
+    activation="tanh",
+    loss="cross_entropy",
+    seed=0,
+    images_path=None,
+    labels_path=None,
+):
     """Hand gradients of one MLP step on real digits, and each oracle's gradients.
 
     The parameters are :func:`reference.mlp.init_params` moved by three SGD
@@ -437,7 +501,8 @@ def gradient_errors(*, hidden=8, batch=8, activation="tanh", loss="cross_entropy
     (:func:`oracles.numerics.ladder.partials` with the step ladder, given the
     analytic gradient as :func:`oracles.check_vjp` does),
     :func:`oracles.torch_vjp` of :func:`torch_mlp_loss` and
-    :func:`oracles.jax_vjp` of :func:`jax_mlp_loss`.
+    :func:`oracles.jax_vjp` of :func:`jax_mlp_loss`. ``images_path`` and
+    ``labels_path`` are as for :func:`train`.
 
     Returns
     -------
@@ -452,13 +517,15 @@ def gradient_errors(*, hidden=8, batch=8, activation="tanh", loss="cross_entropy
     >>> sorted(by), analytic[0].shape
     (['jax', 'numeric', 'torch'], (784, 1))
     """
-    from oracles import jax_vjp
+    from oracles import jax_vjp, torch_vjp
     from oracles.numerics.ladder import partials
     from oracles.numerics.objective import ScalarObjective
-    from oracles import torch_vjp
 
-    X_train, y_train, X_test, y_test = _digits()
-    params = mlp.init_params(_sizes(hidden), seed=seed)
+    _check_options(activation, loss)
+    _check_counts(batch=batch)
+    sizes = _sizes(hidden)
+    X_train, y_train, X_test, y_test = _digits(images_path=images_path, labels_path=labels_path)
+    params = mlp.init_params(sizes, seed=seed)
     for s in range(3):
         rows = slice(s * 32, (s + 1) * 32)
         _, grads = mlp.loss_and_grads(
@@ -517,6 +584,21 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
+def _save(fig, path):
+    """Write ``fig`` to ``path`` through :func:`oracles._files.open_atomic`.
+
+    The format is the one the suffix names (``.png``, ``.svg``, ``.pdf``...;
+    PNG without a suffix), as ``savefig(path)`` would choose, but the file is
+    written whole to a temporary file and moved into place: a symlink at
+    ``path`` is replaced, not followed.
+    """
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    with open_atomic(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=110)
+    return path
+
+
 def plot_loss_curves(losses, path, *, gaps=None, title="Lockstep training: loss per SGD step"):
     """Overlay loss curves (one per implementation) and save a PNG.
 
@@ -560,9 +642,7 @@ def plot_loss_curves(losses, path, *, gaps=None, title="Lockstep training: loss 
         axes[1].legend(fontsize=8)
         axes[1].grid(alpha=0.3)
     axes[-1].set_xlabel("SGD step")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def plot_relative_error_histograms(errors, path, *, title=None):
@@ -602,9 +682,7 @@ def plot_relative_error_histograms(errors, path, *, title=None):
     ax.set_title(title or "Hand-written MLP gradient against each oracle")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def plot_w1_error_tiles(errors, path, *, units=6, title=None):
@@ -657,12 +735,21 @@ def plot_w1_error_tiles(errors, path, *, units=6, title=None):
                 ax.set_ylabel(name)
     fig.colorbar(image, ax=axes, shrink=0.8, label="log10 |dW1 error|")
     fig.suptitle(title or "W1 gradient error per input pixel (black: exact or below range)")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 # --- command line --------------------------------------------------------------------------------
+
+
+def _positive_finite(text):
+    """An argparse ``type``: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def _parser():
@@ -673,15 +760,18 @@ def _parser():
             "lockstep with PyTorch and JAX; write plots."
         ),
     )
+    count = _int_at_least(1)
     parser.add_argument("--out", default="oracles-report", help="plot directory (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=128, help="hidden units (%(default)s)")
+    parser.add_argument("--hidden", type=count, default=128, help="hidden units (%(default)s)")
     parser.add_argument("--activation", choices=mlp.ACTIVATIONS, default="tanh")
     parser.add_argument("--loss", choices=mlp.LOSSES, default="cross_entropy")
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (%(default)s)")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (%(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="minibatch (%(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lockstep-steps", type=int, default=100, help="(%(default)s)")
+    parser.add_argument(
+        "--lr", type=_positive_finite, default=0.1, help="SGD learning rate (%(default)s)"
+    )
+    parser.add_argument("--epochs", type=count, default=10, help="training epochs (%(default)s)")
+    parser.add_argument("--batch-size", type=count, default=32, help="minibatch (%(default)s)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0)
+    parser.add_argument("--lockstep-steps", type=count, default=100, help="(%(default)s)")
     parser.add_argument("--images", help="an MNIST images IDX file instead of the sample")
     parser.add_argument("--labels", help="the matching labels IDX file")
     parser.add_argument("--no-plots", action="store_true", help="skip the gradient check and plots")
@@ -689,8 +779,38 @@ def _parser():
     return parser
 
 
+def _check_before_work(parser, args):
+    """Every usage error ``parse_args`` cannot see alone; ``parser.error`` (exit 2) on the first."""
+    if (args.images is None) != (args.labels is None):
+        parser.error(
+            "argument --images/--labels: give both files or neither (neither: the bundled "
+            f"sample), got --images {args.images!r} and --labels {args.labels!r}"
+        )
+    if args.images is not None:
+        try:
+            _digits(images_path=args.images, labels_path=args.labels)
+        except (OSError, ValueError) as exc:  # IDXFormatError, too few digits, unreadable
+            parser.error(f"argument --images/--labels: {exc}")
+    needed = {"torch": "torch", "jax": "jax"}
+    if not args.no_plots:
+        problem = output_dir_problem(args.out)
+        if problem:
+            parser.error(f"argument --out: cannot write the plots there: {problem}")
+        needed["matplotlib"] = "plot"
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        extras = ",".join(needed[name] for name in missing)
+        parser.error(
+            f'{" and ".join(missing)} not installed: pip install "backprop-oracles[{extras}]"'
+            + (" (or pass --no-plots)" if missing == ["matplotlib"] else "")
+        )
+
+
 def main(argv=None):
     """Run the MNIST report; return the exit status (0: accuracy >= 90% and lockstep gap < 1e-9).
+
+    Every option is checked first (see the module docstring); a usage error
+    exits with status 2 before any training.
 
     Examples
     --------
@@ -698,8 +818,11 @@ def main(argv=None):
     Traceback (most recent call last):
     SystemExit: 0
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_before_work(parser, args)
     options = {"activation": args.activation, "loss": args.loss}
+    data = {"images_path": args.images, "labels_path": args.labels}
     result = train(
         hidden=args.hidden,
         lr=args.lr,
@@ -707,14 +830,14 @@ def main(argv=None):
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
-        images_path=args.images,
-        labels_path=args.labels,
+        **data,
         **options,
     )
+    source = "bundled digits" if args.images is None else f"digits of {args.images}"
     print(
         f"reference MLP 784-{args.hidden}-10 ({args.activation}, {args.loss}), "
-        f"{args.epochs} epochs of SGD (lr {args.lr}, batch {args.batch_size}) on 8000 digits: "
-        f"test accuracy {result['test_accuracy']:.2%} on 2000 digits "
+        f"{args.epochs} epochs of SGD (lr {args.lr}, batch {args.batch_size}) on {N_TRAIN} "
+        f"{source}: test accuracy {result['test_accuracy']:.2%} on {N_TEST} digits "
         f"(train {result['train_accuracy']:.2%}) in {result['seconds']:.1f} s"
     )
     ok = result["test_accuracy"] >= 0.90
@@ -726,6 +849,7 @@ def main(argv=None):
         batch=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        **data,
         **options,
     )
     print(f"{step} ({time.perf_counter() - start:.1f} s)")
@@ -733,9 +857,8 @@ def main(argv=None):
 
     if not args.no_plots:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        analytic, by_oracle = gradient_errors(seed=args.seed, **options)
+        analytic, by_oracle = gradient_errors(seed=args.seed, **data, **options)
         rel = {name: relative_errors(analytic, grads) for name, grads in by_oracle.items()}
         print(
             "full-step gradient 784-8-10 on 8 test digits, every element, max relative error "
@@ -743,6 +866,7 @@ def main(argv=None):
             + ", ".join(f"{name} {err.max():.2e}" for name, err in rel.items())
             + f" ({time.perf_counter() - start:.1f} s)"
         )
+        out.mkdir(parents=True, exist_ok=True)
         written = [
             plot_loss_curves(
                 step.losses,
