@@ -37,6 +37,7 @@ from oracles.errors import InvalidArgument, UserFunctionError
 from oracles.numerics.directional import vector_ladder
 from oracles.numerics.modes import resolve_mode
 from oracles.numerics.objective import ScalarObjective
+from oracles.numerics.ties import check_ties, limiting_slopes
 from oracles.report import Report
 
 __all__ = ["assert_hvp", "assert_jvp", "assert_vjp", "check_hvp", "check_jvp", "check_vjp"]
@@ -73,7 +74,84 @@ def _vjp_numeric(r):
         seed=r.seed,
         must_check=[~np.isfinite(g) for g in r.analytic],
     )
+    evaluations += _joint_ties(r, objective, safe, refs, notes)
     return OracleResult(refs, method, evaluations, notes)
+
+
+#: Tie groups up to this size get their per-element limits from sampled nearby points.
+TIE_WIDEN_MAX = 8
+
+
+def _widen_to_limiting_slopes(r, objective, refs, tie):
+    """Accept, per element of a tie group, any limiting slope (see :mod:`oracles.numerics.ties`)."""
+    i = tie.input_number
+    shape = r.xs[i].shape
+    idx = np.array([np.ravel_multi_index(j, shape) if shape else 0 for j in tie.indices])
+    lo, hi, noise = limiting_slopes(objective, i, idx)
+    ref = refs[i]
+
+    def flat(a, fill, dtype=np.float64):
+        a = np.full(shape, fill, dtype=dtype) if a is None else np.array(a, dtype=dtype)
+        return a.reshape(-1)
+
+    value, error = flat(ref.value, np.nan), flat(ref.error, np.inf)
+    kink, left, right = flat(ref.kink, False, bool), flat(ref.left, np.nan), flat(ref.right, np.nan)
+    checked = None if ref.checked is None else flat(ref.checked, False, bool)
+    for p, j in enumerate(idx):
+        if not (np.isfinite(lo[p]) and np.isfinite(hi[p])):
+            continue  # smooth at this tie (or not finite): nothing to add
+        unchecked = checked is not None and not checked[j]
+        known = [v for v in (left[j], right[j]) if np.isfinite(v)] if kink[j] else []
+        if unchecked:
+            known, error[j] = [], tie.error
+        error[j] = max(error[j], noise[p])
+        ends = known + [lo[p], hi[p]]
+        left[j], right[j] = min(ends), max(ends)
+        if not np.isfinite(value[j]) or (checked is not None and not checked[j]):
+            value[j] = 0.5 * (left[j] + right[j])
+        kink[j] = True
+        if checked is not None:
+            checked[j] = True
+    refs[i] = Reference(
+        value=value.reshape(shape),
+        error=error.reshape(shape),
+        kink=kink.reshape(shape),
+        left=left.reshape(shape),
+        right=right.reshape(shape),
+        nonfinite=ref.nonfinite,
+        checked=None if checked is None else checked.reshape(shape),
+        covered=ref.covered,
+    )
+
+
+def _joint_ties(r, objective, grads, refs, notes):
+    """Tied elements judged jointly (:mod:`oracles.numerics.ties`); failures are problems."""
+    kinks = [
+        np.zeros(x.shape, dtype=bool) if ref.kink is None else np.asarray(ref.kink, dtype=bool)
+        for x, ref in zip(r.xs, refs, strict=True)
+    ]
+    checks, n_found, evaluations = check_ties(
+        objective, grads, r.names, kinks=kinks, atol=r.atol, rtol=r.rtol
+    )
+    if not checks:
+        return evaluations
+    calls0 = objective.calls
+    for c in checks:
+        if len(c.indices) <= TIE_WIDEN_MAX:
+            _widen_to_limiting_slopes(r, objective, refs, c)
+    evaluations += objective.calls - calls0
+    failed = [c for c in checks if not c.passed]
+    for c in failed:
+        r.problems.append(
+            c.describe() + ". At tied values a subgradient routes the upstream gradient once "
+            "(to one tied element, or split among them), never to every tied element or to none"
+        )
+    capped = f" ({len(checks)} of {n_found} checked)" if n_found > len(checks) else ""
+    notes.append(
+        f"{n_found} group(s) of tied (equal) input values{capped} were also checked jointly, "
+        f"along the direction that moves each group together: {len(failed)} disagree"
+    )
+    return evaluations
 
 
 def _vjp_autodiff(oracle, backend_fn, r):

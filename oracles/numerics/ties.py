@@ -1,0 +1,260 @@
+"""Ties couple elements: a subgradient at tied values is judged jointly, not per element.
+
+At tied maxima (``max``, max-pool, top-k, sort) every element alone lies
+between its own one-sided slopes whether the backward routes the gradient to
+one tied element, to all of them, or to none: at ``max`` of ``[1, 1]`` the
+per-element slopes are 0 and 1, so ``[1, 1]`` and ``[0, 0]`` pass an
+elementwise test although only ``[1, 0]``, ``[0, 1]`` and their convex
+combinations are subgradients. Directions that move the tied elements
+*together* tell them apart: along ``d = (1, 1)`` the maximum moves with
+slope exactly 1, so ``<g, d>`` must be 1.
+
+Which elements are tied: elements of one input with exactly equal values
+(ties are equal values). For each such group the all-ones direction ``d``
+over the group is a tie-preserving direction: ``phi(x + t d)`` keeps the
+group tied, so it is smooth along ``d`` for max, max-pool, top-k and sort,
+and ``<g, d>`` must equal the directional derivative. Where ``phi`` still
+has a kink along ``d`` (elementwise kinks such as ReLU at 0, all at the same
+value), ``<g, d>`` must lie between the one-sided directional derivatives
+``-phi'(x; -d)`` and ``phi'(x; d)``: every backward with one convention for
+the kink (``relu'(0) = 0`` or ``1``) satisfies that, whatever the signs of
+the cotangent.
+
+The one-sided derivatives come from a ladder of one-sided differences at
+halving steps with first-order Richardson extrapolation
+(``2 D(t/2) - D(t)``), each with an error estimate (the change between
+successive extrapolants plus the rounding noise of the changed outputs over
+the step), as the central ladder of :mod:`oracles.numerics.ladder` does.
+The step actually taken is corrected with the analytic gradient, as in
+:func:`oracles.numerics.directional.directional`.
+
+Per element, too: perturbing one tied element alone only ever moves it to
+an end of its group (the largest or the smallest), so its one-sided slopes
+miss what the middle positions contribute (``sort`` of three tied values
+with cotangent ``c``: the first element's slopes are ``c_0`` and ``c_2``,
+but ``c_1`` is a valid derivative too). :func:`limiting_slopes` samples
+points next to ``x`` where the group is untied in random orders and takes
+the per-element central slopes there: the range of the limiting gradients,
+which the per-element comparison then accepts.
+
+Limits: ties of values that differ but tie after an operation
+(``max(x + 1, y)`` at ``x = 0, y = 1``) are not grouped; groups span one
+input (elementwise ties between two inputs, ``np.maximum(x, y)`` at
+``x == y``, are not grouped across them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0, changed_noise
+
+__all__ = ["MAX_GROUPS", "TieCheck", "check_ties", "limiting_slopes", "tie_groups"]
+
+#: Tie groups checked per check at most (groups with kinks first, then the largest).
+MAX_GROUPS = 32
+
+
+@dataclass(frozen=True)
+class TieCheck:
+    """The joint test of one group of tied elements.
+
+    ``value`` is ``<g, d>`` (the analytic gradient summed over the group),
+    ``left``/``right`` the one-sided directional derivatives along the
+    all-ones direction ``d``, ``error`` their error estimate and
+    ``allowance`` the summed ``atol + rtol |g_i|`` of the group.
+    """
+
+    input_number: int
+    input_name: str
+    tied_value: float
+    indices: tuple
+    value: float
+    left: float
+    right: float
+    error: float
+    allowance: float
+
+    @property
+    def passed(self):
+        lo = min(self.left, self.right) - self.error - self.allowance
+        hi = max(self.left, self.right) + self.error + self.allowance
+        return bool(np.isfinite(self.value) and lo <= self.value <= hi)
+
+    def describe(self):
+        shown = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in self.indices[:6])
+        more = f", ... ({len(self.indices)} elements)" if len(self.indices) > 6 else ""
+        if abs(self.left - self.right) <= self.error:
+            slopes = f"the directional derivative is {self.right:.17g}"
+        else:
+            slopes = f"the one-sided slopes are {self.left:.17g} and {self.right:.17g}"
+        return (
+            f"tie group of {self.input_name} (value {self.tied_value!r}: {shown}{more}): along "
+            f"the direction that moves them together, the gradient sums to {self.value:.17g} "
+            f"but {slopes} (error estimate {self.error:.2g})"
+        )
+
+
+def tie_groups(xs, kinks=None, max_groups=MAX_GROUPS):
+    """Groups of tied elements: ``[(input number, flat indices), ...]`` and the number found.
+
+    ``kinks`` (one bool array per input, optional): elements the per-element
+    check saw at a kink; groups containing one come first.
+    """
+    found = []
+    for i, x in enumerate(xs):
+        flat = np.asarray(x).reshape(-1)
+        if flat.size < 2:
+            continue
+        order = np.argsort(flat, kind="stable")
+        values = flat[order]
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        ends = np.r_[starts[1:], values.size]
+        kink = None if kinks is None else np.asarray(kinks[i], dtype=bool).reshape(-1)
+        for s, e in zip(starts, ends, strict=True):
+            if e - s < 2:
+                continue
+            idx = np.sort(order[s:e])
+            has_kink = bool(kink is not None and kink[idx].any())
+            found.append((not has_kink, -(e - s), i, idx))
+    found.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [(i, idx) for _, _, i, idx in found[:max_groups]], len(found)
+
+
+def _one_sided(objective, i, idx, grads, sign, noise_x, t0=T0, n_rungs=N_RUNGS):
+    """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``."""
+    work = objective.work
+    f0 = objective.base_output
+    cot = objective.cotangent
+    g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
+    mask = np.zeros(cot.shape, dtype=bool)
+    flat = work[i].reshape(-1)
+    x0 = flat[idx].copy()
+    quotients = []
+    for k in range(n_rungs):
+        t = t0 * 2.0**-k
+        moved = x0 + sign * t
+        try:
+            flat[idx] = moved
+            fp = objective.output(work)
+        finally:
+            flat[idx] = x0
+        if fp.shape != cot.shape or not np.all(np.isfinite(fp)):
+            continue
+        taken = moved - x0  # the step actually taken, per element
+        num = float(np.vdot(cot, fp - f0)) - float(np.dot(g, taken - sign * t))
+        noise = changed_noise(cot, fp, f0, mask) + noise_x
+        quotients.append((num / t, noise / t, k))
+    # First-order Richardson (one-sided differences have an O(t) error), error estimates.
+    best = (np.nan, np.inf)
+    extrap = []
+    for (d0, n0, k0), (d1, n1, k1) in zip(quotients, quotients[1:], strict=False):
+        if k1 != k0 + 1:
+            extrap = []
+            continue
+        extrap.append((2.0 * d1 - d0, 2.0 * n1 + n0))
+        if len(extrap) >= 3:
+            (e0, _), (e1, _), (e2, ne) = extrap[-3:]
+            err = max(abs(e2 - e1), abs(e1 - e0)) + ne
+            if err < best[1]:
+                best = (e2, err)
+            elif ne > best[1]:
+                break
+    value, err = best
+    if not np.isfinite(value):
+        return np.nan, np.inf
+    return sign * value, err + objective.hidden_noise(mask, t0)
+
+
+def _sampled_slopes(objective, i, idx, delta, n_samples, rng):
+    """Per-element lowest/highest central slope at points ``delta * r`` away, and their noise."""
+    work = objective.work
+    cot = objective.cotangent
+    flat = work[i].reshape(-1)
+    x0 = flat[idx].copy()
+    h = delta / 64.0
+    m = idx.size
+    lo, hi, noise = np.full(m, np.inf), np.full(m, -np.inf), np.zeros(m)
+    try:
+        for _ in range(n_samples):
+            base = x0 + delta * rng.standard_normal(m)
+            for p in range(m):
+                flat[idx] = base
+                flat[idx[p]] = base[p] + h
+                fp = objective.output(work)
+                flat[idx[p]] = base[p] - h
+                fm = objective.output(work)
+                taken = (base[p] + h) - (base[p] - h)
+                finite = np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))
+                if fp.shape != cot.shape or not finite:
+                    continue
+                slope = float(np.vdot(cot, fp - fm)) / taken
+                level = np.abs(cot) * (np.abs(fp) + np.abs(fm))
+                noise[p] = max(noise[p], NOISE_SAFETY * EPS * float(np.sum(level)) / taken)
+                lo[p] = min(lo[p], slope)
+                hi[p] = max(hi[p], slope)
+    finally:
+        flat[idx] = x0
+    return lo, hi, noise
+
+
+def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
+    """Per-element ``(lowest, highest, noise)`` limiting slopes of a tie group, or NaN if smooth.
+
+    Samples move the group's elements by ``delta * r`` (``r`` standard
+    normal; ``delta`` far below the distance to the nearest other value of
+    the input) and take a central difference of each group element there,
+    at two scales ``delta`` and ``delta / 16``. Where the spread of the
+    slopes shrinks with ``delta`` the function is smooth there (the spread
+    was curvature): NaN. Where it does not, the elements sit at a tie whose
+    limiting gradients span ``[lowest, highest]``; ``noise`` bounds the
+    rounding error of the sampled slopes.
+    """
+    rng = np.random.default_rng(seed)
+    flat = objective.work[i].reshape(-1)
+    x0 = flat[idx]
+    value = float(x0[0])
+    others = np.setdiff1d(flat, x0)
+    gap = float(np.min(np.abs(others - value))) if others.size else np.inf
+    delta = min(2.0**-12 * max(abs(value), 1.0), gap / 16.0)
+    n_samples = n_samples or min(8 * idx.size, 48)
+    lo1, hi1, n1 = _sampled_slopes(objective, i, idx, delta, n_samples, rng)
+    lo2, hi2, n2 = _sampled_slopes(objective, i, idx, delta / 16.0, n_samples, rng)
+    noise = np.maximum(n1, n2)
+    smooth = (hi2 - lo2) <= 0.25 * (hi1 - lo1) + 4.0 * noise
+    lo = np.where(smooth, np.nan, np.minimum(lo1, lo2))
+    hi = np.where(smooth, np.nan, np.maximum(hi1, hi2))
+    return lo, hi, noise
+
+
+def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0):
+    """Test every tie group jointly; returns ``(list of TieCheck, groups found, evaluations)``.
+
+    ``grads`` is the analytic gradient (finite), one array per input.
+    """
+    groups, n_found = tie_groups(objective.work, kinks)
+    calls0 = objective.calls
+    noise_x = objective.input_noise(grads)
+    out = []
+    for i, idx in groups:
+        g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
+        right, err_r = _one_sided(objective, i, idx, grads, +1.0, noise_x)
+        left, err_l = _one_sided(objective, i, idx, grads, -1.0, noise_x)
+        shape = objective.work[i].shape
+        indices = tuple(tuple(int(v) for v in np.unravel_index(int(j), shape)) for j in idx)
+        out.append(
+            TieCheck(
+                input_number=i,
+                input_name=names[i],
+                tied_value=float(objective.work[i].reshape(-1)[idx[0]]),
+                indices=indices,
+                value=float(np.sum(g)),
+                left=left,
+                right=right,
+                error=max(err_l, err_r) + NOISE_SAFETY * EPS * float(np.sum(np.abs(g))),
+                allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
+            )
+        )
+    return out, n_found, objective.calls - calls0
