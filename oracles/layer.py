@@ -25,6 +25,7 @@ touched, and NumPy's global random state is restored afterwards.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -186,23 +187,151 @@ class _NetworkCalls:
         return "the grads layer.loss() returns"
 
 
+class _Functions:
+    """A CS231n-style pair between its two calls: the functions, and the cache between them."""
+
+    def __init__(self, forward, backward):
+        self.forward_fn, self.backward_fn = forward, backward
+        self.cache = None
+        self.grads = None
+
+
+def _positional_names(func):
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    return [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+class _FunctionCalls:
+    """``out, cache = forward(*inputs)`` / ``grads = backward(dout, cache)`` (CS231n's layers).
+
+    Several outputs (``next_h, next_c, cache = lstm_step_forward(...)``, then
+    ``lstm_step_backward(dnext_h, dnext_c, cache)``) are checked as one
+    output, their concatenation. Without a backward, ``forward(*inputs)``
+    returns ``(loss, grads)`` (``softmax_loss(x, y)``).
+    """
+
+    kind = "functions"
+    style = "function"
+
+    def __init__(self, template):
+        f, b = template.forward_fn, template.backward_fn
+        self.forward_name = getattr(f, "__name__", "forward")
+        self.backward_name = getattr(b, "__name__", "backward") if b is not None else (
+            self.forward_name
+        )
+        self.signature_of = f
+        self.loss = b is None
+        self.shapes = None
+        names = _positional_names(b) if b is not None else None
+        self.dout_names = names[:-1] if names and len(names) >= 2 else None
+
+    def forward(self, obj, xs):
+        res = obj.forward_fn(*xs)
+        if obj.backward_fn is None:
+            if not (isinstance(res, tuple) and len(res) == 2):
+                raise UserFunctionError(
+                    f"{self.forward_name} returned {type(res).__name__}; a loss function checked "
+                    "on its own returns (loss, grads): the scalar loss and the gradient(s) of its "
+                    "inputs"
+                )
+            obj.grads = res[1]
+            return res[0]
+        if not (isinstance(res, tuple) and len(res) >= 2):
+            raise UserFunctionError(
+                f"{self.forward_name} returned {type(res).__name__}; a forward function returns "
+                "(out, cache), or (out1, out2, ..., cache) for several outputs"
+            )
+        outs, obj.cache = res[:-1], res[-1]
+        if self.dout_names is not None and len(outs) != len(self.dout_names):
+            raise UserFunctionError(
+                f"{self.forward_name} returned {len(outs)} output(s) and a cache, but "
+                f"{self.backward_name} takes {len(self.dout_names)} upstream gradient(s) "
+                f"({', '.join(self.dout_names)}) and the cache"
+            )
+        if len(outs) == 1:
+            return outs[0]
+        arrays = [np.asarray(o, dtype=np.float64) for o in outs]
+        self.shapes = [a.shape for a in arrays]
+        return np.concatenate([a.ravel() for a in arrays])
+
+    def split(self, dout):
+        if self.shapes is None:
+            return [dout]
+        out, pos = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape, dtype=np.int64))
+            out.append(dout[pos : pos + size].reshape(shape))
+            pos += size
+        return out
+
+    def backward(self, obj, xs, dout):
+        if obj.backward_fn is None:
+            return obj.grads, None
+        return obj.backward_fn(*self.split(dout), obj.cache), None
+
+    def gradient(self, obj, returned, param):
+        return _MISSING  # functions have no parameters: every array is an input
+
+    def douts(self, d):
+        names = self.dout_names or ["dout"]
+        pieces = self.split(d)
+        if len(names) != len(pieces):
+            names = [f"dout[{k}]" for k in range(len(pieces))]
+        return pieces, names
+
+
 def _calls_for(layer):
+    if isinstance(layer, type):
+        raise InvalidArgumentType(
+            f"layer must be a layer object, got the class {layer.__name__}; pass an instance "
+            f"({layer.__name__}(...))"
+        )
     if callable(getattr(layer, "forward", None)) and callable(getattr(layer, "backward", None)):
         return _LayerCalls
     if callable(getattr(layer, "loss", None)) and not callable(getattr(layer, "forward", None)):
         return _NetworkCalls
+    if isinstance(layer, _Functions):
+        return _FunctionCalls
     missing = "forward" if not callable(getattr(layer, "forward", None)) else "backward"
     raise InvalidArgumentType(
-        "layer must have callable forward and backward methods (a network: loss and gradient); "
+        "layer must have callable forward and backward methods (a network: loss and gradient; "
+        "CS231n-style functions: a pair (forward, backward)); "
         f"{type(layer).__name__} has no callable {missing!r}"
     )
+
+
+def _as_layer(layer):
+    """A (forward, backward) pair or a lone loss function as an object with their state."""
+    if (
+        isinstance(layer, tuple)
+        and len(layer) == 2
+        and all(callable(f) and not isinstance(f, type) for f in layer)
+    ):
+        return _Functions(*layer)
+    if (
+        callable(layer)
+        and not isinstance(layer, type)
+        and not callable(getattr(layer, "forward", None))
+        and not callable(getattr(layer, "loss", None))
+    ):
+        return _Functions(layer, None)
+    return layer
 
 
 # --- small helpers -------------------------------------------------------------------------------
 
 
 def _copy_value(value):
-    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else copy.deepcopy(value)
 
 
 def _input_names(method, n, names=None):
@@ -246,6 +375,12 @@ def _parse_wrt(wrt, n):
     return tuple(int(k) for k in wrt)
 
 
+def _is_float(value):
+    if not isinstance(value, (np.ndarray, float, np.floating)):
+        return False
+    return np.asarray(value).dtype.kind == "f"
+
+
 def _returned(ret):
     """What backward returned, as a list of input gradients."""
     if ret is None:
@@ -265,7 +400,10 @@ def _other_inputs(xs):
     """Inputs that differ from ``xs`` but keep its values (rows rolled): another x, same domain."""
     out = []
     for x in xs:
-        a = np.asarray(x)
+        if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
+            out.append(copy.deepcopy(x))  # a dict of options, a scalar: kept as it is
+            continue
+        a = x
         if a.ndim >= 1 and a.shape[0] > 1:
             out.append(np.roll(a, 1, axis=0))
         elif a.size > 1:
@@ -298,6 +436,11 @@ class _Session:
 
     def __init__(self, layer, inputs, seed):
         self.name = type(layer).__name__
+        if isinstance(layer, _Functions):
+            f, b = layer.forward_fn, layer.backward_fn
+            self.name = getattr(f, "__name__", "forward") + (
+                f"/{getattr(b, '__name__', 'backward')}" if b is not None else ""
+            )
         self.template = copy_with(layer)
         self.calls = _calls_for(layer)(self.template)
         self.inputs = [_copy_value(x) for x in inputs]
@@ -383,9 +526,9 @@ class _Session:
         gens = ", ".join(render(p) for p in self.rngs)
         self.notes.append(
             f"{self.calls.forward_name} is random (a dropout mask?): NumPy's global random "
-            f"generator{' and ' + gens if gens else ''} were re-seeded (seed {self.seed}) before "
-            "every forward, which made it deterministic, so the derivative of the function with "
-            "that mask was checked; the caller's random state was restored afterwards"
+            f"generator{' (and ' + gens + ')' if gens else ''} was re-seeded (seed {self.seed}) "
+            "before every forward, which made it deterministic, so the derivative of the function "
+            "with that mask was checked; the caller's random state was restored afterwards"
         )
 
     # parameters
@@ -575,15 +718,20 @@ class _Session:
     def dout_unchanged(self, before, d):
         if d is None:
             return
-        for message in mutations([before], [d], ["dout"], self.calls.backward_name):
-            self.record(("dout",), message)
+        if isinstance(self.calls, _FunctionCalls):
+            (old, names), (new, _) = self.calls.douts(np.asarray(before)), self.calls.douts(d)
+        else:
+            old, new, names = [np.asarray(before)], [d], ["dout"]
+        for o, n, name in zip(old, new, names, strict=True):
+            for message in mutations([o], [n], [name], self.calls.backward_name):
+                self.record(("dout", name), message)
 
     def evaluate(self, values, xs, dout, names, record=True):
         """One forward and backward on a fresh copy: ``(input gradients, parameter gradients)``."""
         obj, subs = self.fresh(values)
         before_x = [_copy_value(x) for x in xs]
         before_p = [np.array(subs[id(p.array)], copy=True) for p in self.params]
-        if self.calls.kind == "layer":
+        if self.calls.kind != "network":
             self.forward(obj, xs)
             if record:
                 self.inputs_unchanged(before_x, xs, names, self.calls.forward_name)
@@ -648,16 +796,39 @@ def _dout(session, out, direction):
     return np.random.default_rng(session.seed).standard_normal(out.shape)
 
 
+def _flatten_direction(direction, shapes):
+    if len(direction) != len(shapes):
+        raise InvalidArgument(
+            f"direction must give one array per output ({len(shapes)}), got {len(direction)}"
+        )
+    parts = []
+    for k, (d, shape) in enumerate(zip(direction, shapes, strict=True)):
+        if np.shape(d) != shape:
+            raise InvalidArgument(
+                f"direction[{k}] must have the shape of output {k}, {shape}, got {np.shape(d)}"
+            )
+        parts.append(np.asarray(d, dtype=np.float64).ravel())
+    return np.concatenate(parts)
+
+
 def _decide_loss(session, out, direction):
     calls = session.calls
-    if calls.kind == "network":
+    if calls.kind == "network" or (calls.kind == "functions" and calls.loss):
         if out.shape != ():
             raise UserFunctionError(
-                f"layer.loss must return a scalar loss; it returned shape {out.shape}"
+                f"{calls.forward_name} must return a scalar loss; it returned shape {out.shape}"
             )
         if direction is not None and np.shape(direction) != ():
             raise InvalidArgument(
-                f"direction must be a scalar for a network (its loss is a scalar), got shape "
+                f"direction must be a scalar for a loss (the loss is a scalar), got shape "
+                f"{np.shape(direction)}"
+            )
+        return
+    if calls.kind == "functions":
+        if direction is not None and np.shape(direction) != out.shape:
+            raise InvalidArgument(
+                f"direction must have the shape of {calls.forward_name}'s output {out.shape} "
+                "(several outputs: a tuple of arrays shaped like them), got "
                 f"{np.shape(direction)}"
             )
         return
@@ -702,6 +873,8 @@ def check_layer(
     atol: float | None = None,
     torch_fn: Callable[..., Any] | None = None,
     jax_fn: Callable[..., Any] | None = None,
+    resolve: float | None = None,
+    pitfalls: Any = None,
 ) -> Report:
     """Check a layer's ``backward``, or a network's gradient, against every parameter.
 
@@ -742,7 +915,7 @@ def check_layer(
         Names of ``forward``'s inputs in the report (default: ``forward``'s
         parameter names); parameters are named by their attribute or key,
         or by their path where two would share a name.
-    against, mode, seed, rtol, atol, torch_fn, jax_fn
+    against, mode, seed, rtol, atol, torch_fn, jax_fn, resolve, pitfalls
         As in :func:`oracles.check_vjp`. ``torch_fn`` and ``jax_fn`` take
         the differentiated inputs, then the parameters, in the report's
         order (``x, W, b``).
@@ -830,6 +1003,8 @@ def check_layer(
             atol=atol,
             torch_fn=torch_fn,
             jax_fn=jax_fn,
+            resolve=resolve,
+            pitfalls=pitfalls,
         )
     finally:
         np.random.set_state(state)  # noqa: NPY002
@@ -837,6 +1012,7 @@ def check_layer(
 
 def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
     __tracebackhide__ = True
+    layer = _as_layer(layer)
     _calls_for(layer)
     if isinstance(inputs, np.ndarray) or np.isscalar(inputs):
         inputs = (inputs,)
@@ -859,13 +1035,23 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
         for p, text in zip(explicit, texts, strict=False):
             p.extra["grad_text"] = text
 
+    if explicit is not None and s.calls.kind == "functions":
+        raise InvalidArgument(
+            "params= does not apply to (forward, backward) functions: their parameters are "
+            "inputs; pass them in inputs and their gradients are checked like the others"
+        )
     out = s.settle_randomness()
+    if isinstance(s.calls, _FunctionCalls) and s.calls.shapes and isinstance(
+        direction, (tuple, list)
+    ):
+        direction = _flatten_direction(direction, s.calls.shapes)
     _decide_loss(s, out, direction)
     dout = _dout(s, out, direction)
-    found = s.discover(out, dout, explicit)
-    if not found and explicit is None:
+    found = s.discover(out, dout, explicit) if s.calls.kind != "functions" else []
+    if not found and explicit is None and s.calls.kind != "functions":
         _try_lazy(s, dout)
 
+    name_params(s.params, set(all_names))
     # One forward and backward: which inputs have gradients, and hygiene.
     obj, ret, returned = s.evaluate(None, s.xs(), dout, all_names)
     if s.calls.kind == "network":
@@ -874,24 +1060,30 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
         n_ret = len(_returned(ret))
         if n_ret > n:
             raise UserFunctionError(
-                f"layer.backward returned {n_ret} gradients, but forward takes {n} inputs"
+                f"{s.backward_name} returned {n_ret} gradients, but forward takes {n} inputs"
             )
         wrt = tuple(range(n_ret))
+        floats = tuple(k for k in range(n) if _is_float(s.inputs[k]))
+        if len(floats) == n_ret and any(not _is_float(s.inputs[k]) for k in wrt):
+            wrt = floats  # word_embedding_backward returns dW only: W is the one float input
     for k in wrt:
-        if np.asarray(s.inputs[k]).dtype.kind != "f":
+        if not _is_float(s.inputs[k]):
+            what = (
+                f"dtype {s.inputs[k].dtype}" if isinstance(s.inputs[k], np.ndarray)
+                else f"type {type(s.inputs[k]).__name__}"
+            )
             raise InvalidArgument(
-                f"input {k} has dtype {np.asarray(s.inputs[k]).dtype}, but the gradients "
+                f"input {k} has {what}, but the gradients "
                 f"backward returns are taken to belong to inputs {list(wrt)}; integer inputs "
                 "(labels) cannot be differentiated. Pass wrt= to say which inputs the "
                 "returned gradients belong to"
             )
     if not wrt and not s.params:
         raise InvalidArgument(
-            f"nothing to check: {s.name}.backward returned no input gradient and no "
+            f"nothing to check: {s.backward_name} returned no input gradient and no "
             "parameter with a gradient was found; pass params={'W': 'dW', ...}"
         )
     in_names = [all_names[k] for k in wrt]
-    name_params(s.params, set(in_names))
     n_in = len(wrt)
     s.wrt, s.piece_names = wrt, in_names + [p.name for p in s.params]
     first = s.pieces(obj, ret, returned)
@@ -1069,7 +1261,7 @@ def _second_forward(s, out, first, dout):
         other = _other_inputs(s.xs())
         if state_reset:
             call_user(getattr(obj, state_reset), [], f"layer.{state_reset}")
-        if s.calls.kind == "layer":
+        if s.calls.kind != "network":
             s.forward(obj, other)
         s.backward(obj, other, None if dout is None else dout.copy())
         if s.reset is not None:
@@ -1140,6 +1332,12 @@ def _finish(s, report, all_names, direction):
             f"{direction} (a network: "
             f"{s.backward_name}(...) as its author calls it, scaled by the cotangent)"
         )
+    elif s.calls.kind == "functions" and s.calls.loss:
+        report.notes.append(
+            f"{s.name} is a loss function returning (loss, gradient): its gradient was scaled by "
+            "the cotangent"
+        )
+        report.context["direction"] = "1.0 (a loss function returning (loss, gradient))"
     elif s.calls.loss:
         call = s.calls.call_description(s.name)
         report.notes.append(
