@@ -26,11 +26,33 @@ affine_dw_missing_transpose            W      ``dW = G^T X`` instead of ``X^T G`
 affine_db_averaged                     b      ``db = mean_n G_n`` instead of the sum
 squared_error_missing_factor_2         pred   ``p - t`` for ``sum (p - t)^2`` (no ``half``)
 relu_backward_in_place                 --     ``g[x <= 0] = 0; return g``: caller's ``g`` changes
+cross_entropy_epsilon_dropped          p      ``log(p + 1e-7)`` forward, ``-y / p`` backward
+gelu_tanh_forward_exact_backward       x      tanh-approximation forward, exact-GELU backward
+embedding_repeated_indices_lost        W      ``dW[ids] += g``: a repeated id counts once
+maxpool_ties_all_get_gradient          x      every tied maximum of a window gets ``g``
+conv2d_padding_slice_empty_at_p0       x      ``dx_pad[p:-p, p:-p]`` is empty at ``p = 0``
+lstm_step_backward_in_place            --     ``dc_next += ...``: caller's cotangent changes
 =====================================  =====  ==============================================
 
-The last entry computes the right numbers: its mistake is that it writes into
-its upstream gradient. Its ``wrong_input`` is ``None`` and its
+Two entries compute the right numbers: their mistake is that they write into
+their upstream gradient (``relu_backward_in_place``,
+``lstm_step_backward_in_place``). Their ``wrong_input`` is ``None`` and their
 ``mutates_cotangent`` is True; an oracle must report the modification.
+
+Layer-style mistakes (max-pool, convolution, LSTM step, embedding) are
+written function-style, ``fn(*inputs)`` and ``vjp(g, *inputs)``, so that
+:func:`oracles.check_vjp` runs them like the rest; an LSTM step returns
+``[h_next, c_next]`` side by side as one array. Index arrays (labels, token
+ids) cannot be perturbed, so those entries close over fixed ones.
+
+Two entries are hard on purpose. ``gelu_tanh_forward_exact_backward`` is
+only about 1e-3 off (the approximation is good; its derivative is not the
+exact one's). ``maxpool_ties_all_get_gradient`` is wrong only at ties, where
+the max is not differentiable: an oracle must judge each tie group (the
+weights over tied entries must sum to 1), not each element alone.
+``conv2d_padding_slice_empty_at_p0`` returns a gradient of the wrong shape;
+an oracle refuses it naming the input (at ``p >= 1`` the same code is right:
+its ``fn`` and VJPs take ``pad``).
 
 Where a published derivation also gives a gradient it gets right (the target
 gradient of a loss, say), or gives none, the entry's ``wrong_vjp`` returns
@@ -49,8 +71,10 @@ Examined and **not** entries (they are not wrong gradients):
   gradients are unchanged; only rows far below the global maximum can
   underflow to ``0 / 0``. Summing over axis 0 in the same code is
   ``softmax_over_batch_axis``.
-* ``log(a + 1e-7)`` inside a cross-entropy: a forward perturbation of the
-  loss, like the shifted sigmoid.
+* ``log(a + 1e-7)`` inside a cross-entropy, differentiated as written
+  (``1 / (a + 1e-7)``): a forward perturbation of the loss, like the
+  shifted sigmoid. Dropping the epsilon in the backward only is the entry
+  ``cross_entropy_epsilon_dropped``.
 
 Examples
 --------
@@ -65,6 +89,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,7 +123,8 @@ class Pitfall:
     wrong_vjp : callable
         The published VJP, ``wrong_vjp(g, *inputs)``; same signature and
         return structure as ``correct_vjp`` (a bare array for one input, a
-        tuple otherwise).
+        tuple otherwise). The wrong gradient may even have the wrong shape
+        (``conv2d_padding_slice_empty_at_p0``).
     correct_vjp : callable
         The reference VJP of ``fn``.
     make_inputs : callable
@@ -341,6 +367,254 @@ def _regression_inputs(rng):
     return rng.standard_normal((_N, _C)), rng.standard_normal((_N, _C))
 
 
+# --- cross-entropy on probabilities, with an epsilon inside the log -------------------
+
+_LOG_EPSILON = 1e-7
+
+
+def _ce_probabilities(p, y):
+    # -(1/N) sum y log(p + eps): the epsilon keeps log(0) away.
+    return -np.sum(y * np.log(p + _LOG_EPSILON)) / p.shape[0]
+
+
+def _ce_probabilities_vjp(g, p, y):
+    n = p.shape[0]
+    return -g * y / (p + _LOG_EPSILON) / n, -g * np.log(p + _LOG_EPSILON) / n
+
+
+def _ce_probabilities_vjp_no_epsilon(g, p, y):
+    # d/dp log(p) = 1/p: the derivative of the loss without its epsilon.
+    n = p.shape[0]
+    _, dy = _ce_probabilities_vjp(g, p, y)
+    return -g * y / p / n, dy
+
+
+def _tiny_true_class_inputs(rng):
+    # Every other row gives its true class a probability of 1e-8 .. 1e-6,
+    # where 1/p and 1/(p + 1e-7) differ by a factor of 1.1 to 11; the other
+    # classes share the rest, so that every row sums to 1.
+    true = np.where(np.arange(_N) % 2 == 0, 10.0 ** rng.uniform(-8.0, -6.0, size=_N), 0.5)
+    p = rng.uniform(0.2, 1.0, size=(_N, _C))
+    p[np.arange(_N), _LABELS] = 0.0
+    p *= (1.0 - true)[:, None] / p.sum(axis=-1, keepdims=True)
+    p[np.arange(_N), _LABELS] = true
+    y = np.zeros((_N, _C))
+    y[np.arange(_N), _LABELS] = 1.0
+    return p, y
+
+
+# --- GELU: tanh approximation forward, exact backward ------------------------------------
+
+_GELU_K = float(np.sqrt(2.0 / np.pi))
+_GELU_A = 0.044715
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu_tanh(x):
+    # 0.5 x (1 + tanh(k (x + a x^3))), k = sqrt(2 / pi): the fast approximation.
+    return 0.5 * x * (1.0 + np.tanh(_GELU_K * (x + _GELU_A * x**3)))
+
+
+def _gelu_tanh_vjp(g, x):
+    # With u = k (x + a x^3) and t = tanh(u):
+    # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2).
+    t = np.tanh(_GELU_K * (x + _GELU_A * x**3))
+    slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_K * (1.0 + 3.0 * _GELU_A * x * x)
+    return g * slope
+
+
+def _gelu_exact_vjp(g, x):
+    # The derivative of the exact GELU x Phi(x): Phi(x) + x phi(x).
+    cdf = 0.5 * (1.0 + _ERF(x / np.sqrt(2.0)))
+    pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    return g * (cdf + x * pdf)
+
+
+# --- embedding lookup ------------------------------------------------------------------
+
+# Token ids of one batch: 1 and 3 repeat, 2 and 4 never occur.
+_TOKENS = np.array([1, 3, 1, 0, 3, 3, 5])
+
+
+def _embedding(W):
+    return W[_TOKENS]
+
+
+def _embedding_vjp(g, W):
+    # Row t of dW sums the cotangent rows of every position holding token t.
+    dW = np.zeros_like(W)
+    np.add.at(dW, _TOKENS, g)
+    return dW
+
+
+def _embedding_vjp_fancy_add(g, W):
+    # dW[ids] += g reads each repeated row once and writes it once per
+    # repetition, so only the last repetition's gradient survives.
+    dW = np.zeros_like(W)
+    dW[_TOKENS] += g
+    return dW
+
+
+def _embedding_inputs(rng):
+    return (rng.standard_normal((6, 4)),)
+
+
+# --- 2x2 max-pool, stride 2 ---------------------------------------------------------------
+
+
+def _pool_windows(x):
+    """``(H/2, W/2, 4)``: the four entries of each 2x2 window, row-major within it."""
+    H, W = x.shape
+    return x.reshape(H // 2, 2, W // 2, 2).transpose(0, 2, 1, 3).reshape(H // 2, W // 2, 4)
+
+
+def _from_pool_windows(d):
+    h, w, _ = d.shape
+    return d.reshape(h, w, 2, 2).transpose(0, 2, 1, 3).reshape(2 * h, 2 * w)
+
+
+def _max_pool(x):
+    return _pool_windows(x).max(axis=-1)
+
+
+def _max_pool_vjp(g, x):
+    # The gradient of a window's max goes to one maximal entry, the first
+    # (a valid subgradient at a tie: the weights over the tied entries sum to 1).
+    windows = _pool_windows(x)
+    d = np.zeros_like(windows)
+    np.put_along_axis(d, np.argmax(windows, axis=-1)[..., None], g[..., None], axis=-1)
+    return _from_pool_windows(d)
+
+
+def _max_pool_vjp_every_tie(g, x):
+    # mask = (x == max of its window): a window with k tied maxima passes g
+    # on k times, a derivative of k instead of 1.
+    windows = _pool_windows(x)
+    mask = windows == windows.max(axis=-1, keepdims=True)
+    return _from_pool_windows(mask * g[..., None])
+
+
+def _pixel_inputs(rng):
+    # Integer pixel values 0..2: most 2x2 windows have tied maxima.
+    return (rng.integers(0, 3, size=(6, 8)).astype(np.float64),)
+
+
+# --- naive 2-D convolution (cross-correlation), stride 1, padding p -----------------------
+
+
+def _conv2d(x, k, *, pad=0):
+    xp = np.pad(x, pad)
+    kh, kw = k.shape
+    H, W = xp.shape[0] - kh + 1, xp.shape[1] - kw + 1
+    out = np.zeros((H, W))
+    for a in range(kh):
+        for b in range(kw):
+            out += k[a, b] * xp[a : a + H, b : b + W]
+    return out
+
+
+def _conv2d_padded_grads(g, x, k, pad):
+    """``(dxp, dk)``: the gradient with respect to the padded input, and the kernel's."""
+    # out[i, j] = sum_ab k[a, b] xp[i + a, j + b], so dk[a, b] = sum_ij g[i, j] xp[i + a, j + b]
+    # and every xp[i + a, j + b] receives g[i, j] k[a, b].
+    xp = np.pad(x, pad)
+    kh, kw = k.shape
+    H, W = g.shape
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(k)
+    for a in range(kh):
+        for b in range(kw):
+            dk[a, b] = np.sum(g * xp[a : a + H, b : b + W])
+            dxp[a : a + H, b : b + W] += k[a, b] * g
+    return dxp, dk
+
+
+def _conv2d_vjp(g, x, k, *, pad=0):
+    dxp, dk = _conv2d_padded_grads(g, x, k, pad)
+    return dxp[pad : pad + x.shape[0], pad : pad + x.shape[1]], dk
+
+
+def _conv2d_vjp_slice_minus_pad(g, x, k, *, pad=0):
+    # The padding is cut off with [pad:-pad]: at pad = 0 that is [0:0], empty.
+    dxp, dk = _conv2d_padded_grads(g, x, k, pad)
+    return dxp[pad:-pad, pad:-pad], dk
+
+
+def _image_and_kernel_inputs(rng):
+    return rng.standard_normal((6, 7)), rng.standard_normal((3, 4))
+
+
+# --- one LSTM step ----------------------------------------------------------------------------
+
+_LSTM_HIDDEN = 4
+
+
+def _lstm_gates(x, h, c, W, b):
+    H = _LSTM_HIDDEN
+    z = np.concatenate([x, h], axis=1) @ W + b
+    i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), sigmoid(z[:, 2 * H : 3 * H])
+    u = np.tanh(z[:, 3 * H :])
+    c_next = f * c + i * u
+    return i, f, o, u, c_next
+
+
+def _lstm_step(x, h, c, W, b):
+    # [h_next, c_next], side by side: one output array for one cotangent.
+    _, _, o, _, c_next = _lstm_gates(x, h, c, W, b)
+    return np.concatenate([o * np.tanh(c_next), c_next], axis=1)
+
+
+def _lstm_step_backward(g, x, h, c, W, b, *, dc_total):
+    # z = [x, h] W + b; gates i, f, o = sigmoid of their quarter of z, u = tanh of the last;
+    # c' = f c + i u and h' = o tanh(c'). With cotangents dh of h' and dc' of c': the total
+    # dc = dc' + dh o (1 - tanh(c')^2), then each gate's dz is its factor's cotangent times
+    # the gate's derivative (s (1 - s) or 1 - u^2), dc_prev = dc f, and [dx, dh_prev] =
+    # dz W^T, dW = [x, h]^T dz, db = sum_n dz: an affine layer's VJP.
+    i, f, o, u, c_next = _lstm_gates(x, h, c, W, b)
+    H = _LSTM_HIDDEN
+    dh = g[:, :H]
+    t = np.tanh(c_next)
+    # c_next reaches the loss directly (dc) and through h_next = o tanh(c_next).
+    dc = dc_total(g[:, H:], dh * o * (1.0 - t * t))
+    dz = np.concatenate(
+        [
+            dc * u * i * (1.0 - i),  # input gate
+            dc * c * f * (1.0 - f),  # forget gate
+            dh * t * o * (1.0 - o),  # output gate
+            dc * i * (1.0 - u * u),  # candidate
+        ],
+        axis=1,
+    )
+    xh = np.concatenate([x, h], axis=1)
+    dxh = dz @ W.T
+    return dxh[:, : x.shape[1]], dxh[:, x.shape[1] :], dc * f, xh.T @ dz, dz.sum(axis=0)
+
+
+def _lstm_step_vjp(g, x, h, c, W, b):
+    return _lstm_step_backward(g, x, h, c, W, b, dc_total=np.add)
+
+
+def _lstm_step_vjp_in_place(g, x, h, c, W, b):
+    # dc_next += dh * o * (1 - tanh(c)^2): the right sum, written into the
+    # caller's upstream gradient (dc_next is a view of it).
+    def accumulate(dc_next, through_h):
+        dc_next += through_h
+        return dc_next
+
+    return _lstm_step_backward(g, x, h, c, W, b, dc_total=accumulate)
+
+
+def _lstm_inputs(rng):
+    n_in, H = 3, _LSTM_HIDDEN
+    return (
+        rng.standard_normal((_N, n_in)),
+        rng.standard_normal((_N, H)),
+        rng.standard_normal((_N, H)),
+        rng.standard_normal((n_in + H, 4 * H)) / 2.0,
+        rng.standard_normal(4 * H) / 2.0,
+    )
+
+
 CATALOG = (
     Pitfall(
         name="softmax_diagonal_jacobian",
@@ -554,6 +828,92 @@ CATALOG = (
         make_inputs=_activations_input,
         wrong_input=None,
         input_names=("x",),
+        mutates_cotangent=True,
+    ),
+    Pitfall(
+        name="cross_entropy_epsilon_dropped",
+        summary="The loss on probabilities is -(1/N) sum y log(p + 1e-7), but the backward "
+        "is -y / (N p): the derivative of log(p), the epsilon dropped. Where a true class has "
+        "p near 1e-7 or below, the gradient is off by up to a factor of 11.",
+        correct="dL/dp = -y / (N (p + 1e-7)): differentiate the forward as written.",
+        source="background doc 001 (a layer-class notebook) computes log(y + 1e-7); the "
+        "backward without the epsilon is common in from-scratch code",
+        fn=_ce_probabilities,
+        wrong_vjp=_ce_probabilities_vjp_no_epsilon,
+        correct_vjp=_ce_probabilities_vjp,
+        make_inputs=_tiny_true_class_inputs,
+        wrong_input=0,
+        input_names=("p", "y"),
+    ),
+    Pitfall(
+        name="gelu_tanh_forward_exact_backward",
+        summary="The forward is the tanh approximation 0.5 x (1 + tanh(k (x + 0.044715 x^3))), "
+        "the backward the exact GELU's Phi(x) + x phi(x): close (about 1e-3 apart), but the "
+        "derivative of another function.",
+        correct="Differentiate the approximation: 0.5 (1 + t) + 0.5 x (1 - t^2) k "
+        "(1 + 3 * 0.044715 x^2), t = tanh(k (x + 0.044715 x^3)), k = sqrt(2 / pi).",
+        source="common in from-scratch transformer code",
+        fn=_gelu_tanh,
+        wrong_vjp=_gelu_exact_vjp,
+        correct_vjp=_gelu_tanh_vjp,
+        make_inputs=_activations_input,
+        wrong_input=0,
+        input_names=("x",),
+    ),
+    Pitfall(
+        name="embedding_repeated_indices_lost",
+        summary="The embedding backward is dW[ids] += g. Fancy-index assignment writes a "
+        "repeated row once, so a token that occurs k times gets one of its k gradients.",
+        correct="np.add.at(dW, ids, g): every occurrence adds its row.",
+        source="common in from-scratch NLP code (word2vec and embedding layers)",
+        fn=_embedding,
+        wrong_vjp=_embedding_vjp_fancy_add,
+        correct_vjp=_embedding_vjp,
+        make_inputs=_embedding_inputs,
+        wrong_input=0,
+        input_names=("W",),
+    ),
+    Pitfall(
+        name="maxpool_ties_all_get_gradient",
+        summary="The 2x2 max-pool backward passes g to every entry equal to its window's "
+        "maximum; a window with k tied maxima passes it on k times.",
+        correct="Route g to one maximal entry per window (the first, as argmax picks); any "
+        "split over the ties with weights summing to 1 is a valid subgradient.",
+        source="common in from-scratch CNN code (mask = x == max of the window)",
+        fn=_max_pool,
+        wrong_vjp=_max_pool_vjp_every_tie,
+        correct_vjp=_max_pool_vjp,
+        make_inputs=_pixel_inputs,
+        wrong_input=0,
+        input_names=("x",),
+    ),
+    Pitfall(
+        name="conv2d_padding_slice_empty_at_p0",
+        summary="The convolution backward removes the padding with dx_padded[p:-p, p:-p]; "
+        "at p = 0 that slice is [0:0], and the gradient of x is an empty array. (At p >= 1 "
+        "the same code is right.)",
+        correct="Slice dx_padded[p:p + H, p:p + W], which is the whole array at p = 0.",
+        source="common in from-scratch CNN code (a naive conv_backward)",
+        fn=_conv2d,
+        wrong_vjp=_conv2d_vjp_slice_minus_pad,
+        correct_vjp=_conv2d_vjp,
+        make_inputs=_image_and_kernel_inputs,
+        wrong_input=0,
+        input_names=("x", "k"),
+    ),
+    Pitfall(
+        name="lstm_step_backward_in_place",
+        summary="The LSTM-step backward adds the path through h_next into dc_next in place "
+        "(dc_next += dh * o * (1 - tanh(c)^2)), and dc_next is the caller's upstream gradient: "
+        "the values are right, the caller's array changes.",
+        correct="dc = dc_next + dh * o * (1 - tanh(c)^2), a new array.",
+        source="common in from-scratch RNN code",
+        fn=_lstm_step,
+        wrong_vjp=_lstm_step_vjp_in_place,
+        correct_vjp=_lstm_step_vjp,
+        make_inputs=_lstm_inputs,
+        wrong_input=None,
+        input_names=("x", "h", "c", "W", "b"),
         mutates_cotangent=True,
     ),
 )

@@ -8,11 +8,13 @@ supplies). The second half runs every entry through :func:`oracles.check_vjp`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 
 import oracles
+from oracles import UserFunctionError
 from reference import pitfalls
 from reference._validation import InvalidInput
 from reference.pitfalls import CATALOG, Pitfall, by_name
@@ -21,6 +23,14 @@ VALUE_PITFALLS = [p for p in CATALOG if p.wrong_input is not None]
 MUTATING_PITFALLS = [p for p in CATALOG if p.mutates_cotangent]
 # Only a missing transpose needs square shapes to run at all.
 SQUARE_ALLOWED = {"affine_dx_missing_transpose", "affine_dw_missing_transpose"}
+# Seeds of the inputs each entry is checked on.
+SEEDS = (11, 23, 37)
+# The smallest relative difference between wrong and right that an entry must show. The tanh
+# approximation of GELU has a derivative within ~1e-3 of the exact one's: subtle by nature.
+MIN_DIFFERENCE = {"gelu_tanh_forward_exact_backward": 1e-4}
+# A mistake made only at ties (where max has no derivative) needs a checker that judges each
+# tie group; one that judges element by element accepts it.
+TIE_GROUPS = {"maxpool_ties_all_get_gradient"}
 
 
 def _ids(p):
@@ -55,6 +65,12 @@ def test_catalog_has_every_required_mistake():
         "affine_db_averaged",
         "squared_error_missing_factor_2",
         "relu_backward_in_place",
+        "cross_entropy_epsilon_dropped",
+        "gelu_tanh_forward_exact_backward",
+        "embedding_repeated_indices_lost",
+        "maxpool_ties_all_get_gradient",
+        "conv2d_padding_slice_empty_at_p0",
+        "lstm_step_backward_in_place",
     }
     names = [p.name for p in CATALOG]
     assert len(names) == len(set(names))
@@ -106,11 +122,15 @@ def test_wrong_vjp_differs_only_in_the_wrong_input(p, seed):
     right = _as_tuple(p.correct_vjp(g.copy(), *inputs))
     assert len(wrong) == len(right) == len(inputs)
     for i, (w, r, x) in enumerate(zip(wrong, right, inputs, strict=True)):
-        assert np.shape(w) == np.shape(r) == x.shape
+        assert np.shape(r) == x.shape
         if i == p.wrong_input:
+            if np.shape(w) != x.shape:  # a gradient of the wrong shape is wrong enough
+                continue
             rel = np.max(np.abs(w - r)) / np.max(np.abs(r))
-            assert rel > 1e-2, f"{p.input_names[i]}: relative difference only {rel:.2e}"
+            least = MIN_DIFFERENCE.get(p.name, 1e-2)
+            assert rel > least, f"{p.input_names[i]}: relative difference only {rel:.2e}"
         else:
+            assert np.shape(w) == x.shape
             np.testing.assert_allclose(w, r, rtol=1e-13, atol=0)
 
 
@@ -132,8 +152,10 @@ def test_mutating_vjp_has_right_values_but_changes_the_callers_cotangent(p):
     inputs = p.make_inputs(rng)
     g = _cotangent(p, inputs, rng)
     g_before = g.copy()
-    right = p.correct_vjp(g_before.copy(), *inputs)
-    np.testing.assert_array_equal(p.wrong_vjp(g, *inputs), right)
+    right = _as_tuple(p.correct_vjp(g_before.copy(), *inputs))
+    wrong = _as_tuple(p.wrong_vjp(g, *inputs))
+    for w, r in zip(wrong, right, strict=True):
+        np.testing.assert_array_equal(w, r)
     assert not np.array_equal(g, g_before), "the caller's cotangent should have changed"
     # The correct VJP leaves it alone.
     g2 = g_before.copy()
@@ -158,30 +180,75 @@ def _failed_inputs(report):
     return [i for i, r in enumerate(report.inputs) if not r.ok]
 
 
-@pytest.mark.parametrize("p", VALUE_PITFALLS, ids=_ids)
-def test_oracle_flags_the_wrong_vjp_at_the_wrong_input(p):
-    inputs = p.make_inputs(np.random.default_rng(11))
+def _judged_by_tie_groups(p):
+    mark = pytest.mark.xfail(
+        strict=True, reason="ties are judged per element until the tie-group check lands (issue 13)"
+    )
+    return pytest.param(p, id=p.name, marks=[mark] if p.name in TIE_GROUPS else [])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("p", [_judged_by_tie_groups(p) for p in VALUE_PITFALLS])
+def test_oracle_flags_the_wrong_vjp_at_the_wrong_input(p, seed):
+    inputs = p.make_inputs(np.random.default_rng(seed))
+    name = p.input_names[p.wrong_input]
+    g = _cotangent(p, inputs, np.random.default_rng(seed))
+    if np.shape(_as_tuple(p.wrong_vjp(g, *inputs))[p.wrong_input]) != inputs[p.wrong_input].shape:
+        # A gradient of the wrong shape is refused, naming the input, before any comparison.
+        with pytest.raises(UserFunctionError, match=f"gradient of {name} with shape"):
+            oracles.check_vjp(p.fn, p.wrong_vjp, inputs, seed=0)
+        return
     report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, seed=0)
     assert report.ok is False, str(report)
     assert _failed_inputs(report) == [p.wrong_input], str(report)
     # The report names the input as the forward's signature does.
-    assert report.inputs[p.wrong_input].name == p.input_names[p.wrong_input]
+    assert report.inputs[p.wrong_input].name == name
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("p", MUTATING_PITFALLS, ids=_ids)
-def test_oracle_flags_a_vjp_that_modifies_its_cotangent(p):
-    inputs = p.make_inputs(np.random.default_rng(11))
+def test_oracle_flags_a_vjp_that_modifies_its_cotangent(p, seed):
+    inputs = p.make_inputs(np.random.default_rng(seed))
     report = oracles.check_vjp(p.fn, p.wrong_vjp, inputs, seed=0)
     assert report.ok is False, str(report)
     assert "modif" in str(report).lower(), str(report)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("p", CATALOG, ids=_ids)
-def test_oracle_passes_the_correct_vjp(p):
-    inputs = p.make_inputs(np.random.default_rng(11))
+def test_oracle_passes_the_correct_vjp(p, seed):
+    inputs = p.make_inputs(np.random.default_rng(seed))
     report = oracles.check_vjp(p.fn, p.correct_vjp, inputs, seed=0)
     assert report.ok is True, str(report)
     assert _failed_inputs(report) == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_padding_slice_is_right_once_there_is_padding(seed):
+    # dx_padded[p:-p, p:-p] is empty only at p = 0: with p = 1 the published code is right.
+    p = by_name("conv2d_padding_slice_empty_at_p0")
+    fn, wrong, right = (functools.partial(f, pad=1) for f in (p.fn, p.wrong_vjp, p.correct_vjp))
+    inputs = p.make_inputs(np.random.default_rng(seed))
+    g = np.random.default_rng(seed).standard_normal(np.shape(fn(*inputs)))
+    for w, r in zip(wrong(g, *inputs), right(g, *inputs), strict=True):
+        np.testing.assert_array_equal(w, r)
+    report = oracles.check_vjp(fn, wrong, inputs, seed=0)
+    assert report.ok is True, str(report)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_inputs_are_where_the_mistakes_show(seed):
+    rng = np.random.default_rng(seed)
+    probabilities, targets = by_name("cross_entropy_epsilon_dropped").make_inputs(rng)
+    true_class = probabilities[targets == 1.0]
+    assert np.any((true_class >= 1e-8) & (true_class <= 1e-6))
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-15)
+    (pixels,) = by_name("maxpool_ties_all_get_gradient").make_inputs(rng)
+    assert np.array_equal(pixels, np.round(pixels))
+    h, w = pixels.shape
+    windows = pixels.reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3).reshape(-1, 4)
+    tied = np.sum(windows == windows.max(axis=-1, keepdims=True), axis=-1) > 1
+    assert tied.sum() >= 3
 
 
 def _native_pitfalls():
