@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
+import pickle
 import types
 
 import numpy as np
@@ -26,6 +28,7 @@ import numpy as np
 from oracles.errors import InvalidArgument
 
 __all__ = [
+    "Copier",
     "copy_with",
     "is_private",
     "parse_path",
@@ -237,3 +240,54 @@ def copy_with(template, substitutes=None):
             f"{exc}); check_layer runs every evaluation on a copy so that your layer is never "
             "changed"
         ) from exc
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, ids):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._ids = ids
+
+    def persistent_id(self, obj):
+        if isinstance(obj, np.ndarray):
+            return self._ids.get(id(obj))
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, values):
+        super().__init__(file)
+        self._values = values
+
+    def persistent_load(self, pid):
+        return self._values[pid]
+
+
+class Copier:
+    """Fresh copies of ``template`` with ``arrays`` replaced, fast.
+
+    The same result as :func:`copy_with` (every reference to ``arrays[k]``
+    becomes ``values[k]``), built by unpickling one pickle of the template,
+    several times faster than ``copy.deepcopy`` of an object graph. Layers
+    that cannot be pickled (a lambda attribute, a class defined inside a
+    function) are deep-copied instead.
+    """
+
+    def __init__(self, template, arrays):
+        self.template = template
+        self.arrays = list(arrays)
+        self.data = None
+        ids = {id(a): k for k, a in enumerate(self.arrays)}
+        try:
+            buffer = io.BytesIO()
+            _Pickler(buffer, ids).dump(template)
+            self.data = buffer.getvalue()
+            self.copy([np.array(a, copy=True) for a in self.arrays])
+        except Exception:  # noqa: BLE001 - anything pickle refuses: deepcopy handles it
+            self.data = None
+
+    def copy(self, values):
+        if self.data is not None:
+            return _Unpickler(io.BytesIO(self.data), list(values)).load()
+        return copy_with(
+            self.template, {id(a): v for a, v in zip(self.arrays, values, strict=True)}
+        )

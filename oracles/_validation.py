@@ -16,6 +16,7 @@ __all__ = [
     "as_output",
     "check_arity",
     "check_callable",
+    "check_executor",
     "check_names",
     "check_seed",
     "check_tolerance",
@@ -53,7 +54,7 @@ def _as_float64(value, name):
         )
     if kind == "c":
         raise InvalidArgumentType(
-            f"{name} has complex dtype {arr.dtype}; check_vjp differentiates real inputs. "
+            f"{name} has complex dtype {arr.dtype}; only real arrays can be checked. "
             "Pass real and imaginary parts as separate real inputs"
         )
     if kind not in "fiu":
@@ -139,34 +140,63 @@ def as_directions(directions, xs, name="direction"):
     return out
 
 
-def parse_against(against, supported, kind):
-    """``against=`` -> a tuple of distinct oracle names that ``kind`` supports."""
+def parse_against(against, supported, kind, name="against"):
+    """``against=`` -> a tuple of distinct oracle names that ``kind`` supports.
+
+    ``name`` is what the messages call the argument (the pytest plugin's
+    ``--oracles`` applies the same rules).
+    """
     known = ("numeric", "torch", "jax", "complex")
+    listed = ", ".join(supported)
     if isinstance(against, str):
         against = (against,)
     try:
         against = tuple(against)
     except TypeError as exc:
         raise InvalidArgumentType(
-            f"against must be one of {supported} or a sequence of them, got {against!r}"
+            f"{name} must be one of {listed} or a sequence of them, got {against!r}"
         ) from exc
     if not against:
-        raise InvalidArgument(f"against is empty; name at least one of {supported}")
+        raise InvalidArgument(f"{name} is empty; name at least one of {listed}")
     for a in against:
         if not isinstance(a, str) or a not in known:
-            raise InvalidArgument(f"against must name oracles among {supported}, got {a!r}")
+            raise InvalidArgument(f"{name} must name oracles among {listed}, got {a!r}")
         if a not in supported:
-            raise InvalidArgument(
-                f"{kind} does not support against={a!r}; its oracles are {supported}"
-            )
+            raise InvalidArgument(f"{kind} does not support {name}={a!r}; its oracles are {listed}")
     if len(set(against)) != len(against):
-        raise InvalidArgument(f"against names an oracle twice: {against!r}")
+        raise InvalidArgument(f"{name} names an oracle twice: {against!r}")
     return against
 
 
 def check_callable(obj, name):
     if not callable(obj):
         raise InvalidArgumentType(f"{name} must be callable, got {type(obj).__name__}")
+
+
+def check_executor(executor, name="executor"):
+    """Raise :class:`InvalidArgument` if ``executor`` no longer accepts work.
+
+    ``concurrent.futures`` executors raise ``RuntimeError`` from ``submit``
+    once shut down (or broken: a process pool whose worker died), so that is
+    what is asked of it, with a task that does nothing (the builtin
+    ``int``, picklable for a process pool); the task is cancelled if it has
+    not started. Called before any chunk is submitted, so a dead executor
+    fails at once and clearly, not in the middle of a check.
+    """
+    kind = type(executor).__name__
+    try:
+        probe = executor.submit(int)
+    except RuntimeError as exc:
+        raise InvalidArgument(
+            f"{name} ({kind}) cannot run the check's chunks: {exc}. Pass an executor that is "
+            "not shut down (create it in a with-block around the check)"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any executor's own refusal, named
+        raise InvalidArgument(
+            f"{name} ({kind}) cannot run the check's chunks: its submit() raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    probe.cancel()
 
 
 def check_arity(func, n_args, name, rule):

@@ -35,6 +35,7 @@ from numpy.typing import ArrayLike
 
 from oracles._guards import call_user, differs, mutations
 from oracles._layer_objects import (
+    Copier,
     copy_with,
     is_private,
     render,
@@ -453,6 +454,7 @@ class _Session:
         self.notes = []
         self.wrt = ()
         self.piece_names = []
+        self._copier = None
 
     # copies and calls
 
@@ -462,7 +464,10 @@ class _Session:
         for k, p in enumerate(self.params):
             v = p.array if values is None else values[k]
             subs[id(p.array)] = np.array(v, dtype=np.float64, copy=True)
-        obj = copy_with(self.template, subs)
+        key = (id(self.template), tuple(id(p.array) for p in self.params))
+        if self._copier is None or self._copier[0] != key:
+            self._copier = (key, Copier(self.template, [p.array for p in self.params]))
+        obj = self._copier[1].copy(list(subs.values()))
         if self.reset is not None:
             call_user(getattr(obj, self.reset), [], f"layer.{self.reset}")
         return obj, subs

@@ -32,6 +32,7 @@ from __future__ import annotations
 import pytest
 
 from oracles._pipeline import ORACLES
+from oracles._validation import check_tolerance, parse_against
 from oracles.errors import GradientMismatch
 
 __all__ = ["GradCheck", "gradcheck"]
@@ -50,9 +51,9 @@ def pytest_addoption(parser):
         "--oracles",
         default=None,
         metavar="LIST",
-        help="comma-separated oracles the gradcheck fixture compares with, among numeric, "
-        "torch, jax (default: numeric). torch and jax are used by the calls that pass "
-        "torch_fn= / jax_fn=.",
+        help=f"comma-separated distinct oracles the gradcheck fixture compares with, among "
+        f"{', '.join(ORACLES)} (default: numeric). torch and jax are used by the calls that "
+        "pass torch_fn= / jax_fn=, the others by the checks that support them.",
     )
     group.addoption(
         "--oracles-rtol",
@@ -77,31 +78,38 @@ def pytest_addoption(parser):
     )
 
 
+# The options obey the rules of the checks' own arguments, applied by the same functions
+# (oracles._validation), so that they cannot drift apart: --oracles is against=, and
+# --oracles-rtol / --oracles-atol are rtol= / atol=. A bad value is a usage error when
+# pytest starts (exit code 4), not a failure of every test that uses the fixture.
+
+
 def _parse_oracles(value, where):
+    """``--oracles`` (comma-separated) or a marker's ``against=`` -> a tuple of oracles."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    value = tuple(value)
-    bad = [v for v in value if v not in ORACLES]
-    if not value or bad:
-        raise pytest.UsageError(
-            f"{where} must name oracles among {', '.join(ORACLES)} (comma-separated), "
-            f"got {bad or 'nothing'}"
-        )
-    return value
+    listed = isinstance(value, str)
+    if listed:
+        value = [v.strip() for v in value.split(",")]
+        value = [v for v in value if v]
+    try:
+        return parse_against(value, ORACLES, "the gradcheck fixture", name=where)
+    except (ValueError, TypeError) as exc:  # InvalidArgument, InvalidArgumentType
+        raise pytest.UsageError(f"{exc}{' (comma-separated)' if listed else ''}") from None
 
 
 def _check_number(value, where, kind):
+    """A tolerance (``kind=float``) or an example count (``kind=int``), or a usage error."""
     if value is None:
         return None
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise pytest.UsageError(f"{where} must be an integer >= 1, got {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise pytest.UsageError(f"{where} must be a number >= 0, got {value!r}")
-    return float(value)
+    try:
+        return check_tolerance(value, where)
+    except (ValueError, TypeError) as exc:  # InvalidArgument, InvalidArgumentType
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_configure(config):
@@ -119,8 +127,9 @@ class GradCheck:
     ----------
     against : tuple of str
         Oracles to compare with. ``"numeric"`` runs for every call; ``"torch"``
-        and ``"jax"`` for the calls that pass ``torch_fn=`` / ``jax_fn=`` (a
-        call passing ``against=`` itself uses exactly that).
+        and ``"jax"`` for the calls that pass ``torch_fn=`` / ``jax_fn=``;
+        ``"complex"`` for the checks that support it (``.vjp`` and ``.layer``).
+        A call passing ``against=`` itself uses exactly that.
     rtol, atol : float or None
         Default tolerances of every call.
     examples : int or None
@@ -147,13 +156,15 @@ class GradCheck:
             f"examples={self.examples!r})"
         )
 
-    def _options(self, kwargs, backends=("torch_fn", "jax_fn")):
+    def _options(self, kwargs, spec):
         opts = dict(kwargs)
         if "against" not in opts:
+            # The configured oracles this check supports; torch and jax when their fn is given.
             usable = [
                 o
                 for o in self.against
-                if o == "numeric" or (f"{o}_fn" in backends and opts.get(f"{o}_fn") is not None)
+                if o in spec.oracles
+                and (o not in ("torch", "jax") or opts.get(f"{o}_fn") is not None)
             ]
             if not usable:
                 from oracles.errors import InvalidArgument
@@ -170,30 +181,31 @@ class GradCheck:
     def vjp(self, fn, vjp, inputs, **kwargs):
         """:func:`oracles.assert_vjp` with the configured oracles and tolerances."""
         __tracebackhide__ = True
-        from oracles.checks import assert_vjp
+        from oracles.checks import VJP, assert_vjp
 
-        return assert_vjp(fn, vjp, inputs, **self._options(kwargs))
+        return assert_vjp(fn, vjp, inputs, **self._options(kwargs, VJP))
 
     def layer(self, layer, inputs, **kwargs):
         """:func:`oracles.assert_layer` with the configured oracles and tolerances."""
         __tracebackhide__ = True
+        from oracles.checks import VJP
         from oracles.layer import assert_layer
 
-        return assert_layer(layer, inputs, **self._options(kwargs))
+        return assert_layer(layer, inputs, **self._options(kwargs, VJP))
 
     def jvp(self, fn, jvp, inputs, **kwargs):
         """:func:`oracles.assert_jvp` with the configured oracles and tolerances."""
         __tracebackhide__ = True
-        from oracles.checks import assert_jvp
+        from oracles.checks import JVP, assert_jvp
 
-        return assert_jvp(fn, jvp, inputs, **self._options(kwargs))
+        return assert_jvp(fn, jvp, inputs, **self._options(kwargs, JVP))
 
     def hvp(self, fn, hvp, inputs, **kwargs):
         """:func:`oracles.assert_hvp` with the configured oracles and tolerances."""
         __tracebackhide__ = True
-        from oracles.checks import assert_hvp
+        from oracles.checks import HVP, assert_hvp
 
-        return assert_hvp(fn, hvp, inputs, **self._options(kwargs))
+        return assert_hvp(fn, hvp, inputs, **self._options(kwargs, HVP))
 
 
 def _marker_settings(node):

@@ -8,7 +8,8 @@ project can use it on its own.
 Conventions
 -----------
 * Arrays are float64 and always finite (no NaN, no infinity, no subnormal
-  numbers); integer class labels are int64.
+  numbers: a value that would be subnormal is 0); integer class labels are
+  int64. Shapes have at most 32 axes.
 * A ``shape`` argument is a tuple of ints, a single int (a 1-D shape), a
   strategy that draws shapes (such as :func:`shapes`), or ``None`` for a
   sensible random default.
@@ -70,6 +71,8 @@ LOGIT_SCALES = (1.0, 10.0, 100.0, 500.0)
 COTANGENT_SCALES = (1.0, 0.1, 10.0)
 
 _MAX_DIMS = 32  # NumPy's own limit is 64; no gradient check needs more than a few.
+#: The smallest normal float64: scales below it could only draw subnormal numbers or 0.
+_TINY = float(np.finfo(np.float64).tiny)
 
 
 # --------------------------------------------------------------------------- validation
@@ -98,7 +101,7 @@ def _check_order(lo_name, lo, hi_name, hi):
         raise InvalidArgument(f"{lo_name} must be <= {hi_name}, got {lo_name}={lo}, {hi_name}={hi}")
 
 
-def _shape_strategy(name, shape, *, default, min_dims=0):
+def _shape_strategy(name, shape, *, default, min_dims=0, max_dims=_MAX_DIMS):
     """``shape`` as a strategy of tuples; concrete shapes are checked now."""
     if shape is None:
         return default
@@ -113,6 +116,8 @@ def _shape_strategy(name, shape, *, default, min_dims=0):
         )
     for i, side in enumerate(shape):
         _check_int(f"{name}[{i}]", side, minimum=0)
+    if len(shape) > max_dims:
+        raise InvalidArgument(f"{name} must have at most {max_dims} axes, got {len(shape)}")
     if len(shape) < min_dims:
         raise InvalidArgument(
             f"{name} must have at least {min_dims} axis (the class axis), got {tuple(shape)}"
@@ -135,35 +140,61 @@ def _number_strategy(name, value, *, default, positive):
             f"{name} must be a real number, a strategy of numbers or None, "
             f"got {type(value).__name__} {value!r}"
         )
-    value = float(value)
+    value = _as_float(value)
     if not math.isfinite(value):
         raise InvalidArgument(f"{name} must be finite, got {value}")
     if positive and value <= 0:
         raise InvalidArgument(f"{name} must be > 0, got {value}")
+    rule = _number_rule(value, positive=positive)
+    if rule:
+        raise InvalidArgument(f"{name} {rule}, got {value!r}")
     return st.just(value)
+
+
+def _as_float(value):
+    try:
+        return float(value)
+    except OverflowError:  # a Python int beyond the float64 range
+        return math.inf if value > 0 else -math.inf
+
+
+def _number_rule(value, *, positive):
+    """The rule a finite scale (``positive``) or offset breaks, or ``None``."""
+    if positive and value < _TINY:
+        return (
+            f"must be at least {_TINY!r} (the smallest normal float64): a smaller scale "
+            "draws only subnormal numbers or 0"
+        )
+    if not positive and 0 < abs(value) < _TINY:
+        return f"must be 0 or at least {_TINY!r} in magnitude (no subnormal numbers)"
+    return None
 
 
 def _draw_number(draw, name, strategy, *, positive):
     """Draw from a user's number strategy and check what came back."""
     value = draw(strategy)
-    if not _is_real(value) or not math.isfinite(value) or (positive and value <= 0):
-        rule = "finite numbers > 0" if positive else "finite numbers"
+    rule = "finite numbers > 0" if positive else "finite numbers"
+    if not _is_real(value) or not math.isfinite(_as_float(value)) or (positive and value <= 0):
         raise InvalidArgument(f"the {name} strategy must draw {rule}, it drew {value!r}")
+    broken = _number_rule(_as_float(value), positive=positive)
+    if broken:
+        raise InvalidArgument(f"the {name} strategy drew {value!r}: a {name} {broken}")
     return float(value)
 
 
-def _draw_shape(draw, name, strategy, *, min_dims=0):
+def _draw_shape(draw, name, strategy, *, min_dims=0, max_dims=_MAX_DIMS):
     """Draw from a user's shape strategy and check what came back."""
     shape = draw(strategy)
     ok = isinstance(shape, tuple) and all(_is_int(s) and s >= 0 for s in shape)
+    ok = ok and min_dims <= len(shape) <= max_dims
     if ok and min_dims:
-        ok = len(shape) >= min_dims and shape[-1] >= 1
+        ok = shape[-1] >= 1
     if not ok:
-        rule = "tuples of non-negative ints"
+        rule = f"tuples of at most {max_dims} non-negative ints"
         if min_dims:
             rule += f" with at least {min_dims} axis, the last of length >= 1"
         raise InvalidArgument(f"the {name} strategy must draw {rule}, it drew {shape!r}")
-    return shape
+    return tuple(int(s) for s in shape)
 
 
 # --------------------------------------------------------------------------- shapes, axes
@@ -246,24 +277,40 @@ _UNIT = st.floats(
 )
 
 
+def _check_element(value):
+    """One value drawn by a user's ``elements`` strategy -> float, or a clear error."""
+    if not _is_real(value):
+        raise InvalidArgument(
+            "the elements strategy must draw real numbers (int or float, not bool), it drew "
+            f"{type(value).__name__} {value!r}"
+        )
+    out = _as_float(value)
+    if not math.isfinite(out):
+        raise InvalidArgument(f"the elements strategy must draw finite numbers, it drew {value!r}")
+    return out
+
+
 @st.composite
 def _scaled_arrays(draw, shape, scale, offset, elements):
     shape = _draw_shape(draw, "shape", shape)
     if elements is not None:
-        out = draw(hnp.arrays(np.float64, shape, elements=elements))
-        if not np.all(np.isfinite(out)):
-            raise InvalidArgument("the elements strategy must draw finite numbers")
-        return out
+        # Drawn one by one and checked here: hnp.arrays would fail inside Hypothesis, with
+        # its own error, on a strategy of strings or objects.
+        n = math.prod(shape)
+        values = draw(st.lists(elements, min_size=n, max_size=n))
+        return np.array([_check_element(v) for v in values], dtype=np.float64).reshape(shape)
     s = _draw_number(draw, "scale", scale, positive=True)
     c = _draw_number(draw, "offset", offset, positive=False)
     # np.asarray: arithmetic on a 0-d array gives a NumPy scalar, not an array.
     u = draw(hnp.arrays(np.float64, shape, elements=_UNIT))
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         out = np.asarray(u * s + c)
     # A scale near the largest float could overflow: refuse it loudly.
     if not np.all(np.isfinite(out)):
         raise InvalidArgument(f"scale={s} and offset={c} overflow float64")
-    return out
+    # u * s can fall below the smallest normal number (u = 1e-300 at scale 1e-10): no
+    # subnormals, as the module promises.
+    return np.where(np.abs(out) < _TINY, 0.0, out)
 
 
 def arrays(
@@ -452,11 +499,14 @@ def class_labels(n_classes: int, batch_shape: _ShapeLike) -> SearchStrategy[np.n
             "batch_shape is required: the shape of the logits without the class axis"
         )
     shape_s = _shape_strategy("batch_shape", batch_shape, default=None)
-    return shape_s.flatmap(
-        lambda shape: hnp.arrays(
-            np.int64, shape, elements=st.integers(min_value=0, max_value=n_classes - 1)
-        )
-    )
+    return _class_labels(n_classes, shape_s)
+
+
+@st.composite
+def _class_labels(draw, n_classes, shape_strategy):
+    shape = _draw_shape(draw, "batch_shape", shape_strategy)
+    elements = st.integers(min_value=0, max_value=n_classes - 1)
+    return draw(hnp.arrays(np.int64, shape, elements=elements))
 
 
 _WEIGHTS = st.floats(min_value=0.0, max_value=1.0, allow_subnormal=False)
@@ -586,7 +636,7 @@ def logits_and_targets(
 
 @st.composite
 def _affine_inputs(draw, batch_shape, n_in, n_out, scale):
-    batch = _draw_shape(draw, "batch_shape", batch_shape)
+    batch = _draw_shape(draw, "batch_shape", batch_shape, max_dims=_MAX_DIMS - 1)
     n_in = _draw_size(draw, "n_in", n_in)
     n_out = _draw_size(draw, "n_out", n_out)
     x = draw(arrays(batch + (n_in,), scale=scale))
@@ -648,7 +698,9 @@ def affine_inputs(
     ...     assert x.shape[-1] == W.shape[0] == 3 and W.shape[1] == b.shape[0]
     >>> test_shapes()
     """
-    batch_s = _shape_strategy("batch_shape", batch_shape, default=shapes(min_dims=0, max_dims=2))
+    batch_s = _shape_strategy(
+        "batch_shape", batch_shape, default=shapes(min_dims=0, max_dims=2), max_dims=_MAX_DIMS - 1
+    )
     n_in_s = _size_strategy("n_in", n_in)
     n_out_s = _size_strategy("n_out", n_out)
     arrays((1,), scale=scale)  # validate scale now

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oracles._validation import check_executor
 from oracles.compare import Reference
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
 from oracles.numerics.ladder import partials
@@ -328,6 +329,8 @@ class _Runner:
         self.executor = executor
         self.evaluations = 0
         self.notes = notes
+        if executor is not None:
+            check_executor(executor)  # shut down or broken: a clear error before any chunk
         if executor is not None and _needs_pickling(executor):
             if not _picklable(objective.fn):
                 notes.append(
