@@ -186,6 +186,10 @@ def check_executor(executor, name="executor"):
     kind = type(executor).__name__
     try:
         probe = executor.submit(int)
+    except NotImplementedError as exc:  # a RuntimeError too: the abstract Executor.submit
+        raise InvalidArgument(
+            f"{name} ({kind}) cannot run the check's chunks: its submit() is not implemented"
+        ) from exc
     except RuntimeError as exc:
         raise InvalidArgument(
             f"{name} ({kind}) cannot run the check's chunks: {exc}. Pass an executor that is "

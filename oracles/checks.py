@@ -124,6 +124,46 @@ def _widen_to_limiting_slopes(r, objective, refs, tie):
     )
 
 
+def _blame_tie_group(r, refs, grads, tie):
+    """Make a failed tie group fail element by element, against the nearest valid routing.
+
+    The reference of each element of the group becomes the analytic value
+    shifted by the same amount, so that the group sums to the nearest
+    directional derivative the one-sided slopes allow: what a backward with
+    this routing pattern would have to return to be a subgradient.
+    """
+    i = tie.input_number
+    shape = r.xs[i].shape
+    idx = np.array([np.ravel_multi_index(j, shape) if shape else 0 for j in tie.indices])
+    lo, hi = min(tie.left, tie.right), max(tie.left, tie.right)
+    target = float(np.clip(tie.value, lo, hi)) if np.isfinite(lo + hi) else np.nan
+    g = np.asarray(grads[i], dtype=np.float64).reshape(-1)
+    ref = refs[i]
+
+    def flat(a, fill, dtype=np.float64):
+        a = np.full(shape, fill, dtype=dtype) if a is None else np.array(a, dtype=dtype)
+        return a.reshape(-1)
+
+    value, error = flat(ref.value, np.nan), flat(ref.error, np.inf)
+    kink = flat(ref.kink, False, bool)
+    checked = None if ref.checked is None else flat(ref.checked, False, bool)
+    value[idx] = g[idx] + (target - tie.value) / idx.size
+    error[idx] = tie.error / idx.size
+    kink[idx] = False
+    if checked is not None:
+        checked[idx] = True
+    refs[i] = Reference(
+        value=value.reshape(shape),
+        error=error.reshape(shape),
+        kink=kink.reshape(shape),
+        left=ref.left,
+        right=ref.right,
+        nonfinite=ref.nonfinite,
+        checked=None if checked is None else checked.reshape(shape),
+        covered=ref.covered,
+    )
+
+
 def _joint_ties(r, objective, grads, refs, notes):
     """Tied elements judged jointly (:mod:`oracles.numerics.ties`); failures are problems."""
     kinks = [
@@ -141,6 +181,8 @@ def _joint_ties(r, objective, grads, refs, notes):
             _widen_to_limiting_slopes(r, objective, refs, c)
     evaluations += objective.calls - calls0
     failed = [c for c in checks if not c.passed]
+    for c in failed:
+        _blame_tie_group(r, refs, grads, c)
     for c in failed:
         r.problems.append(
             c.describe() + ". At tied values a subgradient routes the upstream gradient once "

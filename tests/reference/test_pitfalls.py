@@ -28,9 +28,6 @@ SEEDS = (11, 23, 37)
 # The smallest relative difference between wrong and right that an entry must show. The tanh
 # approximation of GELU has a derivative within ~1e-3 of the exact one's: subtle by nature.
 MIN_DIFFERENCE = {"gelu_tanh_forward_exact_backward": 1e-4}
-# A mistake made only at ties (where max has no derivative) needs a checker that judges each
-# tie group; one that judges element by element accepts it.
-TIE_GROUPS = {"maxpool_ties_all_get_gradient"}
 
 
 def _ids(p):
@@ -180,15 +177,8 @@ def _failed_inputs(report):
     return [i for i, r in enumerate(report.inputs) if not r.ok]
 
 
-def _judged_by_tie_groups(p):
-    mark = pytest.mark.xfail(
-        strict=True, reason="ties are judged per element until the tie-group check lands (issue 13)"
-    )
-    return pytest.param(p, id=p.name, marks=[mark] if p.name in TIE_GROUPS else [])
-
-
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("p", [_judged_by_tie_groups(p) for p in VALUE_PITFALLS])
+@pytest.mark.parametrize("p", VALUE_PITFALLS, ids=_ids)
 def test_oracle_flags_the_wrong_vjp_at_the_wrong_input(p, seed):
     inputs = p.make_inputs(np.random.default_rng(seed))
     name = p.input_names[p.wrong_input]
