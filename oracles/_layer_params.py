@@ -75,8 +75,10 @@ def _container_names(dict_name):
 def is_gradient_container(name):
     """True for attribute names that hold gradients (``grads``, ``gradients``, ``dparams``...)."""
     name = str(name)
-    return name in GRADIENT_CONTAINERS or name.startswith("grad_") or name.endswith(
-        ("_grad", "_grads")
+    return (
+        name in GRADIENT_CONTAINERS
+        or name.startswith("grad_")
+        or name.endswith(("_grad", "_grads"))
     )
 
 
@@ -139,14 +141,18 @@ def candidates(template):
             groups[id(value)].slots.append(path)
         else:
             groups[id(value)] = Param(array=value, slots=[path])
+    for p in groups.values():  # the shortest path names it: net.params['W1'], not a layer's W
+        p.slots.sort(key=len)
     return list(groups.values())
 
 
 def _names_a_gradient(name, owner, present):
     for base in (name[1:], name[5:] if name.startswith("grad_") else None):
-        if base and (*owner, ("attr", base)) in present and name in {
-            p.format(base) for p in GRADIENT_NAMES
-        }:
+        if (
+            base
+            and (*owner, ("attr", base)) in present
+            and name in {p.format(base) for p in GRADIENT_NAMES}
+        ):
             return True
     if name.endswith("_grad") and (*owner, ("attr", name[:-5])) in present:
         return True
@@ -227,13 +233,12 @@ def name_params(params, taken):
     """Give every parameter a report name: its attribute or key, or its path when that clashes."""
     leaves = []
     for p in params:
-        kind, key = p.slots[0][-1]
-        leaves.append(str(key))
+        _, key = p.slots[0][-1]
+        # params[0] is named by its path: "0" alone says nothing
+        leaves.append(key if isinstance(key, str) else render(p.slots[0], root="")[1:])
     for p, leaf in zip(params, leaves, strict=True):
         clash = leaves.count(leaf) > 1 or leaf in taken
         p.name = render(p.slots[0], root="")[1:] if clash else leaf
-        if p.name.startswith("["):  # a root-level item cannot happen; be safe
-            p.name = render(p.slots[0])
 
 
 def _join(names):
@@ -270,8 +275,10 @@ def missing_gradient_error(unread, network, who_forward, who_backward):
     for p in unread:
         if network:
             keys = [k for s in p.slots for k in network_keys(s)]
-            looked = f"a key {keys[0]!r} in the dict {who_backward} returns" if keys else (
-                f"a key for it in the dict {who_backward} returns"
+            looked = (
+                f"a key {keys[0]!r} in the dict {who_backward} returns"
+                if keys
+                else (f"a key for it in the dict {who_backward} returns")
             )
         else:
             looked = ", ".join(render(q) for q in partner_paths(p.slots[0])[:4])

@@ -208,6 +208,7 @@ def _positional_names(func):
         p.name
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and p.default is inspect.Parameter.empty
     ]
 
 
@@ -226,8 +227,8 @@ class _FunctionCalls:
     def __init__(self, template):
         f, b = template.forward_fn, template.backward_fn
         self.forward_name = getattr(f, "__name__", "forward")
-        self.backward_name = getattr(b, "__name__", "backward") if b is not None else (
-            self.forward_name
+        self.backward_name = (
+            getattr(b, "__name__", "backward") if b is not None else (self.forward_name)
         )
         self.signature_of = f
         self.loss = b is None
@@ -602,6 +603,8 @@ class _Session:
         if self.calls.kind == "network":
             self._check_keys(returned, params)
         unread = [p for p in unpaired if self._reads(p, found, out)]
+        if unread and not params and explicit is None and _lazy_suspected(self, dout):
+            return []  # read only to make the parameters (lazy init): look at a warm copy
         if unread:
             raise missing_gradient_error(
                 unread, self.calls.kind == "network", self.calls.forward_name, self.backward_name
@@ -716,8 +719,9 @@ class _Session:
     def inputs_unchanged(self, before, xs, names, who):
         arrays = [(b, x, n) for b, x, n in zip(before, xs, names, strict=True)]
         arrays = [(b, x, n) for b, x, n in arrays if isinstance(b, np.ndarray)]
-        for message in mutations([a[0] for a in arrays], [a[1] for a in arrays],
-                                 [a[2] for a in arrays], who):
+        for message in mutations(
+            [a[0] for a in arrays], [a[1] for a in arrays], [a[2] for a in arrays], who
+        ):
             self.record((who, "input", message.split(" in place")[0]), message)
 
     def dout_unchanged(self, before, d):
@@ -763,9 +767,14 @@ class _Session:
         for g, k, name in zip(grads, wrt, self.piece_names, strict=False):
             shape = np.shape(self.inputs[k])
             if g is None or isinstance(g, (list, tuple)) or np.shape(g) != shape:
-                what = "None" if g is None else (
-                    f"a {type(g).__name__}" if isinstance(g, (list, tuple))
-                    else f"shape {np.shape(g)}"
+                what = (
+                    "None"
+                    if g is None
+                    else (
+                        f"a {type(g).__name__}"
+                        if isinstance(g, (list, tuple))
+                        else f"shape {np.shape(g)}"
+                    )
                 )
                 raise UserFunctionError(
                     f"{self.backward_name} returned {what} as the gradient of {name}; expected "
@@ -1034,20 +1043,22 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
     wrt = _parse_wrt(wrt, n)
     all_names = _input_names(s.calls.signature_of, n, names)
     explicit = None
+    if params is not None and s.calls.kind == "functions":
+        raise InvalidArgument(
+            "params= does not apply to (forward, backward) functions: their parameters are "
+            "inputs; pass them in inputs and their gradients are checked like the others"
+        )
     if params is not None:
         explicit = explicit_params(params, s.template, s.calls.kind == "network")
         texts = list(params.values()) if isinstance(params, dict) else []
         for p, text in zip(explicit, texts, strict=False):
             p.extra["grad_text"] = text
 
-    if explicit is not None and s.calls.kind == "functions":
-        raise InvalidArgument(
-            "params= does not apply to (forward, backward) functions: their parameters are "
-            "inputs; pass them in inputs and their gradients are checked like the others"
-        )
     out = s.settle_randomness()
-    if isinstance(s.calls, _FunctionCalls) and s.calls.shapes and isinstance(
-        direction, (tuple, list)
+    if (
+        isinstance(s.calls, _FunctionCalls)
+        and s.calls.shapes
+        and isinstance(direction, (tuple, list))
     ):
         direction = _flatten_direction(direction, s.calls.shapes)
     _decide_loss(s, out, direction)
@@ -1074,7 +1085,8 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
     for k in wrt:
         if not _is_float(s.inputs[k]):
             what = (
-                f"dtype {s.inputs[k].dtype}" if isinstance(s.inputs[k], np.ndarray)
+                f"dtype {s.inputs[k].dtype}"
+                if isinstance(s.inputs[k], np.ndarray)
                 else f"type {type(s.inputs[k]).__name__}"
             )
             raise InvalidArgument(
@@ -1214,7 +1226,8 @@ def _accumulation(s, obj, first, dout):
             return
         grown_before = None
     changed = [
-        (k, differs(a, b)) for k, (a, b) in enumerate(zip(first, again, strict=True))
+        (k, differs(a, b))
+        for k, (a, b) in enumerate(zip(first, again, strict=True))
         if differs(a, b)[0]
     ]
     param_changed = [(names[k], d) for k, d in changed if k >= n_in]
@@ -1285,9 +1298,7 @@ def _second_forward(s, out, first, dout):
         )
         return
     bad_out = differs(out, out2)[0]
-    bad = [
-        n for n, a, b in zip(s.piece_names, first, again, strict=True) if differs(a, b)[0]
-    ]
+    bad = [n for n, a, b in zip(s.piece_names, first, again, strict=True) if differs(a, b)[0]]
     if accumulating:
         bad = []
     if not bad_out and not bad:
