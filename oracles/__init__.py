@@ -3,9 +3,12 @@
 ``check_vjp``, ``check_jvp``, ``check_hvp`` and ``check_layer`` compare a
 derivative you wrote by hand with central-difference numerics (with their
 own error estimates), PyTorch autograd and JAX, and return a report that
-points at the wrong element; the ``assert_*`` forms raise
-:class:`GradientMismatch` with that report. Every check runs the same
-pipeline and follows one calling convention (see :mod:`oracles.checks`).
+points at the wrong element, says what kind of mistake it is
+(:class:`Diagnosis`) and what this run could have caught; the ``assert_*``
+forms raise :class:`GradientMismatch` with that report, or
+:class:`InconclusiveCheck` when the check could not have failed. Every
+check runs the same pipeline and follows one calling convention (see
+:mod:`oracles.checks`).
 
 The public names are those in ``__all__``; modules and names with a leading
 underscore, and the subpackages ``numerics`` and ``backends``, are internal.
@@ -17,9 +20,11 @@ verification application of this project (``python -m oracles``).
 from oracles.backends.jax import jax_vjp
 from oracles.backends.torch import torch_vjp
 from oracles.checks import assert_hvp, assert_jvp, assert_vjp, check_hvp, check_jvp, check_vjp
+from oracles.diagnose import Diagnosis
 from oracles.errors import (
     BackendUnavailable,
     GradientMismatch,
+    InconclusiveCheck,
     InvalidArgument,
     InvalidArgumentType,
     NonDeterministicFunction,
@@ -35,9 +40,11 @@ from oracles.report import Report
 
 __all__ = [
     "BackendUnavailable",
+    "Diagnosis",
     "Exhaustive",
     "Fast",
     "GradientMismatch",
+    "InconclusiveCheck",
     "InvalidArgument",
     "InvalidArgumentType",
     "NonDeterministicFunction",

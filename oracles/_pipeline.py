@@ -2,7 +2,8 @@
 
 ::
 
-    validate -> forward -> direction -> analytic -> references -> guards -> compare -> report
+    validate -> forward -> direction -> analytic -> references -> guards -> compare
+             -> coverage -> power -> report -> diagnoses (on failure)
 
 A check is a :class:`Spec`: how the user's derivative is called and what it
 returns, which pieces are compared, and how the numeric and autodiff oracles
@@ -10,12 +11,26 @@ compute the same pieces. :func:`run` does everything else, the same way for
 every check: argument validation, fresh copies for every call of user code,
 mutation detection, determinism before and after, linearity of the
 derivative in its direction, non-finite estimates that never pass, loosely
-judged elements, the step limit, the comparison and the report.
+judged elements, the step limit, the comparison and the report; then what
+this run could have caught in each input (its *coverage* and sensitivity,
+from the thresholds it actually applied), whether that was enough for the
+check to mean anything (``resolve=``: else the status is
+``"inconclusive"``), and on failure what kind of mistake it is
+(:mod:`oracles.diagnose`).
+
+Two kinds of oracle feed the comparison. Per-element oracles (numeric,
+torch, jax, complex) give a :class:`~oracles.compare.Reference` per piece,
+compared element by element. Step-free projection oracles (``"taylor"``,
+``"dot"``) give a :class:`Projected` per piece: one inner product with a
+verdict of its own, and the per-element resolution it had.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,18 +50,51 @@ from oracles._validation import (
     check_seed,
     check_tolerance,
     input_dtypes,
+    normalize_gradients,
     parse_against,
 )
 from oracles.backends.rounding import error_estimate
 from oracles.compare import Reference, compare
-from oracles.errors import GradientMismatch, InvalidArgument, UserFunctionError
+from oracles.errors import (
+    GradientMismatch,
+    InconclusiveCheck,
+    InvalidArgument,
+    InvalidArgumentType,
+    UserFunctionError,
+)
 from oracles.numerics.modes import resolve_mode
-from oracles.report import WORST_LIMIT, Agreement, Element, InputReport, OracleCheck, Report
+from oracles.report import (
+    LOOSE_FACTOR,
+    WORST_LIMIT,
+    Agreement,
+    Coverage,
+    Element,
+    InputReport,
+    OracleCheck,
+    Report,
+)
 
-__all__ = ["ORACLES", "OracleResult", "Run", "Spec", "flat", "raise_unless_passed", "run", "split"]
+__all__ = [
+    "ORACLES",
+    "RESOLVE",
+    "OracleResult",
+    "Projected",
+    "Run",
+    "Spec",
+    "flat",
+    "raise_unless_passed",
+    "run",
+    "split",
+]
 
 #: The oracles ``against=`` may name (each check supports a subset: :attr:`Spec.oracles`).
-ORACLES = ("numeric", "torch", "jax", "complex")
+ORACLES = ("numeric", "torch", "jax", "complex", "taylor", "dot")
+
+#: Oracles that compare one projection per piece, not every element.
+PROJECTION_ORACLES = ("taylor", "dot")
+
+#: Default of ``resolve=``: the relative error every input must be able to catch.
+RESOLVE = 1e-3
 
 #: Above this magnitude the largest step of the numeric ladder (2^-3) is below
 #: half an ulp of the input: x + t rounds back to x.
@@ -63,13 +111,47 @@ _FN_HINT = (
 
 
 @dataclass
+class Projected:
+    """What a projection oracle found for one piece: one inner product, judged.
+
+    Attributes
+    ----------
+    label : str
+        What was compared, for the report (``"<x, d>"``).
+    analytic, reference : float
+        The projection of the user's result, and the oracle's value of it.
+    tolerance : float
+        The largest ``|analytic - reference|`` the oracle accepts (its
+        resolution, for the Taylor test).
+    passed : bool
+        The oracle's verdict (the Taylor test judges by the observed order).
+    resolution : ndarray
+        Per element of the piece, the smallest error in that element alone
+        that would have failed the test (``inf`` where the projection does
+        not see the element).
+    detail : str
+        What the oracle measured, in one line.
+    """
+
+    label: str
+    analytic: float
+    reference: float
+    tolerance: float
+    passed: bool
+    resolution: np.ndarray
+    detail: str = ""
+
+
+@dataclass
 class OracleResult:
-    """What one oracle computed: a :class:`Reference` per piece, and how."""
+    """What one oracle computed: a :class:`Reference` (or a :class:`Projected`) per piece."""
 
     refs: list
     method: str
     evaluations: int = 0
     notes: list = field(default_factory=list)
+    #: Per piece, for the projection oracles ("taylor", "dot"); ``refs`` is then empty.
+    projections: list | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +191,15 @@ class Spec:
         ``mode=`` applies (a per-element numeric search over the inputs).
     validate : callable, optional
         ``validate(run)``: checks of arguments particular to this kind.
+    taylor, dot : callable, optional
+        ``taylor(run) -> OracleResult`` and ``dot(run) -> OracleResult``
+        with :attr:`OracleResult.projections`: the step-free oracles
+        ``against="taylor"`` (:mod:`oracles.numerics.taylor`) and
+        ``against="dot"`` (the dot-product test).
+    partner : str, optional
+        The keyword of the other derivative the dot-product test needs
+        (``"jvp"`` for a VJP check, ``"vjp"`` for a JVP check; None when
+        the derivative is its own adjoint, as an HVP is).
     """
 
     kind: str
@@ -124,6 +215,9 @@ class Spec:
     scalar_output: bool = False
     uses_mode: bool = False
     validate: Callable | None = None
+    taylor: Callable | None = None
+    dot: Callable | None = None
+    partner: str | None = None
 
 
 @dataclass
@@ -151,6 +245,14 @@ class Run:
     notes: list = field(default_factory=list)
     piece_names: list = field(default_factory=list)
     piece_shapes: list = field(default_factory=list)
+    resolve: float = RESOLVE
+    pitfalls: tuple | None = None
+    #: ``(who, argument, is_direction)`` for every argument the derivative wrote into.
+    mutated: list = field(default_factory=list)
+    #: ``(oracle, piece) -> _PerElement``: what each comparison applied, element by element.
+    per_element: dict = field(default_factory=dict)
+    inconclusive: list = field(default_factory=list)
+    advice: list = field(default_factory=list)
 
     def copies(self):
         return [x.copy() for x in self.xs]
@@ -169,6 +271,13 @@ class Run:
             who = self.spec.derivative
             self.problems += mutations(self.xs, xs, self.names, who)
             self.problems += mutations(direction, d, self.direction_names(), who)
+            for before, after, name, is_dir in [
+                *zip(self.xs, xs, self.names, [False] * len(xs), strict=True),
+                *zip(direction, d, self.direction_names(), [True] * len(d), strict=True),
+            ]:
+                after = np.asarray(after)
+                if after.shape != before.shape or not np.array_equal(before, after, True):
+                    self.mutated.append((who, name, is_dir))
         return pieces
 
     def direction_names(self):
@@ -235,6 +344,8 @@ def _validate(
     atol,
     torch_fn,
     jax_fn,
+    resolve,
+    pitfalls,
     options,
 ):
     check_callable(fn, "fn")
@@ -251,6 +362,8 @@ def _validate(
     atol = check_tolerance(atol, "atol") or 0.0
     seed = check_seed(seed)
     seed = 0 if seed is None else seed
+    resolve = check_resolve(resolve)
+    pitfalls = check_pitfalls(pitfalls)
     backends = {"torch": torch_fn, "jax": jax_fn}
     for oracle, backend_fn in backends.items():
         if backend_fn is not None:
@@ -275,6 +388,8 @@ def _validate(
         seed=seed,
         backends=backends,
         options=options,
+        resolve=resolve,
+        pitfalls=pitfalls,
     )
     check_arity(
         fn,
@@ -289,10 +404,66 @@ def _validate(
         spec.derivative,
         f"it is called as {spec.derivative}({spec.role}, *inputs)",
     )
+    if spec.partner is not None:
+        other = options.get(spec.partner)
+        if "dot" in against:
+            if other is None:
+                raise InvalidArgument(
+                    f"against includes 'dot', so {spec.partner}= must be given: the dot-product "
+                    f"test compares {spec.derivative} with its adjoint {spec.partner}"
+                )
+            check_callable(other, spec.partner)
+            check_arity(
+                other,
+                n_args,
+                spec.partner,
+                f"it is called as {spec.partner}(direction, *inputs)",
+            )
+        elif other is not None:
+            raise InvalidArgument(
+                f"{spec.partner}= is used only by the dot-product test: add 'dot' to against"
+            )
     if spec.validate is not None:
         spec.validate(r)
     r.options["direction"] = direction
     return r
+
+
+def check_resolve(value):
+    """``resolve=``: ``None`` (default: :data:`RESOLVE`) or a real number > 0 (``inf`` allowed)."""
+    if value is None:
+        return RESOLVE
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentType(
+            f"resolve must be a real number > 0 (a relative error), got {value!r}"
+        )
+    value = float(value)
+    if not value > 0:
+        raise InvalidArgument(
+            f"resolve must be > 0: the relative error every input must be able to catch (inf: "
+            f"never inconclusive), got {value!r}"
+        )
+    return value
+
+
+def check_pitfalls(pitfalls):
+    """``pitfalls=``: ``None`` or a collection of entries with ``name``, ``fn``, ``wrong_vjp``."""
+    if pitfalls is None:
+        return None
+    if isinstance(pitfalls, (str, bytes)) or not hasattr(pitfalls, "__iter__"):
+        raise InvalidArgumentType(
+            "pitfalls must be a collection of catalog entries (such as "
+            f"reference.pitfalls.CATALOG), got {type(pitfalls).__name__}"
+        )
+    entries = tuple(pitfalls)
+    for entry in entries:
+        missing = [a for a in ("name", "fn", "wrong_vjp") if not hasattr(entry, a)]
+        if missing or not (callable(entry.fn) and callable(entry.wrong_vjp)):
+            raise InvalidArgumentType(
+                "every entry of pitfalls must have a name and callable fn and wrong_vjp "
+                f"attributes; {entry!r} has not ({', '.join(missing) or 'not callable'})"
+            )
+    return entries
 
 
 def _forward(r):
@@ -419,6 +590,10 @@ def _references(r):
         elif oracle == "complex":
             refs, method = complex_step_reference(r.fn, r.xs, r.direction[0], seed=r.seed)
             res = OracleResult(refs, method)
+        elif oracle in PROJECTION_ORACLES:
+            res = getattr(r.spec, oracle)(r)
+            evaluations += res.evaluations
+            r.notes += res.notes
         else:
             res = _autodiff(r, oracle)
         results[oracle] = res
@@ -505,16 +680,238 @@ def _step_limit(r):
     return notes
 
 
+# --- the step-free oracles: Taylor remainder and dot-product test -------------------------------
+
+
+def _step_scale(x):
+    """The scale on which to step an input: its spread, else its magnitude, else 1."""
+    x = np.asarray(x, dtype=np.float64)
+    spread = float(np.std(x)) if x.size > 1 else 0.0
+    return spread or float(np.max(np.abs(x), initial=0.0)) or 1.0
+
+
+def _rounding(values, weights):
+    """``sum |weights| * (rounding bound of values)``: what rounding moves ``<weights, values>``."""
+    (bound,) = error_estimate([values], cotangent=np.ravel(weights))
+    return float(np.sum(np.abs(weights) * bound.reshape(np.shape(weights))))
+
+
+def _taylor_projection(res, label, weights):
+    with np.errstate(divide="ignore"):
+        resolution = res.resolution / np.abs(weights)
+    return Projected(
+        label=label,
+        analytic=res.slope,
+        reference=res.slope + res.residual,
+        tolerance=res.resolution,
+        passed=res.passed,
+        resolution=resolution,
+        detail=res.describe(),
+    )
+
+
+def taylor_vjp(r):
+    """The Taylor-remainder oracle of a VJP: ``phi = <cotangent, fn>`` along each input alone."""
+    from oracles.numerics.taylor import taylor_test
+
+    fn = r.guarded_fn()
+    c, f0 = r.direction[0], r.out
+    rng = np.random.default_rng(r.seed + 4242)
+    eps = float(np.finfo(np.float64).eps)
+    projections, evaluations = [], 0
+    for k, (x, a, name) in enumerate(zip(r.xs, r.analytic, r.piece_names, strict=True)):
+        d = rng.standard_normal(x.shape)
+        base = 8 * eps * float(np.sum(np.abs(x * a)))
+
+        def increment(h, k=k, x=x, a=a, d=d, base=base):
+            xs = r.copies()
+            xs[k] = x + h * d
+            step = xs[k] - x
+            fh = fn(*[v.copy() for v in xs])
+            diff = fh - f0
+            changed = diff != 0
+            noise = 8 * eps * float(np.sum(np.abs(c[changed]) * (np.abs(fh) + np.abs(f0))[changed]))
+            return (
+                float(np.vdot(c, diff)),
+                float(np.vdot(a, step)),
+                noise + 8 * eps * float(np.sum(np.abs(a * step))) + base,
+            )
+
+        allowance = float(np.sum(np.abs(d) * (r.atol + r.rtol * np.abs(a))))
+        res = taylor_test(increment, h0=0.25 * _step_scale(x), allowance=allowance)
+        evaluations += res.evaluations
+        projections.append(_taylor_projection(res, f"<{name}, d>", d))
+    method = (
+        "Taylor remainder |phi(x + h d) - phi(x) - h <g, d>| along a random normal d per input, "
+        "judged by its observed order (2: right, 1: wrong)"
+    )
+    return OracleResult([], method, evaluations, projections=projections)
+
+
+def taylor_forward(r, evaluate, source):
+    """The Taylor-remainder oracle of a forward-mode check (JVP, HVP).
+
+    ``evaluate(xs) -> flat vector`` is the function the check differentiates
+    along its direction (``fn`` for a JVP, a gradient for an HVP); each piece
+    is tested as ``<w, evaluate>`` with a random normal ``w`` over that piece.
+    """
+    from oracles.numerics.taylor import taylor_test
+
+    rng = np.random.default_rng(r.seed + 4242)
+    eps = float(np.finfo(np.float64).eps)
+    t = r.direction
+    f0 = np.asarray(evaluate(r.copies()), dtype=np.float64)
+    a_flat = flat(r.analytic)
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in r.piece_shapes]
+    starts = np.cumsum([0] + sizes)
+    moving = [(x, u) for x, u in zip(r.xs, t, strict=True) if np.any(u)]
+    # Inputs of magnitude |x| round intermediates by eps |x|: along t that moves the
+    # output by about eps (|x| / |t|) |J t|.
+    reach = max((float(np.max(np.abs(x))) / float(np.max(np.abs(u))) for x, u in moving), default=0)
+    h0 = 0.25 * min((_step_scale(x) for x, _ in moving), default=1.0)
+    projections, evaluations = [], 1
+    for k, name in enumerate(r.piece_names):
+        w = np.zeros(f0.size)
+        w[starts[k] : starts[k + 1]] = rng.standard_normal(sizes[k])
+        base = 8 * eps * reach * float(np.sum(np.abs(w * a_flat)))
+
+        def increment(h, w=w, base=base):
+            xs = [x + h * u for x, u in zip(r.xs, t, strict=True)]
+            steps = [xh - x for xh, x in zip(xs, r.xs, strict=True)]
+            fh = np.asarray(evaluate(xs), dtype=np.float64)
+            diff = fh - f0
+            changed = diff != 0
+            lin = flat(r.derivative(steps))
+            noise = 8 * eps * float(np.sum(np.abs(w[changed]) * (np.abs(fh) + np.abs(f0))[changed]))
+            return (
+                float(np.vdot(w, diff)),
+                float(np.vdot(w, lin)),
+                noise + 8 * eps * float(np.sum(np.abs(w * lin))) + base,
+            )
+
+        piece = np.asarray(r.analytic[k], dtype=np.float64)
+        wk = w[starts[k] : starts[k + 1]].reshape(piece.shape)
+        allowance = float(np.sum(np.abs(wk) * (r.atol + r.rtol * np.abs(piece))))
+        res = taylor_test(increment, h0=h0, allowance=allowance)
+        evaluations += res.evaluations
+        projections.append(_taylor_projection(res, f"<w, {name}>", wk))
+    method = (
+        f"Taylor remainder of {source} along the direction, contracted with a random normal w "
+        "per piece, judged by its observed order (2: right, 1: wrong)"
+    )
+    return OracleResult([], method, evaluations, projections=projections)
+
+
+def _dot_projection(label, lhs, rhs, tol, weights):
+    gap = abs(lhs - rhs)
+    passed = bool(math.isfinite(lhs) and math.isfinite(rhs) and gap <= tol)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        resolution = (tol + (gap if math.isfinite(gap) else math.inf)) / np.abs(weights)
+    return Projected(
+        label=label,
+        analytic=lhs,
+        reference=rhs,
+        tolerance=tol,
+        passed=passed,
+        resolution=resolution,
+        detail=f"{label}: {lhs:.17g} vs {rhs:.17g} (rounding bound {tol:.2g})",
+    )
+
+
+def dot_vjp(r):
+    """``<vjp(c), t> = <c, jvp(t)>`` per input, with the ``jvp=`` given (each input alone)."""
+    jvp = r.options["jvp"]
+    c = r.direction[0]
+    rng = np.random.default_rng(r.seed + 2718)
+    projections = []
+    for k, (x, a, name) in enumerate(zip(r.xs, r.analytic, r.piece_names, strict=True)):
+        t = [np.zeros(v.shape) for v in r.xs]
+        t[k] = rng.standard_normal(x.shape)
+        packed = t[0] if len(t) == 1 else tuple(t)
+        raw = call_user(jvp, [packed, *r.copies()], "jvp")
+        jt = as_output(raw, "jvp")
+        if jt.shape != r.out.shape:
+            raise UserFunctionError(
+                f"jvp returned shape {jt.shape}; the output tangent must have the shape of fn's "
+                f"output {r.out.shape}"
+            )
+        lhs, rhs = float(np.vdot(a, t[k])), float(np.vdot(c, jt))
+        tol = (
+            _rounding(a, t[k])
+            + _rounding(jt, c)
+            + float(np.sum(np.abs(t[k]) * (r.atol + r.rtol * np.abs(a))))
+        )
+        projections.append(_dot_projection(f"<{name}, t> = <c, jvp(t)>", lhs, rhs, tol, t[k]))
+    method = "dot-product test <vjp(c), t> = <c, jvp(t)> with the given jvp, t random per input"
+    return OracleResult([], method, 0, projections=projections)
+
+
+def dot_jvp(r):
+    """``<c, jvp(t)> = sum_k <vjp(c)_k, t_k>``, with the ``vjp=`` given."""
+    vjp = r.options["vjp"]
+    rng = np.random.default_rng(r.seed + 2718)
+    c = rng.standard_normal(r.out.shape)
+    raw = call_user(vjp, [np.array(c, copy=True), *r.copies()], "vjp")
+    grads = normalize_gradients(raw, [x.shape for x in r.xs], r.names, who="vjp")
+    a = np.asarray(r.analytic[0], dtype=np.float64)
+    lhs = float(np.vdot(c, a))
+    rhs = float(sum(np.vdot(g, u) for g, u in zip(grads, r.direction, strict=True)))
+    tol = (
+        _rounding(a, c)
+        + sum(_rounding(g, u) for g, u in zip(grads, r.direction, strict=True))
+        + float(np.sum(np.abs(c) * (r.atol + r.rtol * np.abs(a))))
+    )
+    proj = _dot_projection(f"<c, {r.piece_names[0]}> = <vjp(c), t>", lhs, rhs, tol, c)
+    method = "dot-product test <c, jvp(t)> = <vjp(c), t> with the given vjp, c random normal"
+    return OracleResult([], method, 0, projections=[proj])
+
+
+def dot_hvp(r):
+    """Symmetry of the Hessian: ``<u, H v> = <H u, v>``, ``u`` random over each block alone."""
+    rng = np.random.default_rng(r.seed + 2718)
+    projections = []
+    for k, (x, a, name) in enumerate(zip(r.xs, r.analytic, r.piece_names, strict=True)):
+        u = [np.zeros(v.shape) for v in r.xs]
+        u[k] = rng.standard_normal(x.shape)
+        hu = r.derivative(u)
+        lhs = float(np.vdot(u[k], a))
+        rhs = float(sum(np.vdot(h, v) for h, v in zip(hu, r.direction, strict=True)))
+        tol = (
+            _rounding(a, u[k])
+            + sum(_rounding(h, v) for h, v in zip(hu, r.direction, strict=True))
+            + float(np.sum(np.abs(u[k]) * (r.atol + r.rtol * np.abs(a))))
+        )
+        projections.append(_dot_projection(f"<u, {name}> = <H u, v>", lhs, rhs, tol, u[k]))
+    method = (
+        "symmetry test <u, H v> = <H u, v> of the hvp itself (u random per block): a wrong "
+        "but symmetric hvp passes it"
+    )
+    return OracleResult([], method, 0, projections=projections)
+
+
 # --- compare and report -------------------------------------------------------------------------
 
 
-def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol):
+@dataclass
+class _PerElement:
+    """What one comparison applied to every element of one piece (flat arrays)."""
+
+    value: np.ndarray  # the reference (nan where it has none)
+    tau: np.ndarray  # the threshold applied: an error above it fails (inf: not judged)
+    own: np.ndarray  # the oracle's own part of it (without atol/rtol)
+    kink: np.ndarray  # accepted as a subgradient at a kink
+    failed: np.ndarray | None  # per element (None: a projection, no per-element verdict)
+
+
+def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store=None):
     shape = analytic.shape
+    full = np.asarray(analytic).reshape(-1)
     positions = None
     if ref.checked is not None:
         positions = np.flatnonzero(np.asarray(ref.checked).reshape(-1))
         covered = ref.covered if ref.covered is not None else positions.size
-        analytic = np.asarray(analytic).reshape(-1)[positions]
+        whole = ref
+        analytic = full[positions]
         ref = ref.subset(positions)
     else:
         covered = analytic.size
@@ -528,6 +925,31 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol):
         left=ref.left,
         right=ref.right,
     )
+    if store is not None:
+        n = full.size
+        per = _PerElement(
+            value=np.full(n, np.nan),
+            tau=np.full(n, np.inf),
+            own=np.full(n, np.inf),
+            kink=np.zeros(n, dtype=bool),
+            failed=np.zeros(n, dtype=bool),
+        )
+        at = slice(None) if positions is None else positions
+        if positions is not None:
+            # Elements covered by projections but not compared one by one: the
+            # mode's resolution for them, where it gives one (a finite error).
+            rest = np.ones(n, dtype=bool)
+            rest[positions] = False
+            res = np.asarray(whole.error, dtype=np.float64).reshape(-1)
+            per.tau[rest] = res[rest]
+            per.own[rest] = res[rest]
+        with np.errstate(invalid="ignore"):
+            per.value[at] = np.where(np.isfinite(cmp.reference), cmp.reference, np.nan).ravel()
+            per.tau[at] = np.where(np.isfinite(cmp.tolerance), cmp.tolerance, np.inf).ravel()
+            per.own[at] = np.asarray(cmp.error_estimate, dtype=np.float64).ravel()
+        per.kink[at] = (cmp.kink & cmp.passed).ravel()
+        per.failed[at] = (~cmp.passed).ravel()
+        store[(oracle, number)] = per
     worst = []
     for flat_i in cmp.worst(WORST_LIMIT):
         idx = np.unravel_index(int(flat_i), analytic.shape) if analytic.ndim else ()
@@ -564,6 +986,49 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol):
     )
 
 
+def _projected_check(oracle, method, name, number, analytic, proj, store=None):
+    """The :class:`OracleCheck` of a projection oracle: one comparison per piece."""
+    gap = abs(proj.analytic - proj.reference)
+    if not math.isfinite(gap):
+        gap = math.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = 0.0 if gap == 0 else gap / abs(proj.reference) if proj.reference else math.inf
+    if store is not None:
+        n = int(np.asarray(analytic).size)
+        res = np.broadcast_to(np.asarray(proj.resolution, dtype=np.float64), analytic.shape)
+        store[(oracle, number)] = _PerElement(
+            value=np.full(n, np.nan),
+            tau=np.array(res, dtype=np.float64).reshape(-1),
+            own=np.array(res, dtype=np.float64).reshape(-1),
+            kink=np.zeros(n, dtype=bool),
+            failed=None,
+        )
+    element = Element(
+        input_name=name,
+        input_number=number,
+        index=(),
+        oracle=oracle,
+        analytic=float(proj.analytic),
+        reference=float(proj.reference),
+        abs_error=float(gap),
+        rel_error=float(rel),
+        tolerance=float(proj.tolerance),
+        passed=bool(proj.passed),
+        projection=proj.label,
+    )
+    return OracleCheck(
+        oracle=oracle,
+        method=method,
+        n_checked=1,
+        n_failed=0 if proj.passed else 1,
+        max_abs_error=float(gap),
+        max_rel_error=float(rel),
+        max_tolerance_used=float(proj.tolerance),
+        worst=[element],
+        detail=proj.detail,
+    )
+
+
 def _common(ra, rb):
     """Two references restricted to the elements both compared individually (mode "fast")."""
     masks = [np.asarray(r.checked).reshape(-1) for r in (ra, rb) if r.checked is not None]
@@ -575,7 +1040,7 @@ def _common(ra, rb):
 
 def _agreements(results, names):
     out = []
-    keys = list(results)
+    keys = [k for k in results if results[k].projections is None]
     for a_i in range(len(keys)):
         for b_i in range(a_i + 1, len(keys)):
             a, b = keys[a_i], keys[b_i]
@@ -593,16 +1058,255 @@ def _agreements(results, names):
     return out
 
 
+# --- coverage, power, diagnoses ------------------------------------------------------------------
+
+
+def _best(r, k):
+    """Per element of piece ``k``: the comparison with the smallest threshold (the sharpest)."""
+    pers = [r.per_element[(o, k)] for o in r.against if (o, k) in r.per_element]
+    if not pers:
+        return None
+    tau = np.stack([p.tau for p in pers])
+    pick = np.argmin(np.where(np.isnan(tau), np.inf, tau), axis=0)
+    cols = np.arange(tau.shape[1])
+
+    def take(field):
+        return np.stack([getattr(p, field) for p in pers])[pick, cols]
+
+    failed = None
+    if any(p.failed is not None for p in pers):
+        failed = np.stack(
+            [p.failed if p.failed is not None else np.zeros(tau.shape[1], bool) for p in pers]
+        )[pick, cols]
+    return _PerElement(
+        value=take("value"), tau=tau[pick, cols], own=take("own"), kink=take("kink"), failed=failed
+    )
+
+
+def _independent(r, k):
+    """True when ``fn`` (or the gradient, for an HVP) does not move at all with piece ``k``'s input.
+
+    Two evaluations at ``x +- h u`` with a random ``u`` and a step of about
+    a thousandth of the input's spread: a function that does not depend on
+    the input returns bitwise the same output.
+    """
+    rng = np.random.default_rng(r.seed + 31337)
+    if r.spec.on_output or r.spec.kind == "check_hvp":
+        moved = [k] if k < len(r.xs) else []
+    else:
+        moved = [j for j in range(len(r.xs)) if np.any(r.direction[j])]
+    if not moved:
+        return False
+    if r.spec.kind == "check_hvp":
+        grad = r.options.get("grad")
+        if grad is None:
+            return False
+
+        def evaluate(xs):
+            raw = call_user(grad, [x.copy() for x in xs], "grad")
+            return flat(raw if isinstance(raw, (tuple, list)) else [raw])
+
+    else:
+        evaluate = r.forward
+    base = evaluate(r.xs)
+    for sign in (1.0, -1.0):
+        xs = r.copies()
+        for j in moved:
+            x = xs[j]
+            spread = float(np.std(x)) if x.size > 1 else 0.0
+            scale = spread or float(np.max(np.abs(x), initial=0.0)) or 1.0
+            u = r.direction[j] if not (r.spec.on_output or r.spec.kind == "check_hvp") else None
+            u = rng.standard_normal(x.shape) if u is None else u
+            xs[j] = x + sign * 2.0**-10 * scale * u
+        if not np.array_equal(evaluate(xs), base):
+            return False
+    return True
+
+
+def _coverage(r, k, name):
+    """What this run could have caught in piece ``k`` (see :class:`~oracles.report.Coverage`)."""
+    best = _best(r, k)
+    size = int(np.prod(r.piece_shapes[k], dtype=np.int64))
+    if best is None or size == 0:
+        return None
+    analytic = np.asarray(r.analytic[k], dtype=np.float64).reshape(-1)
+    mag = np.abs(np.where(np.isfinite(best.value), best.value, analytic))
+    judged = np.isfinite(best.tau)
+    kink = best.kink & judged
+    base = judged & ~kink & np.isfinite(mag)
+    nonzero = base & (mag > best.own)
+    zero_direction = r.spec.on_output and not np.any(r.direction[0])
+    if zero_direction or not nonzero.any():
+        if not base.any() and not kink.any():
+            return Coverage(math.nan, math.nan)
+        if not zero_direction and _independent(r, k):
+            return Coverage(
+                math.nan,
+                math.nan,
+                zeros=int(base.sum()),
+                kinks=int(kink.sum()),
+                exact_zero=True,
+            )
+        who = "gradient of " if r.spec.on_output else ""
+        role = r.spec.role
+        are = "is" if role == "cotangent" else "are"
+        if zero_direction:
+            reason = f"the {role} {are} all zero, so every derivative along it is 0"
+        elif r.direction_desc == "given":
+            reason = (
+                f"the reference {who}{name} is 0 to within its error estimate in every element, "
+                f"although fn depends on it: the {role} given {are} orthogonal to how fn moves "
+                "here (an all-ones cotangent on a normalized output?), or the point is "
+                "stationary or saturated; a zero result would pass too"
+            )
+        else:
+            reason = (
+                f"the reference {who}{name} is 0 to within its error estimate in every element, "
+                "although fn depends on it: the point is stationary or saturated (logits at a "
+                "large scale, tanh or sigmoid far out), so a zero result would pass too"
+            )
+        return Coverage(
+            math.inf, math.inf, zeros=int(base.sum()), kinks=int(kink.sum()), reason=reason
+        )
+    m = float(np.median(mag[nonzero]))
+    floor = np.maximum(mag, m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = best.tau / floor
+        sigma_own = best.own / floor
+    relative = float(np.median(sigma[nonzero]))
+    own = float(np.median(sigma_own[nonzero]))
+    loose = base & (sigma > LOOSE_FACTOR * relative)
+    zeros = base & ~nonzero & ~loose
+    return Coverage(
+        relative=relative,
+        own=own,
+        elements=int(nonzero.sum()),
+        loose=int(loose.sum()),
+        loose_relative=float(np.max(sigma[loose])) if loose.any() else math.nan,
+        zeros=int(zeros.sum()),
+        kinks=int(kink.sum()),
+    )
+
+
+def _power(r, reports):
+    """Why this check could not have failed (``r.inconclusive``) and what to do (``r.advice``)."""
+    role, who = r.spec.role, r.spec.derivative
+    random_direction = (
+        f"pass direction=None: a random normal {role} (from seed=) exercises every output"
+        if r.spec.on_output
+        else f"pass direction=None: random normal {role} (from seed=) move every input"
+    )
+    if not r.spec.on_output:
+        for j, u in enumerate(r.direction):
+            if not np.any(u) and r.xs[j].size:
+                label = role if len(r.xs) == 1 else f"{role}[{j}]"
+                r.inconclusive.append(
+                    f"the {label} for {r.names[j]} is all zero: how {who} depends on it is "
+                    f"never exercised, so any {who} passes there"
+                )
+                r.advice.append(random_direction)
+    for ir in reports:
+        cov = ir.coverage
+        if cov is None or cov.exact_zero or math.isnan(cov.own) or cov.own <= r.resolve:
+            continue
+        if math.isinf(cov.own):
+            r.inconclusive.append(f"{ir.name}: {cov.reason}")
+            if "all zero" in (cov.reason or ""):
+                r.advice.append(random_direction)
+            elif r.direction_desc == "given":
+                r.advice.append(
+                    f"use a random {role} (direction=None) rather than a structured one such as "
+                    "all ones, or check at another point (away from a stationary one)"
+                )
+            else:
+                r.advice.append(
+                    "check at another point, where the derivative is not about 0 (smaller "
+                    "logits, pre-activations nearer 0)"
+                )
+            continue
+        oracles = [o for o in r.against if o in ir.checks]
+        fast = any("Rademacher" in ir.checks[o].method for o in oracles if o == "numeric")
+        r.inconclusive.append(
+            f"a typical element of {ir.name} could only have caught relative errors >= "
+            f"{cov.own:.1g} (resolve={r.resolve:g}): the error estimates of "
+            f"{', '.join(oracles)} are that wide here"
+            + (" (the projections of mode fast)" if fast else "")
+        )
+        if fast:
+            r.advice.append(
+                'use mode="exhaustive" (every element compared on its own), or against torch or '
+                "jax"
+            )
+        r.advice.append(
+            'check against autodiff: against=("numeric", "torch") with torch_fn= (or "jax" with '
+            "jax_fn=), or at another point, away from kinks and saturation"
+        )
+    r.advice = list(dict.fromkeys(r.advice))
+
+
+_MUTATION = re.compile(r"^(\S+) modified its argument (\S+) in place")
+
+
+def _diagnoses(r, reports):
+    from oracles.diagnose import Evidence, diagnose
+
+    refs, failed = [], []
+    for k in range(len(r.piece_names)):
+        best = _best(r, k)
+        size = int(np.prod(r.piece_shapes[k], dtype=np.int64))
+        if best is None:
+            refs.append((np.full(size, np.nan), np.full(size, np.inf), np.zeros(size, bool)))
+            failed.append(None)
+        else:
+            refs.append((best.value, best.tau, best.kink))
+            failed.append(best.failed)
+    mutated = list(r.mutated)
+    for p in r.problems:
+        m = _MUTATION.match(p)
+        if m and not any(arg == m.group(2) for _, arg, _ in mutated):
+            mutated.append((m.group(1), m.group(2), m.group(2) == "dout"))
+    ev = Evidence(
+        kind=r.spec.kind,
+        role=r.spec.role,
+        who=r.spec.derivative,
+        on_output=r.spec.on_output,
+        names=list(r.names),
+        piece_names=list(r.piece_names),
+        xs=r.copies(),
+        out=np.array(r.out, copy=True),
+        direction=[np.array(u, copy=True) for u in r.direction],
+        analytic=[np.asarray(a, dtype=np.float64) for a in r.analytic],
+        refs=refs,
+        failed=failed,
+        piece_failed=[not ir.ok for ir in reports],
+        derivative=lambda d: r.derivative(d),
+        forward=lambda xs: r.forward(xs),
+        seed=r.seed,
+        mutated=mutated,
+        problems=list(r.problems),
+        pitfalls=r.pitfalls if r.spec.on_output else None,
+    )
+    return diagnose(ev)
+
+
 def _report(r, kind, results, evaluations, started):
     reports = []
     for k, (a, name) in enumerate(zip(r.analytic, r.piece_names, strict=True)):
         ir = InputReport(name=name, number=k, shape=a.shape)
         for oracle in r.against:
             res = results[oracle]
-            ir.checks[oracle] = _oracle_check(
-                oracle, res.method, name, k, a, res.refs[k], r.atol, r.rtol
-            )
+            if res.projections is not None:
+                ir.checks[oracle] = _projected_check(
+                    oracle, res.method, name, k, a, res.projections[k], r.per_element
+                )
+            else:
+                ir.checks[oracle] = _oracle_check(
+                    oracle, res.method, name, k, a, res.refs[k], r.atol, r.rtol, r.per_element
+                )
         reports.append(ir)
+    for k, ir in enumerate(reports):
+        ir.coverage = _coverage(r, k, ir.name)
+    _power(r, reports)
     notes = list(dict.fromkeys(r.notes))
     kinks = sum(c.kinks for ir in reports for c in ir.checks.values())
     if kinks:
@@ -628,7 +1332,7 @@ def _report(r, kind, results, evaluations, started):
         "fn evaluations": evaluations,
         "seconds": f"{time.perf_counter() - started:.3f}",
     }
-    return Report(
+    report = Report(
         kind=kind,
         inputs=reports,
         oracles=r.against,
@@ -636,7 +1340,13 @@ def _report(r, kind, results, evaluations, started):
         notes=notes,
         agreements=_agreements(results, r.piece_names) if len(results) > 1 else [],
         context=context,
+        inconclusive=list(dict.fromkeys(r.inconclusive)),
+        advice=list(r.advice),
+        resolve=r.resolve,
     )
+    if report.status == "failed":
+        report.diagnoses = _diagnoses(r, reports)
+    return report
 
 
 def run(
@@ -654,6 +1364,8 @@ def run(
     atol=None,
     torch_fn=None,
     jax_fn=None,
+    resolve=None,
+    pitfalls=None,
     kind=None,
     problems=None,
     **options,
@@ -663,7 +1375,8 @@ def run(
     ``kind`` overrides the report's kind (``check_layer`` runs the VJP spec);
     ``problems`` is a list the caller's own wrappers append to while their
     code runs (the layer adapter's hygiene findings); ``options`` go to the
-    spec's stages (``grad=`` of a Hessian check).
+    spec's stages (``grad=`` of a Hessian check, ``jvp=``/``vjp=`` of the
+    dot-product test).
     """
     __tracebackhide__ = True
     started = time.perf_counter()
@@ -681,6 +1394,8 @@ def run(
         atol=atol,
         torch_fn=torch_fn,
         jax_fn=jax_fn,
+        resolve=resolve,
+        pitfalls=pitfalls,
         options=options,
     )
     _forward(r)
@@ -704,14 +1419,20 @@ def run(
             "fn",
             _FN_HINT,
             ["outputs"],
-            repeats=2 if report.ok else 8,
+            repeats=2 if report.status != "failed" else 8,
         )
     return report
 
 
 def raise_unless_passed(report):
-    """The ``assert_*`` form of every check: the report, or :class:`GradientMismatch`."""
+    """The ``assert_*`` form of every check: the report, or the exception of its status.
+
+    :class:`~oracles.errors.GradientMismatch` when it failed,
+    :class:`~oracles.errors.InconclusiveCheck` when it could not have failed.
+    """
     __tracebackhide__ = True
-    if not report.ok:
+    if report.status == "failed":
         raise GradientMismatch(report)
+    if report.status == "inconclusive":
+        raise InconclusiveCheck(report)
     return report

@@ -146,7 +146,7 @@ def parse_against(against, supported, kind, name="against"):
     ``name`` is what the messages call the argument (the pytest plugin's
     ``--oracles`` applies the same rules).
     """
-    known = ("numeric", "torch", "jax", "complex")
+    known = ("numeric", "torch", "jax", "complex", "taylor", "dot")
     listed = ", ".join(supported)
     if isinstance(against, str):
         against = (against,)

@@ -30,7 +30,19 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from oracles._guards import call_user
-from oracles._pipeline import OracleResult, Spec, flat, raise_unless_passed, run, split
+from oracles._pipeline import (
+    OracleResult,
+    Spec,
+    dot_hvp,
+    dot_jvp,
+    dot_vjp,
+    flat,
+    raise_unless_passed,
+    run,
+    split,
+    taylor_forward,
+    taylor_vjp,
+)
 from oracles._validation import as_output, normalize_gradients
 from oracles.compare import Reference
 from oracles.errors import InvalidArgument, UserFunctionError
@@ -209,13 +221,16 @@ VJP = Spec(
     derivative="vjp",
     role="cotangent",
     on_output=True,
-    oracles=("numeric", "torch", "jax", "complex"),
+    oracles=("numeric", "torch", "jax", "complex", "taylor", "dot"),
     call=lambda vjp, d, xs: vjp(d[0], *xs),
     pieces=lambda r: [(n, x.shape) for n, x in zip(r.names, r.xs, strict=True)],
     normalize=lambda raw, r: normalize_gradients(raw, [x.shape for x in r.xs], r.names),
     numeric=_vjp_numeric,
     autodiff=_vjp_autodiff,
     uses_mode=True,
+    taylor=taylor_vjp,
+    dot=dot_vjp,
+    partner="jvp",
 )
 
 
@@ -233,6 +248,9 @@ def check_vjp(
     atol: float | None = None,
     torch_fn: Callable[..., Any] | None = None,
     jax_fn: Callable[..., Any] | None = None,
+    jvp: Callable[..., Any] | None = None,
+    resolve: float | None = None,
+    pitfalls: Any = None,
 ) -> Report:
     """Check a hand-written VJP against numerics and/or autodiff; return a report.
 
@@ -260,6 +278,12 @@ def check_vjp(
         ``jax_fn``) and ``"complex"`` (complex-step derivative of ``fn``
         itself, accurate to rounding; ``fn`` must accept complex input and
         be complex-analytic, see :mod:`oracles.numerics.complex_step`).
+        Two step-free oracles: ``"taylor"`` (the Taylor remainder of ``fn``
+        along a random direction per input must fall as ``h^2``, judged by
+        its observed order; :mod:`oracles.numerics.taylor`) and ``"dot"``
+        (the dot-product test ``<vjp(c), t> = <c, jvp(t)>`` against the
+        ``jvp=`` you give, per input). Each compares one projection per
+        input, not every element.
     mode : {"auto", "fast", "exhaustive", "ladder"} or a mode object
         How the numeric oracle works. ``"exhaustive"``: every element by a
         central difference at a step calibrated per input (about 2
@@ -283,11 +307,29 @@ def check_vjp(
         error_estimate``.
     torch_fn, jax_fn : callable, optional
         ``fn`` written with the framework's own ops; needed for those oracles.
+    jvp : callable, optional
+        ``jvp(tangents, *inputs)``, your forward-mode derivative of ``fn``:
+        needed by (and only by) ``against="dot"``.
+    resolve : float, optional
+        The relative error the check must be able to catch in a typical
+        element of every input (default 1e-3). When it could not (a zero
+        or degenerate cotangent, a reference gradient of about 0 everywhere
+        although ``fn`` is not constant, elements judged only loosely,
+        projections that cannot resolve an input), the status is
+        ``"inconclusive"``, never ``"passed"``. ``inf`` switches that off.
+    pitfalls : collection, optional
+        A catalog of known mistakes (``reference.pitfalls.CATALOG``, or
+        your own entries with ``name``, ``fn``, ``wrong_vjp`` and optionally
+        ``kind``): on failure, the diagnosis names the entry the VJP
+        reproduces (:mod:`oracles.diagnose`).
 
     Returns
     -------
     Report
-        ``.ok``, per-input errors, worst elements, ``str()`` readable.
+        ``.status`` (``"passed"``, ``"failed"`` or ``"inconclusive"``),
+        ``.ok`` (True only for passed), per-input errors and
+        ``.sensitivity``, worst elements, ``.diagnoses`` on failure,
+        ``str()`` readable.
         NaN or inf in a gradient, or a reference that could not be computed
         (``fn`` not finite at every perturbed point, an error estimate that
         overflowed), count as failures, never as agreement.
@@ -331,8 +373,10 @@ def check_vjp(
     >>> r.ok
     True
     >>> r = check_vjp(np.sin, lambda g, x: g * np.cos(x) * (1 + 1e-6), (np.array([0.5, 1.0]),))
-    >>> r.ok, r.failed_inputs
-    (False, ['x'])
+    >>> r.status, r.failed_inputs
+    ('failed', ['x'])
+    >>> check_vjp(np.sin, lambda g, x: g * np.cos(x), (np.ones(2),), direction=np.zeros(2)).status
+    'inconclusive'
     """
     __tracebackhide__ = True
     return run(
@@ -349,6 +393,9 @@ def check_vjp(
         atol=atol,
         torch_fn=torch_fn,
         jax_fn=jax_fn,
+        resolve=resolve,
+        pitfalls=pitfalls,
+        jvp=jvp,
     )
 
 
@@ -360,8 +407,10 @@ def assert_vjp(
 ) -> Report:
     """Like :func:`check_vjp`, but raise :class:`~oracles.errors.GradientMismatch` when it fails.
 
-    Returns the report when the check passes. The exception's message is the
-    readable report; the report object is ``exc.report``.
+    Returns the report when the check passes; raises
+    :class:`~oracles.errors.InconclusiveCheck` when it could not have failed
+    (see ``resolve=``). The exception's message is the readable report; the
+    report object is ``exc.report``.
 
     Examples
     --------
@@ -411,9 +460,13 @@ def _jvp_normalize(raw, r):
     return [out]
 
 
-def _jvp_numeric(r):
+def _jvp_function(r):
     fn = r.guarded_fn()
-    return _forward_mode_numeric(lambda a: fn(*[x.copy() for x in a]).ravel(), r, "fn")
+    return lambda a: fn(*[x.copy() for x in a]).ravel()
+
+
+def _jvp_numeric(r):
+    return _forward_mode_numeric(_jvp_function(r), r, "fn")
 
 
 def _jvp_autodiff(oracle, backend_fn, r):
@@ -430,12 +483,15 @@ JVP = Spec(
     derivative="jvp",
     role="tangents",
     on_output=False,
-    oracles=("numeric", "torch", "jax"),
+    oracles=("numeric", "torch", "jax", "taylor", "dot"),
     call=lambda jvp, d, xs: jvp(_pack(d), *xs),
     pieces=lambda r: [(OUTPUT_NAME, r.out.shape)],
     normalize=_jvp_normalize,
     numeric=_jvp_numeric,
     autodiff=_jvp_autodiff,
+    taylor=lambda r: taylor_forward(r, _jvp_function(r), "fn"),
+    dot=dot_jvp,
+    partner="vjp",
 )
 
 
@@ -452,6 +508,8 @@ def check_jvp(
     atol: float | None = None,
     torch_fn: Callable[..., Any] | None = None,
     jax_fn: Callable[..., Any] | None = None,
+    vjp: Callable[..., Any] | None = None,
+    resolve: float | None = None,
 ) -> Report:
     """Check a hand-written Jacobian-vector product (forward mode); return a report.
 
@@ -472,9 +530,15 @@ def check_jvp(
         ``numpy.random.default_rng(seed)``.
     against : str or sequence of str
         Oracles among ``"numeric"``, ``"torch"`` (``torch.func.jvp``) and
-        ``"jax"`` (``jax.jvp``), both in float64.
-    names, seed, rtol, atol, torch_fn, jax_fn
-        As in :func:`check_vjp`.
+        ``"jax"`` (``jax.jvp``), both in float64, and the step-free
+        ``"taylor"`` (the Taylor remainder along the tangents) and ``"dot"``
+        (``<c, jvp(t)> = <vjp(c), t>`` against the ``vjp=`` you give).
+    vjp : callable, optional
+        ``vjp(cotangent, *inputs)``, your reverse-mode derivative of ``fn``:
+        needed by (and only by) ``against="dot"``.
+    names, seed, rtol, atol, torch_fn, jax_fn, resolve
+        As in :func:`check_vjp` (a zero tangent for an input makes the check
+        inconclusive: how the JVP depends on it is never exercised).
 
     Returns
     -------
@@ -517,6 +581,8 @@ def check_jvp(
         atol=atol,
         torch_fn=torch_fn,
         jax_fn=jax_fn,
+        resolve=resolve,
+        vjp=vjp,
     )
 
 
@@ -548,15 +614,17 @@ def _hvp_validate(r):
         from oracles.errors import InvalidArgumentType
 
         raise InvalidArgumentType(f"grad must be callable, got {type(grad).__name__}")
-    if "numeric" in r.against and grad is None and not any(r.backends.values()):
+    needs = [o for o in ("numeric", "taylor") if o in r.against]
+    if needs and grad is None and not any(r.backends.values()):
         raise InvalidArgument(
-            "the numeric oracle of check_hvp differentiates a gradient along the direction: give "
-            "grad= (a hand-written gradient of fn) or torch_fn= / jax_fn= (whose autodiff "
+            f"the {needs[0]} oracle of check_hvp differentiates a gradient along the direction: "
+            "give grad= (a hand-written gradient of fn) or torch_fn= / jax_fn= (whose autodiff "
             "gradient is used)"
         )
 
 
-def _hvp_numeric(r):
+def _hvp_gradient(r):
+    """The gradient function the numeric and Taylor oracles differentiate, and its name."""
     from oracles._guards import Guarded
 
     grad = r.options.get("grad")
@@ -578,6 +646,11 @@ def _hvp_numeric(r):
         def gradient(a):
             return flat(run_grad(backend_fn, tuple(a)))
 
+    return gradient, source
+
+
+def _hvp_numeric(r):
+    gradient, source = _hvp_gradient(r)
     return _forward_mode_numeric(gradient, r, source)
 
 
@@ -597,7 +670,7 @@ HVP = Spec(
     derivative="hvp",
     role="vectors",
     on_output=False,
-    oracles=("numeric", "torch", "jax"),
+    oracles=("numeric", "torch", "jax", "taylor", "dot"),
     call=lambda hvp, d, xs: hvp(_pack(d), *xs),
     pieces=lambda r: [(f"Hv[{n}]", x.shape) for n, x in zip(r.names, r.xs, strict=True)],
     normalize=lambda raw, r: normalize_gradients(raw, [x.shape for x in r.xs], r.names, who="hvp"),
@@ -605,6 +678,8 @@ HVP = Spec(
     autodiff=_hvp_autodiff,
     scalar_output=True,
     validate=_hvp_validate,
+    taylor=lambda r: taylor_forward(r, *_hvp_gradient(r)),
+    dot=dot_hvp,
 )
 
 
@@ -622,6 +697,7 @@ def check_hvp(
     atol: float | None = None,
     torch_fn: Callable[..., Any] | None = None,
     jax_fn: Callable[..., Any] | None = None,
+    resolve: float | None = None,
 ) -> Report:
     """Check a hand-written Hessian-vector product of a scalar ``fn``; return a report.
 
@@ -651,8 +727,12 @@ def check_hvp(
         ``jax_fn``); one of the three is needed for ``"numeric"``.
         Differentiating ``fn`` twice numerically would lose half the digits
         and is not offered.
-    against, names, seed, rtol, atol, torch_fn, jax_fn
+    against, names, seed, rtol, atol, torch_fn, jax_fn, resolve
         As in :func:`check_jvp`; the report calls the blocks ``Hv[x]``.
+        ``"taylor"`` tests the Taylor remainder of the gradient (it needs
+        one, like ``"numeric"``); ``"dot"`` tests the symmetry ``<u, H v>
+        = <H u, v>`` of the ``hvp`` itself, which needs no other function
+        but passes a wrong HVP that is symmetric (off by a factor).
 
     Returns
     -------
@@ -690,6 +770,7 @@ def check_hvp(
         atol=atol,
         torch_fn=torch_fn,
         jax_fn=jax_fn,
+        resolve=resolve,
         grad=grad,
     )
 

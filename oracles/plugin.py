@@ -15,8 +15,10 @@ load it with ``-p oracles.plugin``. It adds:
 * a marker ``@pytest.mark.gradcheck(against=..., rtol=..., atol=...,
   examples=...)`` that overrides the options for one test;
 * failure output: a test failing with :class:`oracles.GradientMismatch`
-  shows the readable report (and Hypothesis' falsifying example) and the
-  test line that raised it, instead of a traceback through the checker
+  (or :class:`oracles.InconclusiveCheck`: a check that could not have
+  failed fails the test too) shows the readable report (and Hypothesis'
+  falsifying example) and the test line that raised it, instead of a
+  traceback through the checker
   (``--tb=long`` or ``--tb=native`` restore the full traceback).
 
 Example test file::
@@ -33,7 +35,7 @@ import pytest
 
 from oracles._pipeline import ORACLES
 from oracles._validation import check_tolerance, parse_against
-from oracles.errors import GradientMismatch
+from oracles.errors import GradientMismatch, InconclusiveCheck
 
 __all__ = ["GradCheck", "gradcheck"]
 
@@ -362,7 +364,7 @@ def pytest_runtest_makereport(item, call):
     if (
         excinfo is None
         or not rep.failed
-        or not isinstance(excinfo.value, GradientMismatch)
+        or not isinstance(excinfo.value, (GradientMismatch, InconclusiveCheck))
         or item.config.getoption("tbstyle", "auto") not in ("auto", "short")
     ):
         return
@@ -372,6 +374,7 @@ def pytest_runtest_makereport(item, call):
     notes = getattr(exc, "__notes__", None)
     if notes:
         lines += [""] + [str(n) for n in notes]
-    lines += ["", f"{path}:{lineno}: GradientMismatch"]
-    message = str(exc).splitlines()[0] if str(exc) else "GradientMismatch"
+    label = type(exc).__name__
+    lines += ["", f"{path}:{lineno}: {label}"]
+    message = str(exc).splitlines()[0] if str(exc) else label
     rep.longrepr = _ReadableFailure("\n".join(lines), path, lineno, message)
