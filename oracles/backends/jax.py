@@ -25,12 +25,20 @@ __all__ = ["import_jax", "jax_grad", "jax_hvp", "jax_jvp", "jax_vjp", "x64_enabl
 
 
 def import_jax():
+    """``import jax``, or :class:`BackendUnavailable`; NumPy's global random state is kept.
+
+    The first ``import jax`` (0.10) draws from NumPy's global generator; no
+    call of the oracles may change the caller's random state.
+    """
+    state = np.random.get_state()  # noqa: NPY002 (the legacy global state is what is kept)
     try:
         import jax
     except ImportError as exc:
         raise BackendUnavailable(
             'the jax oracle needs JAX, which is not installed: pip install "backprop-oracles[jax]"'
         ) from exc
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
     return jax
 
 

@@ -23,8 +23,6 @@ import json
 import sys
 import time
 
-import numpy as np
-
 from oracles._files import open_atomic, output_file_problem
 
 __all__ = ["main"]
@@ -70,30 +68,15 @@ def _int_at_least(minimum):
     return parse
 
 
-@contextlib.contextmanager
-def _numpy_random_kept():
-    """Restore NumPy's global random state on exit.
-
-    For imports only: the first ``import jax`` (0.10) draws from NumPy's
-    global generator, and no command of this application may change it.
-    """
-    state = np.random.get_state()  # noqa: NPY002 (the legacy global state is what is kept)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
-
-
 def _import_jax():
-    """``import jax`` leaving NumPy's global random state as it was.
+    """``import jax``; :func:`oracles.backends.jax.import_jax` keeps NumPy's random state.
 
     Raises :class:`oracles.BackendUnavailable` naming the extra when JAX is
     not installed.
     """
     from oracles.backends.jax import import_jax
 
-    with _numpy_random_kept():
-        return import_jax()
+    return import_jax()
 
 
 def _output_file(text):

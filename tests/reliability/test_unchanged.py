@@ -183,3 +183,25 @@ def test_layer_parameters_inputs_and_cotangent_are_bitwise_unchanged(layer_cls, 
     assert {k: _snapshot(v) for k, v in owned.items()} == before
     assert layer.W is state["W"] and layer.b is state["b"]
     assert vars(layer).keys() == state.keys()
+
+
+@pytest.mark.jax
+def test_the_first_jax_import_through_a_check_leaves_numpys_random_state_alone():
+    """jax 0.10 draws from NumPy's global generator on its first import: the oracle undoes it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, sys\n"
+        "from oracles import check_vjp\n"
+        "assert 'jax' not in sys.modules\n"
+        "before = np.random.get_state()\n"
+        "r = check_vjp(np.sin, lambda g, x: g * np.cos(x), (np.ones(3),), against='jax',\n"
+        "              jax_fn=lambda x: __import__('jax').numpy.sin(x))\n"
+        "assert r.ok and 'jax' in sys.modules\n"
+        "after = np.random.get_state()\n"
+        "assert before[0] == after[0] and (before[1] == after[1]).all(), 'np.random moved'\n"
+        "assert before[2:] == after[2:], 'np.random moved'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
