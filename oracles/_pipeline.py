@@ -983,7 +983,21 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store
         max_tolerance_used=float(np.max(cmp.tolerance)) if cmp.tolerance.size else 0.0,
         kinks=int(np.count_nonzero(cmp.kink & cmp.passed)),
         worst=worst,
+        error_ratio=_error_ratio(cmp, positions, full.size).reshape(shape),
     )
+
+
+def _error_ratio(cmp, positions, n):
+    """``abs_error / tolerance`` per element of the whole piece (NaN where not compared)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(cmp.abs_error == 0, 0.0, cmp.abs_error / cmp.tolerance).ravel()
+    unknown = np.isnan(ratio)  # a NaN never agrees; inf / inf passed at the tolerance
+    ratio[unknown] = np.where(cmp.passed.ravel()[unknown], 1.0, np.inf)
+    if positions is None:
+        return ratio
+    out = np.full(n, np.nan)
+    out[positions] = ratio
+    return out
 
 
 def _projected_check(oracle, method, name, number, analytic, proj, store=None):

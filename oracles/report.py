@@ -184,6 +184,10 @@ class OracleCheck:
     worst: list = field(default_factory=list)
     #: What a step-free oracle measured (the Taylor remainder's orders, ...), else "".
     detail: str = ""
+    #: Per element, ``|analytic - reference| / tolerance`` shaped like the input (above 1
+    #: fails; NaN where this oracle compared no value, as in mode "fast"); None for the
+    #: projection oracles, which judge one inner product.
+    error_ratio: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self):
