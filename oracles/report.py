@@ -38,7 +38,7 @@ WORST_LIMIT = 10
 STATUSES = ("passed", "failed", "inconclusive")
 
 #: Elements whose own figure is this many times the typical one are listed apart.
-LOOSE_FACTOR = 100.0
+LOOSE_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,11 @@ class Coverage:
                 if not math.isfinite(self.loose_relative)
                 else f">= {_sig(self.loose_relative)} only"
             )
-            extra.append(f"{self.loose} element(s): {fig}")
+            extra.append(f"{_count(self.loose)}: {fig}")
         if self.zeros and not self.exact_zero:
-            extra.append(f"{self.zeros} element(s) 0 to within their tolerance, checked absolutely")
+            extra.append(f"{_count(self.zeros)} 0 to within their tolerance, checked absolutely")
         if self.kinks:
-            extra.append(f"{self.kinks} at kinks, any subgradient accepted")
+            extra.append(f"{_count(self.kinks)} at kinks, any subgradient accepted")
         tail = f" ({'; '.join(extra)})" if extra else ""
         if self.exact_zero:
             return (
@@ -274,6 +274,10 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
+def _count(n):
+    return f"{n} element" if n == 1 else f"{n} elements"
+
+
 def _sig(x):
     """A threshold in one significant digit, rounded up (``3e-10``): a claim never too bold."""
     if not math.isfinite(x) or x <= 0:
@@ -282,7 +286,7 @@ def _sig(x):
     mantissa = math.ceil(x / 10.0**exponent - 1e-9)
     if mantissa >= 10:
         mantissa, exponent = 1, exponent + 1
-    return f"{mantissa}e{exponent:+03d}"
+    return f"{mantissa}e{exponent}"
 
 
 def digits_to_tell_apart(a, b):
