@@ -57,7 +57,7 @@ from oracles._layer_params import (
     partner_paths,
 )
 from oracles._pipeline import raise_unless_passed, run
-from oracles._validation import as_output, check_names, check_seed
+from oracles._validation import as_cotangent, as_output, check_names, check_seed
 from oracles.checks import VJP
 from oracles.errors import (
     InvalidArgument,
@@ -377,6 +377,22 @@ def _parse_wrt(wrt, n):
     return tuple(int(k) for k in wrt)
 
 
+def _check_array_like(value, k):
+    """An input that claims to be an array (``__array__``) must become one: a torch tensor
+    that requires grad cannot; say so instead of letting the layer fail on it."""
+    if isinstance(value, (np.ndarray, np.generic, int, float, list, tuple, dict, str)):
+        return
+    if value is None or not hasattr(value, "__array__"):
+        return
+    try:
+        np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - the array-like's own conversion error
+        raise InvalidArgumentType(
+            f"inputs[{k}] could not be converted to a NumPy array ({type(exc).__name__}: {exc}); "
+            "check_layer checks NumPy layers: pass NumPy arrays"
+        ) from exc
+
+
 def _is_float(value):
     if not isinstance(value, (np.ndarray, float, np.floating)):
         return False
@@ -456,6 +472,7 @@ class _Session:
         self.wrt = ()
         self.piece_names = []
         self._copier = None
+        self.grads_before = []
 
     # copies and calls
 
@@ -747,6 +764,7 @@ class _Session:
                 self.params_unchanged(obj, subs, before_p, self.calls.forward_name)
             before_x = [_copy_value(x) for x in xs]
             before_p = [np.array(subs[id(p.array)], copy=True) for p in self.params]
+        self.grads_before = [self._stored(obj, p) for p in self.params]
         d = None if dout is None else np.array(dout, dtype=np.float64, copy=True)
         ret, returned = self.backward(obj, xs, d)
         if record:
@@ -754,6 +772,13 @@ class _Session:
             self.inputs_unchanged(before_x, xs, names, self.backward_name)
             self.params_unchanged(obj, subs, before_p, self.backward_name)
         return obj, ret, returned
+
+    def _stored(self, obj, p):
+        """The gradient of ``p`` stored on ``obj`` now (before a backward), zeros if none."""
+        value = _MISSING if self.calls.kind == "network" else self.calls.gradient(obj, None, p)
+        if isinstance(value, np.ndarray) and value.shape == p.array.shape:
+            return np.array(value, dtype=np.float64, copy=True)
+        return np.zeros(p.array.shape)
 
     def pieces(self, obj, ret, returned):
         """Input gradients then parameter gradients, validated, as float64 arrays."""
@@ -811,6 +836,8 @@ def _dout(session, out, direction):
 
 
 def _flatten_direction(direction, shapes):
+    if shapes is None:  # one output: a tuple of arrays is one array (and its shape is checked)
+        return np.asarray(direction, dtype=np.float64)
     if len(direction) != len(shapes):
         raise InvalidArgument(
             f"direction must give one array per output ({len(shapes)}), got {len(direction)}"
@@ -1037,6 +1064,14 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
         )
     if not inputs:
         raise InvalidArgument("inputs is empty; layer.forward needs at least one input")
+    for k, x in enumerate(inputs):
+        _check_array_like(x, k)
+    if direction is not None and not isinstance(direction, (tuple, list)):
+        direction = as_cotangent(direction, None, "direction")
+    elif direction is not None:
+        direction = type(direction)(
+            as_cotangent(d, None, f"direction[{k}]") for k, d in enumerate(direction)
+        )
     seed = check_seed(options["seed"])
     s = _Session(layer, inputs, seed)
     n = len(s.inputs)
@@ -1055,12 +1090,8 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
             p.extra["grad_text"] = text
 
     out = s.settle_randomness()
-    if (
-        isinstance(s.calls, _FunctionCalls)
-        and s.calls.shapes
-        and isinstance(direction, (tuple, list))
-    ):
-        direction = _flatten_direction(direction, s.calls.shapes)
+    if isinstance(direction, (tuple, list)):
+        direction = _flatten_direction(direction, getattr(s.calls, "shapes", None))
     _decide_loss(s, out, direction)
     dout = _dout(s, out, direction)
     found = s.discover(out, dout, explicit) if s.calls.kind != "functions" else []
@@ -1201,16 +1232,28 @@ def _try_lazy(s, dout):
         s.template, s.params, s.rngs = cold, [], rng_states(cold)
 
 
+def _adds_again(before, first, again):
+    """True when ``again - first`` is ``first - before``: the same gradient added once more."""
+    step1, step2 = first - before, again - first
+    scale = max(
+        float(np.max(np.abs(first), initial=0.0)), float(np.max(np.abs(again), initial=0.0))
+    )
+    return bool(np.any(step1 != 0)) and bool(np.all(np.abs(step2 - step1) <= 1e-9 * scale + 1e-300))
+
+
 def _accumulation(s, obj, first, dout):
-    """Call backward a second time after one forward: nothing may change, nothing may grow."""
+    """Call backward a second time after one forward: nothing may change, nothing may grow.
+
+    A gradient that changes by the same amount again accumulates (``self.dW
+    += ...``); a layer with a reset method does that by design and is reset
+    before every evaluation. Any other change means backward changes the
+    state it reads.
+    """
     names, n_in = s.piece_names, len(s.wrt)
+    before = list(s.grads_before)
     grown_before = sizes(obj)
     try:
-        if s.calls.kind == "network":
-            ret, returned = s.backward(obj, s.xs(), dout)
-        else:
-            d = None if dout is None else np.array(dout, copy=True)
-            ret, returned = s.backward(obj, s.xs(), d)
+        ret, returned = s.backward(obj, s.xs(), None if dout is None else dout.copy())
         again = s.pieces(obj, ret, returned)
     except UserFunctionError:
         s.notes.append(
@@ -1218,46 +1261,50 @@ def _accumulation(s, obj, first, dout):
             "calls was checked with two forward-backward pairs"
         )
         try:
-            obj = s.evaluate(None, s.xs(), dout, [], record=False)[0]
-            s.forward(obj, s.xs())
+            obj, ret, returned = s.evaluate(None, s.xs(), dout, [], record=False)
+            first = s.pieces(obj, ret, returned)
+            before = [np.array(g, copy=True) for g in first[n_in:]]
+            if s.calls.kind != "network":
+                s.forward(obj, s.xs())
             ret, returned = s.backward(obj, s.xs(), None if dout is None else dout.copy())
             again = s.pieces(obj, ret, returned)
         except UserFunctionError:
             return
         grown_before = None
-    changed = [
-        (k, differs(a, b))
-        for k, (a, b) in enumerate(zip(first, again, strict=True))
-        if differs(a, b)[0]
-    ]
-    param_changed = [(names[k], d) for k, d in changed if k >= n_in]
-    if param_changed:
-        reset = next((m for m in RESET_METHODS if callable(getattr(s.template, m, None))), None)
-        if reset is not None:
-            s.reset = reset
-            s.notes.append(
-                f"{s.backward_name} accumulates gradients by design (a second call adds to "
-                f"{', '.join(n for n, _ in param_changed)}); layer.{reset}() was called before "
-                "every evaluation"
-            )
+    accumulates, changes = [], []
+    for k, (a, b) in enumerate(zip(first, again, strict=True)):
+        bad, diff, scale = differs(a, b)
+        if not bad:
+            continue
+        if k >= n_in and _adds_again(before[k - n_in], a, b):
+            accumulates.append((names[k], diff, scale))
         else:
-            for name, (_, diff, scale) in param_changed:
-                s.record(
-                    ("accumulates", name),
-                    f"{s.backward_name} accumulates into the gradient of {name}: a second call "
-                    f"after one forward changed it (by up to {diff:.3g}, at scale {scale:.3g}); "
-                    "it adds to the stored gradient (self.dW += ...) instead of setting it, so "
-                    "every call after the first returns a wrong gradient. Set it (self.dW = ...), "
-                    "or give the layer a zero_grad() that resets it",
-                )
-    for k, (_, diff, scale) in changed:
-        if k < n_in:
+            changes.append((names[k], diff, scale))
+    reset = next((m for m in RESET_METHODS if callable(getattr(s.template, m, None))), None)
+    if accumulates and reset is not None:
+        s.reset = reset
+        s.notes.append(
+            f"{s.backward_name} accumulates gradients by design (a second call adds to "
+            f"{', '.join(n for n, _, _ in accumulates)} again); layer.{reset}() was called before "
+            "every evaluation"
+        )
+    else:
+        for name, diff, scale in accumulates:
             s.record(
-                ("changes", names[k]),
-                f"a second {s.backward_name} after one forward returned another gradient of "
-                f"{names[k]} (by up to {diff:.3g}, at scale {scale:.3g}): backward changes the "
-                "state it reads (writes into its cache?)",
+                ("accumulates", name),
+                f"{s.backward_name} accumulates into the gradient of {name}: a second call after "
+                f"one forward added it again (a change of up to {diff:.3g}, at scale "
+                f"{scale:.3g}); it adds to the stored gradient (self.dW += ...) instead of setting "
+                "it, so every call after the first returns a wrong gradient. Set it (self.dW = "
+                "...), or give the layer a zero_grad() that resets it",
             )
+    for name, diff, scale in changes:
+        s.record(
+            ("changes", name),
+            f"a second {s.backward_name} after one forward returned another gradient of {name} "
+            f"(by up to {diff:.3g}, at scale {scale:.3g}): backward changes the state it reads "
+            "(writes into its cache?), so calling it again gives another answer",
+        )
     if grown_before is not None:
         for path, n_after in sizes(obj).items():
             n_before = grown_before.get(path)

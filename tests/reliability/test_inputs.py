@@ -659,22 +659,7 @@ BAD_ARGUMENTS = [
 
 #: Rows that fail today, each a known bug: strict, so a fix shows as XPASS and fails the run
 #: until the mark is removed.
-_LAYER_DIRECTION = (
-    "check_layer converts direction= with np.array(direction, dtype=np.float64) before "
-    "validating it (oracles/layer.py, _dout): a raw NumPy error instead of InvalidArgumentType"
-)
-KNOWN_BUGS = {
-    (entry, case): reason
-    for entry in LAYERS
-    for case, reason in [
-        ("direction strings", _LAYER_DIRECTION),
-        ("direction an object", _LAYER_DIRECTION),
-        (
-            "input torch tensor requiring grad",
-            "check_layer probes forward with the tensor itself: torch's own RuntimeError",
-        ),
-    ]
-}
+KNOWN_BUGS = {}
 
 
 def _table():
