@@ -8,8 +8,14 @@ derivation fails, so it can guard CI.
 Exit status, for both commands: 0 when everything was verified, 1 when a
 derivation failed, 2 for a usage error. Every option is checked before any
 work is done (an unknown, repeated or empty oracle in ``--oracles``; a
-``--json`` path whose directory is missing or not writable, or that is a
-directory): argparse prints the option and the rule and exits with 2.
+``--json`` or ``--html`` path whose directory is missing or not writable, or
+that is a directory; ``--html`` without matplotlib): argparse prints the
+option and the rule and exits with 2.
+
+``--html PATH`` also writes one self-contained page (:mod:`oracles._html`):
+per derivation its verdict, the sensitivity of each input, a histogram and a
+heatmap of ``|error| / tolerance`` per element and, on failure, the
+diagnosis; plots embedded, nothing loaded from elsewhere.
 Output files are written through :mod:`oracles._files` (a temporary file in
 the same directory moved into place), never through a symlink planted at
 the output path.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 import time
@@ -80,10 +87,21 @@ def _import_jax():
 
 
 def _output_file(text):
-    """``--json``: a file that can be written (its directory exists and accepts files)."""
+    """``--json``, ``--html``: a file that can be written (its directory exists, accepts files)."""
     problem = output_file_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(f"cannot write the results there: {problem}")
+    return text
+
+
+def _html_file(text):
+    """``--html``: as :func:`_output_file`, and matplotlib (the ``plot`` extra) is installed."""
+    text = _output_file(text)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError(
+            "the HTML report draws its plots with matplotlib, which is not installed: pip install "
+            '"backprop-oracles[plot]"'
+        )
     return text
 
 
@@ -108,6 +126,13 @@ def _report_parser(sub):
     p.add_argument(
         "--json", metavar="PATH", type=_output_file, help="also write the results as JSON"
     )
+    p.add_argument(
+        "--html",
+        metavar="PATH",
+        type=_html_file,
+        help="also write one self-contained HTML page: per derivation the verdict, the "
+        "sensitivity, a plot of the error per element and, on failure, the diagnosis",
+    )
     p.add_argument("--verbose", action="store_true", help="print the full report of every case")
     return p
 
@@ -123,7 +148,7 @@ def _report_main(args):
         with contextlib.suppress(ImportError):  # check_vjp reports a missing jax
             _import_jax()  # first imported here, so that np.random stays as it was
     cases = reference_cases(seed=args.seed, include_mlp=not args.no_mlp)
-    rows, failures = [], 0
+    rows, failures, entries = [], 0, []
     started = time.perf_counter()
     for case in tqdm(cases, desc="checking derivations", unit="case", file=sys.stderr, leave=False):
         t0 = time.perf_counter()
@@ -140,6 +165,10 @@ def _report_main(args):
         )
         seconds = time.perf_counter() - t0
         failures += not report.ok
+        if args.html:
+            from oracles._html import summarize
+
+            entries.append(summarize(report, case.label))
         if args.verbose or not report.ok:
             tqdm.write(str(report) + "\n", file=sys.stderr)
         for r in report.inputs:
@@ -169,7 +198,32 @@ def _report_main(args):
         with open_atomic(args.json, "w") as fh:
             json.dump({"oracles": against, "seed": args.seed, "rows": rows}, fh, indent=1)
         print(f"results written to {args.json}")
+    if args.html:
+        _write_html(args, entries, verdict, len(cases), total)
+        print(f"HTML report written to {args.html}")
     return 1 if failures else 0
+
+
+def _write_html(args, entries, verdict, n_cases, seconds):
+    from oracles._html import write_html
+
+    command = ["python -m oracles report", f"--oracles {','.join(args.oracles)}"]
+    command += [f"--seed {args.seed}", f"--mode {args.mode}"]
+    command += ["--no-mlp"] if args.no_mlp else []
+    write_html(
+        args.html,
+        entries,
+        title="backprop-oracles: verification report",
+        subtitle="Every reference derivation (reference/) checked against "
+        + ", ".join(args.oracles),
+        meta=[
+            ("command", " ".join(command)),
+            ("verdict", f"{verdict}: {n_cases} cases in {seconds:.1f} s"),
+            ("oracles", ", ".join(args.oracles)),
+            ("seed", str(args.seed)),
+            ("mode", args.mode),
+        ],
+    )
 
 
 def _print_table(rows):
