@@ -21,6 +21,7 @@ import copy
 import inspect
 import io
 import pickle
+import sys
 import types
 
 import numpy as np
@@ -250,6 +251,12 @@ class _Pickler(pickle.Pickler):
     def persistent_id(self, obj):
         if isinstance(obj, np.ndarray):
             return self._ids.get(id(obj))
+        # Pickling a class by reference imports its module: never import anything as a side
+        # effect of a check. Objects from modules not imported yet go to deepcopy instead.
+        by_reference = isinstance(obj, type) or inspect.isroutine(obj)
+        module = getattr(obj, "__module__", None) if by_reference else type(obj).__module__
+        if module is not None and module not in sys.modules:
+            raise pickle.PicklingError(f"{module} is not imported")
         return None
 
 

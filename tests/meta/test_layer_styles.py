@@ -790,7 +790,7 @@ def conv_backward_cropped(dout, cache):
     return conv_backward_naive(dout, cache, crop_with_negative_pad=True)
 
 
-def _lstm_inputs(seed, N=3, D=4, H=2):
+def _lstm_inputs(seed, N=2, D=3, H=2):
     rng = np.random.default_rng(seed)
     return (
         rng.standard_normal((N, D)),
@@ -821,7 +821,7 @@ def test_cs231n_relu_writes_into_dout():
     assert any(p.startswith("relu_backward modified its argument dout") for p in r.problems)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0])
 def test_cs231n_lstm_step_two_outputs_and_a_write_into_the_cotangent(seed):
     inputs = _lstm_inputs(seed)
     r = check_layer((lstm_step_forward, lstm_step_backward), inputs)
