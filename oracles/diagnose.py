@@ -28,8 +28,10 @@ kind                        signature
                             Jacobian, the diagonal entries right) where the true Jacobian is not
                             diagonal: softmax-like Jacobians cut to ``a (1 - a)``
 ``region``                  the errors are confined to a subset that can be described: a sign
-                            of the input, the kink elements, tied values, the border, some
+                            of an input, the kink elements, tied values, the border, some
                             rows, columns or time steps
+``formula``                 (only from a catalog, below) a catalogued mistake with no simpler
+                            signature: a wrong formula
 ==========================  ====================================================================
 
 The step-free signatures (``ignores_*``, ``not_linear_*``, ``in_place``) call
@@ -89,6 +91,7 @@ KINDS = (
     "swapped_inputs",
     "diagonal_only",
     "region",
+    "formula",
 )
 
 #: Relative agreement that counts as "the same value" for a signature: far
@@ -605,8 +608,14 @@ def _index_text(values, limit=6):
     return shown + (", ..." if len(values) > limit else "")
 
 
-def _region(ev, k):
-    """Errors confined to a describable subset of the elements."""
+def _at_ties_or_kinks(ev, k):
+    """Errors only at tied values or kinks: there, a reference is one subgradient among many."""
+    d = _region(ev, k, only=("ties", "kinks"))
+    return d
+
+
+def _region(ev, k, only=None):
+    """Errors confined to a describable subset of the elements (``only``: those kinds)."""
     value, tau, kink = ev.refs[k]
     failed = ev.failed[k]
     if failed is None:
@@ -614,7 +623,7 @@ def _region(ev, k):
     known = _known(ev, k)
     failed = np.asarray(failed, dtype=bool).ravel() & known
     n_fail, n_known = int(failed.sum()), int(known.sum())
-    if n_fail < 2 or n_fail == n_known:
+    if n_fail < (1 if only else 2) or (n_fail == n_known and not only):
         return None
     shape = np.asarray(ev.analytic[k]).shape
     candidates = []
@@ -674,9 +683,11 @@ def _region(ev, k):
             candidates.append((mask, text, {"axis": axis, "indices": [int(i) for i in used]}))
     best = None
     for mask, text, evidence in candidates:
+        if only is not None and evidence.get("where") not in only:
+            continue
         mask = np.asarray(mask, dtype=bool).ravel() & known
         size = int(mask.sum())
-        if size == 0 or size >= n_known or np.any(failed & ~mask):
+        if size == 0 or (size >= n_known and not only) or np.any(failed & ~mask):
             continue
         if n_fail / size < REGION_FILL:
             continue
@@ -686,19 +697,38 @@ def _region(ev, k):
         return None
     size, text, evidence = best
     name = ev.piece_names[k]
+    hint = {
+        "ties": (
+            "At tied values a subgradient routes the upstream gradient once (to one of them, "
+            "argmax, or split among them), never to every tied element (x == max) or to none"
+        ),
+        "kinks": (
+            "At a kink any value between the one-sided slopes is a subgradient; these lie "
+            "outside it"
+        ),
+    }.get(
+        evidence.get("where"),
+        "Look at how the derivation treats that case (a mask, a branch, an index, a boundary)",
+    )
     return Diagnosis(
         kind="region",
         input=name,
         message=(
             f"the errors are confined to {text}: {n_fail} of the {size} elements there are "
-            f"wrong, none of the other {n_known - size}. Look at how the derivation treats "
-            "that case (a mask, a branch, an index, a boundary)"
+            f"wrong, none of the other {n_known - size}. {hint}"
         ),
         evidence={**evidence, "failed": n_fail, "region": size},
     )
 
 
-_VALUE_TESTS = (_zero_sign_factor, _transposed_result, _swapped, _diagonal_only, _region)
+_VALUE_TESTS = (
+    _at_ties_or_kinks,
+    _zero_sign_factor,
+    _transposed_result,
+    _swapped,
+    _diagonal_only,
+    _region,
+)
 
 #: The joint test of tied values (:mod:`oracles.numerics.ties`) reports failures as problems.
 _TIE_PROBLEM = re.compile(r"^tie group of (.+?) \(value ")

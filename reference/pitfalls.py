@@ -137,6 +137,13 @@ class Pitfall:
         Names of the inputs, in order (for messages).
     mutates_cotangent : bool
         True when ``wrong_vjp`` writes into its cotangent argument.
+    kind : str or None
+        The kind of mistake, as :mod:`oracles.diagnose` names it
+        (``"factor"``, ``"transpose"``, ``"diagonal_only"``, ``"region"``,
+        ``"ignores_cotangent"``, ``"in_place"``, ...; ``"formula"`` for a
+        wrong formula with no simpler signature, ``"shape"`` for a gradient
+        of the wrong shape). A failed check given ``pitfalls=CATALOG`` names
+        the entry its derivative reproduces, with this kind.
     """
 
     name: str
@@ -150,6 +157,7 @@ class Pitfall:
     wrong_input: int | None
     input_names: tuple[str, ...]
     mutates_cotangent: bool = False
+    kind: str | None = None
 
 
 # --- shapes: batch N >= 3, classes C >= 4, N != C, non-square W ----------------
@@ -618,6 +626,7 @@ def _lstm_inputs(rng):
 CATALOG = (
     Pitfall(
         name="softmax_diagonal_jacobian",
+        kind="diagonal_only",
         summary="The softmax Jacobian is reduced to its diagonal a_i (1 - a_i); the "
         "off-diagonal -a_i a_j terms are dropped, so the VJP is g * a * (1 - a).",
         correct="J = diag(a) - a a^T, so the VJP is a * (g - <g, a>) per row.",
@@ -632,6 +641,7 @@ CATALOG = (
     ),
     Pitfall(
         name="softmax_backward_ignores_upstream",
+        kind="ignores_cotangent",
         summary="The softmax layer's backward returns the diagonal a - a^2 itself and "
         "never uses the upstream gradient it receives.",
         correct="Multiply by the full Jacobian: a * (g - <g, a>) per row.",
@@ -645,6 +655,7 @@ CATALOG = (
     ),
     Pitfall(
         name="softmax_over_batch_axis",
+        kind="formula",
         summary="For a (N, C) batch, the max, the exp-sum and the normalization run over "
         "axis 0, the batch, so each column sums to 1; the backward follows the same axis. "
         "(Subtracting one global max instead does not change the values.)",
@@ -660,6 +671,7 @@ CATALOG = (
     ),
     Pitfall(
         name="squared_error_on_softmax_diagonal",
+        kind="diagonal_only",
         summary="For L = 1/2 sum (softmax(z) - y)^2, the terms k != i of "
         "sum_k (a_k - y_k) da_k/dz_i are declared negligible, giving (a - y) a (1 - a).",
         correct="dL/dz = a * (d - <d, a>) with d = a - y: the -a_k a_i terms are not small "
@@ -675,6 +687,7 @@ CATALOG = (
     ),
     Pitfall(
         name="cross_entropy_soft_targets_a_minus_y",
+        kind="formula",
         summary="The gradient of -sum y log softmax(z) is simplified to a - y, which uses "
         "sum(y) = 1; with targets that do not sum to 1 it is wrong.",
         correct="dL/dz = a * sum(y) - y per row.",
@@ -689,6 +702,7 @@ CATALOG = (
     ),
     Pitfall(
         name="cross_entropy_mean_missing_1_over_n",
+        kind="factor",
         summary="The loss is the mean over the N rows of the batch, but the gradient is "
         "that of the sum: the 1/N is missing.",
         correct="dL/dz = (a - onehot(t)) / N for the mean.",
@@ -702,6 +716,7 @@ CATALOG = (
     ),
     Pitfall(
         name="cross_entropy_whole_columns",
+        kind="region",
         summary="Labels index whole columns (dz[:, t] -= 1, or y[:, t] in the loss): every "
         "row gets -1 in every column whose class occurs in the batch.",
         correct="Index each row at its own label: dz[arange(N), t] -= 1, then divide by N.",
@@ -716,6 +731,7 @@ CATALOG = (
     ),
     Pitfall(
         name="nll_backward_ignores_upstream",
+        kind="ignores_cotangent",
         summary="A custom gradient of C = -log p_r returns dC/dp = -1/p_r at r without "
         "multiplying by the upstream gradient; right only when that is exactly 1.",
         correct="Return g * dC/dp: -g / p_r at index r, 0 elsewhere.",
@@ -729,6 +745,7 @@ CATALOG = (
     ),
     Pitfall(
         name="sigmoid_derivative_of_output_on_input",
+        kind="formula",
         summary="The helper y * (1 - y), valid for the sigmoid's output y, is applied to the "
         "pre-activation x.",
         correct="s'(x) = s(x) (1 - s(x)): apply y (1 - y) to y = s(x).",
@@ -742,6 +759,7 @@ CATALOG = (
     ),
     Pitfall(
         name="sigmoid_derivative_on_output",
+        kind="formula",
         summary="The helper s(u) (1 - s(u)), valid for the pre-activation u, is applied to "
         "the sigmoid's output: the sigmoid is taken twice.",
         correct="s'(x) = s(x) (1 - s(x)) evaluated at the pre-activation x.",
@@ -755,6 +773,7 @@ CATALOG = (
     ),
     Pitfall(
         name="tanh_derivative_missing_square",
+        kind="formula",
         summary="tanh'(x) written as 1 - tanh(x), one factor of (1 + t)(1 - t) lost.",
         correct="tanh'(x) = 1 - tanh(x)^2 = (1 + t)(1 - t).",
         source="common in course notes",
@@ -767,6 +786,7 @@ CATALOG = (
     ),
     Pitfall(
         name="affine_dx_missing_transpose",
+        kind="transpose",
         summary="dX = G W instead of G W^T; it only runs when W is square, and is then "
         "silently wrong.",
         correct="dX = G W^T.",
@@ -780,6 +800,7 @@ CATALOG = (
     ),
     Pitfall(
         name="affine_dw_missing_transpose",
+        kind="transpose",
         summary="dW = G^T X instead of X^T G: the transpose of the right answer, the same "
         "shape only when W is square.",
         correct="dW = X^T G.",
@@ -793,6 +814,7 @@ CATALOG = (
     ),
     Pitfall(
         name="affine_db_averaged",
+        kind="factor",
         summary="db is the mean of G over the batch rows instead of their sum.",
         correct="db = sum_n G_n: every row adds b, so every row's gradient adds up.",
         source="common in course notes",
@@ -805,6 +827,7 @@ CATALOG = (
     ),
     Pitfall(
         name="squared_error_missing_factor_2",
+        kind="factor",
         summary="For L = sum (p - t)^2 (no 1/2 in front) the gradient is written p - t, "
         "the factor 2 of the derivative of the square lost.",
         correct="dL/dp = 2 (p - t); the 2 cancels only when the loss is 1/2 sum (p - t)^2.",
@@ -818,6 +841,7 @@ CATALOG = (
     ),
     Pitfall(
         name="relu_backward_in_place",
+        kind="in_place",
         summary="The ReLU backward zeroes its upstream gradient in place (g[x <= 0] = 0) and "
         "returns it: the value is right, but the caller's array changes.",
         correct="Return a new array, e.g. where(x > 0, g, 0); never write to an argument.",
@@ -832,6 +856,7 @@ CATALOG = (
     ),
     Pitfall(
         name="cross_entropy_epsilon_dropped",
+        kind="region",
         summary="The loss on probabilities is -(1/N) sum y log(p + 1e-7), but the backward "
         "is -y / (N p): the derivative of log(p), the epsilon dropped. Where a true class has "
         "p near 1e-7 or below, the gradient is off by up to a factor of 11.",
@@ -847,6 +872,7 @@ CATALOG = (
     ),
     Pitfall(
         name="gelu_tanh_forward_exact_backward",
+        kind="formula",
         summary="The forward is the tanh approximation 0.5 x (1 + tanh(k (x + 0.044715 x^3))), "
         "the backward the exact GELU's Phi(x) + x phi(x): close (about 1e-3 apart), but the "
         "derivative of another function.",
@@ -862,6 +888,7 @@ CATALOG = (
     ),
     Pitfall(
         name="embedding_repeated_indices_lost",
+        kind="region",
         summary="The embedding backward is dW[ids] += g. Fancy-index assignment writes a "
         "repeated row once, so a token that occurs k times gets one of its k gradients.",
         correct="np.add.at(dW, ids, g): every occurrence adds its row.",
@@ -875,6 +902,7 @@ CATALOG = (
     ),
     Pitfall(
         name="maxpool_ties_all_get_gradient",
+        kind="region",
         summary="The 2x2 max-pool backward passes g to every entry equal to its window's "
         "maximum; a window with k tied maxima passes it on k times.",
         correct="Route g to one maximal entry per window (the first, as argmax picks); any "
@@ -889,6 +917,7 @@ CATALOG = (
     ),
     Pitfall(
         name="conv2d_padding_slice_empty_at_p0",
+        kind="shape",
         summary="The convolution backward removes the padding with dx_padded[p:-p, p:-p]; "
         "at p = 0 that slice is [0:0], and the gradient of x is an empty array. (At p >= 1 "
         "the same code is right.)",
@@ -903,6 +932,7 @@ CATALOG = (
     ),
     Pitfall(
         name="lstm_step_backward_in_place",
+        kind="in_place",
         summary="The LSTM-step backward adds the path through h_next into dc_next in place "
         "(dc_next += dh * o * (1 - tanh(c)^2)), and dc_next is the caller's upstream gradient: "
         "the values are right, the caller's array changes.",
