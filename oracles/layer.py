@@ -562,8 +562,8 @@ class _Session:
             if self.calls.gradient(obj, returned, p) is _MISSING:
                 text = p.extra.get("grad_text", p.grad)
                 raise UserFunctionError(
-                    f"after backward, the layer has no attribute {text!r} (the gradient of "
-                    f"{render(p.slots[0])}); backward must store it"
+                    f"after backward, there is no {text!r} on the layer (the gradient of "
+                    f"{render(p.slots[0])}, as params= says); backward must store it there"
                 )
             return p.grad
         for slot in p.slots:
@@ -617,7 +617,7 @@ class _Session:
         unpaired = [p for p in unpaired if not any(tuple(s) in partners for s in p.slots)]
         self._check_found(obj, returned, params, before)
         self._check_floats(obj, floats)
-        if self.calls.kind == "network":
+        if self.calls.kind == "network" and explicit is None:
             self._check_keys(returned, params)
         unread = [p for p in unpaired if self._reads(p, found, out)]
         if unread and not params and explicit is None and _lazy_suspected(self, dout):

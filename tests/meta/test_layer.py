@@ -307,6 +307,52 @@ class _Raises:
         raise RuntimeError("boom")
 
 
+class _Net:
+    """A network whose gradient() result is configurable: ``kind`` plants a mistake."""
+
+    def __init__(self, kind=None):
+        self.params = {"W": np.array([[1.0, -2.0], [0.5, 3.0]]), "b": np.array([0.1, 0.2])}
+        self.kind = kind
+
+    def loss(self, x):
+        out = x @ self.params["W"] + self.params["b"]
+        return out if self.kind == "vector loss" else 0.5 * np.sum(out**2)
+
+    def gradient(self, x):
+        out = x @ self.params["W"] + self.params["b"]
+        grads = {"W": x.T @ out, "b": out.sum(axis=0)}
+        if self.kind == "list":
+            return [grads["W"], grads["b"]]
+        if self.kind == "unknown key":
+            grads["W3"] = grads["W"]
+        if self.kind == "missing key":
+            del grads["b"]
+        return grads
+
+
+class _FloatParam:
+    """A PReLU-like slope kept as a Python float, with its gradient stored next to it."""
+
+    def __init__(self):
+        self.alpha = 0.25
+
+    def forward(self, x):
+        self._x = x
+        return np.where(x > 0, x, self.alpha * x)
+
+    def backward(self, dout):
+        self.dalpha = float(np.sum(np.where(self._x > 0, 0.0, self._x) * dout))
+        return dout * np.where(self._x > 0, 1.0, self.alpha)
+
+
+def _lstm_like_forward(x):
+    return x * 2, x * 3, x
+
+
+def _lstm_like_backward(d1, d2, cache):
+    return 2 * d1 + 3 * d2
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -330,8 +376,89 @@ class _Raises:
         ),
         (lambda: check_layer(_TooManyGrads(), (X,)), UserFunctionError, "2 gradients"),
         (lambda: check_layer(_Raises(), (X,)), UserFunctionError, "boom"),
+        (lambda: check_layer(Affine, (X,)), InvalidArgumentType, "pass an instance"),
+        (lambda: check_layer(Tanh(), (X,), direction="ab"), InvalidArgumentType, "<U2"),
+        (
+            lambda: check_layer(Tanh(), (X,), direction=np.full((4, 3), np.nan)),
+            InvalidArgument,
+            "direction contains NaN",
+        ),
+        (
+            lambda: check_layer(_Net("vector loss"), (X[:, :2],)),
+            UserFunctionError,
+            "must return a scalar loss",
+        ),
+        (lambda: check_layer(_Net("list"), (X[:, :2],)), UserFunctionError, "expected a dict"),
+        (lambda: check_layer(_Net("unknown key"), (X[:, :2],)), UserFunctionError, "'W3'"),
+        (
+            lambda: check_layer(_Net("missing key"), (X[:, :2],)),
+            UserFunctionError,
+            r"reads layer.params\['b'\]",
+        ),
+        (
+            lambda: check_layer(_Net(), (X[:, :2],), direction=np.ones(2)),
+            InvalidArgument,
+            "direction must be a scalar",
+        ),
+        (lambda: check_layer(_FloatParam(), (X,)), UserFunctionError, "Python float"),
+        (
+            lambda: check_layer(
+                (_lstm_like_forward, _lstm_like_backward), (X,), direction=(np.ones((4, 3)),)
+            ),
+            InvalidArgument,
+            "one array per output",
+        ),
+        (
+            lambda: check_layer(
+                (_lstm_like_forward, _lstm_like_backward),
+                (X,),
+                direction=(np.ones((4, 3)), np.ones(3)),
+            ),
+            InvalidArgument,
+            r"direction\[1\] must have the shape of output 1",
+        ),
+        (
+            lambda: check_layer((np.sin, _lstm_like_backward), (X,)),
+            UserFunctionError,
+            r"returns \(out, cache\)",
+        ),
+        (
+            lambda: check_layer(Affine(W, B), (X,), params={"W": "dW", "b": "grads['b']"}),
+            UserFunctionError,
+            r"grads\['b'\]\" on the layer \(the gradient of layer\.b",
+        ),
     ],
 )
 def test_argument_validation(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- more behaviours
+
+
+def test_forward_updating_a_parameter_is_a_problem():
+    class Decays(Affine):
+        def forward(self, x):
+            self.W *= 0.999  # weight decay applied in forward
+            return super().forward(x)
+
+    r = check_layer(Decays(W.copy(), B.copy()), (X,))
+    assert not r.ok
+    assert any(p.startswith("layer.forward changed the parameter W in place") for p in r.problems)
+
+
+def test_a_network_with_a_dict_gradient():
+    r = check_layer(_Net(), (X[:, :2],))
+    assert r.ok and [i.name for i in r.inputs] == ["W", "b"], str(r)
+    assert (
+        r.context["parameters"] == "W and b from layer.params and the dict layer.gradient() returns"
+    )
+    assert check_layer(_Net(), (X[:, :2],), direction=2.0).ok
+
+
+def test_explicit_paths_name_parameters_and_gradients():
+    r = check_layer(Affine(W, B), (X,), params={"layer.W": "layer.dW"})
+    assert r.ok and [i.name for i in r.inputs] == ["x", "W"]
+    r = check_layer(_Net(), (X[:, :2],), params={"params['W']": "W"})
+    assert r.ok and [i.name for i in r.inputs] == ["W"]

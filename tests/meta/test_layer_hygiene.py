@@ -474,9 +474,9 @@ def test_mode_and_names_follow_the_convention_of_the_other_checks():
     x, W, b = _data(13)
     r = check_layer(Affine(W, b), (x,), mode="fast", names=["inp"])
     assert r.ok and [i.name for i in r.inputs] == ["inp", "W", "b"]
-    assert "Rademacher" in r.context["oracles"]
+    assert "bisection" in r.context["oracles"]  # the fast mode: projections, then bisection
     r = check_layer(Affine(W, b), (x,), mode="exhaustive")
-    assert r.ok and "Rademacher" not in r.context["oracles"]
+    assert r.ok and "bisection" not in r.context["oracles"]
     with pytest.raises(InvalidArgument, match="names must give one name per input"):
         check_layer(Affine(W, b), (x,), names=["a", "b"])
     with pytest.raises(InvalidArgument):
