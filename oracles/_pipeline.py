@@ -739,15 +739,22 @@ def taylor_vjp(r):
     projections, evaluations = [], 0
     for k, (x, a, name) in enumerate(zip(r.xs, r.analytic, r.piece_names, strict=True)):
         d = rng.standard_normal(x.shape)
-        base = 8 * eps * float(np.sum(np.abs(x * a)))
+        # Intermediates at the inputs' own magnitude round by eps |x| (as in
+        # ScalarObjective.input_noise): a 2-norm, the errors being independent.
+        base = 8 * eps * float(np.linalg.norm(np.where(np.isfinite(a), x * a, 0.0)))
+        seen = []
 
-        def increment(h, k=k, x=x, a=a, d=d, base=base):
+        def increment(h, k=k, x=x, a=a, d=d, base=base, seen=seen):
             xs = r.copies()
             xs[k] = x + h * d
             step = xs[k] - x
             fh = fn(*[v.copy() for v in xs])
             diff = fh - f0
             changed = diff != 0
+            if not seen:
+                seen.append(changed)
+            elif np.any(seen[0] & ~changed):
+                return 0.0, 0.0, math.inf  # below the function's resolution
             noise = 8 * eps * float(np.sum(np.abs(c[changed]) * (np.abs(fh) + np.abs(f0))[changed]))
             return (
                 float(np.vdot(c, diff)),
@@ -792,13 +799,18 @@ def taylor_forward(r, evaluate, source):
         w = np.zeros(f0.size)
         w[starts[k] : starts[k + 1]] = rng.standard_normal(sizes[k])
         base = 8 * eps * reach * float(np.sum(np.abs(w * a_flat)))
+        seen = []
 
-        def increment(h, w=w, base=base):
+        def increment(h, w=w, base=base, seen=seen):
             xs = [x + h * u for x, u in zip(r.xs, t, strict=True)]
             steps = [xh - x for xh, x in zip(xs, r.xs, strict=True)]
             fh = np.asarray(evaluate(xs), dtype=np.float64)
             diff = fh - f0
             changed = diff != 0
+            if not seen:
+                seen.append(changed)
+            elif np.any(seen[0] & ~changed):
+                return 0.0, 0.0, math.inf  # below the function's resolution
             lin = flat(r.derivative(steps))
             noise = 8 * eps * float(np.sum(np.abs(w[changed]) * (np.abs(fh) + np.abs(f0))[changed]))
             return (

@@ -11,9 +11,13 @@ is off by ``e`` along ``d``, ``R(h) \\approx |e| h`` falls only as ``h`` once
 ``h`` is small enough. The test evaluates ``R`` on a ladder of halving steps
 and judges the *order* it observes, ``log2(R(h) / R(h / 2))``, at the
 smallest steps where ``R`` is still well above rounding: about 2 passes,
-about 1 fails. No tolerance is chosen and no step has to be right: the
-steps that are too large (higher-order terms) or too small (rounding) are
-simply not the ones that decide. That makes it robust where the step-size
+about 1 fails. Where the smallest steps reach a noise floor the rounding
+model does not know (``R`` stops falling: an order near 0, as in a function
+that computes in float32 inside), the floor is measured and skipped; an
+error never looks like that, since ``e h`` keeps falling with ``h``. No
+tolerance is chosen and no step has to be right: the steps that are too
+large (higher-order terms) or too small (rounding) are simply not the ones
+that decide. That makes it robust where the step-size
 noise of a finite difference is not. It is the test dolfin-adjoint calls
 ``taylor_test``.
 
@@ -53,6 +57,12 @@ VALID_FACTOR = 64.0
 ORDER_PASS = 1.5
 #: Orders averaged at the smallest informative steps.
 N_DECIDING = 3
+#: Below this order the remainder has stopped falling: a noise floor, not an error.
+FLOOR_ORDER = 0.75
+#: The orders that decide may spread this much (noise makes them erratic).
+ORDER_SPREAD = 0.5
+#: An error shows once its first-order term is this many times a measured noise floor.
+FLOOR_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,10 @@ class TaylorResult:
         The analytic directional derivative ``<g, d>`` (per unit ``h``).
     evaluations : int
         Calls of ``phi`` (one per step, plus the base point).
+    deciding : tuple of int
+        The pairs of steps whose orders decided (indices into ``orders``).
+    floor : float
+        The noise floor measured below them (0 when none was reached).
     """
 
     steps: np.ndarray
@@ -95,6 +109,8 @@ class TaylorResult:
     resolution: float
     slope: float
     evaluations: int
+    deciding: tuple = ()
+    floor: float = 0.0
 
     def describe(self):
         """One line: the observed orders at the steps that decided."""
@@ -105,16 +121,33 @@ class TaylorResult:
                 "Taylor remainder at the rounding level at every step "
                 f"(h = {self.steps[0]:.2g} .. {self.steps[-1]:.2g}): no error shows"
             )
-        if not finite:
+        if not finite or not self.deciding:
             return "Taylor remainder: too few steps above rounding to observe an order"
-        last = finite[-2 * N_DECIDING :]
-        orders = ", ".join(f"{p:.2f}" for _, p in last)
+        end = self.deciding[-1]
+        shown = [k for k in range(max(0, end - 5), end + 1) if np.isfinite(self.orders[k])]
+        orders = ", ".join(f"{self.orders[k]:.2f}" for k in shown)
         verdict = "as h^2: ok" if self.passed else "as h: the derivative is off along d"
-        return (
-            f"Taylor remainder orders {orders} at h = {last[0][0]:.2g} .. {last[-1][0]:.2g} "
-            f"(observed {self.order:.2f}, need >= {ORDER_PASS}): falls {verdict}; first-order "
-            f"residual {self.residual:.3g}, resolution {self.resolution:.2g}"
+        floor = (
+            f"; a noise floor of {self.floor:.2g} below h = {self.steps[end + 1]:.2g}"
+            if self.floor
+            else ""
         )
+        return (
+            f"Taylor remainder orders {orders} at h = {self.steps[shown[0]]:.2g} .. "
+            f"{self.steps[end]:.2g} (observed {self.order:.2f}, need >= {ORDER_PASS}): falls "
+            f"{verdict}; first-order residual {self.residual:.3g}, resolution "
+            f"{self.resolution:.2g}{floor}"
+        )
+
+
+def _consistent(orders, window):
+    """The orders of ``window`` (pair indices) describe one regime: neighbours, not noise."""
+    if len(window) < 2:
+        return bool(window) and orders[window[-1]] >= FLOOR_ORDER
+    if any(b != a + 1 for a, b in zip(window, window[1:], strict=False)):
+        return False
+    values = orders[np.asarray(window)]
+    return bool(np.min(values) >= FLOOR_ORDER and np.ptp(values) <= ORDER_SPREAD)
 
 
 def taylor_test(
@@ -134,7 +167,10 @@ def taylor_test(
         contracting them, so that unchanged outputs cancel exactly),
         ``first_order`` the analytic term for the step actually taken
         (``<g, (x + h d) - x>``: ``x + h d`` rounds), and the rounding noise
-        of ``delta - first_order``.
+        of ``delta - first_order``; ``inf`` marks a step the function did
+        not resolve (an output that moved at larger steps stayed bitwise
+        the same: quantized outputs make ``R`` fall as ``h`` there, like
+        an error). It is called with decreasing ``h``.
     h0 : float
         The largest step; the ladder halves it ``n_steps - 1`` times.
     n_steps : int
@@ -183,19 +219,29 @@ def taylor_test(
     with np.errstate(divide="ignore", invalid="ignore"):
         orders[pair] = np.log2(remainders[:-1][pair] / remainders[1:][pair])
     slope = float(np.nanmedian(firsts / steps)) if np.any(np.isfinite(firsts)) else math.nan
-    deciding = np.flatnonzero(pair)[-N_DECIDING:]
+    # The smallest steps may sit on a noise floor the model does not know (a
+    # function that computes in float32 inside): there the remainder stops
+    # falling (order about 0). An error never does that (it falls as h), so
+    # the floor is skipped and measured, and the steps just above it decide.
+    informative = list(np.flatnonzero(pair))
+    floor = 0.0
+    while informative and not _consistent(orders, informative[-N_DECIDING:]):
+        k = informative.pop()
+        floor = max(floor, float(remainders[k]), float(remainders[k + 1]))
+    deciding = np.asarray(informative[-N_DECIDING:], dtype=int)
 
     # The second-order coefficient, where the remainder behaves as h^2.
-    curv = [
-        remainders[k] / steps[k] ** 2 for k in np.flatnonzero(pair) if orders[k] >= ORDER_PASS
-    ]
+    curv = [remainders[k] / steps[k] ** 2 for k in informative if orders[k] >= ORDER_PASS]
     c = float(np.median(curv)) if curv else 0.0
     finite_noise = np.where(np.isfinite(noise), noise, np.inf)
-    resolution = float(
-        np.min(np.maximum(2.0 * c * steps, 2.0 * VALID_FACTOR * finite_noise / steps))
-    )
+    # An error e shows at step h once e h rises above the noise (twice the
+    # level), and the order-1 regime below the crossing h = e / c must span
+    # the N_DECIDING + 1 halvings that decide: e >= 2^(N + 1) c h.
+    level = np.maximum(VALID_FACTOR * finite_noise, FLOOR_FACTOR * floor)
+    span = 2.0 ** (N_DECIDING + 1)
+    resolution = float(np.min(np.maximum(span * c * steps, 2.0 * level / steps)))
 
-    if not valid.any():
+    if not valid.any() or (not informative and floor > 0):
         order, residual, passed = math.inf, 0.0, bool(np.all(np.isfinite(remainders)))
     elif deciding.size == 0:
         order, residual, passed = math.nan, 0.0, True
@@ -217,4 +263,6 @@ def taylor_test(
         resolution=resolution,
         slope=slope,
         evaluations=n_steps + 1,
+        deciding=tuple(int(k) for k in deciding),
+        floor=floor,
     )
