@@ -25,12 +25,17 @@ import sys
 import types
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from oracles.errors import InvalidArgument
 
 __all__ = [
     "Copier",
     "copy_with",
+    "follow",
+    "memory_order",
+    "relink_views",
+    "view_of",
     "is_private",
     "parse_path",
     "render",
@@ -298,3 +303,87 @@ class Copier:
         return copy_with(
             self.template, {id(a): v for a, v in zip(self.arrays, values, strict=True)}
         )
+
+
+# --- views: an array that is a view of another (self.WT = self.W.T) ------------------------------
+
+
+def _chain(a):
+    """``(ultimate base, number of .base steps)`` of an array."""
+    depth = 0
+    while isinstance(a.base, np.ndarray):
+        a, depth = a.base, depth + 1
+    return a, depth
+
+
+def view_of(a, arrays):
+    """The position in ``arrays`` of the array whose memory ``a`` views, or None.
+
+    The viewed array is the one closer to the memory's owner, so of ``W`` and
+    ``W.T`` the transpose is the view.
+    """
+    base, depth = _chain(a)
+    if base is a:
+        return None
+    lo, hi = byte_bounds(a)
+    for k, q in enumerate(arrays):
+        if q is a or q.dtype != a.dtype:
+            continue
+        q_base, q_depth = _chain(q)
+        if q_base is not base or q_depth >= depth:
+            continue
+        q_lo, q_hi = byte_bounds(q)
+        if q_lo <= lo and hi <= q_hi:
+            return k
+    return None
+
+
+def follow(view, owner, new_owner):
+    """``view`` rebuilt on ``new_owner`` (in place of ``owner``): the same offset and strides."""
+    ratio = new_owner.itemsize // owner.itemsize
+    offset = view.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
+    return np.ndarray(
+        view.shape,
+        new_owner.dtype,
+        buffer=new_owner.reshape(-1, order="A"),
+        offset=offset * ratio,
+        strides=tuple(st * ratio for st in view.strides),
+    )
+
+
+def memory_order(a):
+    """The order to build a stand-in of ``a`` in, so that views of ``a`` can follow it."""
+    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+
+def _assign(obj, path, value):
+    parent = resolve(obj, path[:-1])
+    kind, key = path[-1]
+    if kind == "attr":
+        setattr(parent, key, value)
+    else:
+        parent[key] = value  # a tuple refuses: TypeError, left to the caller
+
+
+def relink_views(original, duplicate):
+    """Make the views of ``original`` views again on its ``duplicate`` (a deep copy breaks them).
+
+    ``original`` is only read. Views that cannot be re-linked (inside a
+    tuple, of a non-contiguous array) stay copies.
+    """
+    found = [(p, v) for p, v in walk(original) if isinstance(v, np.ndarray)]
+    arrays = [v for _, v in found]
+    for path, a in found:
+        k = view_of(a, arrays)
+        if k is None:
+            continue
+        owner_path, owner = found[k]
+        if not (owner.flags.c_contiguous or owner.flags.f_contiguous):
+            continue
+        new_owner = resolve(duplicate, owner_path, None)
+        if not isinstance(new_owner, np.ndarray) or new_owner.strides != owner.strides:
+            continue
+        try:
+            _assign(duplicate, path, follow(a, owner, new_owner))
+        except (TypeError, LookupError, AttributeError):
+            continue

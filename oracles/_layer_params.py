@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from oracles._layer_objects import is_private, parse_path, render, resolve, walk
+from oracles._layer_objects import is_private, parse_path, render, resolve, view_of, walk
 from oracles.errors import InvalidArgument, UserFunctionError
 
 __all__ = [
@@ -143,7 +143,13 @@ def candidates(template):
             groups[id(value)] = Param(array=value, slots=[path])
     for p in groups.values():  # the shortest path names it: net.params['W1'], not a layer's W
         p.slots.sort(key=len)
-    return list(groups.values())
+    found = list(groups.values())
+    arrays = [p.array for p in found]
+    for p in found:
+        k = view_of(p.array, arrays)
+        if k is not None:
+            p.extra["view_of"] = found[k]
+    return found
 
 
 def _names_a_gradient(name, owner, present):

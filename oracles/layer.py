@@ -37,7 +37,10 @@ from oracles._guards import call_user, differs, mutations
 from oracles._layer_objects import (
     Copier,
     copy_with,
+    follow,
     is_private,
+    memory_order,
+    relink_views,
     render,
     resolve,
     restore_rngs,
@@ -460,6 +463,7 @@ class _Session:
                 f"/{getattr(b, '__name__', 'backward')}" if b is not None else ""
             )
         self.template = copy_with(layer)
+        relink_views(layer, self.template)
         self.calls = _calls_for(layer)(self.template)
         self.inputs = [_copy_value(x) for x in inputs]
         self.seed = 0 if seed is None else seed
@@ -473,6 +477,7 @@ class _Session:
         self.piece_names = []
         self._copier = None
         self.grads_before = []
+        self.followers = []
 
     # copies and calls
 
@@ -481,10 +486,13 @@ class _Session:
         subs = {}
         for k, p in enumerate(self.params):
             v = p.array if values is None else values[k]
-            subs[id(p.array)] = np.array(v, dtype=np.float64, copy=True)
-        key = (id(self.template), tuple(id(p.array) for p in self.params))
+            subs[id(p.array)] = np.array(v, dtype=np.float64, order=memory_order(p.array))
+        for view, owner in self.followers:  # views of a parameter follow it (self.WT = self.W.T)
+            subs[id(view.array)] = follow(view.array, owner.array, subs[id(owner.array)])
+        arrays = [p.array for p in self.params] + [v.array for v, _ in self.followers]
+        key = (id(self.template), tuple(id(a) for a in arrays))
         if self._copier is None or self._copier[0] != key:
-            self._copier = (key, Copier(self.template, [p.array for p in self.params]))
+            self._copier = (key, Copier(self.template, arrays))
         obj = self._copier[1].copy(list(subs.values()))
         if self.reset is not None:
             call_user(getattr(obj, self.reset), [], f"layer.{self.reset}")
@@ -599,7 +607,7 @@ class _Session:
                         before.setdefault(q, _snapshot(v))
         floats = self._float_parameters(obj)
         ret, returned = self.backward(obj, xs, dout)
-        params, unpaired = [], []
+        params, unpaired, views = [], [], []
         for p in keep:
             p.grad = self.find_gradient(obj, returned, p)
             if p.grad is not None:
@@ -610,6 +618,8 @@ class _Session:
                     f"after backward, there is no gradient of {render(p.slots[0])} (looked for "
                     f"{looked}); backward must store it, or name it: params={{'W': 'dW'}}"
                 )
+            elif p.extra.get("view_of") is not None:
+                views.append(p)  # no gradient of its own: it follows what it views
             elif not p.modified_by_forward:
                 unpaired.append(p)
         partners = {tuple(p.grad) for p in params if isinstance(p.grad, tuple)}
@@ -627,7 +637,24 @@ class _Session:
                 unread, self.calls.kind == "network", self.calls.forward_name, self.backward_name
             )
         self.params = params
+        self.followers = self._followers(views, params)
         return params
+
+    def _followers(self, views, params):
+        out = []
+        for view in views:
+            owner = view.extra["view_of"]
+            if owner not in params:
+                continue  # a view of a constant: copied with it, nothing to follow
+            a = owner.array
+            if not (a.flags.c_contiguous or a.flags.f_contiguous) or 8 % a.itemsize:
+                raise InvalidArgument(
+                    f"{render(view.slots[0])} is a view of the parameter {render(owner.slots[0])}, "
+                    "which is not contiguous: check_layer cannot rebuild the view on its copies. "
+                    "Take the view in forward (W.T where it is used), or pass params="
+                )
+            out.append((view, owner))
+        return out
 
     @property
     def backward_name(self):

@@ -517,6 +517,70 @@ def test_volume_two_network_with_shared_params_and_grads_lists():
     assert check_layer(bad, (x,)).failed_inputs == ["params[1]"]
 
 
+# --------------------------------------------------------------------------- views of parameters
+
+
+class TiedAutoencoder:
+    """The decoder is the encoder's transpose, a view kept as an attribute; one gradient, dW."""
+
+    def __init__(self, W, forget_decoder=False):
+        self.W = W
+        self.W_dec = W.T
+        self.forget_decoder = forget_decoder
+
+    def forward(self, x):
+        self.x = x
+        self.h = np.tanh(x @ self.W)
+        return self.h @ self.W_dec
+
+    def backward(self, dout):
+        dh = dout @ self.W_dec.T
+        da = dh * (1 - self.h**2)
+        self.dW = self.x.T @ da
+        if not self.forget_decoder:
+            self.dW = self.dW + (self.h.T @ dout).T
+        return da @ self.W.T
+
+
+class TiedPair:
+    """Volume 2's weight tying: W and W.T listed as two parameters, each with its gradient."""
+
+    def __init__(self, W):
+        self.params = [W, W.T]
+        self.grads = [np.zeros_like(W), np.zeros_like(W.T)]
+
+    def forward(self, x):
+        W, W_out = self.params
+        self.x, self.h = x, np.tanh(x @ W)
+        return self.h @ W_out
+
+    def backward(self, dout):
+        W, W_out = self.params
+        self.grads[1][...] = self.h.T @ dout
+        da = (dout @ W_out.T) * (1 - self.h**2)
+        self.grads[0][...] = self.x.T @ da
+        return da @ W.T
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_view_of_a_parameter_follows_it(order, dtype):
+    rng = np.random.default_rng(16)
+    W = np.asarray(rng.standard_normal((3, 2)), dtype=dtype, order=order)
+    x = rng.standard_normal((4, 3))
+    layer = TiedAutoencoder(W)
+    r = check_layer(layer, (x,))
+    assert r.ok and [i.name for i in r.inputs] == ["x", "W"], str(r)
+    assert layer.W_dec.base is layer.W  # the user's view, untouched
+    assert check_layer(TiedAutoencoder(W, forget_decoder=True), (x,)).failed_inputs == ["W"]
+
+
+def test_tied_weights_listed_twice_are_two_parameters_with_their_own_gradients():
+    rng = np.random.default_rng(17)
+    r = check_layer(TiedPair(rng.standard_normal((3, 2))), (rng.standard_normal((4, 3)),))
+    assert r.ok and [i.name for i in r.inputs] == ["x", "params[0]", "params[1]"], str(r)
+
+
 # --------------------------------------------------------------------------- scratch layers
 
 
