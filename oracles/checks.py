@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import call_user
+from oracles._guards import call_user, check_repeatable, mutations
 from oracles._pipeline import (
     OracleResult,
     Spec,
@@ -636,6 +636,16 @@ def _hvp_gradient(r):
             raw = call_user(grad, [np.array(x, copy=True) for x in a], "grad")
             return flat(normalize_gradients(raw, shapes, r.names, who="grad"))
 
+        if "grad_at_point" not in r.options:
+            # grad= is the user's code as much as fn: the same guards before the numerics
+            # differentiate it (no writing into its arguments; deterministic).
+            passed = r.copies()
+            raw = call_user(grad, passed, "grad")
+            first = flat(normalize_gradients(raw, shapes, r.names, who="grad"))
+            r.problems += mutations(r.xs, passed, r.names, "grad")
+            check_repeatable(lambda: [gradient(r.xs)], [first], "grad", _GRAD_HINT, ["gradients"])
+            r.options["grad_at_point"] = first
+
     else:
         oracle = "torch" if r.backends["torch"] is not None else "jax"
         source = f"the {oracle} autodiff gradient"
@@ -649,9 +659,17 @@ def _hvp_gradient(r):
     return gradient, source
 
 
+_GRAD_HINT = "Is a random generator drawn from inside grad=? It must be a deterministic gradient"
+
+
 def _hvp_numeric(r):
     gradient, source = _hvp_gradient(r)
-    return _forward_mode_numeric(gradient, r, source)
+    result = _forward_mode_numeric(gradient, r, source)
+    if "grad_at_point" in r.options:
+        # Randomness the up-front calls missed, re-checked after the numerics as fn's is.
+        first = r.options["grad_at_point"]
+        check_repeatable(lambda: [gradient(r.xs)], [first], "grad", _GRAD_HINT, ["gradients"])
+    return result
 
 
 def _hvp_autodiff(oracle, backend_fn, r):

@@ -208,9 +208,11 @@ def _gradients(fn, xs, cot, h):
                 out = _complex_call(fn, [zk.copy() for zk in zs], cot.shape)
             finally:
                 flat[j] = complex(flat[j].real, 0.0)
-            im = out.imag
-            g.reshape(-1)[j] = float(np.vdot(cot.ravel(), im.ravel())) / h
-            s.reshape(-1)[j] = float(np.sum(np.abs(cot * im))) / h
+            # Im / h first (the derivative, of the size of f'), then the contraction: the
+            # product of a tiny cotangent and Im ~ h f' would underflow (1e-298 * 1e-30).
+            d = out.imag / h
+            g.reshape(-1)[j] = float(np.vdot(cot.ravel(), d.ravel()))
+            s.reshape(-1)[j] = float(np.sum(np.abs(cot * d)))
         grads.append(g)
         scales.append(s)
     return grads, scales

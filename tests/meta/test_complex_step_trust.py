@@ -312,3 +312,13 @@ def test_the_lock_is_reentrant():
     finally:
         complex_step._WARNINGS_LOCK.release()
     np.testing.assert_allclose(g, 1 / np.cosh([0.1, 0.2]) ** 2, rtol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [1e-298, 1e-200, 1.0, 1e200])
+def test_cotangents_of_any_magnitude_neither_underflow_nor_refuse(scale):
+    # Im fn(x + ih e_j) ~ h f' = 1e-30 f': contracted with a cotangent of 1e-298 first, the
+    # product would underflow to 0 and the (right) function would be refused.
+    x = np.array([1.0, -0.5, 2.0])
+    cot = scale * np.array([2.75, -1.0, 0.5])
+    (g,) = complex_step_vjp(lambda x: x * x, (x,), cot)
+    np.testing.assert_allclose(g, 2.0 * x * cot, rtol=1e-14, atol=0)

@@ -44,7 +44,13 @@ from oracles import (
     numeric_vjp,
     torch_vjp,
 )
-from oracles.errors import InvalidArgument, InvalidArgumentType, OraclesError, UserFunctionError
+from oracles.errors import (
+    InconclusiveCheck,
+    InvalidArgument,
+    InvalidArgumentType,
+    OraclesError,
+    UserFunctionError,
+)
 
 # --- the entry points and their default call ------------------------------------------------
 
@@ -214,8 +220,20 @@ def _accepts(entry, inputs, direction):
     """Run one entry point on ``inputs``; return the report or the gradients (checked)."""
     if entry in CHECKS:
         d = direction if _kind(entry) in ("vjp", "layer") else np.ones(np.shape(inputs[0]))
-        report = _call(entry, {"inputs": inputs, "direction": d})
-        assert report.ok, str(report)
+        # The derivative along d is 2 x d (6 x d for the HVP): where it is 0 everywhere (x or
+        # d all zero) no mistake could show, and the check is inconclusive (the assert_*
+        # forms raise InconclusiveCheck); an empty input passes with nothing compared. It
+        # must never fail a right derivative.
+        x64 = np.asarray(inputs[0], dtype=np.float64)
+        if np.any(x64 * np.asarray(d, dtype=np.float64) != 0):
+            report = _call(entry, {"inputs": inputs, "direction": d})
+            assert report.ok, str(report)
+            return report
+        try:
+            report = _call(entry, {"inputs": inputs, "direction": d})
+        except InconclusiveCheck as exc:
+            report = exc.report
+        assert report.status in ("inconclusive", "passed"), str(report)
         return report
     return _call(entry, {"inputs": inputs, "direction": direction})
 
