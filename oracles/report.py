@@ -136,7 +136,7 @@ class Coverage:
             fig = (
                 "not resolved"
                 if not math.isfinite(self.loose_relative)
-                else f">= {_sig(self.loose_relative)} only"
+                else f">= {threshold_text(self.loose_relative)} only"
             )
             extra.append(f"{_count(self.loose)}: {fig}")
         if self.zeros and not self.exact_zero:
@@ -153,7 +153,7 @@ class Coverage:
             return f"{name}: sensitivity unknown (no oracle gave per-element thresholds){tail}"
         if math.isinf(self.relative):
             return f"catches no relative error in {name}: {self.reason or 'nothing resolved'}"
-        return f"catches relative errors >= {_sig(self.relative)} in {name}{tail}"
+        return f"catches relative errors >= {threshold_text(self.relative)} in {name}{tail}"
 
     def to_dict(self):
         return {
@@ -278,8 +278,14 @@ def _count(n):
     return f"{n} element" if n == 1 else f"{n} elements"
 
 
-def _sig(x):
-    """A threshold in one significant digit, rounded up (``3e-10``): a claim never too bold."""
+def threshold_text(x):
+    """A threshold in one significant digit, rounded up (``3e-10``): a claim never too bold.
+
+    Examples
+    --------
+    >>> threshold_text(2.01e-10), threshold_text(1e-3)
+    ('3e-10', '1e-3')
+    """
     if not math.isfinite(x) or x <= 0:
         return f"{x:.0e}" if x == 0 else str(x)
     exponent = math.floor(math.log10(x))

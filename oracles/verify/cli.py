@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import sys
 import time
 
@@ -142,6 +143,7 @@ def _report_main(args):
 
     from oracles import check_vjp
     from oracles.verify.cases import reference_cases
+    from reference.pitfalls import CATALOG
 
     against = args.oracles
     if "jax" in against:
@@ -162,6 +164,7 @@ def _report_main(args):
             names=case.names,
             seed=args.seed,
             mode=args.mode,
+            pitfalls=CATALOG,
         )
         seconds = time.perf_counter() - t0
         failures += not report.ok
@@ -187,6 +190,9 @@ def _report_main(args):
                         "checked": c.n_checked,
                         "kinks": c.kinks,
                         "ok": c.ok,
+                        "status": report.status,
+                        "sensitivity": r.sensitivity if math.isfinite(r.sensitivity) else None,
+                        "diagnoses": [d.to_dict() for d in report.diagnoses if d.input == r.name],
                         "seconds": seconds,
                     }
                 )
@@ -226,10 +232,18 @@ def _write_html(args, entries, verdict, n_cases, seconds):
     )
 
 
+def _catches(r):
+    """The sensitivity column: the smallest relative error the run would have caught."""
+    from oracles.report import threshold_text
+
+    s = r.get("sensitivity")
+    return "-" if s is None else f">= {threshold_text(s)}"
+
+
 def _print_table(rows):
     head = (
         f"{'op':<14} {'case':<42} {'input':<7} {'oracle':<8} "
-        f"{'max abs err':>11} {'max rel err':>11}  verdict"
+        f"{'max abs err':>11} {'max rel err':>11} {'catches':>9}  verdict"
     )
     print(head)
     print("-" * len(head))
@@ -239,11 +253,13 @@ def _print_table(rows):
         op, case = (r["op"], r["case"]) if key != last else ("", "")
         last = key
         verdict = "ok" if r["ok"] else f"FAIL ({r['failed']}/{r['checked']})"
+        if r["ok"] and r.get("status") == "inconclusive":
+            verdict = "INCONCLUSIVE"
         if r["ok"] and r["kinks"]:
             verdict += f" ({r['kinks']} kink(s) accepted)"
         print(
             f"{op:<14} {case[:42]:<42} {r['input']:<7} {r['oracle']:<8} "
-            f"{r['max_abs_error']:>11.2e} {r['max_rel_error']:>11.2e}  {verdict}"
+            f"{r['max_abs_error']:>11.2e} {r['max_rel_error']:>11.2e} {_catches(r):>9}  {verdict}"
         )
 
 
