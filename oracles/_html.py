@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 
 from oracles._files import write_text_atomic
-from oracles.report import STATUSES, Report, _sig
+from oracles.report import STATUSES, Report
 
-__all__ = ["Entry", "figure_png", "render", "summarize", "write_html"]
+__all__ = ["Entry", "figure_png", "render", "summarize", "threshold", "write_html"]
 
 #: Bins of the histograms: log10(error / tolerance) from LOG_LOW to LOG_HIGH. Smaller
 #: non-zero ratios count in the first bin, larger ones (and inf) in the last.
@@ -600,8 +600,25 @@ def _sens_cell(item):
     elif math.isinf(s):
         shown = '<span class="bad">none</span>'
     else:
-        shown = f"&ge; {_e(_sig(s))}"
+        shown = f"&ge; {_e(threshold(s))}"
     return f'<li title="{_e(item.sensitivity_text)}"><code>{_e(item.name)}</code> {shown}</li>'
+
+
+def threshold(x: float) -> str:
+    """A sensitivity in one significant digit, rounded up (``3e-10``): never a bolder claim.
+
+    Examples
+    --------
+    >>> threshold(2.01e-10), threshold(1e-3), threshold(9.99e-7)
+    ('3e-10', '1e-3', '1e-6')
+    """
+    if not math.isfinite(x) or x <= 0:
+        return str(x)
+    exponent = math.floor(math.log10(x))
+    mantissa = math.ceil(x / 10.0**exponent - 1e-9)
+    if mantissa >= 10:
+        mantissa, exponent = 1, exponent + 1
+    return f"{mantissa}e{exponent}"
 
 
 def _ratio_text(r):

@@ -6,8 +6,10 @@ load it with ``-p oracles.plugin``. It adds:
 
 * command-line options ``--oracles=numeric,torch,jax`` (the oracles the
   fixture uses; default ``numeric``), ``--oracles-rtol``, ``--oracles-atol``
-  and ``--oracles-examples`` (Hypothesis ``max_examples`` for tests marked
-  ``gradcheck``);
+  ``--oracles-examples`` (Hypothesis ``max_examples`` for tests marked
+  ``gradcheck``) and ``--oracles-html=PATH`` (one self-contained HTML page
+  with the report of every ``gradcheck`` call of the session, written when
+  the session ends, also under pytest-xdist: see :mod:`oracles._html`);
 * a fixture ``gradcheck`` whose methods ``.vjp``, ``.layer``, ``.jvp`` and
   ``.hvp`` call :func:`oracles.assert_vjp`, :func:`oracles.assert_layer`,
   :func:`oracles.assert_jvp` and :func:`oracles.assert_hvp`
@@ -78,6 +80,14 @@ def pytest_addoption(parser):
         metavar="N",
         help="Hypothesis max_examples for tests marked gradcheck (default: the profile's)",
     )
+    group.addoption(
+        "--oracles-html",
+        default=None,
+        metavar="PATH",
+        help="write one self-contained HTML page with the report of every gradcheck call of "
+        "the session (verdict, sensitivity, error plots, diagnosis) when it ends; needs "
+        "matplotlib",
+    )
 
 
 # The options obey the rules of the checks' own arguments, applied by the same functions
@@ -120,6 +130,32 @@ def pytest_configure(config):
     _check_number(config.getoption("oracles_rtol"), "--oracles-rtol", float)
     _check_number(config.getoption("oracles_atol"), "--oracles-atol", float)
     _check_number(config.getoption("oracles_examples"), "--oracles-examples", int)
+    html = _check_html(config.getoption("oracles_html"))
+    if html is not None:
+        config.stash[_HTML] = _HtmlCollector(html)
+
+
+def _check_html(value):
+    """``--oracles-html``: a file that can be written, and matplotlib to draw; or a usage error.
+
+    The path is made absolute (not resolved: a symlink there is replaced, never followed).
+    """
+    if value is None:
+        return None
+    import importlib.util
+    import os
+
+    from oracles._files import output_file_problem
+
+    problem = output_file_problem(value)
+    if problem:
+        raise pytest.UsageError(f"--oracles-html: cannot write the report there: {problem}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise pytest.UsageError(
+            "--oracles-html: the HTML report draws its plots with matplotlib, which is not "
+            'installed: pip install "backprop-oracles[plot]"'
+        )
+    return os.path.abspath(value)
 
 
 class GradCheck:
@@ -286,6 +322,145 @@ class _ConfiguredGradCheck(GradCheck):
     rtol = property(lambda self: self._settings()["rtol"])
     atol = property(lambda self: self._settings()["atol"])
     examples = property(lambda self: self._settings()["examples"])
+
+    def _recorded(self, check, *args, **kwargs):
+        """Run one check; with ``--oracles-html``, keep its report (passed or not) for the page."""
+        __tracebackhide__ = True
+        collector = self._config.stash.get(_HTML, None)
+        if collector is None:
+            return check(*args, **kwargs)
+        item = self._config.stash.get(_CURRENT_ITEM, None)
+        try:
+            report = check(*args, **kwargs)
+        except (GradientMismatch, InconclusiveCheck) as exc:
+            collector.record(exc.report, item)
+            raise
+        collector.record(report, item)
+        return report
+
+    def vjp(self, fn, vjp, inputs, **kwargs):
+        __tracebackhide__ = True
+        return self._recorded(super().vjp, fn, vjp, inputs, **kwargs)
+
+    def layer(self, layer, inputs, **kwargs):
+        __tracebackhide__ = True
+        return self._recorded(super().layer, layer, inputs, **kwargs)
+
+    def jvp(self, fn, jvp, inputs, **kwargs):
+        __tracebackhide__ = True
+        return self._recorded(super().jvp, fn, jvp, inputs, **kwargs)
+
+    def hvp(self, fn, hvp, inputs, **kwargs):
+        __tracebackhide__ = True
+        return self._recorded(super().hvp, fn, hvp, inputs, **kwargs)
+
+    vjp.__doc__ = GradCheck.vjp.__doc__
+    layer.__doc__ = GradCheck.layer.__doc__
+    jvp.__doc__ = GradCheck.jvp.__doc__
+    hvp.__doc__ = GradCheck.hvp.__doc__
+
+
+# --- --oracles-html: the reports of the session on one page --------------------------------------
+
+
+class _HtmlCollector:
+    """The ``gradcheck`` reports of a session, kept small (:func:`oracles._html.summarize`).
+
+    Under pytest-xdist each worker pickles its entries into a private directory the
+    controller made (passed in ``workerinput``); the controller merges them in collection
+    order and writes the page.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = []  # ((item position, call number), Entry)
+        self.calls = {}  # nodeid -> calls so far
+        self.positions = None
+        self.parts = None  # the controller's directory of the workers' entries
+        self.written = None
+
+    def record(self, report, item):
+        from oracles._html import summarize
+
+        nodeid = item.nodeid if item is not None else "(outside a test)"
+        if self.positions is None and item is not None:
+            self.positions = {it.nodeid: k for k, it in enumerate(item.session.items)}
+        call = self.calls[nodeid] = self.calls.get(nodeid, 0) + 1
+        context = report.context
+        keys = ("layer",) if "layer" in context else ("fn", "vjp", "jvp", "hvp")
+        who = [f"{k} {context[k]}" for k in keys if k in context]
+        group = f"call {call}" + (f": {', '.join(who)}" if who else "")
+        position = (self.positions or {}).get(nodeid, -1)
+        self.entries.append(((position, call), summarize(report, nodeid, group=group)))
+
+
+_HTML = pytest.StashKey[_HtmlCollector]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist, controller: give each worker the directory for its entries."""
+    collector = node.config.stash.get(_HTML, None)
+    if collector is None:
+        return
+    if collector.parts is None:
+        import tempfile
+
+        collector.parts = tempfile.mkdtemp(prefix="oracles-html-")
+    node.workerinput["oracles_html_parts"] = collector.parts
+
+
+def pytest_sessionfinish(session, exitstatus):
+    collector = session.config.stash.get(_HTML, None)
+    if collector is None:
+        return
+    import os
+    import pickle
+
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: hand the entries to the controller
+        parts = workerinput.get("oracles_html_parts")
+        if parts:
+            from oracles._files import write_bytes_atomic
+
+            name = f"{workerinput.get('workerid', 'worker')}.pickle"
+            write_bytes_atomic(os.path.join(parts, name), pickle.dumps(collector.entries))
+        return
+    entries = list(collector.entries)
+    if collector.parts is not None:
+        import shutil
+
+        for name in sorted(os.listdir(collector.parts)):
+            if name.endswith(".pickle"):
+                with open(os.path.join(collector.parts, name), "rb") as fh:
+                    entries += pickle.load(fh)
+        shutil.rmtree(collector.parts, ignore_errors=True)
+    entries.sort(key=lambda pair: pair[0])
+    from oracles._html import write_html
+
+    config = session.config
+    tests = len({e.label for _, e in entries})
+    write_html(
+        collector.path,
+        [e for _, e in entries],
+        title="backprop-oracles: gradient checks of a pytest session",
+        subtitle=f"{len(entries)} gradcheck call(s) in {tests} test(s)",
+        meta=[
+            ("command", " ".join(["pytest", *config.invocation_params.args])),
+            ("rootdir", str(config.rootpath)),
+            ("exit status", f"{int(exitstatus)} ({getattr(exitstatus, 'name', exitstatus)})"),
+        ],
+    )
+    collector.written = len(entries)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    collector = config.stash.get(_HTML, None)
+    if collector is not None and collector.written is not None:
+        terminalreporter.write_line(
+            f"oracles: HTML report of {collector.written} gradcheck call(s) written to "
+            f"{collector.path}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,21 @@
    - ``mnist-w1-gradient-error.png``: ``|error|`` of the W1 gradient per
      oracle, as 28 x 28 tiles for a few hidden units (one pixel per input).
 
+``--html PATH`` also judges the full-step gradient with :func:`oracles.check_vjp`
+(:func:`gradient_report`: every element against numeric, torch and jax) and
+writes one self-contained HTML page (:func:`write_html_report`): the lockstep
+curves, the W1 tiles, the relative-error histograms, and the gradient check's
+verdict, the sensitivity of each parameter, its error per element over the
+tolerance and, on failure, the diagnosis; the exit status is then 1 unless
+that check passed. ``--html`` with ``--no-plots`` is a usage error.
+
 With ``--images``/``--labels`` every stage (training, lockstep, gradient
 check) uses those files instead of the bundled sample. Every option is
 checked before any work is done: a size, count or step number below 1, a
 negative seed, a learning rate that is not a positive finite number, only one
 of ``--images``/``--labels`` or files that are not MNIST with at least 10,000
-digits, an ``--out`` that is not a directory that can be written, or a
+digits, an ``--out`` that is not a directory that can be written, an
+``--html`` file that cannot be written, or a
 missing torch/jax/matplotlib is a usage error (exit status 2) up front, not
 after training.
 
@@ -53,13 +62,14 @@ import numpy as np
 
 from oracles._files import open_atomic, output_dir_problem
 from oracles.errors import InvalidArgument
-from oracles.verify.cli import _import_jax, _int_at_least
+from oracles.verify.cli import _import_jax, _int_at_least, _output_file
 from reference import mlp
 from reference.mnist import as_float_features, load_mnist, train_test_split
 
 __all__ = [
     "LockstepResult",
     "gradient_errors",
+    "gradient_report",
     "jax_mlp_loss",
     "lockstep",
     "main",
@@ -69,6 +79,7 @@ __all__ = [
     "relative_errors",
     "torch_mlp_loss",
     "train",
+    "write_html_report",
 ]
 
 LOSS_PLOT = "mnist-lockstep-loss.png"
@@ -483,6 +494,75 @@ def lockstep(
 # --- (c) gradient errors and plots ---------------------------------------------------------------
 
 
+def _gradient_point(hidden, batch, activation, loss, seed, *, images_path, labels_path):
+    """``(params, X, y)``: the initial parameters after three SGD steps, ``batch`` test digits."""
+    _check_options(activation, loss)
+    _check_counts(batch=batch)
+    sizes = _sizes(hidden)
+    X_train, y_train, X_test, y_test = _digits(images_path=images_path, labels_path=labels_path)
+    params = mlp.init_params(sizes, seed=seed)
+    for s in range(3):
+        rows = slice(s * 32, (s + 1) * 32)
+        _, grads = mlp.loss_and_grads(
+            params, X_train[rows], y_train[rows], activation=activation, loss=loss
+        )
+        params = mlp.sgd_step(params, grads, 0.1)
+    return params, X_test[:batch], y_test[:batch]
+
+
+def gradient_report(
+    *,
+    hidden=8,
+    batch=8,
+    activation="tanh",
+    loss="cross_entropy",
+    seed=0,
+    images_path=None,
+    labels_path=None,
+):
+    """The full-step gradient of :func:`gradient_errors` judged by :func:`oracles.check_vjp`.
+
+    The same point (parameters and digits) as :func:`gradient_errors`; the
+    hand VJP :func:`reference.mlp.mlp_loss_vjp` against the numeric oracle
+    (every element, ``mode="exhaustive"``), :func:`torch_mlp_loss` and
+    :func:`jax_mlp_loss`. The inputs are named ``W1, b1, W2, b2, ...``.
+
+    Returns
+    -------
+    oracles.report.Report
+
+    Examples
+    --------
+    >>> report = gradient_report(hidden=1, batch=2)
+    >>> report.status, [r.name for r in report.inputs]
+    ('passed', ['W1', 'b1', 'W2', 'b2'])
+    """
+    from oracles import check_vjp
+
+    params, X, y = _gradient_point(
+        hidden, batch, activation, loss, seed, images_path=images_path, labels_path=labels_path
+    )
+    options = {"activation": activation, "loss": loss}
+
+    def mlp_loss(*p):
+        return mlp.mlp_loss(X, y, *p, **options)
+
+    def mlp_loss_vjp(g, *p):
+        return mlp.mlp_loss_vjp(g, X, y, *p, **options)
+
+    names = [f"{'Wb'[k % 2]}{k // 2 + 1}" for k in range(len(params))]
+    return check_vjp(
+        mlp_loss,
+        mlp_loss_vjp,
+        tuple(params),
+        names=names,
+        against=("numeric", "torch", "jax"),
+        torch_fn=torch_mlp_loss(X, y, **options),
+        jax_fn=jax_mlp_loss(X, y, **options),
+        mode="exhaustive",
+    )
+
+
 def gradient_errors(
     *,
     hidden=8,
@@ -521,18 +601,9 @@ def gradient_errors(
     from oracles.numerics.ladder import partials
     from oracles.numerics.objective import ScalarObjective
 
-    _check_options(activation, loss)
-    _check_counts(batch=batch)
-    sizes = _sizes(hidden)
-    X_train, y_train, X_test, y_test = _digits(images_path=images_path, labels_path=labels_path)
-    params = mlp.init_params(sizes, seed=seed)
-    for s in range(3):
-        rows = slice(s * 32, (s + 1) * 32)
-        _, grads = mlp.loss_and_grads(
-            params, X_train[rows], y_train[rows], activation=activation, loss=loss
-        )
-        params = mlp.sgd_step(params, grads, 0.1)
-    X, y = X_test[:batch], y_test[:batch]
+    params, X, y = _gradient_point(
+        hidden, batch, activation, loss, seed, images_path=images_path, labels_path=labels_path
+    )
     options = {"activation": activation, "loss": loss}
     analytic = mlp.mlp_loss_vjp(1.0, X, y, *params, **options)
 
@@ -622,6 +693,10 @@ def plot_loss_curves(losses, path, *, gaps=None, title="Lockstep training: loss 
     >>> plot_loss_curves({"reference": [2.3, 1.1], "torch": [2.3, 1.1]}, out).stat().st_size > 0
     True
     """
+    return _save(_loss_figure(losses, gaps, title), path)
+
+
+def _loss_figure(losses, gaps=None, title="Lockstep training: loss per SGD step"):
     fig = _figure(figsize=(7, 6.2 if gaps else 4.2), layout="constrained")
     axes = fig.subplots(2 if gaps else 1, 1, squeeze=False, sharex=True)[:, 0]
     ax = axes[0]
@@ -642,7 +717,7 @@ def plot_loss_curves(losses, path, *, gaps=None, title="Lockstep training: loss 
         axes[1].legend(fontsize=8)
         axes[1].grid(alpha=0.3)
     axes[-1].set_xlabel("SGD step")
-    return _save(fig, path)
+    return fig
 
 
 def plot_relative_error_histograms(errors, path, *, title=None):
@@ -667,6 +742,10 @@ def plot_relative_error_histograms(errors, path, *, title=None):
     >>> plot_relative_error_histograms(errs, out).exists()
     True
     """
+    return _save(_histogram_figure(errors, title), path)
+
+
+def _histogram_figure(errors, title=None):
     floor = 1e-18
     fig = _figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -682,7 +761,7 @@ def plot_relative_error_histograms(errors, path, *, title=None):
     ax.set_title(title or "Hand-written MLP gradient against each oracle")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def plot_w1_error_tiles(errors, path, *, units=6, title=None):
@@ -710,6 +789,10 @@ def plot_w1_error_tiles(errors, path, *, units=6, title=None):
     >>> plot_w1_error_tiles({"numeric": err}, out, units=2).exists()
     True
     """
+    return _save(_tiles_figure(errors, units, title), path)
+
+
+def _tiles_figure(errors, units=6, title=None):
     names = list(errors)
     arrays = [np.abs(np.asarray(errors[n], dtype=np.float64)) for n in names]
     for name, a in zip(names, arrays, strict=True):
@@ -735,7 +818,94 @@ def plot_w1_error_tiles(errors, path, *, units=6, title=None):
                 ax.set_ylabel(name)
     fig.colorbar(image, ax=axes, shrink=0.8, label="log10 |dW1 error|")
     fig.suptitle(title or "W1 gradient error per input pixel (black: exact or below range)")
-    return _save(fig, path)
+    return fig
+
+
+def write_html_report(path, step, analytic, by_oracle, report, *, lines=(), command=None):
+    """Write the MNIST page: one self-contained HTML file (see :mod:`oracles._html`).
+
+    The page shows the lockstep loss curves with the parameter gaps, the W1
+    gradient error as 28 x 28 tiles, the histogram of relative errors per
+    oracle, and the row of the full-step gradient check (its verdict, the
+    sensitivity of each parameter, the error per element over its tolerance,
+    and on failure the diagnosis). Plots are embedded; nothing is loaded from
+    elsewhere.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file written (atomically; a symlink there is replaced).
+    step : LockstepResult
+        From :func:`lockstep`.
+    analytic, by_oracle
+        From :func:`gradient_errors`.
+    report : oracles.report.Report
+        From :func:`gradient_report`.
+    lines : sequence of str
+        The command's summary lines, listed under the title.
+    command : str, optional
+        The command line, listed first.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> rng = np.random.default_rng(0)
+    >>> step = LockstepResult(
+    ...     losses={"reference": np.array([2.3, 2.1]), "torch": np.array([2.3, 2.1])},
+    ...     gaps={"torch": np.zeros(2), "jax": np.zeros(2), "torch-jax": np.zeros(2)},
+    ... )
+    >>> analytic = (rng.normal(size=(784, 2)), rng.normal(size=2))  # stand-ins
+    >>> by = {"torch": tuple(a * (1 + 1e-15) for a in analytic)}
+    >>> from oracles import check_vjp
+    >>> report = check_vjp(np.tanh, lambda g, x: g * (1 - np.tanh(x) ** 2), (analytic[1],))
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "mnist.html"
+    >>> page = write_html_report(out, step, analytic, by, report).read_text()
+    >>> page.count("<img"), page.count('<tr class="derivation passed"')
+    (5, 1)
+    """
+    from oracles._html import summarize, write_html
+
+    rel = {name: relative_errors(analytic, grads) for name, grads in by_oracle.items()}
+    figures = [
+        (
+            "Lockstep training: the reference MLP, PyTorch and JAX from the same parameters on "
+            "the same minibatches; below, the largest parameter gap to the reference per step.",
+            _loss_figure(
+                step.losses,
+                gaps={
+                    "torch - reference": step.gaps["torch"],
+                    "jax - reference": step.gaps["jax"],
+                    "torch - jax": step.gaps["torch-jax"],
+                },
+            ),
+        ),
+        (
+            "W1 gradient error per input pixel: |hand - oracle| for the first hidden units, "
+            "each a 28 x 28 tile (one pixel per input weight).",
+            _tiles_figure({name: analytic[0] - grads[0] for name, grads in by_oracle.items()}),
+        ),
+        (
+            "Relative error of every element of the hand gradient against each oracle.",
+            _histogram_figure(rel),
+        ),
+    ]
+    meta = [("command", command)] if command else []
+    meta += [("", line) for line in lines]
+    sizes = "-".join(str(r.shape[-1] if r.shape else 1) for r in report.inputs[::2])
+    label = f"MLP training step: gradient of the loss (784-{sizes}) on real digits"
+    return write_html(
+        path,
+        [summarize(report, label, group="reference.mlp.mlp_loss_vjp")],
+        title="backprop-oracles: MNIST, the reference MLP on real digits",
+        subtitle="Training, lockstep with PyTorch and JAX, and the full-step gradient checked "
+        "against numeric, torch and jax",
+        meta=meta,
+        figures=figures,
+    )
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -775,6 +945,13 @@ def _parser():
     parser.add_argument("--images", help="an MNIST images IDX file instead of the sample")
     parser.add_argument("--labels", help="the matching labels IDX file")
     parser.add_argument("--no-plots", action="store_true", help="skip the gradient check and plots")
+    parser.add_argument(
+        "--html",
+        metavar="PATH",
+        type=_output_file,
+        help="also judge the full-step gradient with check_vjp and write one self-contained "
+        "HTML page: the lockstep curves, the W1 tiles, the verdict, sensitivity and error plots",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -791,6 +968,11 @@ def _check_before_work(parser, args):
             _digits(images_path=args.images, labels_path=args.labels)
         except (OSError, ValueError) as exc:  # IDXFormatError, too few digits, unreadable
             parser.error(f"argument --images/--labels: {exc}")
+    if args.html is not None and args.no_plots:
+        parser.error(
+            "argument --html: the page is made of the gradient check and the plots, which "
+            "--no-plots skips; drop one of them"
+        )
     needed = {"torch": "torch", "jax": "jax"}
     if not args.no_plots:
         problem = output_dir_problem(args.out)
@@ -808,6 +990,9 @@ def _check_before_work(parser, args):
 
 def main(argv=None):
     """Run the MNIST report; return the exit status (0: accuracy >= 90% and lockstep gap < 1e-9).
+
+    With ``--html`` the full-step gradient is also judged by
+    :func:`gradient_report`, and the status is 1 unless it passed.
 
     Every option is checked first (see the module docstring); a usage error
     exits with status 2 before any training.
@@ -833,8 +1018,14 @@ def main(argv=None):
         **data,
         **options,
     )
+    lines = []
+
+    def say(line):
+        print(line)
+        lines.append(line)
+
     source = "bundled digits" if args.images is None else f"digits of {args.images}"
-    print(
+    say(
         f"reference MLP 784-{args.hidden}-10 ({args.activation}, {args.loss}), "
         f"{args.epochs} epochs of SGD (lr {args.lr}, batch {args.batch_size}) on {N_TRAIN} "
         f"{source}: test accuracy {result['test_accuracy']:.2%} on {N_TEST} digits "
@@ -852,7 +1043,7 @@ def main(argv=None):
         **data,
         **options,
     )
-    print(f"{step} ({time.perf_counter() - start:.1f} s)")
+    say(f"{step} ({time.perf_counter() - start:.1f} s)")
     ok = ok and step.max_gap < 1e-9
 
     if not args.no_plots:
@@ -860,7 +1051,7 @@ def main(argv=None):
         start = time.perf_counter()
         analytic, by_oracle = gradient_errors(seed=args.seed, **data, **options)
         rel = {name: relative_errors(analytic, grads) for name, grads in by_oracle.items()}
-        print(
+        say(
             "full-step gradient 784-8-10 on 8 test digits, every element, max relative error "
             "of the hand gradient: "
             + ", ".join(f"{name} {err.max():.2e}" for name, err in rel.items())
@@ -885,4 +1076,14 @@ def main(argv=None):
         ]
         for path in written:
             print(f"wrote {path}")
+        if args.html:
+            start = time.perf_counter()
+            report = gradient_report(seed=args.seed, **data, **options)
+            say(f"{report.verdict} ({time.perf_counter() - start:.1f} s)")
+            ok = ok and report.ok
+            command = "python -m oracles mnist " + " ".join(argv if argv is not None else [])
+            write_html_report(
+                args.html, step, analytic, by_oracle, report, lines=lines, command=command.strip()
+            )
+            print(f"HTML report written to {args.html}")
     return 0 if ok else 1
