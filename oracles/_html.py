@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 
 from oracles._files import write_text_atomic
-from oracles.report import STATUSES, Report
+from oracles.report import STATUSES, Report, threshold_text
 
-__all__ = ["Entry", "figure_png", "render", "summarize", "threshold", "write_html"]
+__all__ = ["Entry", "figure_png", "render", "summarize", "write_html"]
 
 #: Bins of the histograms: log10(error / tolerance) from LOG_LOW to LOG_HIGH. Smaller
 #: non-zero ratios count in the first bin, larger ones (and inf) in the last.
@@ -374,7 +374,7 @@ class _Histograms:
         ax.yaxis.set_minor_locator(NullLocator())
         # Plain labels: the default log labels are mathtext, whose parser is slow.
         ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
-        ax.set_xlim(self.ZERO_X - 0.9, LOG_HIGH)
+        ax.set_xlim(self.ZERO_X - 0.9, LOG_HIGH + 0.35)  # the last bin clear of the frame
         ticks = [self.ZERO_X, -8, -4, 0, 4]
         ax.set_xticks(ticks, ["0", *(_tick_label(v) for v in ticks[1:])], fontsize=7.5)
         ax.tick_params(axis="y", labelsize=7.5)
@@ -600,25 +600,8 @@ def _sens_cell(item):
     elif math.isinf(s):
         shown = '<span class="bad">none</span>'
     else:
-        shown = f"&ge; {_e(threshold(s))}"
+        shown = f"&ge; {_e(threshold_text(s))}"
     return f'<li title="{_e(item.sensitivity_text)}"><code>{_e(item.name)}</code> {shown}</li>'
-
-
-def threshold(x: float) -> str:
-    """A sensitivity in one significant digit, rounded up (``3e-10``): never a bolder claim.
-
-    Examples
-    --------
-    >>> threshold(2.01e-10), threshold(1e-3), threshold(9.99e-7)
-    ('3e-10', '1e-3', '1e-6')
-    """
-    if not math.isfinite(x) or x <= 0:
-        return str(x)
-    exponent = math.floor(math.log10(x))
-    mantissa = math.ceil(x / 10.0**exponent - 1e-9)
-    if mantissa >= 10:
-        mantissa, exponent = 1, exponent + 1
-    return f"{mantissa}e{exponent}"
 
 
 def _ratio_text(r):

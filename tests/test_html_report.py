@@ -44,10 +44,9 @@ from oracles._html import (
     _pool,
     render,
     summarize,
-    threshold,
     write_html,
 )
-from oracles.report import InputReport, OracleCheck, Report
+from oracles.report import InputReport, OracleCheck, Report, threshold_text
 from oracles.verify import mnist
 from oracles.verify.cases import reference_cases
 from oracles.verify.cli import main
@@ -337,7 +336,7 @@ def test_rows_carry_each_reports_verdict_sensitivity_and_diagnosis(reports):
         for ir in report.inputs:
             s = ir.sensitivity
             if math.isfinite(s):
-                assert f"{ir.name} ≥ {threshold(s)}" in text_of_row
+                assert f"{ir.name} ≥ {threshold_text(s)}" in text_of_row
         if report.status == "failed":
             assert "Diagnosis" in text_of_row
             for d in report.diagnoses:
@@ -564,12 +563,15 @@ def test_report_command_page_renders_in_chromium(tmp_path, capsys):
         rows=[c.label for c in cases],
         statuses=[r["status"] for r in statuses],
     )
-    # Each row's status agrees with what the command found for that case.
+    # Each row's status and sensitivities are what the command found for that case.
     for case, row in zip(cases, page.rows(), strict=True):
         own = [r for r in rows if (r["op"], r["case"]) == (case.op, case.variant)]
         assert own, case.label
-        if not all(r["ok"] for r in own):
-            assert row["status"] == "failed", case.label
+        assert {r["status"] for r in own} == {row["status"]}, case.label
+        for r in own:
+            s = r["sensitivity"]  # None: inf or nan, which the page tells apart
+            shown = ["none", "unknown"] if s is None else [f"≥ {threshold_text(s)}"]
+            assert any(f"{r['input']} {x}" in row["text"] for x in shown), (case.label, r)
     assert status == (0 if all(r["status"] == "passed" for r in page.rows()) else 1)
     # Every input of every case is drawn: a histogram and a heatmap each.
     drawn = sum(len(c.inputs) for c in cases)
