@@ -297,25 +297,50 @@ def test_a_reference_that_could_not_be_computed_fails(kind):
     assert any("NaN or inf at perturbed points" in n for n in report.notes), report.notes
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_an_error_estimate_that_overflows_fails(kind):
-    # Outputs near the float64 limit (~1.8e308): differences of them overflow to inf.
-    big = 1.7e308
-    if kind == "hvp":
-        report = check(
-            kind,
-            fn=lambda x: big * np.sum(np.sin(x)),
-            derivative=lambda v, x: -big * np.sin(x) * v,
-            grad=lambda x: big * np.cos(x),
-        )
+def _sqrt_case(kind, framework):
+    """sqrt at a point with a 0: the framework's derivative there is not finite (inf), the
+    user's below is finite (the 0 shifted by 1e-100). A reference that is not finite must
+    make the element fail, never pass."""
+    if framework == "torch":
+        import torch as lib
     else:
-        right = _derivative(kind)
-        report = check(
-            kind, fn=lambda x: big * np.sin(x), derivative=lambda d, x: big * right(d, x)
-        )
+        import jax.numpy as lib
+    s = 1e-100
+    pieces = {
+        "vjp": (np.sqrt, lambda g, x: 0.5 * g / np.sqrt(x + s), lib.sqrt),
+        "jvp": (np.sqrt, lambda t, x: 0.5 * t / np.sqrt(x + s), lib.sqrt),
+        "hvp": (
+            lambda x: np.sum(np.sqrt(x)),
+            lambda v, x: -0.25 * v / np.sqrt(x + s) ** 3,
+            lambda t: lib.sum(lib.sqrt(t)),
+        ),
+        "layer": (np.sqrt, lambda d, x: 0.5 * d / np.sqrt(x + s), lib.sqrt),
+    }
+    return pieces[kind]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "framework",
+    [pytest.param("torch", marks=pytest.mark.torch), pytest.param("jax", marks=pytest.mark.jax)],
+)
+def test_a_reference_that_is_not_finite_never_passes(framework, kind):
+    fn, derivative, framework_fn = _sqrt_case(kind, framework)
+    x = np.array([0.0, 1.0, 4.0])
+    options = {"against": framework, f"{framework}_fn": framework_fn}
+    if kind == "hvp":
+        options["grad"] = None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        report = check(kind, fn, derivative, (x,), **options)
     assert not report.ok
-    notes = " ".join(report.notes)
-    assert "not finite" in notes and "cannot be judged" in notes, report.notes
+    check_of_x = report.inputs[0].checks[framework]
+    assert check_of_x.n_failed >= 1
+    failed = [e for e in check_of_x.worst if not e.passed]
+    assert any(e.index == (0,) for e in failed), str(report)  # the element at 0
+    # The autodiff error estimate scales with the largest gradient of the tensor: an inf
+    # there leaves no element judgeable, and the report says they count as failures.
+    assert all(not e.passed for e in check_of_x.worst), str(report)
+    assert any("cannot be judged and count as failures" in n for n in report.notes), str(report)
 
 
 def _noisy(f):
