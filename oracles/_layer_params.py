@@ -221,6 +221,8 @@ def gradient_problem(value, param, where):
     if not isinstance(value, (np.ndarray, np.generic, float, int)) or isinstance(value, bool):
         return f"{where} is a {type(value).__name__}; {expected}"
     arr = np.asarray(value)
+    if arr.dtype.kind == "c":
+        return f"{where} holds complex values (dtype {arr.dtype}); {expected}, of real numbers"
     if arr.dtype.kind not in "fiu":
         return f"{where} has dtype {arr.dtype}; {expected}"
     if not isinstance(value, np.ndarray) and shape != ():

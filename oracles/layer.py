@@ -832,6 +832,13 @@ class _Session:
                     f"{self.backward_name} returned {what} as the gradient of {name}; expected "
                     f"an array of shape {shape}, the shape of the input"
                 )
+            kind = np.asarray(g).dtype.kind
+            if kind not in "fiu":
+                what = "complex values" if kind == "c" else f"dtype {np.asarray(g).dtype}"
+                raise UserFunctionError(
+                    f"{self.backward_name} returned {what} as the gradient of {name}; expected "
+                    "real numbers (a real function has a real gradient)"
+                )
             out.append(np.array(g, dtype=np.float64, copy=True))
         for p in self.params:
             value = self.calls.gradient(obj, returned, p)

@@ -437,6 +437,23 @@ def test_argument_validation(call, error, match):
 # --------------------------------------------------------------------------- more behaviours
 
 
+def test_complex_gradients_are_refused_never_cast():
+    class ComplexDx(Tanh):
+        def backward(self, dout):
+            return super().backward(dout) + 0j
+
+    class ComplexDW(Affine):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.dW = self.dW + 1e-3j
+            return dx
+
+    with pytest.raises(UserFunctionError, match="returned complex values as the gradient of x"):
+        check_layer(ComplexDx(), (X,))
+    with pytest.raises(UserFunctionError, match=r"layer\.dW holds complex values"):
+        check_layer(ComplexDW(W, B), (X,))
+
+
 def test_forward_updating_a_parameter_is_a_problem():
     class Decays(Affine):
         def forward(self, x):

@@ -381,19 +381,7 @@ def test_fn_returning_none_is_a_user_function_error(kind):
         check(kind, fn=lambda x: None)
 
 
-_LAYER_COMPLEX = (
-    "check_layer casts the gradients backward returns with np.array(g, dtype=np.float64): "
-    "a complex backward passes on its real part, with only a ComplexWarning (oracles/layer.py)"
-)
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        *KINDS[:3],
-        pytest.param("layer", marks=pytest.mark.xfail(strict=True, reason=_LAYER_COMPLEX)),
-    ],
-)
+@pytest.mark.parametrize("kind", [*KINDS[:3], "layer"])
 @pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
 def test_a_derivative_returning_complex_values_is_refused_never_passed(kind):
     right = _derivative(kind)
