@@ -392,6 +392,7 @@ class _Histograms:
     def png(self, item):
         """One input's histogram, as PNG bytes."""
         from matplotlib.image import imsave
+        from matplotlib.patches import Rectangle, StepPatch
 
         ax = self.ax
         shown = [o for o in item.oracles if o.counts is not None and o.counts.sum() + o.zeros]
@@ -399,15 +400,18 @@ class _Histograms:
         decades = max(1, math.ceil(math.log10(top * 2.0)))
         self.canvas.restore_region(self._background(decades))
         ax.set_ylim(0.7, 10.0**decades)
-        for o in shown:
-            color = _ORACLE_COLORS.get(o.oracle)
-            artists = [ax.stairs(o.counts, BIN_EDGES, color=color, lw=1.6, baseline=None)]
-            if o.zeros:  # exact agreement: no place on a log axis, a bar of its own
-                artists += list(ax.bar([self.ZERO_X], [o.zeros], width=0.8, color=color))
-                artists[-1].set_alpha(0.55)
-            for artist in artists:
+        width = 1.0 / max(1, len(shown))
+        for k, o in enumerate(shown):
+            color = _ORACLE_COLORS.get(o.oracle, "#555555")
+            artists = [StepPatch(o.counts, BIN_EDGES, baseline=None, fill=False, ec=color, lw=1.6)]
+            if o.zeros:  # exact agreement: no place on a log axis, a bar per oracle of its own
+                x = self.ZERO_X - 0.5 + k * width
+                artists.append(Rectangle((x, 0.7), width, o.zeros - 0.7, fc=color, alpha=0.7))
+            for artist in artists:  # drawn, never added: the axes' limits stay as they are
+                artist.set_figure(self.fig)
+                artist.set_transform(ax.transData)
+                artist.set_clip_box(ax.bbox)
                 ax.draw_artist(artist)
-                artist.remove()
         buffer = io.BytesIO()
         imsave(buffer, np.asarray(self.canvas.buffer_rgba()), format="png")
         return buffer.getvalue()
