@@ -376,13 +376,18 @@ class _Space:
         self.abs_cot = np.abs(self.cot)
         self.vector = self.cot.size > 1
         self.tests = 0
+        self._buffers = {}
 
     def input_of(self, gidx):
         """Input number of each global flat index."""
         return np.searchsorted(self.offsets, gidx, side="right") - 1
 
     def parts(self, gidx, vals):
-        """Split a direction on sorted global indices into ``(input, local, values)`` parts."""
+        """Split a direction on sorted global indices into ``(input, local, values, sum)`` parts.
+
+        ``sum`` is ``sum |analytic| |values|`` over the part, for the rounding
+        floor of ``<analytic, step>``.
+        """
         cuts = np.searchsorted(gidx, self.offsets)
         out = []
         for i in range(len(self.work)):
@@ -392,7 +397,8 @@ class _Space:
             loc = gidx[a:b] - self.offsets[i]
             if int(loc[-1]) - int(loc[0]) + 1 == loc.size:
                 loc = slice(int(loc[0]), int(loc[-1]) + 1)
-            out.append((i, loc, vals[a:b]))
+            v = vals[a:b]
+            out.append((i, loc, v, float(np.dot(np.abs(self.grads[i][loc]), np.abs(v)))))
         return out
 
     def call(self, xs):
@@ -407,29 +413,53 @@ class _Space:
             )
         return out
 
-    def perturbed(self, parts, s):
-        """Fresh copies of the inputs with ``s * values`` added; and ``<analytic, step>``."""
+    def _buffer(self, key, i):
+        """A scratch array shaped like input ``i``, kept between calls (no page faults)."""
+        buf = self._buffers.get((key, i))
+        if buf is None:
+            buf = self._buffers[(key, i)] = np.empty_like(self.work[i])
+        return buf
+
+    def _inputs(self, parts, s, key):
+        """The inputs with ``s * values`` added, in scratch arrays; ``<analytic, step>``.
+
+        ``fn`` gets arrays of its own on every call (never the working copies;
+        what it writes into them is overwritten before the next call), and
+        its outputs are used before the next call, so the arrays can be
+        reused: allocating a fresh 8 MB array per call costs as much as a
+        small ``fn``.
+        """
         xs = []
         lin = lin_abs = 0.0
-        touched = {i: (loc, v) for i, loc, v in parts}
+        touched = {i: (loc, v, gv) for i, loc, v, gv in parts}
         for i, w in enumerate(self.work):
+            buf = self._buffer(key, i)
+            flat = buf.reshape(-1)
             if i not in touched:
-                xs.append(w.copy())
+                np.copyto(buf, w)
+                xs.append(buf)
                 continue
-            loc, v = touched[i]
+            loc, v, gv = touched[i]
             x0 = self.flat[i][loc]
-            p = x0 + s * v
-            step = p - x0
-            if isinstance(loc, slice) and loc.start == 0 and loc.stop == w.size:
-                xs.append(p.reshape(w.shape))
+            step = self._buffer("step", i).reshape(-1)[: v.size]
+            np.multiply(v, s, out=step)
+            if isinstance(loc, slice):
+                if loc.start != 0 or loc.stop != w.size:
+                    np.copyto(buf, w)
+                np.add(x0, step, out=flat[loc])
+                np.subtract(flat[loc], x0, out=step)  # the step actually taken
             else:
-                x = w.copy()
-                x.reshape(-1)[loc] = p
-                xs.append(x)
-            g = self.grads[i][loc]
-            lin += float(np.dot(g, step))
-            lin_abs += float(np.dot(np.abs(g), np.abs(step)))
+                np.copyto(buf, w)
+                flat[loc] = x0 + step
+                step[:] = flat[loc] - x0
+            lin += float(np.dot(self.grads[i][loc], step))
+            lin_abs += abs(s) * gv
+            xs.append(buf)
         return xs, lin, lin_abs
+
+    def perturbed(self, parts, s):
+        """The inputs with ``s * values`` added (scratch arrays), ``<analytic, step>``, floor."""
+        return self._inputs(parts, s, "p")
 
     def quotient(self, parts, t, mask):
         """The residual's central-difference quotient at step ``t`` and its rounding floor.
@@ -439,28 +469,26 @@ class _Space:
         Also returns the rounding of the contraction itself, the objective's
         model noise (used only to stop the calibration's descent) and the
         second difference ``phi(x + t u) - 2 phi(x) + phi(x - t u)`` (minus
-        the analytic part, which cancels when the steps are symmetric): at a
-        kink it shrinks like ``t``, elsewhere like ``t^2``. ``mask``
-        accumulates the outputs that changed.
+        its analytic part, which cancels for steps symmetric up to
+        rounding): at a kink it shrinks like ``t``, elsewhere like ``t^2``.
+        ``mask`` accumulates the outputs that changed.
         """
-        xp, lp, ap = self.perturbed(parts, t)
-        xm, lm, am = self.perturbed(parts, -t)
+        xp, lp, ap = self._inputs(parts, t, "p")
         fp = self.call(xp)
+        xm, lm, am = self._inputs(parts, -t, "m")
         fm = self.call(xm)
         if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
             return np.nan, np.inf, np.inf, np.nan
         diff = fp - fm
         num = float(np.vdot(self.cot, diff))
         model = changed_noise(self.cot, fp, fm, mask)
-        rounding = _EPS * (float(np.vdot(self.abs_cot, np.abs(diff))) + ap + am)
+        if self.vector:
+            rounding = _EPS * (float(np.vdot(self.abs_cot, np.abs(diff))) + ap + am)
+        else:
+            rounding = _EPS * (abs(num) + ap + am)
         f0 = self.objective.base_output
         second = float(np.vdot(self.cot, (fp - f0) + (fm - f0))) - (lp + lm)
-        return (
-            (num - (lp - lm)) / (2.0 * t),
-            rounding / (2.0 * t),
-            model / (2.0 * t),
-            second,
-        )
+        return (num - (lp - lm)) / (2.0 * t), rounding / (2.0 * t), model / (2.0 * t), second
 
     def hidden(self, mask, t):
         if not self.vector:
