@@ -5,11 +5,11 @@ point; without the entry point (or with ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``),
 load it with ``-p oracles.plugin``. It adds:
 
 * command-line options ``--oracles=numeric,torch,jax`` (the oracles the
-  fixture uses; default ``numeric``), ``--oracles-rtol``, ``--oracles-atol``
+  fixture uses; default ``numeric``), ``--oracles-rtol``, ``--oracles-atol``,
   ``--oracles-examples`` (Hypothesis ``max_examples`` for tests marked
   ``gradcheck``) and ``--oracles-html=PATH`` (one self-contained HTML page
   with the report of every ``gradcheck`` call of the session, written when
-  the session ends, also under pytest-xdist: see :mod:`oracles._html`);
+  the session ends, also under pytest-xdist);
 * a fixture ``gradcheck`` whose methods ``.vjp``, ``.layer``, ``.jvp`` and
   ``.hvp`` call :func:`oracles.assert_vjp`, :func:`oracles.assert_layer`,
   :func:`oracles.assert_jvp` and :func:`oracles.assert_hvp`
@@ -244,6 +244,26 @@ class GradCheck:
         from oracles.checks import HVP, assert_hvp
 
         return assert_hvp(fn, hvp, inputs, **self._options(kwargs, HVP))
+
+    def torch(self, func, inputs, **kwargs):
+        """:func:`oracles.torch.check` (a torch Function's backward) with the tolerances."""
+        __tracebackhide__ = True
+        from oracles._pipeline import raise_unless_passed
+        from oracles.torch import check
+
+        kwargs.setdefault("rtol", self.rtol)
+        kwargs.setdefault("atol", self.atol)
+        return raise_unless_passed(check(func, inputs, **kwargs))
+
+    def jax(self, f, args, **kwargs):
+        """:func:`oracles.jax.check` (a custom_vjp / custom_jvp rule) with the tolerances."""
+        __tracebackhide__ = True
+        from oracles._pipeline import raise_unless_passed
+        from oracles.jax import check
+
+        kwargs.setdefault("rtol", self.rtol)
+        kwargs.setdefault("atol", self.atol)
+        return raise_unless_passed(check(f, args, **kwargs))
 
 
 def _marker_settings(node):

@@ -1,0 +1,239 @@
+"""What :mod:`oracles.torch` and :mod:`oracles.jax` share: the framework's own derivative as a spec.
+
+Both drop-ins check the derivative a framework computes through the user's
+code (``torch.autograd.grad`` through a custom ``autograd.Function``,
+``jax.vjp`` / ``jax.jvp`` through a ``custom_vjp`` / ``custom_jvp``)
+against this project's numerics on the same function in float64. They run
+the one pipeline (:mod:`oracles._pipeline`) with the VJP or JVP spec of
+:mod:`oracles.checks`, renamed and given two things a hand-written NumPy
+derivative does not need:
+
+Reduced precision (:class:`Precision`, :func:`rounding_tolerance`)
+    A derivative computed in float32, bfloat16 or float16 is compared with a
+    float64 reference. What it may be off by is its own rounding, which
+    depends on the dtype and on the conditioning of the computation. Both
+    are measured: the derivative is recomputed at ``N_PERTURB`` points whose
+    inputs and cotangent are moved by one or two ulps of the dtype (random
+    signs), and the spread of those results, element by element, is the
+    measured effect of rounding at that precision. An element's allowance is
+    ``SAFETY * max(spread_j, eps * (|g_j| + max |g|))``: the spread, never
+    less than the rounding of the element itself and of the largest element
+    of its tensor (what a sum that cancels keeps). A planted error does not
+    move under perturbation, so it never widens its own allowance.
+    The allowance is the pipeline's :attr:`~oracles._pipeline.Spec.analytic_error`.
+
+The report note (:func:`precision_note`)
+    ``"float32 kernel: agrees within 3.1 float32 ulps of the scaled gradient;
+    would catch relative errors >= 2e-05"``: the largest difference from the
+    reference in units of ``eps * max |g|`` of each tensor, and the
+    sensitivity the run had (:attr:`oracles.report.InputReport.sensitivity`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from oracles._pipeline import RESOLVE, OracleResult
+from oracles.checks import JVP, VJP, _joint_ties
+from oracles.numerics.exhaustive import Exhaustive
+from oracles.numerics.modes import resolve_mode
+from oracles.numerics.objective import ScalarObjective
+
+__all__ = [
+    "N_PERTURB",
+    "SAFETY",
+    "Precision",
+    "forward_spec",
+    "perturbation",
+    "precision_note",
+    "reverse_spec",
+    "rounding_tolerance",
+]
+
+#: Safety factor on the measured rounding of a reduced-precision derivative.
+SAFETY = 16.0
+
+#: Perturbed recomputations that measure it.
+N_PERTURB = 8
+
+#: float64's machine epsilon.
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The working precision of the derivative under test: a dtype's name and epsilon."""
+
+    name: str
+    eps: float
+
+    @property
+    def reduced(self):
+        """True below float64 (float32, bfloat16, float16)."""
+        return self.eps > 2 * EPS64
+
+    def resolve(self, resolve):
+        """The default ``resolve=`` at this precision: 1e-3, or 128 eps when that is coarser."""
+        if resolve is not None:
+            return resolve
+        return max(RESOLVE, 128 * self.eps) if self.reduced else None
+
+
+def perturbation(rng, shape, eps):
+    """Factors ``1 + s u eps`` (``s`` = +-1, ``u`` in [1, 2)): a move of one or two ulps."""
+    s = rng.choice([-1.0, 1.0], size=shape)
+    u = rng.uniform(1.0, 2.0, size=shape)
+    return np.asarray(1.0 + s * u * eps, dtype=np.float64)
+
+
+def rounding_tolerance(base, perturbed, eps, safety=SAFETY):
+    """Per piece, the allowance of a reduced-precision derivative (see the module notes).
+
+    Parameters
+    ----------
+    base : list of ndarray
+        The derivative at the point, one array per piece.
+    perturbed : list of list of ndarray
+        The derivative recomputed at perturbed points: one list of pieces per point.
+    eps : float
+        The dtype's machine epsilon.
+
+    Examples
+    --------
+    >>> g = [np.array([1.0, -2.0, 0.0])]
+    >>> again = [[np.array([1.0 + 1e-5, -2.0, 0.0])]]
+    >>> tol = rounding_tolerance(g, again, 2.0**-23)
+    >>> bool(np.isclose(tol[0][0], SAFETY * 1e-5)), bool(tol[0][2] == SAFETY * 2.0**-23 * 2.0)
+    (True, True)
+    """
+    out = []
+    for k, g in enumerate(base):
+        g = np.asarray(g, dtype=np.float64)
+        finite = np.isfinite(g)
+        spread = np.zeros(g.shape)
+        for pieces in perturbed:
+            p = np.asarray(pieces[k], dtype=np.float64).reshape(g.shape)
+            with np.errstate(invalid="ignore"):
+                d = np.abs(p - g)
+            spread = np.fmax(spread, np.where(np.isfinite(d), d, 0.0))
+        mag = np.abs(np.where(finite, g, 0.0))
+        peak = float(np.max(mag)) if mag.size else 0.0
+        out.append(safety * np.maximum(spread, eps * (mag + peak)))
+    return out
+
+
+def _numeric(r, state):
+    """The VJP spec's numeric oracle, its screens widened by the derivative's own allowance.
+
+    The screens of the numeric modes (and the joint test of tied values)
+    only decide where to spend the full step ladder; the comparison itself
+    applies each element's own allowance. Widening them by the largest
+    allowance is sound and keeps a float32 derivative from sending every
+    element to the ladder.
+    """
+    objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+    safe = [np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
+    extra = state.analytic_error(r)
+    slack = max((float(np.max(e)) for e in extra if e.size), default=0.0) if extra else 0.0
+    n = sum(x.size for x in r.xs)
+    mode = r.mode
+    if state.precision.reduced and mode == "auto":
+        # Projections pass only within the numerics' own error, which a float32
+        # derivative never reaches: compare every element.
+        mode = Exhaustive()
+    refs, method, evaluations, notes = resolve_mode(mode, n).reference(
+        objective,
+        safe,
+        atol=r.atol + slack,
+        rtol=r.rtol,
+        seed=r.seed,
+        must_check=[~np.isfinite(g) for g in r.analytic],
+    )
+    atol = r.atol
+    r.atol = atol + slack
+    try:
+        evaluations += _joint_ties(r, objective, safe, refs, notes)
+    finally:
+        r.atol = atol
+    return OracleResult(refs, method, evaluations, notes)
+
+
+def reverse_spec(kind, who, oracle, autodiff, state):
+    """The VJP spec for a framework's reverse mode (``who`` names it in messages)."""
+    return dataclasses.replace(
+        VJP,
+        kind=kind,
+        derivative=who,
+        oracles=("numeric", oracle),
+        numeric=lambda r: _numeric(r, state),
+        autodiff=autodiff,
+        taylor=None,
+        dot=None,
+        partner=None,
+        analytic_error=state.analytic_error if state.precision.reduced else None,
+    )
+
+
+def forward_spec(kind, who, oracle, autodiff, state):
+    """The JVP spec for a framework's forward mode."""
+    return dataclasses.replace(
+        JVP,
+        kind=kind,
+        derivative=who,
+        oracles=("numeric", oracle),
+        autodiff=autodiff,
+        taylor=None,
+        dot=None,
+        partner=None,
+        analytic_error=state.analytic_error if state.precision.reduced else None,
+    )
+
+
+def _up(x):
+    """``x`` in one significant digit, rounded up (``2e-05``): a claim never too bold."""
+    exponent = math.floor(math.log10(x))
+    mantissa = math.ceil(x / 10.0**exponent - 1e-9)
+    if mantissa >= 10:
+        mantissa, exponent = 1, exponent + 1
+    return f"{mantissa}e{exponent:+03d}"
+
+
+def precision_note(report, precision, analytic, tolerance, reference):
+    """The reduced-precision line of the report (see the module notes), first among the notes."""
+    ulps, typical = [], []
+    for ir, g, tol in zip(report.inputs, analytic, tolerance, strict=True):
+        g = np.abs(np.asarray(g, dtype=np.float64))
+        g = g[np.isfinite(g)]
+        scale = precision.eps * (float(np.max(g)) if g.size else 0.0)
+        if scale == 0.0:
+            continue
+        check = ir.checks.get("numeric")
+        errors = [c.max_abs_error for c in ir.checks.values()] if check is None else [
+            check.max_abs_error
+        ]
+        ulps.append(max(errors) / scale)
+        typical.append(float(np.median(np.asarray(tol)) / scale))
+    sens = [
+        ir.sensitivity
+        for ir in report.inputs
+        if math.isfinite(ir.sensitivity) and ir.sensitivity > 0
+    ]
+    name = precision.name
+    if ulps:
+        worst = max(ulps)
+        verb = "agrees within" if report.status != "failed" else "differs by up to"
+        text = f"{name} kernel: {verb} {worst:.2g} {name} ulps of the scaled gradient"
+    else:
+        text = f"{name} kernel: the gradient is 0"
+    if sens:
+        text += f"; would catch relative errors >= {_up(max(sens))}"
+    text += (
+        f". Reference: {reference}. Allowance per element: {SAFETY:g} x the spread of the "
+        f"derivative recomputed at {N_PERTURB} points moved by 1-2 {name} ulps (at least "
+        f"{name} eps x (|g| + max |g|)), about {max(typical, default=0.0):.2g} ulps here"
+    )
+    report.notes.insert(0, text)
