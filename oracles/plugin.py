@@ -374,10 +374,20 @@ class _ConfiguredGradCheck(GradCheck):
         __tracebackhide__ = True
         return self._recorded(super().hvp, fn, hvp, inputs, **kwargs)
 
+    def torch(self, func, inputs, **kwargs):
+        __tracebackhide__ = True
+        return self._recorded(super().torch, func, inputs, **kwargs)
+
+    def jax(self, f, args, **kwargs):
+        __tracebackhide__ = True
+        return self._recorded(super().jax, f, args, **kwargs)
+
     vjp.__doc__ = GradCheck.vjp.__doc__
     layer.__doc__ = GradCheck.layer.__doc__
     jvp.__doc__ = GradCheck.jvp.__doc__
     hvp.__doc__ = GradCheck.hvp.__doc__
+    torch.__doc__ = GradCheck.torch.__doc__
+    jax.__doc__ = GradCheck.jax.__doc__
 
 
 # --- --oracles-html: the reports of the session on one page --------------------------------------

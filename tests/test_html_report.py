@@ -774,6 +774,56 @@ def test_plugin_page_renders_in_chromium(user_project):
     )
 
 
+FRAMEWORK_TESTS = """
+import numpy as np
+import torch
+import jax
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x  # planted: 3 for 2
+
+
+def test_torch(gradcheck):
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+    gradcheck.torch(Square.apply, (x,))
+
+
+@jax.custom_vjp
+def cube(x):
+    return x ** 3
+
+
+cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * g * x ** 2,))
+
+
+def test_jax(gradcheck):
+    gradcheck.jax(cube, (np.linspace(-1, 1, 4),))
+"""
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+def test_plugin_records_the_torch_and_jax_checks_of_the_fixture(tmp_path):
+    (tmp_path / "test_frameworks.py").write_text(FRAMEWORK_TESTS)
+    out = tmp_path / "frameworks.html"
+    run = _run_pytest(tmp_path, f"--oracles-html={out.name}")
+    assert run.returncode == 1 and "1 failed, 1 passed" in run.stdout, run.stdout + run.stderr
+    page = _assert_self_contained(out.read_text())
+    assert _plugin_rows(page) == [
+        ("test_frameworks.py::test_torch", "call 1: fn Square.apply", "failed"),
+        ("test_frameworks.py::test_jax", "call 1: fn cube", "passed"),
+    ]
+
+
 @pytest.mark.parametrize(
     "where, message",
     [
