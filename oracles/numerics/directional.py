@@ -5,6 +5,11 @@ directions of the inputs (the projections of the fast mode).
 :func:`vector_ladder` differentiates every output element of a vector
 function along one direction (the references of forward-mode and
 second-order checks), running the step ladder's rules per element.
+
+Both are independent of the units: the steps are relative to
+:func:`direction_scale` (the scale of the inputs over the scale of the
+direction), and the rounding noise is the measured noise of each output
+element (:func:`~oracles.numerics.objective.measure_noise`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,46 @@ import numpy as np
 
 from oracles.errors import UserFunctionError
 from oracles.numerics.ladder import kink_test, ladder
-from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0, Estimate
+from oracles.numerics.objective import (
+    ANALYTIC_ROUNDING,
+    EPS,
+    MAX_RUNGS,
+    NOISE_SAFETY,
+    T0,
+    Estimate,
+    _rms,
+    analytic_rounding,
+    element_scales,
+    measure_noise,
+)
 
-__all__ = ["directional", "vector_ladder"]
+__all__ = ["direction_scale", "directional", "vector_ladder"]
 
 
-def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
+def direction_scale(scales, direction):
+    """The step unit of a direction: ``max_i rms(s_i) / rms(u_i)`` over the inputs it moves.
+
+    ``x + t * S * u`` then moves every input by about ``t`` times its own
+    scale (``scales``: :func:`~oracles.numerics.objective.element_scales`).
+
+    Examples
+    --------
+    >>> direction_scale([np.full(3, 1e9)], [np.ones(3)])
+    1000000000.0
+    """
+    out = 0.0
+    for s, u in zip(scales, direction, strict=True):
+        u = np.asarray(u, dtype=np.float64)
+        moved = np.broadcast_to(u != 0, np.shape(s))
+        if not moved.any():
+            continue
+        ru = _rms(u[u != 0]) if u.ndim else abs(float(u))
+        if ru > 0:
+            out = max(out, _rms(np.asarray(s)[moved]) / ru)
+    return out or 1.0
+
+
+def directional(objective, directions, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
     """Derivatives of ``objective`` along whole directions, with error estimates.
 
     When ``grads`` (one array per input: e.g. the analytic gradient) is given,
@@ -37,10 +76,15 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     directions : sequence of tuples of arrays
         Each direction is one array per input (zeros where an input is not
         perturbed).
+    t0 : float
+        Largest step, relative to :func:`direction_scale` of each direction.
+    n_rungs : int
+        Most rungs to descend.
 
     Returns
     -------
     Estimate
+        ``step`` is relative to ``scale`` (the direction's scale).
 
     Examples
     --------
@@ -52,35 +96,66 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     >>> bool(abs(est.value[0] - (np.cos(0.5) - np.cos(-1.0))) < 1e-10)
     True
     """
-    noise_x = objective.input_noise(grads)
+    objective.noise  # noqa: B018 - measure before counting this method's calls
     m = len(directions)
     value = np.full(m, np.nan)
     error = np.full(m, np.inf)
     step = np.full(m, np.nan)
+    scale = np.full(m, np.nan)
     nonfinite = np.zeros(m, dtype=bool)
     calls0 = objective.calls
+    cot = objective.cotangent
+    f0 = objective.base_output
     gs = None if grads is None else [np.asarray(g, dtype=np.float64) for g in grads]
     for p, u in enumerate(directions):
         u = [np.asarray(ui, dtype=np.float64) for ui in u]
-        mask = np.zeros(objective.cotangent.shape, dtype=bool)
+        mask = np.zeros(cot.shape, dtype=bool)
+        unit = direction_scale(objective.scales, u)
+        tops, terms = [], {}
 
-        def quotient(k, u=u, mask=mask):
-            t = t0 * 2.0**-k
-            # asarray: a 0-d input plus a 0-d direction is a NumPy scalar, not an array.
-            xp = [np.asarray(x + t * ui) for x, ui in zip(objective.work, u, strict=True)]
-            xm = [np.asarray(x - t * ui) for x, ui in zip(objective.work, u, strict=True)]
-            num, noise = objective.difference(xp, xm, mask)
+        def quotient(k, u=u, mask=mask, unit=unit, tops=tops, terms=terms):
+            t = t0 * unit * 2.0**-k
+            with np.errstate(over="ignore", invalid="ignore"):
+                # asarray: a 0-d input plus a 0-d direction is a NumPy scalar, not an array.
+                xp = [np.asarray(x + t * ui) for x, ui in zip(objective.work, u, strict=True)]
+                xm = [np.asarray(x - t * ui) for x, ui in zip(objective.work, u, strict=True)]
+            moved = [(a != b) for a, b in zip(xp, xm, strict=True)]
+            if not any(np.any(mv) for mv in moved):
+                return None  # the step no longer moves x
+            fp, fm = objective.output(xp), objective.output(xm)
+            if fp.shape != cot.shape or fm.shape != cot.shape:
+                raise UserFunctionError(
+                    f"fn returned shape {fp.shape if fp.shape != cot.shape else fm.shape} at a "
+                    f"perturbed point but {cot.shape} at the evaluation point"
+                )
+            if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+                return np.nan, 2.0 * t, np.inf
+            if mask.any() and np.array_equal(fp, f0) and np.array_equal(fm, f0):
+                return None  # below fn's resolution
+            tops.append(k)
+            side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
+            noise = objective.rung_noise(fp, fm, mask)
+            num = float(np.vdot(cot, fp - fm))
+            jump = float(np.vdot(cot, fp - f0) - np.vdot(cot, f0 - fm)) / t
             if gs is not None:
                 num -= sum(
                     float(np.vdot(g.ravel(), (a - b).ravel()))
                     for g, a, b in zip(gs, xp, xm, strict=True)
                 )
-            return num / (2.0 * t), 2.0 * t, (noise + 2.0 * noise_x) / (2.0 * t)
+            terms[k] = float(np.vdot(np.abs(cot), np.abs(fp - fm))) / (2.0 * t)
+            return num / (2.0 * t), 2.0 * t, noise / (2.0 * t), jump, 2.0 * side / t
 
         v, e, k_best, _, nf = ladder(quotient, n_rungs=n_rungs)
-        value[p], error[p] = v, e + objective.hidden_noise(mask, t0)
+        top = min(tops + [0])
+        value[p] = v
+        error[p] = (
+            e
+            + objective.hidden_noise(mask, t0 * unit * 2.0**-top)
+            + analytic_rounding(terms.get(k_best, 0.0))
+        )
         nonfinite[p] = nf or not np.isfinite(v)
-        if k_best >= 0:
+        scale[p] = unit
+        if k_best is not None:
             step[p] = t0 * 2.0**-k_best
     return Estimate(
         value=value,
@@ -92,31 +167,66 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=N_RUNGS):
         nonfinite=nonfinite,
         evaluations=objective.calls - calls0,
         notes=list(objective.notes),
+        scale=scale,
     )
 
 
-def _changed_noise(fp, fm, mask):
-    """Per-element rounding noise of ``fp - fm`` where an element was seen to change.
+#: Rescaled directions whose defect measures the rounding of the analytic derivative.
+ROUNDING_PROBES = 4
 
-    ``mask`` accumulates (in place) the elements that changed at any rung.
+#: Largest defect, relative to the largest result, still taken for rounding.
+ROUNDING_CAP = 2.0**10 * EPS
+
+
+def _linear_rounding(linear, us, m):
+    """What the analytic derivative's own rounding may move each of its elements by.
+
+    ``linear`` is linear in exact arithmetic, so ``linear(a u) / a -
+    linear(u)`` (``a`` random in ``[1, 2)``, not a power of 2) is rounding,
+    per element: the rounding of the terms it is computed from, which can be
+    far larger than the rounding of the result when they cancel (``t -
+    sum(a t)`` of a log-softmax JVP at the row's maximum is ``1e-13`` from
+    terms of size 1). The largest defect over :data:`ROUNDING_PROBES` such
+    rescalings (one alone can come out 0), times
+    :data:`~oracles.numerics.objective.ANALYTIC_ROUNDING`; at least ``eps
+    |linear(u)|``, and never more than :data:`ROUNDING_CAP` times the largest
+    ``|linear(u)|`` (a derivative that is not linear is not rounding: it gets
+    no allowance beyond that).
     """
-    mask |= fp != fm
-    level = np.maximum(np.abs(fp), 1.0) + np.maximum(np.abs(fm), 1.0)
-    with np.errstate(invalid="ignore"):
-        return np.where(mask, NOISE_SAFETY * EPS * level, 0.0)
+    rng = np.random.default_rng(20261201)
+    try:
+        base = np.asarray(linear(list(us)), dtype=np.float64).reshape(-1)
+    except Exception:  # noqa: BLE001 - the pipeline reports the user's derivative itself
+        return np.zeros(m)
+    if base.size != m or not np.all(np.isfinite(base)):
+        return np.zeros(m)
+    defect = np.zeros(m)
+    for a in 1.0 + rng.random(ROUNDING_PROBES):
+        scaled = np.asarray(linear([a * u for u in us]), dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(scaled / a - base)
+        defect = np.fmax(defect, np.where(np.isfinite(d), d, 0.0))
+    cap = ROUNDING_CAP * float(np.max(np.abs(base), initial=0.0))
+    defect = np.maximum(np.minimum(defect, cap), EPS * np.abs(base))
+    return ANALYTIC_ROUNDING * defect
 
 
-def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=N_RUNGS):
+def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, notes=None):
     """Derivative of a vector function along ``us``, per output element, with error estimates.
 
     ``evaluate(list of arrays) -> flat float64 vector``. Rung ``k`` (step
-    ``h = t0 / 2^k``) is the central difference ``(f(x + h u) - f(x - h u)) /
-    2h``; each output element then runs the scalar ladder's rules
+    ``h = t0 S / 2^k``, ``S`` the :func:`direction_scale` of ``us``) is the
+    central difference ``(f(x + h u) - f(x - h u)) / 2h``; each output
+    element then runs the scalar ladder's rules
     (:func:`oracles.numerics.ladder.ladder`: Richardson between neighbouring
     rungs, error = the larger of the last two extrapolant changes plus the
     rounding noise, the rung with the smallest error wins, consistency across
-    rungs) and the kink test (:func:`oracles.numerics.ladder.kink_test`) on its own
-    column. Rungs are evaluated lazily: as many as the slowest element needs.
+    rungs, the stop below ``fn``'s resolution) and the kink test
+    (:func:`oracles.numerics.ladder.kink_test`) on its own column. The
+    rounding noise of each output element is measured first
+    (:func:`~oracles.numerics.objective.measure_noise`, 9 to 25
+    evaluations). Rungs are evaluated lazily: as many as the slowest element
+    needs.
 
     ``x + h u`` cannot be stepped exactly in floating point: the step taken
     is ``(x + h u) - (x - h u) = 2 h u + delta``. When ``linear`` (the
@@ -128,23 +238,38 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=N_RUNGS):
     halves exactly from rung to rung, so ``x + h u`` rounds the same way at
     every rung and the bias ``|J| ulp(x) / h`` is consistent, not noisy.
 
+    ``notes`` (a list, optional) receives the note on a coarse precision.
+
     Returns a dict of flat arrays ``value, error, kink, left, right,
     nonfinite`` and the number of evaluations.
     """
-    f0 = evaluate(xs)
+    calls = [0]
+
+    def fresh(points):
+        calls[0] += 1
+        return np.array(evaluate(points), dtype=np.float64, copy=True)
+
+    scales = element_scales(xs)
+    noise = measure_noise(fresh, xs, scales)
+    if notes is not None and noise.note():
+        notes.append(noise.note())
+    f0 = fresh(xs)
     m = f0.size
-    calls = [1]
+    unit = direction_scale(scales, us)
     mask = np.zeros(m, dtype=bool)
     rungs = {}
 
     def rung(k):
         if k in rungs:
             return rungs[k]
-        h = t0 * 2.0**-k
-        xp = [x + h * u for x, u in zip(xs, us, strict=True)]
-        xm = [x - h * u for x, u in zip(xs, us, strict=True)]
-        fp, fm = evaluate(xp), evaluate(xm)
-        calls[0] += 2
+        h = t0 * unit * 2.0**-k
+        with np.errstate(over="ignore", invalid="ignore"):
+            xp = [x + h * u for x, u in zip(xs, us, strict=True)]
+            xm = [x - h * u for x, u in zip(xs, us, strict=True)]
+        if not any(np.any(a != b) for a, b in zip(xp, xm, strict=True)):
+            rungs[k] = None
+            return None
+        fp, fm = fresh(xp), fresh(xm)
         if fp.shape != f0.shape or fm.shape != f0.shape:
             raise UserFunctionError(
                 f"fn returned {fp.size if fp.shape != f0.shape else fm.size} elements at a "
@@ -155,17 +280,20 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=N_RUNGS):
             deltas = [(a - b) - 2.0 * h * u for a, b, u in zip(xp, xm, us, strict=True)]
             if any(np.any(d != 0) for d in deltas):
                 corr = linear([d / (2.0 * h) for d in deltas])
+        # Below the resolution: an element that changed at a larger step and now
+        # equals its value at x on both sides (per element).
+        frozen = mask & (fp == f0) & (fm == f0)
+        mask[...] |= fp != fm
+        lp, lm, l0 = noise.level(fp), noise.level(fm), noise.level(f0)
         with np.errstate(invalid="ignore", over="ignore"):
             c = (fp - fm) / (2.0 * h) - corr
-            noise = _changed_noise(fp, fm, mask) / (2.0 * h)
+            rnoise = np.where(mask, NOISE_SAFETY * (lp + lm), 0.0) / (2.0 * h)
             fwd = (fp - f0) / h
             bwd = (f0 - fm) / h
-            side_noise = (
-                NOISE_SAFETY * EPS * (np.maximum(np.abs(fp), 1.0) + np.maximum(np.abs(f0), 1.0)) / h
-            )
+            side_noise = NOISE_SAFETY * (np.maximum(lp, lm) + l0) / h
         bad = ~(np.isfinite(fp) & np.isfinite(fm))
         c = np.where(bad, np.nan, c)
-        rungs[k] = (c, 2.0 * h, noise, fwd, bwd, side_noise, bad)
+        rungs[k] = (c, 2.0 * h, rnoise, fwd, bwd, side_noise, bad, frozen, np.abs(corr))
         return rungs[k]
 
     value = np.full(m, np.nan)
@@ -174,26 +302,45 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=N_RUNGS):
     left = np.full(m, np.nan)
     right = np.full(m, np.nan)
     nonfinite = np.zeros(m, dtype=bool)
+    l0_all = noise.level(f0)
+    # Where the noise probe saw an output vary wildly over steps of ``h`` (of
+    # the inputs' scales), rungs above ``4 h`` are meaningless for it.
+    with np.errstate(divide="ignore"):
+        skip = np.ceil(np.log2(T0 / (4.0 * noise.varies)))
+    first = np.where(np.isfinite(skip), np.clip(skip, 0, n_rungs // 2), 0).astype(int)
     for i in range(m):
 
         def quotient(k, i=i):
-            c, delta, noise, *_ = rung(k)
-            return c[i], delta, noise[i]
+            r = rung(k)
+            if r is None or r[7][i]:
+                return None
+            c, delta, rn, fwd, bwd, side = r[:6]
+            return c[i], delta, rn[i], fwd[i] - bwd[i], 2.0 * side[i], 2.0 * r[8][i]
 
-        v, e, k_best, n_eval, nf = ladder(quotient, n_rungs=n_rungs)
+        v, e, k_best, n_eval, nf = ladder(quotient, n_rungs=n_rungs, first=int(first[i]))
+        frozen = [k for k, r in rungs.items() if r is not None and r[7][i]]
+        if k_best is None and frozen and not nf:
+            # Changed at larger steps, not at all at these (saturated): 0 within
+            # the element's resolution over the largest such step.
+            v = 0.0
+            e = 4.0 * float(l0_all[i]) / (t0 * unit * 2.0 ** -min(frozen))
         value[i], error[i] = v, e
         nonfinite[i] = nf or not np.isfinite(v)
-        if k_best >= 0:
-            evals = {
-                k: (r[3][i], r[4][i], r[5][i])
-                for k, r in rungs.items()
-                if k < n_eval and not r[6][i]
-            }
-            kink[i], left[i], right[i] = kink_test(evals, k_best)
+        used = {
+            k: r
+            for k, r in rungs.items()
+            if r is not None and k < n_eval and not r[6][i] and not r[7][i]
+        }
+        kb = k_best if k_best is not None else min(used, default=0)
+        evals = {k: (r[3][i], r[4][i], r[5][i]) for k, r in used.items()}
+        kink[i], left[i], right[i] = kink_test(evals, kb)
     # An output element that never changed, even at the largest step, can still
     # depend on the direction by less than its own rounding: bound it.
-    hidden = np.where(mask, 0.0, 2.0 * EPS * np.maximum(np.abs(f0), 1.0) / t0)
+    top = min([k for k in rungs] + [0])
+    hidden = np.where(mask, 0.0, 2.0 * noise.level(f0) / (t0 * unit * 2.0**-top))
     error = error + hidden
+    if linear is not None:
+        error = error + _linear_rounding(linear, us, m)
     out = {
         "value": value,
         "error": error,

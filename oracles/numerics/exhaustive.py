@@ -6,14 +6,16 @@ difference at a good step already agrees with the analytic value to within
 what rounding explains. So the exhaustive check runs in two stages:
 
 1. **Screen** (2 evaluations per element). Per input, a few sample elements
-   get the full ladder; the central difference of those samples at steps
-   ``2^-10, 2^-12, .. 2^-22`` is compared with the ladder's value, and the step with
-   the smallest ``noise + 2 * deviation`` is kept, together with
-   ``2 * max deviation`` as a truncation bound ``T`` for that input. Then every
-   element gets one central difference ``c`` at that step, with the error
-   estimate ``noise(c) + T`` (``noise`` from the rounding model of
-   :class:`oracles.numerics.objective.ScalarObjective`, per element). An element passes
-   the screen when ``|analytic - c| <= atol + rtol * |c| + noise(c) + T``.
+   get the full ladder; the central difference of those samples at relative
+   steps around the ones their ladders chose (each element's step is that
+   relative step times its own scale, as in the ladder) is compared with the
+   ladder's value, and the step with the smallest ``noise + 2 * deviation``
+   is kept, together with ``2 * max deviation`` as a truncation bound ``T``
+   for that input. Then every element gets one central difference ``c`` at
+   that step, with the error estimate ``noise(c) + T`` (``noise`` from the
+   measured noise of the changed outputs,
+   :meth:`oracles.numerics.objective.ScalarObjective.rung_noise`). An element
+   passes the screen when ``|analytic - c| <= atol + rtol * |c| + noise(c) + T``.
 2. **Ladder** (about 15 evaluations per element). Elements that fail the
    screen, sit at a kink, or were not finite, and every element of inputs too
    small to be worth sampling, get the full per-element ladder, which decides.
@@ -45,7 +47,13 @@ from oracles._validation import check_executor
 from oracles.compare import Reference
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
 from oracles.numerics.ladder import partials
-from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0, ScalarObjective
+from oracles.numerics.objective import (
+    MAX_RUNGS,
+    NOISE_SAFETY,
+    T0,
+    ScalarObjective,
+    analytic_rounding,
+)
 
 __all__ = ["Exhaustive", "exhaustive_partials", "sharp_partials"]
 
@@ -53,8 +61,8 @@ __all__ = ["Exhaustive", "exhaustive_partials", "sharp_partials"]
 SCREEN_MIN = 32
 #: Elements per input whose full ladder calibrates the screen.
 N_SAMPLE = 8
-#: Candidate screen steps, absolute (``2^-10, 2^-12, .. 2^-22``).
-SCREEN_STEPS = tuple(2.0**-k for k in range(10, 23, 2))
+#: Candidate screen steps relative to the median step the sample ladders chose (times 4^k).
+SCREEN_STEPS = tuple(4.0**k for k in range(-3, 4))
 #: Safety factor on the largest deviation seen on the samples (the truncation bound).
 TRUNCATION_SAFETY = 2.0
 #: Show a progress bar (when ``progress=None``) for runs expected to take longer than this (s).
@@ -143,34 +151,43 @@ class Exhaustive:
 # --- one chunk of work: runs here or on an executor ---------------------------------------------
 
 
-def _screen(objective, i, flat_idx, h, noise_x):
-    """One central difference at step ``h`` per element of input ``i``.
+def _screen(objective, i, flat_idx, r):
+    """One central difference at relative step ``r`` per element of input ``i``.
 
-    Returns ``(value, noise, nonfinite)``: the quotient divided by the step
-    actually taken, and its rounding-noise estimate (changed outputs, input
-    magnitude, and the off-centre term when ``x +- h`` round unequally).
+    Element ``j`` is stepped by ``r * s_j`` (its scale). Returns ``(value,
+    noise, nonfinite)``: the quotient divided by the step actually taken, and
+    its rounding-noise estimate (the measured noise of the changed outputs,
+    the off-centre term when ``x +- h`` round unequally, and the rounding of
+    the analytic value's own terms,
+    :func:`~oracles.numerics.objective.analytic_rounding`).
     """
     work = objective.work
     flat = work[i].reshape(-1)
     cot = objective.cotangent
     f0 = objective.base_output
+    noise = objective.noise
     n = len(flat_idx)
     value = np.empty(n)
-    noise = np.empty(n)
+    out_noise = np.empty(n)
     nonfinite = np.zeros(n, dtype=bool)
+    h = r * objective.scales[i].reshape(-1)[np.asarray(flat_idx, dtype=np.intp)]
     evaluate = _fast_output(objective)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, nonfinite)
-    return value, noise, nonfinite
+        _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise, value, out_noise, nonfinite)
+    return value, out_noise, nonfinite
 
 
-def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, nonfinite):
-    scale = NOISE_SAFETY * EPS
+def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, model, value, noise, nonfinite):
+    scale = NOISE_SAFETY
     scalar = cot.size == 1
     c_abs = np.abs(cot)
+    sigma = model.sigma.reshape(cot.shape)
+    rel = model.relative.reshape(cot.shape)
+    s0 = float(sigma.reshape(-1)[0]) if scalar else 0.0
+    r0 = float(rel.reshape(-1)[0]) if scalar else 0.0
     for p, j in enumerate(flat_idx):
         x0 = flat[j]
-        xp, xm = x0 + h, x0 - h
+        xp, xm = x0 + h[p], x0 - h[p]
         try:
             flat[j] = xp
             fp = evaluate()
@@ -185,6 +202,9 @@ def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, no
             )
         hp, hm = xp - x0, x0 - xm
         delta = xp - xm
+        if not delta > 0:
+            nonfinite[p], value[p], noise[p] = False, np.nan, np.inf
+            continue
         if scalar:
             a, b, z = float(fp), float(fm), float(f0)
             if not (math.isfinite(a) and math.isfinite(b)):
@@ -192,7 +212,8 @@ def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, no
                 continue
             c = float(cot)
             num = c * (a - b)
-            level = (max(abs(a), 1.0) + max(abs(b), 1.0)) * abs(c) if a != b else 0.0
+            level = (max(s0, r0 * abs(a)) + max(s0, r0 * abs(b))) * abs(c) if a != b else 0.0
+            terms = abs(c) * abs(a - b)
             fwd, bwd = c * (a - z) / hp, c * (z - b) / hm
         else:
             if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
@@ -200,17 +221,22 @@ def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise_x, value, noise, no
                 continue
             num = float(np.vdot(cot, fp - fm))
             changed = fp != fm
+            sc, rc = sigma[changed], rel[changed]
             level = float(
                 np.sum(
                     c_abs[changed]
-                    * (np.maximum(np.abs(fp[changed]), 1.0) + np.maximum(np.abs(fm[changed]), 1.0))
+                    * (
+                        np.maximum(sc, rc * np.abs(fp[changed]))
+                        + np.maximum(sc, rc * np.abs(fm[changed]))
+                    )
                 )
             )
+            terms = float(np.vdot(c_abs[changed], np.abs(fp[changed] - fm[changed])))
             fwd = float(np.vdot(cot, fp - f0)) / hp if hp != hm else 0.0
             bwd = float(np.vdot(cot, f0 - fm)) / hm if hp != hm else 0.0
         value[p] = num / delta
         center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
-        noise[p] = (scale * level + 2.0 * noise_x) / delta + center
+        noise[p] = scale * level / delta + center + float(analytic_rounding(terms / delta))
 
 
 def _fast_output(objective):
@@ -225,12 +251,13 @@ def _fast_output(objective):
 
     def evaluate():
         objective.calls += 1
-        return np.asarray(fn(*[x.copy() for x in work]), dtype=np.float64)
+        # A copy: an fn that writes into and returns one buffer must not change f0.
+        return np.array(fn(*[x.copy() for x in work]), dtype=np.float64, copy=True)
 
     return evaluate
 
 
-def sharp_partials(objective, elements, grads, *, sharpen=True):
+def sharp_partials(objective, elements, grads, *, sharpen=True, steps=False):
     """:func:`oracles.numerics.ladder.partials`, then again from just above the chosen step.
 
     The ladder widens its error estimate to any disagreement between its
@@ -241,7 +268,8 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
     ladder starting ``16 x`` above the chosen step (same smallest step), and
     the result with the smaller error estimate is kept (the kink test runs on
     both). Returns a dict of flat arrays ``value, error, kink, left, right,
-    nonfinite``, one entry per element.
+    nonfinite``, one entry per element (and ``step``, the chosen step
+    relative to the element's scale, when ``steps`` is True).
 
     Examples
     --------
@@ -262,6 +290,8 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
         "right": est.right,
         "nonfinite": est.nonfinite,
     }
+    if steps:
+        out["step"] = est.step
     if not sharpen:
         return out
     for p, element in enumerate(elements):
@@ -274,7 +304,7 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
             [element],
             grads=grads,
             t0=T0 * 2.0**-drop,
-            n_rungs=max(6, N_RUNGS - drop),
+            n_rungs=max(6, MAX_RUNGS - drop),
         )
         if again.error[0] < out["error"][p]:
             for key in out:
@@ -282,23 +312,25 @@ def sharp_partials(objective, elements, grads, *, sharpen=True):
     return out
 
 
-def _ladder(objective, i, flat_idx, grads, sharpen=True):
-    return sharp_partials(objective, [(i, int(j)) for j in flat_idx], grads, sharpen=sharpen)
+def _ladder(objective, i, flat_idx, grads, sharpen=True, steps=False):
+    return sharp_partials(
+        objective, [(i, int(j)) for j in flat_idx], grads, sharpen=sharpen, steps=steps
+    )
 
 
 def _run_chunk(payload, kind, i, flat_idx, arg):
     """Module-level (picklable) entry point of one chunk on an executor.
 
-    ``payload = (fn, inputs, cotangent)``; a fresh objective is built here so
-    that chunks running at the same time never share working arrays.
-    Returns ``(result, evaluations, notes)``.
+    ``payload = (fn, inputs, cotangent, noise)``; a fresh objective is built
+    here (with the parent's measured noise) so that chunks running at the
+    same time never share working arrays. Returns ``(result, evaluations,
+    notes)``.
     """
-    fn, inputs, cotangent = payload
-    objective = ScalarObjective(fn, inputs, cotangent)
+    fn, inputs, cotangent, noise = payload
+    objective = ScalarObjective(fn, inputs, cotangent, noise=noise)
     calls0 = objective.calls
     if kind == "screen":
-        h, noise_x = arg
-        result = _screen(objective, i, flat_idx, h, noise_x)
+        result = _screen(objective, i, flat_idx, arg)
     else:
         result = _ladder(objective, i, flat_idx, *arg)
     return result, objective.calls - calls0, list(objective.notes)
@@ -340,7 +372,12 @@ class _Runner:
                     "functools.partial of one) to use a process pool"
                 )
                 self.executor = None
-        self.payload = (objective.fn, [x.copy() for x in objective.work], objective.cotangent)
+        self.payload = (
+            objective.fn,
+            [x.copy() for x in objective.work],
+            objective.cotangent,
+            objective.noise,
+        )
 
     def run(self, kind, chunks, arg_of, bar=None):
         """``chunks``: list of ``(i, flat_idx)``; returns results in the same order."""
@@ -349,8 +386,7 @@ class _Runner:
             for c, (i, idx) in enumerate(chunks):
                 calls0 = self.objective.calls
                 if kind == "screen":
-                    h, noise_x = arg_of(i)
-                    results[c] = _screen(self.objective, i, idx, h, noise_x)
+                    results[c] = _screen(self.objective, i, idx, arg_of(i))
                 else:
                     results[c] = _ladder(self.objective, i, idx, *arg_of(i))
                 self.evaluations += self.objective.calls - calls0
@@ -379,12 +415,12 @@ def _chunks(i, idx, size):
     return [(i, idx[s : s + size]) for s in range(0, len(idx), size)]
 
 
-def _calibrate(objective, i, flat_idx, grads, noise_x, rng):
+def _calibrate(objective, i, flat_idx, grads, rng):
     """Screen step and truncation bound for input ``i`` from a few full ladders.
 
-    Returns ``(step, truncation, sample_idx, sample_result)``; ``step`` is
-    ``None`` when no candidate step gave a usable screen (then every element
-    of the input gets the ladder).
+    Returns ``(step, truncation, sample_idx, sample_result)``; ``step`` (relative
+    to each element's scale) is ``None`` when no candidate step gave a usable
+    screen (then every element of the input gets the ladder).
     """
     g = np.abs(np.asarray(grads[i], dtype=np.float64).reshape(-1)[flat_idx])
     n_big = N_SAMPLE // 2
@@ -395,19 +431,23 @@ def _calibrate(objective, i, flat_idx, grads, noise_x, rng):
     sample = np.concatenate(
         [largest, rng.choice(rest, size=min(N_SAMPLE - n_big, rest.size), replace=False)]
     )
-    ladder = _ladder(objective, i, sample, grads)
-    usable = np.isfinite(ladder["value"]) & ~ladder["kink"]
+    ladder = _ladder(objective, i, sample, grads, steps=True)
+    chosen = ladder.pop("step")
+    usable = np.isfinite(ladder["value"]) & ~ladder["kink"] & np.isfinite(chosen)
     best = None
     if np.any(usable):
         v = ladder["value"][usable]
-        for h in SCREEN_STEPS:
-            c, noise, nonfinite = _screen(objective, i, sample[usable], h, noise_x)
-            if np.any(nonfinite):
+        # Steps around the ones the ladders chose (the geometric median), never above T0.
+        center = 2.0 ** float(np.round(np.median(np.log2(chosen[usable]))))
+        candidates = sorted({min(T0, center * f) for f in SCREEN_STEPS}, reverse=True)
+        for r in candidates:
+            c, noise, nonfinite = _screen(objective, i, sample[usable], r)
+            if np.any(nonfinite) or not np.all(np.isfinite(c)):
                 continue
             dev = float(np.max(np.abs(c - v)))
             score = float(np.max(noise)) + TRUNCATION_SAFETY * dev
             if best is None or score < best[0]:
-                best = (score, h, TRUNCATION_SAFETY * dev)
+                best = (score, r, TRUNCATION_SAFETY * dev)
     if best is None:
         return None, np.inf, sample, ladder
     return best[1], best[2], sample, ladder
@@ -450,7 +490,8 @@ def exhaustive_partials(
     info : dict
         ``method`` (str), ``evaluations`` (int), ``notes`` (list of str),
         ``screened`` / ``laddered`` (numbers of elements decided by each
-        stage), ``steps`` (screen step per input, ``None`` where unscreened).
+        stage), ``steps`` (screen step per input, relative to each element's
+        scale; ``None`` where unscreened).
 
     Examples
     --------
@@ -465,15 +506,15 @@ def exhaustive_partials(
     40
     """
     notes = []
+    started = time.perf_counter()
+    calls_before = objective.calls
+    objective.noise  # noqa: B018 - measured once, in this process, before any chunk runs
     runner = _Runner(objective, executor, notes)
-    noise_x = objective.input_noise(grads)
     rng = np.random.default_rng(0)
     results, screen_of = {}, {}
     to_ladder = []  # (i, positions within indices[i])
     steps = {}
     n_total = sum(len(idx) for _, idx in indices)
-    started = time.perf_counter()
-    calls_before = objective.calls
 
     for i, idx in indices:
         idx = np.asarray(idx, dtype=np.intp)
@@ -490,7 +531,7 @@ def exhaustive_partials(
             steps[i] = None
             to_ladder.append((i, np.arange(n)))
             continue
-        h, trunc, sample, ladder = _calibrate(objective, i, idx, grads, noise_x, rng)
+        h, trunc, sample, ladder = _calibrate(objective, i, idx, grads, rng)
         steps[i] = h
         pos_of = {int(j): p for p, j in enumerate(idx)}
         sample_pos = np.array([pos_of[int(j)] for j in sample], dtype=np.intp)
@@ -518,7 +559,7 @@ def exhaustive_partials(
     expected = per_eval * 2 * n_screen
     bar = _progress_bar(progress, expected, n_screen)
     try:
-        outs = runner.run("screen", chunks, lambda i: (screen_of[i][0], noise_x), bar)
+        outs = runner.run("screen", chunks, lambda i: screen_of[i][0], bar)
     finally:
         if bar is not None:
             bar.close()

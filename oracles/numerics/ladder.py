@@ -2,8 +2,9 @@
 
 How one derivative is computed
 ------------------------------
-For steps ``t_k = t_0 / 2^k`` (``t_0 = 1/8`` by default, down to about
-``3e-8``):
+For steps ``t_k = t_0 s / 2^k`` (``t_0 = 1/8``; ``s`` the element's scale,
+:func:`~oracles.numerics.objective.element_scales`, so that the ladder is
+the same in any units):
 
 1. Evaluate ``phi`` at ``x + t_k u`` and ``x - t_k u``, rounded to float64,
    and divide by the step **actually taken**, ``(x + t_k u) - (x - t_k u)``,
@@ -14,12 +15,24 @@ For steps ``t_k = t_0 / 2^k`` (``t_0 = 1/8`` by default, down to about
    step ratio (2 up to rounding).
 3. The error estimate of rung ``k`` is the larger of the last two changes
    between successive extrapolants plus a rounding term
-   ``noise(phi) / step``; the rung with the smallest estimate wins. The
-   ladder stops once the rounding term alone exceeds the best estimate
-   (rounding only grows as the step shrinks).
+   ``noise(phi) / step``; the rung with the smallest estimate wins.
 
-``noise(phi)`` is the absolute rounding noise of one evaluation of ``phi``
-(:class:`~oracles.numerics.objective.ScalarObjective`).
+``noise(phi)`` is the rounding noise of the output elements that changed,
+as measured for this ``fn``
+(:meth:`~oracles.numerics.objective.ScalarObjective.rung_noise`).
+
+Where the ladder stops
+----------------------
+It descends until the rounding term alone exceeds the best estimate
+(rounding only grows as the step shrinks), or until the step falls below
+``fn``'s resolution: when ``fn`` returns *exactly* its value at ``x`` on
+both sides although larger steps changed it, the difference is 0 because
+the step rounded away (a function that computes in float32 does so below
+about ``6e-8 |x|``), not because the derivative is 0, and that rung and
+every smaller one are discarded. When the best rung is the largest one and
+its estimate is rounding-dominated, the steps were too small for the scale
+on which ``fn`` varies, and the ladder climbs to larger steps (up to
+``2^24`` times larger) until the best rung is no longer at the top.
 
 Kinks
 -----
@@ -37,64 +50,194 @@ from __future__ import annotations
 
 import numpy as np
 
-from oracles.numerics.objective import N_RUNGS, T0, Estimate, changed_noise
+from oracles.numerics.objective import MAX_RUNGS, NOISE_SAFETY, T0, Estimate, analytic_rounding
 
-__all__ = ["kink_test", "ladder", "partials"]
+__all__ = ["MAX_UP", "kink_test", "ladder", "partials", "scale_search"]
+
+#: Most rungs the ladder climbs above its first step (``2^24``).
+MAX_UP = 24
+
+#: A best estimate worse than this (relative to the value) at the top rung makes the ladder climb.
+CLIMB_ABOVE = 1e-10
+
+#: Rungs of exact zeros after which the ladder stops.
+PATIENCE = 8
+
+#: Stride of the coarse descent that finds where the central differences settle.
+COARSE = 4
+
+#: Relative agreement of two coarse central differences that counts as settled.
+COARSE_AGREE = 0.05
+
+#: Far steps (times the element's scale) that test whether unchanged outputs depend on it.
+FAR_STEPS = (2.0**4, 2.0**12, 2.0**32)
 
 
-def ladder(quotient, n_rungs=N_RUNGS):
+class _Rungs:
+    """Richardson extrapolants and their error estimates over consecutive rungs."""
+
+    def __init__(self):
+        self.prev = None
+        self.extrapolants = []
+        self.results = []  # (value, error, k, noise) of every rung with an estimate
+
+    def add(self, k, c, delta, noise_c):
+        if not np.isfinite(c):
+            self.prev, self.extrapolants = None, []
+            return None
+        if self.prev is None or self.prev[0] != k - 1:
+            self.prev, self.extrapolants = (k, c, delta), []
+            return None
+        _, prev_c, prev_delta = self.prev
+        r2 = (prev_delta / delta) ** 2
+        e = c + (c - prev_c) / (r2 - 1.0)
+        noise_e = noise_c * (r2 + 1.0) / (r2 - 1.0)
+        self.extrapolants.append(e)
+        self.prev = (k, c, delta)
+        if len(self.extrapolants) < 3:
+            return None
+        e0, e1, e2 = self.extrapolants[-3:]
+        err = max(abs(e2 - e1), abs(e1 - e0)) + noise_e
+        self.results.append((e, err, k, noise_e))
+        return err, noise_e
+
+
+def _analyse(cache, ks):
+    rungs = _Rungs()
+    for k in ks:
+        rungs.add(k, *cache[k][:3])
+    return rungs.results
+
+
+def _settled(a, b, c):
+    """Three coarse rungs (largest step first) where the central differences have settled.
+
+    The last two agree to 5% beyond their noise and their difference is at
+    most a quarter of the first two's (differences shrink like ``t^2`` at a
+    smooth point, are 0 at a kink of straight pieces); where the quotient
+    reports it, the jump between the one-sided slopes did not grow either
+    (where steps are far larger than the scale on which ``fn`` varies it
+    grows like ``1 / t``: a saturated output is the same at ``x + t`` and
+    ``x - t``). Large steps can also sit on a plateau, where ``fn`` is
+    piecewise linear far out (``log_softmax`` of logits near ``1e6`` stepped
+    by ``1e5``): there the differences grow as the step shrinks.
+    """
+    ca, cb, cc = a[0], b[0], c[0]
+    if not (np.isfinite(ca) and np.isfinite(cb) and np.isfinite(cc)):
+        return False
+
+    def slack(r):
+        return r[5] if len(r) > 5 else 0.0
+
+    noise_ab = 4.0 * (a[2] + b[2]) + slack(a) + slack(b)
+    noise_bc = 4.0 * (b[2] + c[2]) + slack(b) + slack(c)
+    d_ab, d_bc = abs(ca - cb), abs(cb - cc)
+    if d_bc > COARSE_AGREE * (abs(cb) + abs(cc)) + noise_bc:
+        return False
+    if d_bc > 0.25 * d_ab + noise_ab + noise_bc:
+        return False
+    if len(b) > 3 and len(c) > 3:
+        (jb, njb), (jc, njc) = b[3:5], c[3:5]
+        if np.isfinite(jb) and np.isfinite(jc) and abs(jc) > 2.0 * abs(jb) + 4.0 * (njb + njc):
+            return False
+    return True
+
+
+def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0):
     """Run the step ladder on one probe.
 
     ``quotient(k) -> (c, delta, noise_c)``: the central-difference quotient
-    at rung ``k``, the actual full step taken and the rounding noise of
-    ``c``. ``c`` may be non-finite (that rung is skipped).
+    at rung ``k`` (step ``t_0 2^-k``; ``k`` may be negative when the ladder
+    climbs), the actual full step taken and the rounding noise of ``c``;
+    optionally followed by ``jump, jump_noise``, the difference of the
+    one-sided slopes and its noise, and ``slack``, an uncertainty of ``c``
+    that is not noise (for the coarse descent only). ``c`` may be
+    non-finite (that rung is skipped); ``quotient`` returns ``None`` when
+    the step is below ``fn``'s resolution (the ladder stops).
+
+    First a coarse descent (every ``coarse``-th rung) finds where the
+    central differences settle (:func:`_settled`). Above that, steps are larger than the scale on
+    which ``fn`` varies (a softmax of logits near ``1e6`` varies on a scale
+    of 1, not ``1e6``) and the quotients are meaningless, however well they
+    happen to agree with each other (``sin(t) / t`` tends to 0 for large
+    ``t``): the ladder proper starts where they settled. In the usual case
+    they settle at once and the coarse rungs are rungs of the ladder. The
+    descent starts at rung ``first`` (0 unless the caller knows that larger
+    steps are meaningless, e.g. from the noise probe).
 
     The error estimate of rung ``k`` is the larger of the last two changes
     between successive extrapolants (one change can be small by
     coincidence, e.g. while the steps straddle a nearby kink) plus the
-    rounding noise. The ladder stops once the rounding noise alone exceeds
-    the best estimate: rounding only grows as the step shrinks.
+    rounding noise. See the module notes for where the ladder stops and
+    when it climbs.
 
-    Returns ``(value, error, rung, rungs_evaluated, nonfinite_seen)``.
+    Returns ``(value, error, rung, rungs_evaluated, nonfinite_seen)``;
+    ``rung`` is ``None`` when no rung gave an estimate, and
+    ``rungs_evaluated`` is one past the smallest rung evaluated.
     """
-    prev_c = prev_delta = None
-    extrapolants = []
-    rungs = []  # (value, error, k) of every rung with an estimate
-    nonfinite = False
-    best_err = np.inf
-    k = 0
-    for k in range(n_rungs):
-        c, delta, noise_c = quotient(k)
-        if not np.isfinite(c):
-            nonfinite = True
-            prev_c = None
-            extrapolants = []
-            continue
-        if prev_c is None:
-            prev_c, prev_delta = c, delta
-            continue
-        r2 = (prev_delta / delta) ** 2
-        e = c + (c - prev_c) / (r2 - 1.0)
-        noise_e = noise_c * (r2 + 1.0) / (r2 - 1.0)
-        extrapolants.append(e)
-        if len(extrapolants) >= 3:
-            e0, e1, e2 = extrapolants[-3:]
-            err = max(abs(e2 - e1), abs(e1 - e0)) + noise_e
-            rungs.append((e, err, k))
-            if err < best_err:
-                best_err = err
-            elif noise_e > best_err:
+    cache = {}
+
+    def q(k):
+        if k not in cache:
+            cache[k] = quotient(k)
+        return cache[k]
+
+    start = first
+    if coarse:
+        seen = []
+        for k in range(first, n_rungs, coarse):
+            res = q(k)
+            if res is None:
                 break
-        prev_c, prev_delta = c, delta
-    if not rungs:
-        return np.nan, np.inf, -1, k + 1, nonfinite
-    value, err, k_best = min(rungs, key=lambda r: r[1])
+            seen.append(res)
+            if len(seen) >= 3 and _settled(*seen[-3:]):
+                start = k - 2 * coarse
+                break
+    nonfinite = False
+    best_err, k_at = np.inf, start
+    rungs = _Rungs()
+    last = start - 1
+    for k in range(start, n_rungs):
+        res = q(k)
+        if res is None:
+            break
+        last = k
+        if not np.isfinite(res[0]):
+            nonfinite = True
+        out = rungs.add(k, *res[:3])
+        if out is None:
+            continue
+        err, noise_e = out
+        if err < best_err:
+            best_err, k_at = err, k
+        elif noise_e > best_err:
+            break
+        if best_err == 0.0 and k - k_at >= PATIENCE:
+            break  # exact zeros for a while: fn does not move with this probe
+    results = rungs.results
+    top = start
+    if climb and results:
+        # Too small for the scale on which fn varies: climb while the top rung is
+        # the best and its estimate is rounding.
+        while top > start - MAX_UP:
+            value, err, k_best, noise_e = min(results, key=lambda r: r[1])
+            first = results[0][2]
+            if k_best > first + 1 or 2.0 * noise_e < err or err <= CLIMB_ABOVE * abs(value):
+                break
+            res = q(top - 1)
+            if res is None or not np.isfinite(res[0]):
+                break
+            top -= 1
+            results = _analyse(cache, range(top, last + 1))
+    if not results:
+        return np.nan, np.inf, None, last + 1, nonfinite
+    value, err, k_best, _ = min(results, key=lambda r: r[1])
     # Every other rung must agree within both estimates; where one does not,
     # the estimates were too optimistic (a kink closer than the steps, a
     # staircase of rounding): widen to the disagreement.
-    for e_j, err_j, _ in rungs:
+    for e_j, err_j, _, _ in results:
         err = max(err, abs(e_j - value) - err_j)
-    return value, err, k_best, k + 1, nonfinite
+    return value, err, k_best, last + 1, nonfinite
 
 
 def kink_test(evals, k_best):
@@ -135,7 +278,208 @@ def _perturbed(x, t):
     return xp, xm, xp - xm
 
 
-def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
+#: Exponents (steps times ``2^e``) the scale search tries before it bisects.
+SEARCH_EXPONENTS = (8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _ldexp(t, e):
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(t, e))
+
+
+def scale_search(central, t):
+    """How far above step ``t`` does the function vary? For a ladder that saw no change at all.
+
+    ``central(step) -> (c, noise)``: the central-difference quotient (any
+    shape) at an absolute step and its rounding noise (both 0 where no
+    output changed), or ``None`` when the step cannot be taken (``x +-
+    step`` not finite). Two stages: the exponents :data:`SEARCH_EXPONENTS`
+    find the first step at which ``fn`` changes at all (bisected); from
+    there, exponents ``+4, +8, +16, ...`` find where the quotient changes
+    with the step by more than its noise, or stops being finite (bisected):
+    below that scale ``fn`` moves by little more than its resolution (``exp``
+    at ``x = 1e-131``, stepped relative to ``|x|``).
+
+    Returns ``e`` such that a ladder starting at ``t 2^e`` sees the function
+    vary (two octaves above where variation first showed), or ``None`` when
+    it never changes or never varies (it does not depend on this input, or
+    only beyond the float64 range).
+    """
+
+    def still(v):
+        return v is not None and np.all(v[0] == 0) and np.all(v[1] == 0)
+
+    def varies(a, b):
+        """``None`` (cannot step), True or False."""
+        if b is None:
+            return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            if np.any(~np.isfinite(b[0])):
+                return True
+            return bool(np.any(np.abs(b[0] - a[0]) > 4.0 * (a[1] + b[1])))
+
+    def at(e):
+        return central(_ldexp(t, e))
+
+    # Stage 1: the first exponent at which fn changes.
+    val = at(0)
+    if val is None:
+        return None
+    lo, hi, hi_val = 0, 0, val
+    if still(val):
+        hi = None
+        for e in SEARCH_EXPONENTS:
+            val = at(e)
+            if val is None:
+                return None
+            if not still(val):
+                hi, hi_val = e, val
+                break
+            lo = e
+        if hi is None:
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            val = at(mid)
+            if val is not None and not still(val):
+                hi, hi_val = mid, val
+            else:
+                lo = mid
+    # Stage 2: from there, where the quotient varies with the step.
+    base, base_val = hi, hi_val
+    lo, lo_val, top, top_varies = base, base_val, None, False
+    for d in (4, 8, 16, 32, 64, 128, 256, 512, 1024):
+        val = at(base + d)
+        v = varies(lo_val, val)
+        if v is not False:
+            top, top_varies = base + d, bool(v)
+            break
+        lo, lo_val = base + d, val
+    if top is None:
+        return None
+    while top - lo > 1:
+        mid = (lo + top) // 2
+        val = at(mid)
+        v = varies(lo_val, val)
+        if v is False:
+            lo, lo_val = mid, val
+        else:
+            top, top_varies = mid, bool(v)
+    return top + 2 if top_varies else None
+
+
+def _coupled(objective, flat, j, x0, s, unseen):
+    """Which of the ``unseen`` outputs change when ``x_j`` moves by a far step.
+
+    Far steps :data:`FAR_STEPS` (times the element's scale ``s``) in both
+    directions, until every unseen output has changed or ``fn`` stops being
+    finite. An output that stays bitwise equal throughout is taken not to
+    depend on ``x_j``.
+    """
+    work = objective.work
+    f0 = objective.base_output
+    found = np.zeros(unseen.shape, dtype=bool)
+    for far in FAR_STEPS:
+        finite = False
+        for sign in (1.0, -1.0):
+            xf = x0 + sign * far * s
+            if not np.isfinite(xf):
+                continue
+            try:
+                flat[j] = xf
+                f = objective.output(work)
+            finally:
+                flat[j] = x0
+            ok = np.isfinite(f)
+            finite |= bool(ok.any())
+            found |= unseen & ok & (f != f0)
+            found |= unseen & ~ok
+        if not finite or np.array_equal(found, unseen):
+            break
+    return found
+
+
+def _central(objective, flat, j, x0, t):
+    """``(quotient, noise)`` of one central difference of element ``j`` at absolute step ``t``."""
+    xp, xm, delta = _perturbed(x0, t)
+    if not (np.isfinite(xp) and np.isfinite(xm)) or not (xm < x0 < xp):
+        return None
+    work = objective.work
+    try:
+        flat[j] = xp
+        fp = objective.output(work)
+        flat[j] = xm
+        fm = objective.output(work)
+    finally:
+        flat[j] = x0
+    if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+        return np.nan, np.inf
+    mask = np.zeros(fp.shape, dtype=bool)
+    noise = objective.rung_noise(fp, fm, mask)
+    return float(np.vdot(objective.cotangent, fp - fm)) / delta, noise / delta
+
+
+def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
+    """The ladder of one element at scale ``s``: a dict of its results."""
+    work = objective.work
+    cot = objective.cotangent
+    f0 = objective.base_output
+    evals = {}
+    terms = {}  # sum |c_i (f_i(x + t) - f_i(x - t))| / 2t per rung: the size of the VJP's terms
+    mask = np.zeros(cot.shape, dtype=bool)
+    frozen = []  # steps at which fn no longer changed at all
+
+    def quotient(k):
+        t = t0 * s * 2.0**-k
+        xp, xm, delta = _perturbed(x0, t)
+        if not (xm < x0 < xp) or not np.isfinite(delta):
+            return None  # the step no longer moves x (or leaves the float64 range)
+        try:
+            flat[j] = xp
+            fp = objective.output(work)
+            flat[j] = xm
+            fm = objective.output(work)
+        finally:
+            flat[j] = x0
+        if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+            return np.nan, delta, np.inf
+        if mask.any() and np.array_equal(fp, f0) and np.array_equal(fm, f0):
+            frozen.append(t)
+            return None  # below fn's resolution: larger steps changed it, this one not
+        hp, hm = xp - x0, x0 - xm
+        fwd = float(np.vdot(cot, fp - f0)) / hp
+        bwd = float(np.vdot(cot, f0 - fm)) / hm
+        side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
+        evals[k] = (fwd, bwd, side / min(hp, hm))
+        num = float(np.vdot(cot, fp - fm))
+        # Rounding x +- t can leave the two steps unequal: the difference
+        # is then centred at x + (hp - hm) / 2, off by curvature * that.
+        center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
+        noise = objective.rung_noise(fp, fm, mask)
+        terms[k] = float(np.vdot(np.abs(cot), np.abs(fp - fm))) / delta
+        return num / delta, delta, noise / delta + center, fwd - bwd, 2.0 * evals[k][2]
+
+    v, e, k_best, _, nf = ladder(quotient, n_rungs=n_rungs)
+    if k_best is None and frozen and not nf:
+        # fn changed at larger steps but not at all at these (saturated: tanh
+        # at 20): the derivative is below its resolution over the largest such
+        # step, and is reported as 0 within that.
+        v = 0.0
+        e = 2.0 * objective.rung_noise(f0, f0, mask.copy()) / NOISE_SAFETY / max(frozen)
+    if k_best is not None:
+        e = e + analytic_rounding(terms.get(k_best, 0.0))
+    return {
+        "value": v,
+        "error": e,
+        "k": k_best,
+        "nonfinite": nf,
+        "mask": mask,
+        "evals": evals,
+        "top": min([k for k in evals] + [0]),
+    }
+
+
+def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
     """Per-element derivatives of ``objective`` with error estimates.
 
     Parameters
@@ -144,14 +488,18 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     indices : sequence of (input_number, flat_index)
         Which elements to differentiate with respect to.
     grads : sequence of arrays, optional
-        A gradient estimate (e.g. the analytic one) for the noise model.
+        Accepted for compatibility; the noise model is measured instead
+        (:attr:`~oracles.numerics.objective.ScalarObjective.noise`).
     t0 : float
-        Largest step; rungs are ``t0 / 2^k``.
+        Largest step, relative to each element's scale; rungs are
+        ``t0 s / 2^k``.
+    n_rungs : int
+        Most rungs to descend.
 
     Returns
     -------
     Estimate
-        One entry per index, in order.
+        One entry per index, in order; ``step`` is relative to ``scale``.
 
     Examples
     --------
@@ -162,11 +510,13 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     >>> est.kink.tolist(), float(est.value[1]), bool(est.error[1] < 1e-12)
     ([True, False], 1.0, True)
     """
-    noise_x = objective.input_noise(grads)
+    del grads  # the measured noise replaces the gradient-based input-noise bound
+    objective.noise  # noqa: B018 - measure before counting this method's calls
     m = len(indices)
     value = np.full(m, np.nan)
     error = np.full(m, np.inf)
     step = np.full(m, np.nan)
+    scale = np.full(m, np.nan)
     kink = np.zeros(m, dtype=bool)
     left = np.full(m, np.nan)
     right = np.full(m, np.nan)
@@ -176,40 +526,35 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
     for p, (i, j) in enumerate(indices):
         flat = work[i].reshape(-1)
         x0 = flat[j]
-        evals = {}
-        mask = np.zeros(objective.cotangent.shape, dtype=bool)
-
-        def quotient(k, flat=flat, j=j, x0=x0, evals=evals, mask=mask):
-            t = t0 * 2.0**-k
-            xp, xm, delta = _perturbed(x0, t)
-            try:
-                flat[j] = xp
-                fp = objective.output(work)
-                flat[j] = xm
-                fm = objective.output(work)
-            finally:
-                flat[j] = x0
-            cot = objective.cotangent
-            if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
-                return np.nan, delta, np.inf
-            f0 = objective.base_output
-            hp, hm = xp - x0, x0 - xm
-            fwd = float(np.vdot(cot, fp - f0)) / hp
-            bwd = float(np.vdot(cot, f0 - fm)) / hm
-            evals[k] = (fwd, bwd, (changed_noise(cot, fp, f0, mask) + noise_x) / min(hp, hm))
-            num = float(np.vdot(cot, fp - fm))
-            # Rounding x +- t can leave the two steps unequal: the difference
-            # is then centred at x + (hp - hm) / 2, off by curvature * that.
-            center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
-            noise = changed_noise(cot, fp, fm, mask) + 2.0 * noise_x
-            return num / delta, delta, noise / delta + center
-
-        v, e, k_best, n_eval, nf = ladder(quotient, n_rungs=n_rungs)
-        value[p], error[p] = v, e + objective.hidden_noise(mask, t0)
-        nonfinite[p] = nf or not np.isfinite(v)
-        if k_best >= 0:
+        s = float(objective.scales[i].reshape(-1)[j])
+        run = _element_ladder(objective, flat, j, x0, s, t0, n_rungs)
+        if not run["mask"].any() and np.isfinite(run["value"]):
+            # Nothing changed at any rung: fn may vary on a much larger scale
+            # than |x_j| (a lone element near 0); find it and start there.
+            up = scale_search(
+                lambda t, j=j, x0=x0, flat=flat: _central(objective, flat, j, x0, t),
+                t0 * s * 2.0 ** -run["top"],
+            )
+            if up is not None:
+                s = _ldexp(s, up - run["top"])
+                run = _element_ladder(objective, flat, j, x0, s, t0, n_rungs)
+        v, err, k_best = run["value"], run["error"], run["k"]
+        mask, evals = run["mask"], run["evals"]
+        largest = t0 * s * 2.0 ** -run["top"]
+        hidden = objective.hidden_noise(mask, largest)
+        if hidden > err and np.isfinite(v):
+            # Outputs that never changed may still depend on x_j below their
+            # resolution (a saturated softmax output of 1.0), or not at all (an
+            # elementwise fn): only those that change at some far step count.
+            coupled = _coupled(objective, flat, j, x0, s, ~mask)
+            hidden = objective.hidden_noise(~coupled, largest)
+        value[p], error[p] = v, err + hidden
+        nonfinite[p] = run["nonfinite"] or not np.isfinite(v)
+        scale[p] = s
+        if k_best is not None:
             step[p] = t0 * 2.0**-k_best
-        kink[p], left[p], right[p] = kink_test(evals, k_best)
+        kb = k_best if k_best is not None else min(evals, default=0)
+        kink[p], left[p], right[p] = kink_test(evals, kb)
     return Estimate(
         value=value,
         error=error,
@@ -220,4 +565,5 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=N_RUNGS):
         nonfinite=nonfinite,
         evaluations=objective.calls - calls0,
         notes=list(objective.notes),
+        scale=scale,
     )

@@ -1,33 +1,108 @@
-"""The objective every numeric derivative differentiates, and its rounding-noise model.
+"""The objective every numeric derivative differentiates, its scales and its measured noise.
 
 ``phi(x) = <cotangent, fn(*x)>`` over float64 working copies of the inputs
-(:class:`ScalarObjective`), the constants of the step ladder, and the result
-type of the numeric methods (:class:`Estimate`).
+(:class:`ScalarObjective`), the constants of the step ladder, the result
+type of the numeric methods (:class:`Estimate`), and the two properties of
+``fn`` that make a numeric derivative independent of the units:
+
+Scales (:func:`element_scales`)
+    Every step is relative: element ``j`` of input ``i`` is stepped by
+    ``t * s_ij`` with ``s_ij = max(|x_ij|, rms(x_i))``. Scaling an
+    input by ``1e9`` scales its steps by ``1e9``: the ladder sees the same
+    function. (An input that is 0 everywhere borrows the largest scale of
+    the other inputs, else 1.)
+
+Noise (:func:`measure_noise`, :class:`NoiseModel`)
+    The rounding noise of every output element is *measured*, not assumed,
+    in the manner of Moré and Wild's ECnoise ("Estimating computational
+    noise", SIAM J. Sci. Comput. 33, 2011): ``fn`` is evaluated at
+    ``x + k h u`` (``k = -4 .. 4``, ``u`` a random direction scaled like the
+    inputs) for up to three relative step sizes ``h``, from the largest,
+    until every element's noise has shown; the ``k``-th differences of
+    a smooth function shrink like ``h^k`` while those of noise do not, and
+    the level where three successive orders agree (within a factor of 4,
+    with sign changes) is the noise ``sigma_i`` of that element. A function
+    scaled by ``1e-12`` has noise scaled by ``1e-12``; a function that casts
+    to float32 inside has float32 noise whatever its inputs; a softmax of
+    logits near ``1e6`` carries the rounding of ``x - max(x)``. The detected
+    precision (the median relative noise, at least float64's epsilon) is
+    stated in a note when it is coarser than float64.
+
+The noise of an output element at any point is ``max(sigma_i, rho_i |f_i|)``
+(``rho_i`` its noise relative to its magnitude); the noise of a difference
+of outputs is summed (L1, times :data:`NOISE_SAFETY`) over the elements
+that changed, after differencing elementwise, so large outputs that did not
+change cost nothing. Outputs that never changed count only when they depend
+on the element at all (:func:`oracles.numerics.ladder.partials` tests that
+with far steps).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import factorial
 
 import numpy as np
 
 from oracles.errors import UserFunctionError
 
-__all__ = ["EPS", "N_RUNGS", "NOISE_SAFETY", "T0", "Estimate", "ScalarObjective", "changed_noise"]
+__all__ = [
+    "ANALYTIC_ROUNDING",
+    "EPS",
+    "MAX_RUNGS",
+    "N_RUNGS",
+    "NOISE_SAFETY",
+    "T0",
+    "Estimate",
+    "NoiseModel",
+    "ScalarObjective",
+    "analytic_rounding",
+    "changed_noise",
+    "element_scales",
+    "measure_noise",
+    "precision_note",
+]
 
 EPS = float(np.finfo(np.float64).eps)
 
 
-#: Largest step of the ladder, absolute (see the module notes for why not relative).
+#: Largest step of the ladder, relative to the element's scale (:func:`element_scales`).
 T0 = 2.0**-3
 
 
-#: Number of rungs; 2^-3 .. 2^-27 (7.5e-9).
+#: Rungs of the classic ladder, ``2^-3 .. 2^-27`` (kept for callers that pass it explicitly).
 N_RUNGS = 25
+
+
+#: Most rungs the ladders of this package descend (``2^-3 .. 2^-58`` of the scale): a ladder
+#: stops far earlier, once rounding dominates or the step falls below ``fn``'s resolution.
+MAX_RUNGS = 56
 
 
 #: Safety factor on the rounding-noise model of one evaluation of phi.
 NOISE_SAFETY = 8.0
+
+
+#: Floor of an element's scale, relative to the root-mean-square of its input.
+SCALE_FLOOR = 1.0
+
+
+#: Relative step sizes of the noise probe (times each element's scale).
+PROBE_STEPS = (2.0**-14, 2.0**-27, 2.0**-40)
+
+
+#: Points on each side of the base point in the noise probe.
+PROBE_HALF = 4
+
+
+#: Fewest distinct values among the probe's points for a noise estimate (ECnoise's "h too small").
+MIN_DISTINCT = 6
+
+#: Largest noise relative to the values themselves (coarser than bfloat16 is not rounding).
+MAX_RELATIVE_NOISE = 2.0**-6
+
+#: ``(k!)^2 / (2k)!``: the variance of the k-th difference of unit white noise is ``1 / gamma_k``.
+_GAMMA = np.array([factorial(k) ** 2 / factorial(2 * k) for k in range(2 * PROBE_HALF + 1)])
 
 
 @dataclass
@@ -42,7 +117,7 @@ class Estimate:
         Its estimated absolute error (truncation + rounding). ``inf`` where no
         rung gave a finite value.
     step : ndarray
-        The step of the rung that was chosen.
+        The step of the rung that was chosen, relative to ``scale``.
     kink : ndarray of bool
         True where the one-sided slopes differ by a jump that does not shrink
         with the step: the function is not differentiable there.
@@ -54,6 +129,9 @@ class Estimate:
         True where ``fn`` returned NaN or inf at some perturbed point used.
     evaluations : int
         Number of calls of ``fn`` spent.
+    notes : list of str
+    scale : ndarray, optional
+        The scale the steps are relative to (absolute step = ``step * scale``).
     """
 
     value: np.ndarray
@@ -65,24 +143,326 @@ class Estimate:
     nonfinite: np.ndarray
     evaluations: int = 0
     notes: list = field(default_factory=list)
+    scale: np.ndarray | None = None
+
+
+def _rms(a):
+    """Root-mean-square of the finite entries of ``a`` without overflow (0 for none)."""
+    a = np.abs(np.asarray(a, dtype=np.float64)).ravel()
+    a = a[np.isfinite(a)]
+    top = float(np.max(a)) if a.size else 0.0
+    if top == 0.0:
+        return 0.0
+    return top * float(np.sqrt(np.mean((a / top) ** 2)))
+
+
+def element_scales(xs):
+    """Per-element step scales: ``max(|x_ij|, rms(x_i))``, one float64 array per input.
+
+    The root-mean-square of the input is the scale of an element near 0 (a
+    weight or a logit that happens to be small varies the output on the
+    scale of its neighbours); a large element is stepped relative to itself.
+
+    An input that is 0 everywhere borrows the largest root-mean-square of
+    the other inputs (1 when all are 0).
+
+    Examples
+    --------
+    >>> s = element_scales([np.array([1e9, 0.0]), np.zeros(2)])
+    >>> s[0].tolist() == [1e9, 1e9 / np.sqrt(2)], s[1].tolist() == [1e9 / np.sqrt(2)] * 2
+    (True, True)
+    """
+    typs = [_rms(x) for x in xs]
+    fallback = max(typs, default=0.0) or 1.0
+    out = []
+    for x, typ in zip(xs, typs, strict=True):
+        a = np.abs(np.asarray(x, dtype=np.float64))
+        if typ == 0.0:
+            out.append(np.full(a.shape, fallback))
+        else:
+            out.append(np.maximum(np.where(np.isfinite(a), a, 0.0), SCALE_FLOOR * typ))
+    return out
+
+
+@dataclass
+class NoiseModel:
+    """The measured rounding noise of every output element of a function.
+
+    Attributes
+    ----------
+    sigma : ndarray
+        Absolute noise of each output element at the base point (flat).
+    relative : ndarray
+        Noise of each output element relative to its magnitude (flat), at
+        least float64's epsilon: what the noise becomes where the element
+        takes other values (at the steps of a ladder).
+    precision : float
+        The function's effective relative precision: the median of
+        ``relative`` over the elements where noise was detected (about
+        ``6e-8`` for a function that computes in float32).
+    detected : ndarray of bool
+        Where the probe saw noise (elsewhere ``sigma`` is a floor: half the
+        smallest change seen, at least ``precision * |f_i|``, and
+        ``relative`` is ``precision``).
+    evaluations : int
+        Calls of the function the probe spent.
+    varies : ndarray, optional
+        Per output element, the smallest relative probe step ``h`` over which
+        it varied as much as its own size (``inf`` where it never did): the
+        function varies on a scale below ``4 h`` of the inputs' scales there,
+        and ladders need not start above it.
+    kind : str, optional
+        ``"float32"``, ``"float16"`` or ``"bfloat16"`` when every output the
+        probe saw is a value of that type (``fn`` computes in it and casts
+        back); ``None`` otherwise.
+    """
+
+    sigma: np.ndarray
+    relative: np.ndarray | None = None
+    precision: float = EPS
+    detected: np.ndarray | None = None
+    evaluations: int = 0
+    varies: np.ndarray | None = None
+    kind: str | None = None
+
+    def __post_init__(self):
+        self.sigma = np.asarray(self.sigma, dtype=np.float64).reshape(-1)
+        if self.relative is None:
+            self.relative = np.full(self.sigma.shape, self.precision)
+        if self.varies is None:
+            self.varies = np.full(self.sigma.shape, np.inf)
+
+    def level(self, f):
+        """Noise of output values ``f`` (shaped like the output): ``max(sigma, relative |f|)``."""
+        f = np.asarray(f, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.maximum(
+                self.sigma.reshape(f.shape), self.relative.reshape(f.shape) * np.abs(f)
+            )
+
+    @property
+    def coarse(self):
+        """True when the function computes well below float64 precision."""
+        return self.precision > 1e3 * EPS
+
+    def note(self, smallest_step=None):
+        """The report note on a coarse precision, or ``None`` at float64 precision."""
+        return precision_note(self.precision, smallest_step, self.kind) if self.coarse else None
+
+
+def precision_note(precision, smallest_step=None, kind=None):
+    """The report's note on a function whose outputs are noisier than float64 rounding.
+
+    Examples
+    --------
+    >>> precision_note(6e-8, kind="float32")[:60]
+    'fn computes at about float32 precision (noise ~ 6e-08 relati'
+    """
+    if kind is not None:
+        text = (
+            f"fn computes at about {kind} precision (noise ~ {precision:.1g} relative, "
+            "measured; its outputs are all {kind} values)"
+        ).replace("{kind}", kind)
+    else:
+        text = (
+            f"fn's outputs carry noise ~ {precision:.1g} relative (measured), far above float64 "
+            "rounding: large inputs, cancellation, a noisy computation or reduced precision inside"
+        )
+    text += "; steps were chosen that it resolves"
+    if smallest_step is not None and np.isfinite(smallest_step):
+        text += f" (>= {smallest_step:.2g} of each element's scale)"
+    return text + ", and the error estimates include that noise"
+
+
+def _reduced_kind(values):
+    """The reduced float type every finite value in ``values`` belongs to, or ``None``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v != 0)]
+    if v.size == 0 or np.all(v == np.round(v)):
+        return None  # no values, or integers: says nothing about the precision
+    with np.errstate(over="ignore", invalid="ignore"):
+        f32 = v.astype(np.float32)
+        if not np.array_equal(f32.astype(np.float64), v):
+            return None
+        if np.array_equal(v.astype(np.float16).astype(np.float64), v):
+            return "float16"
+        if np.all((f32.view(np.uint32) & 0xFFFF) == 0):
+            return "bfloat16"
+    return "float32"
+
+
+#: Multiple of ``eps * sum |terms|`` allowed for the rounding of the analytic derivative.
+ANALYTIC_ROUNDING = 8.0
+
+
+def analytic_rounding(terms):
+    """What a correct floating-point derivative may be off by: ``8 eps * terms``.
+
+    ``terms`` is the sum of the magnitudes of the terms the derivative is
+    made of, e.g. ``sum_i |c_i d f_i / d x_j|`` for element ``j`` of a VJP
+    (``<|c|, |f(x + t e_j) - f(x - t e_j)|> / 2t``, free from the central
+    difference). A derivative whose terms cancel (a log-softmax JVP at the
+    row's maximum: terms of size 1, result ``1e-13``) carries the rounding of
+    its terms, not of its result, however it is computed; the comparison
+    must not call that a mistake. It depends on the element's own terms
+    only, never on other elements.
+
+    Examples
+    --------
+    >>> bool(analytic_rounding(1.0) == 8 * EPS)
+    True
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ANALYTIC_ROUNDING * EPS * np.asarray(terms, dtype=np.float64)
+
+
+def _ecnoise(values):
+    """ECnoise per column of ``values`` (``2m + 1`` equally spaced points down axis 0).
+
+    Returns ``sigma`` (NaN where no order of differences looks like noise).
+    """
+    n, m = values.shape
+    levels = np.empty((n - 1, m))
+    signs = np.empty((n - 1, m), dtype=bool)
+    d = values
+    for k in range(1, n):
+        d = np.diff(d, axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            levels[k - 1] = np.sqrt(_GAMMA[k] * np.mean(d * d, axis=0))
+        signs[k - 1] = np.any(d > 0, axis=0) & np.any(d < 0, axis=0)
+    sigma = np.full(m, np.nan)
+    todo = np.ones(m, dtype=bool)
+    for k in range(n - 3):
+        trio = levels[k : k + 3]
+        lo, hi = np.min(trio, axis=0), np.max(trio, axis=0)
+        ok = todo & signs[k] & (lo > 0) & (hi <= 4.0 * lo) & np.isfinite(hi)
+        sigma[ok] = levels[k, ok]
+        todo &= ~ok
+    return sigma
+
+
+def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE_HALF):
+    """Measure the noise of every output element of ``evaluate`` at ``xs`` (ECnoise).
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(list of arrays) -> flat float64 vector`` (a fresh one).
+    xs : list of ndarray
+        The base point.
+    scales : list of ndarray
+        Per-element scales (:func:`element_scales`): the probe direction is
+        a standard normal draw times the scale.
+    seed : int
+        Seed of the probe direction.
+
+    Returns
+    -------
+    NoiseModel
+
+    Examples
+    --------
+    >>> x = np.linspace(0.5, 1.5, 6)
+    >>> tiny = measure_noise(lambda a: 1e-12 * np.sin(a[0]), [x], [x])
+    >>> f32 = measure_noise(lambda a: np.sin(a[0].astype(np.float32)).astype(float), [x], [x])
+    >>> bool(tiny.precision < 1e-15), bool(1e-8 < f32.precision < 1e-6), f32.coarse
+    (True, True, True)
+    >>> bool(np.all(tiny.sigma < 1e-26))
+    True
+    """
+    rng = np.random.default_rng(seed)
+    us = [rng.standard_normal(np.shape(x)) * s for x, s in zip(xs, scales, strict=True)]
+    f0 = np.asarray(evaluate([np.array(x, copy=True) for x in xs]), dtype=np.float64).ravel()
+    calls = 1
+    m = f0.size
+    best = np.full(m, np.nan)
+    quantum = np.full(m, np.inf)
+    peak = np.abs(f0)  # the largest |f_i| seen at the probe's points
+    varies = np.full(m, np.inf)  # the smallest probe step over which f_i varied wildly
+    seen = [f0]
+    for h in steps:
+        if np.all(np.isfinite(best)):
+            break  # every element's noise was seen: smaller steps would only see less
+        rows = []
+        for k in range(-half, half + 1):
+            if k == 0:
+                rows.append(f0)
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                point = [np.asarray(x + (k * h) * u) for x, u in zip(xs, us, strict=True)]
+            f = np.asarray(evaluate(point), dtype=np.float64).ravel()
+            calls += 1
+            if f.shape != f0.shape:
+                raise UserFunctionError(
+                    f"fn returned {f.size} elements at a perturbed point but {m} at the "
+                    "evaluation point"
+                )
+            rows.append(f)
+        values = np.array(rows)
+        seen.append(values)
+        finite = np.all(np.isfinite(values), axis=0)
+        if not np.any(finite):
+            continue
+        values = np.where(finite, values, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            peak = np.where(finite, np.maximum(peak, np.max(np.abs(values), axis=0)), peak)
+            ordered = np.sort(values, axis=0)
+            gaps = np.diff(ordered, axis=0)
+            distinct = 1 + np.count_nonzero(gaps > 0, axis=0)
+            gaps = np.where(gaps > 0, gaps, np.inf)
+            quantum = np.where(finite, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
+            sigma = _ecnoise(values)
+            # Noise, not a function that varies faster than the probe's step
+            # (which looks random too, but at the size of the values
+            # themselves): well resolved, and small next to the values.
+            wild = finite & (distinct >= MIN_DISTINCT) & ~(
+                sigma <= MAX_RELATIVE_NOISE * np.max(np.abs(values), axis=0)
+            )
+            plausible = finite & (distinct >= MIN_DISTINCT) & ~wild
+            best = np.fmax(best, np.where(plausible, sigma, np.nan))
+            varies = np.where(wild, np.minimum(varies, h), varies)
+    detected = np.isfinite(best)
+    absf = np.abs(f0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_all = np.where(detected & (peak > 0), best / peak, np.nan)
+    rel = rel_all[np.isfinite(rel_all)]
+    precision = max(EPS, float(np.median(rel))) if rel.size else EPS
+    relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, EPS), precision)
+    # Where no noise showed, the smallest change seen is an upper bound on
+    # the resolution: take half of it (a quantized output is off by up to
+    # half a quantum), and never less than the precision times |f|.
+    floor = np.where(np.isfinite(quantum), 0.5 * quantum, 0.0)
+    sigma = np.where(detected, best, floor)
+    with np.errstate(over="ignore"):
+        sigma = np.maximum(sigma, relative * absf)
+    return NoiseModel(
+        sigma=sigma,
+        relative=relative,
+        precision=precision,
+        detected=detected,
+        evaluations=calls,
+        varies=varies,
+        kind=_reduced_kind(np.concatenate([np.ravel(v) for v in seen]))
+        if precision > 1e3 * EPS
+        else None,
+    )
 
 
 class ScalarObjective:
     """``phi(xs) = sum(cotangent * fn(*xs))`` over float64 working copies.
 
-    Rounding-noise model: an output element ``f`` that changed carries noise
-    ``eps * max(|f|, 1)``: the intermediates it was computed from are taken
-    to be of magnitude at least 1 (``log(1 + 1e-14)`` is tiny but rounded
-    at the scale of the 1). Functions whose every intermediate is far below
-    1 get error estimates that are conservative by that factor; rescale
-    such inputs for a sharper check.
-
     Holds the working copies of the inputs (float64, C-contiguous, owned by
     this object) and hands ``fn`` a fresh copy of them on every call, so that
     ``fn`` can neither change them nor keep references that the next
     perturbation would change (an ``fn`` that returns its input, or a view of
-    it, must not see its earlier outputs move). The copies cost about 4% of
-    a forward pass of the 784-128-10 MLP.
+    it, must not see its earlier outputs move). What ``fn`` returns is copied
+    too: an ``fn`` that writes into and returns one buffer
+    (``np.sin(x, out=buf)``) cannot make an earlier output change.
+
+    The step scales of the inputs (:func:`element_scales`) and the measured
+    noise of ``fn``'s outputs (:func:`measure_noise`, computed on first use
+    of :attr:`noise`, 9 to 25 calls of ``fn``) make every derivative of
+    this objective independent of the units of inputs and outputs.
 
     Parameters
     ----------
@@ -92,9 +472,12 @@ class ScalarObjective:
         Float64 arrays; copied.
     cotangent : ndarray
         Shaped like ``fn(*inputs)``.
+    noise : NoiseModel, optional
+        A noise model measured before (an executor's worker reuses the
+        parent's instead of measuring again).
     """
 
-    def __init__(self, fn, inputs, cotangent):
+    def __init__(self, fn, inputs, cotangent, *, noise=None):
         self.fn = fn
         self.work = [np.array(x, dtype=np.float64, order="C", copy=True) for x in inputs]
         self.cotangent = np.array(cotangent, dtype=np.float64, copy=True)
@@ -110,15 +493,39 @@ class ScalarObjective:
         self.base = self._contract(out)
         #: sum |c * f|: the scale of the rounding error of the contraction itself.
         self.scale = float(np.sum(np.abs(self.cotangent * out)))
+        #: Per-element step scales, one array per input (:func:`element_scales`).
+        self.scales = element_scales(self.work)
+        self._noise = noise
+
+    @property
+    def noise(self):
+        """The measured :class:`NoiseModel` of ``fn``'s outputs (measured once, on first use)."""
+        if self._noise is None:
+            shape = self.base_output.shape
+
+            def evaluate(xs):
+                out = self.output(xs)
+                if out.shape != shape:
+                    raise UserFunctionError(
+                        f"fn returned shape {out.shape} at a perturbed point but {shape} at the "
+                        "evaluation point"
+                    )
+                return out.ravel()
+
+            self._noise = measure_noise(evaluate, self.work, self.scales)
+            note = self._noise.note()
+            if note and note not in self.notes:
+                self.notes.append(note)
+        return self._noise
 
     def output(self, xs):
-        """``fn(*xs)`` on fresh copies, as a float64 array (``xs`` are not modified)."""
+        """``fn(*xs)`` on fresh copies, as a fresh float64 array (``xs`` are not modified)."""
         self.calls += 1
         # Perturbed points may leave fn's domain (log of a negative at the
         # largest step): such rungs are skipped, not warned about.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             out = self.fn(*[x.copy() for x in xs])
-        return np.asarray(out, dtype=np.float64)
+        return np.array(out, dtype=np.float64, copy=True)
 
     def _contract(self, out):
         if out.shape != self.cotangent.shape:
@@ -131,16 +538,31 @@ class ScalarObjective:
     def __call__(self, xs):
         return self._contract(self.output(xs))
 
+    def rung_noise(self, fp, fm, mask):
+        """Rounding noise of ``<cotangent, fp - fm>`` (see :meth:`NoiseModel.level`).
+
+        ``mask`` (bool, shaped like the output) accumulates in place the
+        output elements seen to change across the rungs of one probe: an
+        element that changed at a larger step still carries its noise at a
+        step where it happens to round equal.
+        """
+        mask |= fp != fm
+        if not mask.any():
+            return 0.0
+        noise = self.noise
+        c = np.abs(self.cotangent[mask])
+        level = noise.level(fp)[mask] + noise.level(fm)[mask]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return NOISE_SAFETY * float(np.sum(c * level))
+
     def difference(self, xs_plus, xs_minus, mask):
         """``phi(xs_plus) - phi(xs_minus)`` and its rounding noise.
 
         The outputs are subtracted elementwise *before* contracting with the
         cotangent: elements of ``fn``'s output that the perturbation does not
         touch cancel exactly, so the rounding noise is only that of the
-        elements that changed, ``eps * sum |c| (|f+| + |f-|)`` over them,
-        not that of the whole sum. ``mask`` (bool, shaped like the output)
-        accumulates the elements that changed, across the rungs of one probe.
-        Non-finite outputs give ``nan``.
+        elements that changed (:meth:`rung_noise`), not that of the whole
+        sum. Non-finite outputs give ``nan``.
         """
         fp = self.output(xs_plus)
         fm = self.output(xs_minus)
@@ -150,45 +572,40 @@ class ScalarObjective:
                 "at a "
                 f"perturbed point but {self.cotangent.shape} at the evaluation point"
             )
-        diff = fp - fm
         if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
             return np.nan, np.inf
-        noise = changed_noise(self.cotangent, fp, fm, mask)
-        return float(np.vdot(self.cotangent, diff)), noise
+        noise = self.rung_noise(fp, fm, mask)
+        return float(np.vdot(self.cotangent, fp - fm)), noise
 
     def hidden_noise(self, mask, t0):
         """Bound on the derivative hidden by quantization in outputs that never changed.
 
         An output element ``f_i`` that stayed bitwise equal even at the
-        largest step ``t0`` can still depend on the probe, by less than the
-        rounding of the intermediates it was computed from, over ``t0``.
-        (Softmax at logits of scale 500: a logit's effect on the normalizer
-        is 1e-200 relative; a cross-entropy of 1e-44 rounds to exactly 0.)
-        The intermediates are taken to be at least of magnitude 1, or
-        ``|f_i|`` when larger: ``2 eps sum |c_i| max(|f_i|, 1) / t0`` over
-        the unseen outputs.
+        largest step ``t0`` (absolute) can still depend on the probe, by less
+        than its own resolution, over ``t0``. (Softmax at logits of scale
+        500: a logit's effect on the normalizer is 1e-200 relative.) The
+        resolution is the measured noise of the element, at least its
+        precision times ``|f_i|``: ``2 sum |c_i| level_i / t0`` over the
+        unseen outputs.
         """
         unseen = ~mask
-        level = float(
-            np.sum(
-                np.abs(self.cotangent[unseen]) * np.maximum(np.abs(self.base_output[unseen]), 1.0)
-            )
-        )
-        return 2.0 * EPS * level / t0
+        if not unseen.any():
+            return 0.0
+        level = self.noise.level(self.base_output)[unseen]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return 2.0 * float(np.sum(np.abs(self.cotangent[unseen]) * level)) / t0
 
     def input_noise(self, grads=None):
-        """Rounding noise of ``phi`` caused by the magnitude of the inputs.
+        """Legacy: ``eps * ||x * grad||_2`` over every input element, times the safety factor.
 
-        ``eps * ||x * grad||_2`` with ``grad`` an estimate of ``d phi / d x``
-        (e.g. the analytic gradient): functions that are shift-invariant
-        compute with the inputs' full magnitude internally (``x - max(x)``
-        in a softmax at ``x ~ 1e6`` loses everything below ``1e-10``), so
-        their outputs carry that much noise whatever their own size.
+        The numerics of this package no longer use it: the noise that the
+        magnitude of the inputs causes in the outputs (``x - max(x)`` in a
+        softmax at ``x ~ 1e6``) is part of the measured noise of each output
+        element, whereas this bound lends every element the scale of the
+        largest ``x * grad`` anywhere.
         """
         if grads is None:
             return 0.0
-        # eps * x * g elementwise first, then a scaled 2-norm: no overflow
-        # for |x * g| up to the float64 maximum.
         parts = [
             np.abs((EPS * x) * np.asarray(g, dtype=np.float64)).ravel()
             for x, g in zip(self.work, grads, strict=True)
@@ -203,12 +620,12 @@ class ScalarObjective:
 
 
 def changed_noise(cot, fp, fm, mask):
-    """Rounding noise of ``<cot, fp - fm>`` from the output elements that depend on the probe.
+    """Legacy noise model of ``<cot, fp - fm>``: ``8 eps sum |c| (max(|fp|, 1) + max(|fm|, 1))``.
 
-    ``mask`` accumulates (in place) the output elements seen to change at any
-    rung of this probe; the ladder starts with its largest step, so an
-    element that depends on the perturbation at all is in it before the
-    steps are small enough for ``f(x + t) == f(x - t)`` by quantization.
+    Assumes intermediates of magnitude at least 1, so it is not independent
+    of the units; the numerics of this package use
+    :meth:`ScalarObjective.rung_noise` (measured noise) instead. ``mask``
+    accumulates (in place) the output elements seen to change.
     """
     mask |= fp != fm
     c = np.abs(cot[mask])
