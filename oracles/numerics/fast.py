@@ -8,9 +8,10 @@ evaluations of ``fn``. A *directional* check costs a few: along a direction
 
 is measured by central differences of ``phi(x + t u) - <analytic, t u>``
 (the analytic part is subtracted before dividing by the step, so that only
-the *error* ``d = true_grad - analytic`` is differentiated), with two
-Richardson extrapolations over the steps ``t, t/2, t/4``. On the 784-128-10
-MLP this is accurate to about ``1e-12`` absolute.
+the *error* ``d = true_grad - analytic`` is differentiated) at the steps
+``2t, t, t/2, t/4`` (8 calls of ``fn``), extrapolated three times
+(Richardson: ``t^2``, ``t^4``, ``t^6``). On the 784-128-10 MLP this is
+accurate to about ``1e-12`` absolute.
 
 The rule, per projection
 ------------------------
@@ -46,32 +47,49 @@ directions per round (default 3), **an element off by ``|d_j|`` escapes
 with probability at most ``(0.8 E / |d_j|)^n``**: 5e-4 at ``|d_j| = 10 E``,
 5e-7 at ``100 E``. This bound holds even if ``E`` underestimates the
 measurement error; an ``E`` that is too small only costs time (a search
-that finds nothing, then fresh directions).
+that finds nothing, then fresh directions). The report gives each covered
+element the error at which it escapes with probability 1% as its
+resolution.
 
 The error estimate ``E``
 ------------------------
-The first direction calibrates, once per check:
+``E = NOISE_SIGMAS * noise + TRUNCATION_SAFETY * |R3 - R2| (+ kinks)``,
+per measurement:
 
-* the **noise** of ``phi`` is *measured*, not assumed: the residual
-  ``psi(s) = phi(x + s u) - <analytic, s u>`` at 9 equally spaced points
-  ``s = -4h .. 4h``, and its differences of orders 2 to 6; the order where
-  consecutive estimates ``sqrt(gamma_k mean(Delta^k psi)^2)``,
-  ``gamma_k = (k!)^2 / (2k)!``, agree gives the noise level (the idea of
-  Moré and Wild's ECnoise). Outputs are differenced elementwise before
-  they are contracted with the cotangent, so outputs that do not change
-  cancel exactly;
-* the **truncation** error of the extrapolated value is read off the
-  differences between neighbouring extrapolants as the steps halve from
-  ``1/8`` (``t^6`` convergence), and extrapolated below the last step where
-  it was still visible;
-* the step ``t*`` minimizes ``NOISE_SIGMAS * noise + TRUNCATION_SAFETY *
-  truncation``; ``E`` is that sum at ``t*``.
+* the **noise** of ``phi`` is *measured*, once per check, not assumed: the
+  residual ``psi(s) = phi(x + s u) - <analytic, s u>`` at 9 equally spaced
+  points on one side of ``x`` (then on the other), its differences of
+  orders 2 to 6, and the order where consecutive estimates
+  ``sqrt(gamma_k mean(Delta^k psi)^2)``, ``gamma_k = (k!)^2 / (2k)!``,
+  agree (the idea of Moré and Wild's ECnoise); pooled with the differences
+  of neighbouring extrapolants along the same direction, which see the
+  same residual and differ by noise at the working scale. Outputs are
+  differenced elementwise before they are contracted with the cotangent,
+  so outputs that do not change cancel exactly;
+* the **truncation** is each measurement's own, ``|R3 - R2|``, the last
+  extrapolation's correction;
+* **kinks** within the steps (ReLU units whose pre-activation crosses 0
+  between ``x - 2t u`` and ``x + 2t u``) show in the one-sided slopes,
+  whose difference halves with the step where ``phi`` is smooth: such a
+  measurement is widened by the bias the kink can cause and repeated at
+  smaller steps. A kink *at* ``x`` (the same jump at every step) is not
+  widened over: the residual is then real, and the elements at the kink
+  are named and judged by the per-element ladder, which accepts a
+  subgradient;
+* the step ``t*`` is calibrated on the first direction: the steps halve
+  from ``1/8`` until neighbouring extrapolants agree and see no kink; the
+  step with the smallest ``E`` (truncation counted 3x) among those wins.
+  Smaller blocks of the search are measured with larger steps
+  (``t* ||u|| / ||u_S||``: the same perturbation size).
 
 The noise model of :class:`~oracles.numerics.objective.ScalarObjective`
-(``8 eps (|f+| + |f-|)`` per evaluation) is about 100x above what the MLP's
-loss actually shows (differences of nearby evaluations are correlated), and
-a single Richardson step forces steps 4x smaller: together they made the
-projections of this mode about 100x less sensitive than the numerics allow.
+(``8 eps (|f+| + |f-|)`` per evaluation, with ``|f|`` at least 1) is
+10-100x above what the MLP's loss actually shows (differences of nearby
+evaluations round alike); a single Richardson step forces steps about 4x
+smaller; and the ladder's rung-consistency rule widens an estimate to the
+disagreement of rungs that straddle kinks or noise: together they made the
+projections of the previous fast mode about 100x less sensitive than the
+numerics allow.
 
 Group testing
 -------------
@@ -81,26 +99,33 @@ measurement along ``u_A - u_B`` (the two halves of ``S``, with opposite
 signs) gives both halves, ``r_A = (r_S + r_{A-B}) / 2`` and
 ``r_B = (r_S - r_{A-B}) / 2``, with errors that do not grow down the tree.
 A single wrong element carries its full residual ``u_j d_j`` down every
-level, so once seen it cannot be lost; several can only cancel within a
-block on a set of directions of probability zero. Smaller blocks are
-measured with larger steps (``t* ||u|| / ||u_S||``, the same perturbation
-size), so the search gets sharper as it goes down. Every block that
-disagrees is followed, level by level, down to single elements, which are
-then checked with the per-element ladder
-(:func:`oracles.numerics.exhaustive.sharp_partials`, which also tells kinks
-apart): only that check decides an element's verdict. Then fresh
-directions test the elements not yet compared individually, until a round
-passes.
+level, so once seen it is not lost; several can only cancel within a
+block on a set of directions of probability zero. Where a block's
+residual is far above its error, one measurement along ``u * c`` (``c``
+rising linearly from -1 to 1 across the block) locates a single wrong
+element: ``r_{u c} / r_S = c_j``. The window it gives is measured directly
+(its residual must be the block's; the rest of the block carries the
+difference), so a ramp replaces many halvings at once and two errors in
+one block only cost one measurement before the halving resumes. Every
+block that disagrees is followed, level by level, down to single
+elements. A named element is then measured along its own axis; where
+that agrees with the search's residual for it, shows no kink and misses
+by more than ``CONCLUSIVE`` times its error plus tolerance (or passes with
+its error inside the tolerance), it decides; otherwise the per-element
+ladder (:func:`oracles.numerics.exhaustive.sharp_partials`, which also
+tells kinks apart) decides. Then fresh directions test the elements not
+yet compared individually, until a round passes.
 
 Errors everywhere
 -----------------
 When more than ``max_named`` blocks disagree at one level of the search,
 the errors are everywhere (a wrong formula, not a typo). For each input
-involved, a random sample of the disagreeing blocks' elements is checked
-individually. If sampled elements fail, the verdict is known: the input
-fails, the report says so, and the other elements of those blocks are not
-compared (they are not counted as checked). If every sampled element
-passes (errors within ``rtol``/``atol``, say), those blocks are checked
+involved: up to ``EXHAUSTIVE_AT_ONCE`` disagreeing elements are checked
+exhaustively at once; above that, a random sample of ``SAMPLE`` of them is
+checked individually. If sampled elements fail, the verdict is known: the
+input fails, the report says so, and its other disagreeing elements are
+not compared (and not counted as checked). If every sampled element
+passes (errors within ``rtol``/``atol``, say), they are checked
 exhaustively (:mod:`oracles.numerics.exhaustive`). Either way the search
 costs a constant number of evaluations before the switch.
 
@@ -690,10 +715,10 @@ class _Prober:
     def measure(self, gidx, vals, adapt=True):
         """One directional test along ``vals`` on the global indices ``gidx``: a _Measurement.
 
-        With ``adapt``, a measurement whose error is mostly truncation, or
-        that sees a kink within its steps, is repeated from the next smaller
-        step (two more calls each time, at most three times); the smallest
-        error wins.
+        With ``adapt``, a measurement whose error is mostly truncation (at
+        most three times), or that sees a kink within its steps (at most
+        twelve), is repeated from the next smaller step, two more calls each
+        time; the smallest error wins.
         """
         self.space.tests += 1
         parts = self.space.parts(gidx, vals)
@@ -708,8 +733,10 @@ class _Prober:
                 break
             m.t /= 4.0  # a step too large for fn's domain: try smaller ones
         t, tries = m.t, 0
-        while adapt and np.isfinite(m.value) and tries < 3:
-            if not (trunc > 0.5 * m.error or state == "inside"):
+        while adapt and np.isfinite(m.value) and tries < 12:
+            # Truncation: a few steps down at most. A kink within the steps: on down until
+            # the steps pass below it (its distance along a random direction varies).
+            if not (trunc > 0.5 * m.error and tries < 3 or state == "inside"):
                 break
             tries += 1
             t /= 2.0
