@@ -52,6 +52,7 @@ __all__ = [
     "precision_note",
     "reverse_spec",
     "rounding_tolerance",
+    "snap_subnormal",
 ]
 
 #: Safety factor on the measured rounding of a reduced-precision derivative.
@@ -70,6 +71,13 @@ class Precision:
 
     name: str
     eps: float
+    #: The smallest normal number of the dtype.
+    tiny: float = float(np.finfo(np.float64).tiny)
+
+    @property
+    def subnormal(self):
+        """The spacing of the dtype's subnormal numbers."""
+        return self.tiny * self.eps
 
     @property
     def reduced(self):
@@ -77,10 +85,15 @@ class Precision:
         return self.eps > 2 * EPS64
 
     def resolve(self, resolve):
-        """The default ``resolve=`` at this precision: 1e-3, or 128 eps when that is coarser."""
+        """The default ``resolve=`` at this precision: 1e-3, or 256 eps when that is coarser.
+
+        256 eps is 3e-5 for float32 (so 1e-3 applies), 0.25 for float16 and
+        2 for bfloat16: at those precisions only gross errors (a factor, a
+        sign) are within reach.
+        """
         if resolve is not None:
             return resolve
-        return max(RESOLVE, 128 * self.eps) if self.reduced else None
+        return max(RESOLVE, 256 * self.eps) if self.reduced else None
 
 
 def perturbation(rng, shape, eps):
@@ -90,7 +103,30 @@ def perturbation(rng, shape, eps):
     return np.asarray(1.0 + s * u * eps, dtype=np.float64)
 
 
-def rounding_tolerance(base, perturbed, eps, safety=SAFETY):
+def snap_subnormal(result, first, factor, tiny):
+    """``result`` (the derivative along ``factor`` times the first direction), with every
+    element whose first value was below ``tiny`` (the dtype's smallest normal number, one per
+    piece) replaced by ``factor`` times that value.
+
+    Scaling by 2 or -1 is exact in floating point except among subnormal
+    numbers, whose grid is uniform: the pipeline's linearity test of the
+    derivative would otherwise blame a float32 backward for the rounding of
+    values below 1.2e-38 (a softmax probability of e^-100).
+
+    Examples
+    --------
+    >>> tiny = [2.0**-126]
+    >>> snap_subnormal([np.array([2.0, 3e-45])], [np.array([1.0, 1e-45])], 2.0, tiny)[0].tolist()
+    [2.0, 2e-45]
+    """
+    out = []
+    for r, g, t in zip(result, first, tiny, strict=True):
+        r, g = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
+        out.append(np.where(np.abs(g) < t, factor * g, r))
+    return out
+
+
+def rounding_tolerance(base, perturbed, eps, safety=SAFETY, subnormal=0.0):
     """Per piece, the allowance of a reduced-precision derivative (see the module notes).
 
     Parameters
@@ -101,6 +137,9 @@ def rounding_tolerance(base, perturbed, eps, safety=SAFETY):
         The derivative recomputed at perturbed points: one list of pieces per point.
     eps : float
         The dtype's machine epsilon.
+    subnormal : float
+        The spacing of the dtype's subnormal numbers (``tiny * eps``): an
+        absolute floor, where relative rounding no longer applies.
 
     Examples
     --------
@@ -122,7 +161,7 @@ def rounding_tolerance(base, perturbed, eps, safety=SAFETY):
             spread = np.fmax(spread, np.where(np.isfinite(d), d, 0.0))
         mag = np.abs(np.where(finite, g, 0.0))
         peak = float(np.max(mag)) if mag.size else 0.0
-        out.append(safety * np.maximum(spread, eps * (mag + peak)))
+        out.append(safety * np.maximum(spread, eps * (mag + peak) + subnormal))
     return out
 
 
@@ -212,9 +251,11 @@ def precision_note(report, precision, analytic, tolerance, reference):
         if scale == 0.0:
             continue
         check = ir.checks.get("numeric")
-        errors = [c.max_abs_error for c in ir.checks.values()] if check is None else [
-            check.max_abs_error
-        ]
+        errors = (
+            [c.max_abs_error for c in ir.checks.values()]
+            if check is None
+            else [check.max_abs_error]
+        )
         ulps.append(max(errors) / scale)
         typical.append(float(np.median(np.asarray(tol)) / scale))
     sens = [

@@ -1525,11 +1525,11 @@ def run(
     _direction(r)
     _analytic(r)
     results, evaluations = _references(r)
-    if spec.analytic_error is not None:
-        _widen(results, spec.analytic_error(r))
     r.notes += _distrust_unbounded(results)
     r.notes += _loose_elements(results, r.piece_names)
     r.notes += _step_limit(r)
+    if spec.analytic_error is not None:  # after the notes on the oracles' own estimates
+        _widen(results, spec.analytic_error(r))
     if problems:
         r.problems = list(problems) + r.problems
     report = _report(r, kind or spec.kind, results, evaluations, started)
