@@ -674,6 +674,8 @@ def _loose_elements(results, names):
         if not finite.any():
             continue
         scale = float(np.max(np.abs(value[finite])))
+        if scale <= float(np.max(error[finite])):
+            continue  # the reference is 0 to within its errors: the coverage says so
         loose = int(np.count_nonzero(error[finite] > 1e-2 * scale)) if scale > 0 else 0
         if loose:
             notes.append(
@@ -931,6 +933,8 @@ class _PerElement:
     own: np.ndarray  # the oracle's own part of it (without atol/rtol)
     kink: np.ndarray  # accepted as a subgradient at a kink
     failed: np.ndarray | None  # per element (None: a projection, no per-element verdict)
+    #: Covered (vouched for by projections) without a resolution of their own.
+    unresolved: np.ndarray | None = None
 
 
 def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store=None):
@@ -973,6 +977,7 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store
             res = np.asarray(whole.error, dtype=np.float64).reshape(-1)
             per.tau[rest] = res[rest]
             per.own[rest] = res[rest]
+            per.unresolved = rest & ~np.isfinite(res)
         with np.errstate(invalid="ignore"):
             per.value[at] = np.where(np.isfinite(cmp.reference), cmp.reference, np.nan).ravel()
             per.tau[at] = np.where(np.isfinite(cmp.tolerance), cmp.tolerance, np.inf).ravel()
@@ -1117,13 +1122,26 @@ def _best(r, k):
     def take(field):
         return np.stack([getattr(p, field) for p in pers])[pick, cols]
 
+    # An element some oracle vouched for without a resolution, and no other
+    # oracle judged: what it could have caught there is unknown.
+    unresolved = None
+    if any(p.unresolved is not None for p in pers):
+        unresolved = np.logical_or.reduce(
+            [p.unresolved for p in pers if p.unresolved is not None]
+        ) & ~np.isfinite(tau[pick, cols])
+
     failed = None
     if any(p.failed is not None for p in pers):
         failed = np.stack(
             [p.failed if p.failed is not None else np.zeros(tau.shape[1], bool) for p in pers]
         )[pick, cols]
     return _PerElement(
-        value=take("value"), tau=tau[pick, cols], own=take("own"), kink=take("kink"), failed=failed
+        value=take("value"),
+        tau=tau[pick, cols],
+        own=take("own"),
+        kink=take("kink"),
+        failed=failed,
+        unresolved=unresolved,
     )
 
 
@@ -1237,9 +1255,16 @@ def _coverage(r, k, name):
     base = judged & ~kink & np.isfinite(mag)
     nonzero = base & (mag > best.own)
     zero_direction = not any(np.any(u) for u in r.direction)
+    if not zero_direction and best.unresolved is not None and best.unresolved.any():
+        # Mode fast without a per-element resolution for the elements its
+        # projections covered: the ones it compared alone are the hard ones, so
+        # a figure from them alone would mislead.
+        return Coverage(math.nan, math.nan, kinks=int(kink.sum()))
     if zero_direction or not nonzero.any():
-        if not zero_direction and not base.any() and not kink.any():
-            return Coverage(math.nan, math.nan)
+        if not zero_direction and (kink.any() or not base.any()):
+            # Nothing but kinks (ties at a max, ReLU at 0): judged by the
+            # subgradient rule there (and jointly at ties), not relatively.
+            return Coverage(math.nan, math.nan, zeros=int(base.sum()), kinks=int(kink.sum()))
         if not zero_direction and _independent(r, k):
             return Coverage(
                 math.nan,
