@@ -712,13 +712,14 @@ class _Prober:
         growth = min(STEP_GROWTH_MAX, self.unorm / norm, T0 / (2.0 * self.t_star))
         return self.t_star * 2.0 ** math.floor(math.log2(max(growth, 1.0)))
 
-    def measure(self, gidx, vals, adapt=True):
+    def measure(self, gidx, vals, adapt=True, target=None):
         """One directional test along ``vals`` on the global indices ``gidx``: a _Measurement.
 
         With ``adapt``, a measurement whose error is mostly truncation (at
-        most three times), or that sees a kink within its steps (at most
-        twelve), is repeated from the next smaller step, two more calls each
-        time; the smallest error wins.
+        most three times, or eight while the error is above ``target``), or
+        that sees a kink within its steps (at most twelve), is repeated from
+        the next smaller step, two more calls each time; the smallest error
+        wins.
         """
         self.space.tests += 1
         parts = self.space.parts(gidx, vals)
@@ -734,9 +735,11 @@ class _Prober:
             m.t /= 4.0  # a step too large for fn's domain: try smaller ones
         t, tries = m.t, 0
         while adapt and np.isfinite(m.value) and tries < 12:
-            # Truncation: a few steps down at most. A kink within the steps: on down until
-            # the steps pass below it (its distance along a random direction varies).
-            if not (trunc > 0.5 * m.error and tries < 3 or state == "inside"):
+            # Truncation: a few steps down, more while the error is above ``target``
+            # (the parent block's, in the search). A kink within the steps: on down
+            # until the steps pass below it (its distance along a direction varies).
+            limit = 3 if target is None or m.error <= target else 8
+            if not (trunc > 0.5 * m.error and tries < limit or state == "inside"):
                 break
             tries += 1
             t /= 2.0
@@ -890,7 +893,7 @@ def _bisect(prober, active, u, node):
     mid = _split_point(prober.space, active, node.pos)
     w = u[node.pos].copy()
     w[mid:] *= -1.0
-    m = prober.measure(active[node.pos], w)
+    m = prober.measure(active[node.pos], w, target=node.error)
     e = 0.5 * (node.error + m.error)
     return [
         _Node(node.pos[:mid], 0.5 * (node.value + m.value), e),
@@ -911,7 +914,7 @@ def _ramp(prober, active, u, node):
     """
     pos, n = node.pos, node.size
     c = (2.0 * np.arange(n) + 1.0) / n - 1.0
-    m = prober.measure(active[pos], u[pos] * c)
+    m = prober.measure(active[pos], u[pos] * c, target=node.error)
     margin = abs(node.value) - node.error
     if not (np.isfinite(m.value) and margin > 0):
         return None
@@ -927,7 +930,7 @@ def _ramp(prober, active, u, node):
     if hi - lo > n // 2:
         return None
     inside = pos[lo:hi]
-    w = prober.measure(active[inside], u[inside])
+    w = prober.measure(active[inside], u[inside], target=node.error)
     rest = np.concatenate([pos[:lo], pos[hi:]])
     return [
         _Node(inside, w.value, w.error, True, w, (node.value, node.error)),
@@ -960,8 +963,8 @@ def _search(prober, active, u, root, max_named):
             if (
                 node.ramp
                 and len(frontier) <= 2
-                and node.size >= 8
-                and abs(node.value) > RAMP_SNR * node.error
+                and node.size >= 3
+                and abs(node.value) > RAMP_SNR * node.error * (1.0 if node.size >= 8 else 4.0)
             ):
                 children = _ramp(prober, active, u, node)
             if children is None:
@@ -1080,6 +1083,29 @@ def _failing(results, grads, i, idx, atol, rtol):
         right=r["right"][idx],
     )
     return cmp.n_failed
+
+
+def _explained(previous, active, space, grads, results):
+    """The residual of a measured direction once the elements judged since are taken out.
+
+    ``previous = (active, u, residual, error)`` of the last round. Returns a
+    Projection over ``active`` (which must be the previous elements minus
+    some that are now checked individually), or ``None`` when one of those
+    has no finite reference.
+    """
+    before, u, value, error = previous
+    at = np.minimum(np.searchsorted(active, before), max(active.size - 1, 0))
+    gone = active[at] != before if active.size else np.ones(before.size, dtype=bool)
+    for g, uj in zip(before[gone], u[gone], strict=True):
+        i = int(space.input_of(g))
+        j = int(g) - int(space.offsets[i])
+        r = results[i]
+        ref, e = r["value"][j], r["error"][j]
+        if not (r["checked"][j] and np.isfinite(ref) and np.isfinite(e)):
+            return None
+        value -= uj * (ref - float(grads[i].reshape(-1)[j]))
+        error += abs(uj) * e
+    return Projection(n_elements=int(active.size), residual=value, error=error, tolerance=error)
 
 
 def fast_partials(
@@ -1223,6 +1249,7 @@ def fast_partials(
                 n_exhaustive += rest.size
 
     barren = 0
+    explained = None
     for _ in range(MAX_ROUNDS):
         active = np.concatenate(
             [
@@ -1234,7 +1261,15 @@ def fast_partials(
             passed = True
             break
         this_round, failing = [], None
-        for _ in range(directions):
+        if explained is not None:
+            # The last round's failing direction, over what is left of its elements: its
+            # residual minus that of the elements since judged one by one. Where that is
+            # within its error, the direction passes without being measured again.
+            p = _explained(explained, active, space, grads, results)
+            if p is not None and p.passed:
+                this_round.append(p)
+            explained = None
+        while len(this_round) < directions:
             u = _gaussian(rng, active.size)
             m = prober.measure(active, u)
             value, error = m.value, m.error
@@ -1257,6 +1292,8 @@ def fast_partials(
             break
         u, root = failing
         leaves, blocks = _search(prober, active, u, root, max_named)
+        if not blocks and leaves:
+            explained = (active, u, root.value, root.error)
         elements = []
         for leaf in leaves:
             g = int(active[leaf.pos[0]])
