@@ -149,10 +149,18 @@ class Coverage:
                 f"{name}: fn does not depend on it here; its gradient must be 0 and was checked "
                 f"absolutely{tail}"
             )
+        if math.isnan(self.relative) and self.kinks:
+            return (
+                f"{name}: its derivative is non-zero only at kinks, where any subgradient "
+                f"between the one-sided slopes is accepted{tail}"
+            )
         if math.isnan(self.relative):
-            return f"{name}: sensitivity unknown (no oracle gave per-element thresholds){tail}"
+            return (
+                f"{name}: sensitivity unknown (elements vouched for without a per-element "
+                f"resolution){tail}"
+            )
         if math.isinf(self.relative):
-            return f"catches no relative error in {name}: {self.reason or 'nothing resolved'}"
+            return f"catches no relative error in {name} (the verdict says why)"
         return f"catches relative errors >= {threshold_text(self.relative)} in {name}{tail}"
 
     def to_dict(self):
