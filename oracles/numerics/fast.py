@@ -158,7 +158,7 @@ __all__ = [
 _EPS = float(np.finfo(np.float64).eps)
 
 #: A projection's threshold allows this many estimated standard deviations of noise.
-NOISE_SIGMAS = 4.0
+NOISE_SIGMAS = 3.5
 #: Safety factor on a measurement's own truncation estimate, ``|R3 - R2|``.
 TRUNCATION_SAFETY = 1.0
 #: Points of the noise measurement on each side of ``x`` (``2 * NOISE_POINTS`` evaluations).
@@ -550,6 +550,9 @@ class _Prober:
         self.t_star = np.nan
         self.sigma = np.nan  # measured noise of one evaluation of the residual
         self.unorm = np.nan  # norm of the calibration direction
+        self._prior = (0.0, 0)  # the closely spaced samples' noise and degrees of freedom
+        self._samples = []  # working-scale samples (see learn)
+        self._learned = set()  # (direction's cache, step) already sampled
 
     # --- noise --------------------------------------------------------------------------------
 
@@ -605,36 +608,44 @@ class _Prober:
             return math.sqrt(float(np.mean(np.square(ok)))), 3 * len(ok)
         return (min(bounds) if bounds else 0.0), 0
 
-    def _refine_noise(self, parts, cache, j, sigma, dof):
-        """Pool the noise with differences of neighbouring stencils at and below ``j``.
+    def _working_sample(self, parts, cache, t):
+        """One sample of the noise at the working scale, ``((R3(t) - R3(t/2)) / unit)^2``.
 
-        ``R3`` at ``T0 2^-j`` and at half that step measure the same residual
-        along the same direction; where both see no kink and little
-        truncation, their difference is noise at the working scale (which
-        the closely spaced samples of :meth:`_measure_noise` can
-        underestimate: nearby evaluations round alike). Each difference adds
-        one degree of freedom. Two more calls of ``fn`` at most.
+        ``R3`` at ``t`` and at ``t/2`` measure the same residual along the
+        same direction; where both see no kink and little truncation, their
+        difference is noise at the working scale, whatever the gradient
+        (which the closely spaced samples of :meth:`_measure_noise` can
+        under- or overestimate: nearby evaluations round alike, or not).
+        ``unit`` is its standard deviation for a noise of 1 per evaluation.
+        Two more calls of ``fn`` at most. ``None`` where unusable.
         """
-        samples = []
-        for a in (j, j + 1):
-            rows = [self._quotient(parts, T0 * 2.0 ** -(a - 1 + i), cache) for i in range(5)]
-            q = np.array([r[0] for r in rows])
-            if not np.all(np.isfinite(q)):
-                continue
-            t = T0 * 2.0**-a
-            s1 = self.stencil(parts, t, cache)
-            s2 = self.stencil(parts, t / 2.0, cache)
-            if s1[3] != "none" or s2[3] != "none" or s1[2] > 0.5 * (s1[1] - s1[2]):
-                continue
-            c = np.concatenate([_R3, [0.0]]) - np.concatenate([[0.0], _R3])
-            steps = t * 2.0 ** (1 - np.arange(5))
-            unit = math.sqrt(float(np.sum((c * math.sqrt(2.0) / (2.0 * steps)) ** 2)))
-            samples.append(((s1[0] - s2[0]) / unit) ** 2)
-        if not samples:
-            return sigma
+        s1 = self.stencil(parts, t, cache)
+        s2 = self.stencil(parts, t / 2.0, cache)
+        if not (np.isfinite(s1[0]) and np.isfinite(s2[0])):
+            return None
+        if s1[3] != "none" or s2[3] != "none" or s1[2] > 0.5 * (s1[1] - s1[2]):
+            return None
+        c = np.concatenate([_R3, [0.0]]) - np.concatenate([[0.0], _R3])
+        steps = t * 2.0 ** (1 - np.arange(5))
+        unit = math.sqrt(float(np.sum((c * math.sqrt(2.0) / (2.0 * steps)) ** 2)))
+        return ((s1[0] - s2[0]) / unit) ** 2
+
+    def learn(self, parts, cache, t):
+        """Pool one more working-scale sample (see :meth:`_working_sample`) into the noise."""
+        key = (id(cache), t)
+        if key in self._learned:
+            return
+        self._learned.add(key)
+        sample = self._working_sample(parts, cache, t)
+        if sample is None:
+            return
+        self._samples.append(sample)
+        sigma, dof = self._prior
+        total = float(np.sum(self._samples))
         if dof == 0:  # an upper bound: keep it unless the working scale shows more
-            return max(sigma, math.sqrt(float(np.mean(samples))))
-        return math.sqrt((dof * sigma**2 + float(np.sum(samples))) / (dof + len(samples)))
+            self.sigma = max(sigma, math.sqrt(total / len(self._samples)))
+        else:
+            self.sigma = math.sqrt((dof * sigma**2 + total) / (dof + len(self._samples)))
 
     # --- measurements ---------------------------------------------------------------------------
 
@@ -818,6 +829,7 @@ class _Prober:
 
         # The noise, measured below the smallest step so far.
         self.sigma, dof = self._measure_noise(parts, T0 * 2.0 ** -(n - 1) / 8.0)
+        self._prior, self._samples = (self.sigma, dof), []
         refined = False
 
         best = None
@@ -838,7 +850,8 @@ class _Prober:
                 if best < n - 3:
                     # The noise at the working scale, whatever the gradient: neighbouring
                     # stencils along the same direction see the same residual.
-                    self.sigma = self._refine_noise(parts, cache, best, self.sigma, dof)
+                    for j in (best, best + 1):
+                        self.learn(parts, cache, T0 * 2.0**-j)
                     refined = True
                     continue
             if n >= N_RUNGS:
@@ -1272,6 +1285,11 @@ def fast_partials(
         while len(this_round) < directions:
             u = _gaussian(rng, active.size)
             m = prober.measure(active, u)
+            if np.isfinite(m.value):
+                # Every projection adds a sample of the noise at the working scale (two
+                # calls), and is then judged with the noise pooled so far.
+                prober.learn(m.parts, m.cache, m.t)
+                m.value, m.error, _, _ = prober.stencil(m.parts, m.t, m.cache)
             value, error = m.value, m.error
             if np.isfinite(value) and error < abs(value) <= MARGINAL * error:
                 # A marginal disagreement: a wrong element shows again from the next
