@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from oracles.errors import UserFunctionError
-from oracles.numerics.ladder import kink_test, ladder
+from oracles.numerics.ladder import FROZEN_LEVELS, _moved, kink_test, ladder
 from oracles.numerics.objective import (
     ANALYTIC_ROUNDING,
     EPS,
@@ -106,14 +106,15 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
     calls0 = objective.calls
     cot = objective.cotangent
     f0 = objective.base_output
+    level0 = objective.noise.level(f0)
     gs = None if grads is None else [np.asarray(g, dtype=np.float64) for g in grads]
     for p, u in enumerate(directions):
         u = [np.asarray(ui, dtype=np.float64) for ui in u]
         mask = np.zeros(cot.shape, dtype=bool)
         unit = direction_scale(objective.scales, u)
-        tops, terms = [], {}
+        tops, terms, closest = [], {}, [np.inf]
 
-        def quotient(k, u=u, mask=mask, unit=unit, tops=tops, terms=terms):
+        def quotient(k, u=u, mask=mask, unit=unit, tops=tops, terms=terms, closest=closest):
             t = t0 * unit * 2.0**-k
             with np.errstate(over="ignore", invalid="ignore"):
                 # asarray: a 0-d input plus a 0-d direction is a NumPy scalar, not an array.
@@ -130,8 +131,11 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
                 )
             if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
                 return np.nan, 2.0 * t, np.inf
-            if mask.any() and np.array_equal(fp, f0) and np.array_equal(fm, f0):
-                return None  # below fn's resolution
+            still = np.array_equal(fp, f0) and np.array_equal(fm, f0)
+            if still and mask.any() and closest[0] <= FROZEN_LEVELS:
+                return None  # below fn's resolution (see oracles.numerics.ladder)
+            if not still:
+                closest[0] = min(closest[0], _moved(fp, fm, f0, level0))
             tops.append(k)
             side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
             noise = objective.rung_noise(fp, fm, mask)
@@ -257,6 +261,7 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
     m = f0.size
     unit = direction_scale(scales, us)
     mask = np.zeros(m, dtype=bool)
+    closest = np.full(m, np.inf)  # fewest noise levels each element moved by at any rung
     rungs = {}
 
     def rung(k):
@@ -280,11 +285,15 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
             deltas = [(a - b) - 2.0 * h * u for a, b, u in zip(xp, xm, us, strict=True)]
             if any(np.any(d != 0) for d in deltas):
                 corr = linear([d / (2.0 * h) for d in deltas])
-        # Below the resolution: an element that changed at a larger step and now
-        # equals its value at x on both sides (per element).
-        frozen = mask & (fp == f0) & (fm == f0)
-        mask[...] |= fp != fm
+        # Below the resolution: an element that changed at a larger step by a
+        # few quanta, and now equals its value at x on both sides (per element).
+        still = (fp == f0) & (fm == f0)
+        frozen = mask & still & (closest <= FROZEN_LEVELS)
         lp, lm, l0 = noise.level(fp), noise.level(fm), noise.level(f0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            moved = np.maximum(np.abs(fp - f0), np.abs(fm - f0)) / l0
+        closest[...] = np.where(~still & np.isfinite(moved), np.minimum(closest, moved), closest)
+        mask[...] |= fp != fm
         with np.errstate(invalid="ignore", over="ignore"):
             c = (fp - fm) / (2.0 * h) - corr
             rnoise = np.where(mask, NOISE_SAFETY * (lp + lm), 0.0) / (2.0 * h)

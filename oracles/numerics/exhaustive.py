@@ -9,13 +9,14 @@ what rounding explains. So the exhaustive check runs in two stages:
    get the full ladder; the central difference of those samples at relative
    steps around the ones their ladders chose (each element's step is that
    relative step times its own scale, as in the ladder) is compared with the
-   ladder's value, and the step with the smallest ``noise + 2 * deviation``
-   is kept, together with ``2 * max deviation`` as a truncation bound ``T``
-   for that input. Then every element gets one central difference ``c`` at
-   that step, with the error estimate ``noise(c) + T`` (``noise`` from the
-   measured noise of the changed outputs,
-   :meth:`oracles.numerics.objective.ScalarObjective.rung_noise`). An element
-   passes the screen when ``|analytic - c| <= atol + rtol * |c| + noise(c) + T``.
+   ladder's value; that fits a truncation model ``T_j`` (the tighter of an
+   absolute and a relative bound in ``h_j^2``, :func:`_calibrate`) and picks
+   the step with the smallest typical relative error bound. Then every
+   element gets one central difference ``c`` at that step, with the error
+   estimate ``noise(c) + T_j`` (``noise`` from the measured noise of the
+   changed outputs, :meth:`oracles.numerics.objective.ScalarObjective.rung_noise`).
+   An element passes the screen when
+   ``|analytic - c| <= atol + rtol * |c| + noise(c) + T_j``.
 2. **Ladder** (about 15 evaluations per element). Elements that fail the
    screen, sit at a kink, or were not finite, and every element of inputs too
    small to be worth sampling, get the full per-element ladder, which decides.
@@ -62,8 +63,10 @@ SCREEN_MIN = 32
 #: Elements per input whose full ladder calibrates the screen.
 N_SAMPLE = 8
 #: Candidate screen steps relative to the median step the sample ladders chose (times 4^k).
-SCREEN_STEPS = tuple(4.0**k for k in range(-3, 4))
-#: Safety factor on the largest deviation seen on the samples (the truncation bound).
+SCREEN_STEPS = tuple(4.0**k for k in range(-5, 2))
+#: Share of the absolute truncation model every element keeps (:func:`_truncation`).
+ABSOLUTE_SHARE = 2.0**-6
+#: Safety factor on the truncation model fitted on the samples (:func:`_calibrate`).
 TRUNCATION_SAFETY = 2.0
 #: Show a progress bar (when ``progress=None``) for runs expected to take longer than this (s).
 PROGRESS_AFTER = 5.0
@@ -415,10 +418,35 @@ def _chunks(i, idx, size):
     return [(i, idx[s : s + size]) for s in range(0, len(idx), size)]
 
 
-def _calibrate(objective, i, flat_idx, grads, rng):
-    """Screen step and truncation bound for input ``i`` from a few full ladders.
+def _truncation(h, c, model):
+    """The screen's truncation bound per element: ``2 h^2 min(C, D |c| + C / 64)``.
 
-    Returns ``(step, truncation, sample_idx, sample_result)``; ``step`` (relative
+    See :func:`_calibrate`; the ``C / 64`` keeps elements whose derivative
+    is small but whose curvature is not (pixels that are nearly always 0)
+    from all failing the screen.
+    """
+    big_c, big_d = model
+    with np.errstate(invalid="ignore", over="ignore"):
+        rel = np.where(np.isfinite(big_d), big_d * np.abs(c), np.inf) + ABSOLUTE_SHARE * big_c
+        return TRUNCATION_SAFETY * h * h * np.minimum(big_c, rel)
+
+
+def _calibrate(objective, i, flat_idx, grads, rng):
+    """Screen step and truncation model for input ``i`` from a few full ladders.
+
+    The truncation error of one central difference at step ``h`` is ``h^2``
+    times a third derivative over 6. On the samples, the deviation of the
+    screen's value from the ladder's, beyond the ladder's error, gives per
+    sample ``C_s = excess / h_s^2`` and, relative to the derivative, ``D_s =
+    C_s / |v_s|``; an element's truncation bound is ``2 h_j^2 min(max C, max
+    D |c_j|)`` (:func:`_truncation`): the tighter of an absolute and a
+    relative model, so that elements with small derivatives do not inherit
+    the truncation of the largest ones. An element whose truncation is larger
+    than the samples' fails the screen and gets the ladder (a screen failure
+    only costs time). The relative step that minimizes the third quartile of
+    the samples' relative error bounds is kept.
+
+    Returns ``(step, model, sample_idx, sample_result)``; ``step`` (relative
     to each element's scale) is ``None`` when no candidate step gave a usable
     screen (then every element of the input gets the ladder).
     """
@@ -437,6 +465,9 @@ def _calibrate(objective, i, flat_idx, grads, rng):
     best = None
     if np.any(usable):
         v = ladder["value"][usable]
+        v_err = ladder["error"][usable]
+        scales = objective.scales[i].reshape(-1)[sample[usable]]
+        nz = np.abs(v) > 0
         # Steps around the ones the ladders chose (the geometric median), never above T0.
         center = 2.0 ** float(np.round(np.median(np.log2(chosen[usable]))))
         candidates = sorted({min(T0, center * f) for f in SCREEN_STEPS}, reverse=True)
@@ -444,12 +475,23 @@ def _calibrate(objective, i, flat_idx, grads, rng):
             c, noise, nonfinite = _screen(objective, i, sample[usable], r)
             if np.any(nonfinite) or not np.all(np.isfinite(c)):
                 continue
-            dev = float(np.max(np.abs(c - v)))
-            score = float(np.max(noise)) + TRUNCATION_SAFETY * dev
+            h = r * scales
+            # All of the deviation may be truncation (below the noise, the
+            # samples only bound it): h^2 grows faster than noise shrinks
+            # over the elements' steps.
+            excess = np.maximum(np.abs(c - v) - v_err, 0.0)
+            per_c = excess / (h * h)
+            model = (
+                float(np.max(per_c)),
+                float(np.max(per_c[nz] / np.abs(v[nz]))) if nz.any() else np.inf,
+            )
+            bound = noise + _truncation(h, v, model)
+            rel = bound[nz] / np.abs(v[nz]) if nz.any() else bound
+            score = float(np.quantile(rel, 0.75))
             if best is None or score < best[0]:
-                best = (score, r, TRUNCATION_SAFETY * dev)
+                best = (score, r, model)
     if best is None:
-        return None, np.inf, sample, ladder
+        return None, None, sample, ladder
     return best[1], best[2], sample, ladder
 
 
@@ -531,7 +573,7 @@ def exhaustive_partials(
             steps[i] = None
             to_ladder.append((i, np.arange(n)))
             continue
-        h, trunc, sample, ladder = _calibrate(objective, i, idx, grads, rng)
+        h, model, sample, ladder = _calibrate(objective, i, idx, grads, rng)
         steps[i] = h
         pos_of = {int(j): p for p, j in enumerate(idx)}
         sample_pos = np.array([pos_of[int(j)] for j in sample], dtype=np.intp)
@@ -542,7 +584,7 @@ def exhaustive_partials(
         if h is None:
             to_ladder.append((i, np.flatnonzero(rest)))
         else:
-            screen_of[i] = (h, trunc, np.flatnonzero(rest))
+            screen_of[i] = (h, model, np.flatnonzero(rest))
     runner.evaluations += objective.calls - calls_before
 
     # Stage 1: the screen.
@@ -565,15 +607,16 @@ def exhaustive_partials(
             bar.close()
     n_screened = 0
     for (i, pos), (value, noise, nonfinite) in zip(owners, outs, strict=True):
-        trunc = screen_of[i][1]
+        r, model = screen_of[i][0], screen_of[i][1]
         a = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx_of[i][pos]]
-        err = noise + trunc
+        h = r * objective.scales[i].reshape(-1)[idx_of[i][pos]]
+        err = noise + _truncation(h, value, model)
         with np.errstate(invalid="ignore"):
             ok = np.abs(a - value) <= atol + rtol * np.abs(value) + err
         ok &= ~nonfinite
-        r = results[i]
-        r["value"][pos[ok]] = value[ok]
-        r["error"][pos[ok]] = err[ok]
+        res = results[i]
+        res["value"][pos[ok]] = value[ok]
+        res["error"][pos[ok]] = err[ok]
         n_screened += int(np.count_nonzero(ok))
         if not np.all(ok):
             to_ladder.append((i, pos[~ok]))

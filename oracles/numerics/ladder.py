@@ -50,7 +50,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from oracles.numerics.objective import MAX_RUNGS, NOISE_SAFETY, T0, Estimate, analytic_rounding
+from oracles.numerics.objective import (
+    EPS,
+    MAX_RUNGS,
+    NOISE_SAFETY,
+    T0,
+    Estimate,
+    analytic_rounding,
+)
 
 __all__ = ["MAX_UP", "kink_test", "ladder", "partials", "scale_search"]
 
@@ -399,6 +406,18 @@ def _coupled(objective, flat, j, x0, s, unseen):
     return found
 
 
+#: Changes of at most this many noise levels mark steps near the resolution (see _moved).
+FROZEN_LEVELS = 64.0
+
+
+def _moved(fp, fm, f0, level):
+    """How many noise levels ``fn`` moved by at a rung (its largest change, per element level)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.maximum(np.abs(fp - f0), np.abs(fm - f0)) / level
+    d = d[np.isfinite(d) & (d > 0)]
+    return float(np.max(d)) if d.size else np.inf
+
+
 def _central(objective, flat, j, x0, t):
     """``(quotient, noise)`` of one central difference of element ``j`` at absolute step ``t``."""
     xp, xm, delta = _perturbed(x0, t)
@@ -419,6 +438,27 @@ def _central(objective, flat, j, x0, t):
     return float(np.vdot(objective.cotangent, fp - fm)) / delta, noise / delta
 
 
+def _saturation_bound(objective, value, error, still):
+    """The error of a derivative found only at steps far above one that changed nothing.
+
+    ``fn`` did not change at all at step ``still``: the derivative at ``x``
+    is then at most about the outputs' resolution over that step. A value
+    found at much larger steps that exceeds that bound was measured on
+    another stretch of ``fn`` (``tanh`` at 300 first changes 281 away, on
+    the far side of its saturation), not at ``x``: it cannot be told from 0,
+    so the error covers it. A function that really varies on a larger scale
+    than ``|x|`` (``exp`` at ``1e-131``) stays within the bound and keeps
+    its estimate.
+    """
+    if not (np.isfinite(value) and np.isfinite(error)) or still <= 0:
+        return error
+    f0 = objective.base_output
+    resolution = 4.0 * EPS * float(np.sum(np.abs(objective.cotangent) * np.abs(f0))) / still
+    if abs(value) > 4.0 * resolution:
+        return max(error, abs(value) + resolution)
+    return error
+
+
 def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     """The ladder of one element at scale ``s``: a dict of its results."""
     work = objective.work
@@ -428,6 +468,8 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     terms = {}  # sum |c_i (f_i(x + t) - f_i(x - t))| / 2t per rung: the size of the VJP's terms
     mask = np.zeros(cot.shape, dtype=bool)
     frozen = []  # steps at which fn no longer changed at all
+    closest = [np.inf]  # fewest resolution units fn has moved by at any rung so far
+    level0 = objective.noise.level(f0)
 
     def quotient(k):
         t = t0 * s * 2.0**-k
@@ -443,9 +485,16 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             flat[j] = x0
         if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
             return np.nan, delta, np.inf
-        if mask.any() and np.array_equal(fp, f0) and np.array_equal(fm, f0):
+        still = np.array_equal(fp, f0) and np.array_equal(fm, f0)
+        if still and mask.any() and closest[0] <= FROZEN_LEVELS:
+            # Below fn's resolution: larger steps changed it by a few quanta,
+            # this one not at all (float32 inside). After macroscopic changes
+            # only (a dead ReLU whose kink is within the largest steps) an
+            # unchanged fn is locally constant, and 0 is its derivative.
             frozen.append(t)
-            return None  # below fn's resolution: larger steps changed it, this one not
+            return None
+        if not still:
+            closest[0] = min(closest[0], _moved(fp, fm, f0, level0))
         hp, hm = xp - x0, x0 - xm
         fwd = float(np.vdot(cot, fp - f0)) / hp
         bwd = float(np.vdot(cot, f0 - fm)) / hm
@@ -536,8 +585,15 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
                 t0 * s * 2.0 ** -run["top"],
             )
             if up is not None:
-                s = _ldexp(s, up - run["top"])
-                run = _element_ladder(objective, flat, j, x0, s, t0, n_rungs)
+                still = t0 * s * 2.0 ** -run["top"]  # the largest step that changed nothing
+                s_far = _ldexp(s, up - run["top"])
+                far = _element_ladder(objective, flat, j, x0, s_far, t0, n_rungs)
+                far["error"] = _saturation_bound(objective, far["value"], far["error"], still)
+                kf = far["k"]
+                if kf is not None and far["evals"].get(kf, (0.0, 0.0))[:2] == (0.0, 0.0):
+                    pass  # locally constant after all (a dead ReLU): its kink lies farther out
+                else:
+                    s, run = s_far, far
         v, err, k_best = run["value"], run["error"], run["k"]
         mask, evals = run["mask"], run["evals"]
         largest = t0 * s * 2.0 ** -run["top"]

@@ -95,6 +95,9 @@ PROBE_STEPS = (2.0**-14, 2.0**-27, 2.0**-40)
 PROBE_HALF = 4
 
 
+#: No element's relative noise is taken below this quantile of the elements' (see measure_noise).
+FLOOR_QUANTILE = 0.25
+
 #: Fewest distinct values among the probe's points for a noise estimate (ECnoise's "h too small").
 MIN_DISTINCT = 6
 
@@ -410,7 +413,10 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             gaps = np.diff(ordered, axis=0)
             distinct = 1 + np.count_nonzero(gaps > 0, axis=0)
             gaps = np.where(gaps > 0, gaps, np.inf)
-            quantum = np.where(finite, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
+            # The smallest change is a quantum only where the values were few
+            # (steps below the resolution); among many it is just the step.
+            few = finite & (distinct < MIN_DISTINCT)
+            quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
             sigma = _ecnoise(values)
             # Noise, not a function that varies faster than the probe's step
             # (which looks random too, but at the size of the values
@@ -427,10 +433,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         rel_all = np.where(detected & (peak > 0), best / peak, np.nan)
     rel = rel_all[np.isfinite(rel_all)]
     precision = max(EPS, float(np.median(rel))) if rel.size else EPS
-    relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, EPS), precision)
-    # Where no noise showed, the smallest change seen is an upper bound on
-    # the resolution: take half of it (a quantized output is off by up to
-    # half a quantum), and never less than the precision times |f|.
+    # A quantized output can look noise-free along one line (its steps happen
+    # to be an exact progression): no element is taken to be more precise
+    # than the lower quartile of the others.
+    floor = max(EPS, float(np.quantile(rel, FLOOR_QUANTILE))) if rel.size else EPS
+    relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, floor), precision)
+    # Where no noise showed and the values were few, the smallest change seen
+    # is an upper bound on the resolution: take half of it (a quantized output
+    # is off by up to half a quantum), and never less than the precision
+    # times |f|.
     floor = np.where(np.isfinite(quantum), 0.5 * quantum, 0.0)
     sigma = np.where(detected, best, floor)
     with np.errstate(over="ignore"):
