@@ -1259,7 +1259,57 @@ def _independent(r, k):
     return True
 
 
-def _coverage(r, k, name):
+#: Typical elements per input whose full-ladder threshold is measured (mode exhaustive).
+LADDER_SAMPLES = 4
+
+
+def _ladder_thresholds(r, results):
+    """Per piece, the full ladder's thresholds at a few typical elements, or None.
+
+    The exhaustive mode screens every element with one central difference;
+    an element the screen flags gets the full ladder, which decides. So the
+    smallest error it catches is the *ladder's* threshold wherever that is
+    the larger: a planted error above the screen's tolerance but below the
+    ladder's passes. The ladder is run (about 20 evaluations each) at the
+    elements nearest the median magnitude, which stand for a typical one.
+    """
+    if "numeric" not in results or not r.spec.uses_mode or not r.spec.on_output:
+        return None
+    from oracles.numerics.exhaustive import Exhaustive, sharp_partials
+    from oracles.numerics.objective import ScalarObjective
+
+    mode = resolve_mode(r.mode, sum(x.size for x in r.xs))
+    if not (isinstance(mode, Exhaustive) and mode.screen):
+        return None
+    refs = results["numeric"].refs
+    elements = []
+    for k, ref in enumerate(refs):
+        value = np.asarray(ref.value, dtype=np.float64).reshape(-1)
+        mag = np.abs(np.where(np.isfinite(value), value, 0.0))
+        if ref.kink is not None:
+            mag = np.where(np.asarray(ref.kink).reshape(-1), 0.0, mag)
+        nz = np.flatnonzero(mag > 0)
+        if nz.size <= LADDER_SAMPLES:
+            continue  # small inputs get the ladder for every element already
+        m = float(np.median(mag[nz]))
+        picks = nz[np.argsort(np.abs(mag[nz] - m), kind="stable")[:LADDER_SAMPLES]]
+        elements += [(k, int(j)) for j in picks]
+    if not elements:
+        return None
+    safe = [np.where(np.isfinite(a), a, 0.0) for a in r.analytic]
+    try:
+        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+        est = sharp_partials(objective, elements, safe)
+    except (UserFunctionError, ValueError, ArithmeticError):
+        return None
+    out = [None] * len(refs)
+    for p, (k, j) in enumerate(elements):
+        out[k] = [] if out[k] is None else out[k]
+        out[k].append((j, float(est["error"][p])))
+    return out
+
+
+def _coverage(r, k, name, ladder=None):
     """What this run could have caught in piece ``k`` (see :class:`~oracles.report.Coverage`)."""
     best = _best(r, k)
     size = int(np.prod(r.piece_shapes[k], dtype=np.int64))
@@ -1325,9 +1375,25 @@ def _coverage(r, k, name):
     floor = np.maximum(mag, m)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = best.tau / floor
-        sigma_own = best.own / floor
-    relative = float(np.quantile(sigma[nonzero], TYPICAL_QUANTILE))
-    own = float(np.quantile(sigma_own[nonzero], TYPICAL_QUANTILE))
+    # A typical element is one of the median magnitude m: what it catches is
+    # its threshold over m, and the thresholds vary from element to element.
+    tau, own_tau = best.tau[nonzero], best.own[nonzero]
+    if ladder:
+        # Where the numeric oracle is the sharpest at a sampled element, its
+        # decisive threshold there is the ladder's (see _ladder_thresholds).
+        numeric = r.per_element.get(("numeric", k))
+        sharpest = [
+            (j, e)
+            for j, e in ladder
+            if numeric is not None and best.tau[j] >= numeric.tau[j] and math.isfinite(e)
+        ]
+        if sharpest:
+            errors = np.array([e for _, e in sharpest])
+            allowed = np.array([r.atol + r.rtol * mag[j] for j, _ in sharpest])
+            tau = np.maximum(tau, float(np.quantile(errors + allowed, TYPICAL_QUANTILE)))
+            own_tau = np.maximum(own_tau, float(np.quantile(errors, TYPICAL_QUANTILE)))
+    relative = float(np.quantile(tau, TYPICAL_QUANTILE)) / m
+    own = float(np.quantile(own_tau, TYPICAL_QUANTILE)) / m
     loose = base & (sigma > LOOSE_FACTOR * relative)
     zeros = base & ~nonzero & ~loose
     return Coverage(
@@ -1469,8 +1535,9 @@ def _report(r, kind, results, evaluations, started):
                     oracle, res.method, name, k, a, res.refs[k], r.atol, r.rtol, r.per_element
                 )
         reports.append(ir)
+    ladder = _ladder_thresholds(r, results) if all(ir.ok for ir in reports) else None
     for k, ir in enumerate(reports):
-        ir.coverage = _coverage(r, k, ir.name)
+        ir.coverage = _coverage(r, k, ir.name, None if ladder is None else ladder[k])
     _power(r, reports)
     notes = list(dict.fromkeys(r.notes))
     kinks = sum(c.kinks for ir in reports for c in ir.checks.values())

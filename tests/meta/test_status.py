@@ -260,9 +260,11 @@ def test_an_input_fn_does_not_use_is_not_a_reason_to_doubt():
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("amplitude", [1e-3, 1e-2])
-def test_a_function_too_noisy_to_resolve_is_inconclusive(amplitude, seed):
-    # Deterministic noise of this amplitude limits any central difference to
-    # about amplitude^(2/3) relative: 1e-3 cannot be resolved, right or wrong.
+def test_a_function_too_noisy_to_resolve_never_passes(amplitude, seed):
+    # A ripple of this amplitude at frequency 1e9 limits any central difference
+    # at steps above 1e-9 to about amplitude^(2/3) relative, and its own
+    # derivative (1e9 x amplitude) is what steps below would see: g cos(x)
+    # cannot be confirmed to 1e-3, whichever way the numerics go.
     x = np.random.default_rng(seed).normal(size=6)
 
     def fn(x):
@@ -270,8 +272,9 @@ def test_a_function_too_noisy_to_resolve_is_inconclusive(amplitude, seed):
 
     for vjp in (lambda g, x: g * np.cos(x), lambda g, x: 1.001 * g * np.cos(x)):
         report = check_vjp(fn, vjp, (x,))
-        assert report.status == "inconclusive", str(report)
-        assert any("torch" in a for a in report.advice)
+        assert report.status != "passed", str(report)
+        if report.status == "inconclusive":
+            assert any("torch" in a for a in report.advice)
 
 
 def test_resolve_is_the_bar_every_input_must_clear():
