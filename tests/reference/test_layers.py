@@ -9,10 +9,10 @@ the caller passed is modified, the cache is a copy, ``backward`` before
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oracles import assert_vjp
+from oracles import assert_vjp, check_vjp
 from oracles.strategies import (
     affine_inputs,
     arrays,
@@ -40,6 +40,19 @@ from reference.softmax import softmax, softmax_vjp
 ELEMENTWISE = [(Tanh, tanh, tanh_vjp), (Sigmoid, sigmoid, sigmoid_vjp), (Relu, relu, relu_vjp)]
 same = np.testing.assert_array_equal
 
+
+
+def _never_fails(fn, vjp, inputs, **options):
+    """A correct derivation never fails; where the point is degenerate it may be unresolved.
+
+    At a stationary or saturated point (every gradient ~0) the check says "inconclusive"
+    instead of passing vacuously: such an example is discarded, so Hypothesis keeps looking
+    for points where a passing verdict means something.
+    """
+    report = check_vjp(fn, vjp, inputs, **options)
+    assert report.status != "failed", str(report)
+    assume(report.status == "passed")
+    return report
 
 def _x_and_dout(x_strategy):
     """Pairs ``(x, dout)`` with ``dout`` shaped like ``x``."""
@@ -369,7 +382,7 @@ def _layer_as_functions(make_layer, n_params=0):
 @given(xwb=affine_inputs(), seed=st.integers(0, 2**16))
 def test_affine_layer_passes_the_numeric_oracle(xwb, seed):
     fn, vjp = _layer_as_functions(Affine, n_params=2)
-    assert_vjp(fn, vjp, xwb, seed=seed)
+    _never_fails(fn, vjp, xwb, seed=seed)
 
 
 @pytest.mark.parametrize("Layer", [Tanh, Sigmoid, Relu, Softmax], ids=lambda c: c.__name__)
@@ -391,7 +404,7 @@ def test_softmax_with_loss_layer_passes_the_numeric_oracle(zt, reduction):
     # test above ties it to cross_entropy_vjp); saturated logits are op-level tests.
     z, t = zt
     fn, vjp = _layer_as_functions(lambda: SoftmaxWithLoss(reduction=reduction))
-    assert_vjp(lambda z: fn(z, t), lambda g, z: vjp(g, z, t), (z,), seed=0)
+    _never_fails(lambda z: fn(z, t), lambda g, z: vjp(g, z, t), (z,), seed=0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -404,4 +417,4 @@ def test_softmax_with_loss_layer_passes_the_numeric_oracle(zt, reduction):
 def test_squared_error_loss_layer_passes_the_numeric_oracle(data, pred, reduction, half):
     target = data.draw(arrays(pred.shape), label="target")
     fn, vjp = _layer_as_functions(lambda: SquaredErrorLoss(reduction=reduction, half=half))
-    assert_vjp(lambda p: fn(p, target), lambda g, p: vjp(g, p, target), (pred,), seed=0)
+    _never_fails(lambda p: fn(p, target), lambda g, p: vjp(g, p, target), (pred,), seed=0)

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 import reference as R
-from oracles import assert_vjp
+from oracles import assert_vjp, check_vjp
 from oracles import strategies as ost
 
 SMALL = ost.shapes(min_dims=1, max_dims=3, max_side=6)
+
+
+def _never_fails(fn, vjp, inputs, **options):
+    """A correct derivation never fails; where the point is degenerate it may be unresolved.
+
+    At a stationary or saturated point (every gradient ~0, a relu input at 0 only) the check
+    says "inconclusive" instead of passing vacuously: such an example is discarded, so
+    Hypothesis keeps looking for points where a passing verdict means something.
+    """
+    report = check_vjp(fn, vjp, inputs, **options)
+    assert report.status != "failed", str(report)
+    assume(report.status == "passed")
+    return report
 
 
 @given(x=ost.arrays(SMALL), op=st.sampled_from(["tanh", "sigmoid", "relu"]))
@@ -19,7 +32,7 @@ SMALL = ost.shapes(min_dims=1, max_dims=3, max_side=6)
 @example(x=np.array([19.0, -19.0, 3.0]), op="tanh")
 def test_activations(x, op):
     fn, vjp = getattr(R, op), getattr(R, f"{op}_vjp")
-    assert_vjp(fn, vjp, (x,))
+    _never_fails(fn, vjp, (x,))
 
 
 @given(data=st.data(), x=ost.logits(SMALL), log=st.booleans())
@@ -29,7 +42,7 @@ def test_softmax_family(data, x, log):
     axis = -1 if data is None else data.draw(ost.axes(x.ndim), label="axis")
     fn = R.log_softmax if log else R.softmax
     vjp = R.log_softmax_vjp if log else R.softmax_vjp
-    assert_vjp(lambda z: fn(z, axis=axis), lambda g, z: vjp(g, z, axis=axis), (x,))
+    _never_fails(lambda z: fn(z, axis=axis), lambda g, z: vjp(g, z, axis=axis), (x,))
 
 
 @given(
@@ -38,7 +51,7 @@ def test_softmax_family(data, x, log):
 )
 def test_cross_entropy(pair, reduction):
     z, t = pair
-    assert_vjp(
+    _never_fails(
         lambda a: R.cross_entropy(a, t, reduction=reduction),
         lambda g, a: R.cross_entropy_vjp(g, a, t, reduction=reduction),
         (z,),
@@ -54,7 +67,7 @@ def test_cross_entropy(pair, reduction):
 def test_squared_error(data, shape, reduction, half):
     p = data.draw(ost.arrays(shape), label="pred")
     t = data.draw(ost.arrays(shape), label="target")
-    assert_vjp(
+    _never_fails(
         lambda a, b: R.squared_error(a, b, reduction=reduction, half=half),
         lambda g, a, b: R.squared_error_vjp(g, a, b, reduction=reduction, half=half),
         (p, t),
@@ -63,7 +76,7 @@ def test_squared_error(data, shape, reduction, half):
 
 @given(xWb=ost.affine_inputs())
 def test_affine(xWb):
-    assert_vjp(R.affine, R.affine_vjp, xWb)
+    _never_fails(R.affine, R.affine_vjp, xWb)
 
 
 def test_float32_inputs_are_checked_in_float64():

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from oracles import assert_vjp, check_vjp, jax_vjp, numeric_vjp, torch_vjp
-from oracles.errors import GradientMismatch, OraclesError
+from oracles.errors import GradientMismatch, InconclusiveCheck, OraclesError
 from oracles.layer import check_layer
 from reference.layers import Affine
 
@@ -104,9 +104,11 @@ def test_inputs_and_cotangent_are_bitwise_unchanged(entry, fn_mutation, vjp_muta
     cot = data.draw(_arrays(shape), label="cotangent")
     before = [_snapshot(a) for a in (x, y, cot)]
     clean = fn_mutation == "none" and vjp_mutation == "none"
-    outcome = contextlib.nullcontext() if clean else contextlib.suppress(
+    # A framework may refuse the in-place write; the arrays must be unchanged either way. A
+    # clean run may only be inconclusive (an all-zero cotangent): assert_vjp then says so.
+    outcome = contextlib.suppress(InconclusiveCheck) if clean else contextlib.suppress(
         OraclesError, GradientMismatch, RuntimeError, TypeError
-    )  # a framework may refuse the in-place write; the arrays must be unchanged either way
+    )
     with outcome:
         result = _run(entry, _fn(fn_mutation), _vjp(vjp_mutation), (x, y), cot)
         visible = {  # did the write change a value? (g *= 2 leaves zeros as they are)
@@ -118,7 +120,8 @@ def test_inputs_and_cotangent_are_bitwise_unchanged(entry, fn_mutation, vjp_muta
             assert not result.ok
             assert "in place" in " ".join(result.problems)
         if clean and entry == "check_vjp":
-            assert result.ok, str(result)
+            # Right derivatives never fail (an all-zero cotangent is inconclusive, not failed).
+            assert result.status != "failed", str(result)
     assert [_snapshot(a) for a in (x, y, cot)] == before
 
 
