@@ -254,10 +254,10 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
         return np.array(evaluate(points), dtype=np.float64, copy=True)
 
     scales = element_scales(xs)
-    noise = measure_noise(fresh, xs, scales)
+    f0 = fresh(xs)
+    noise = measure_noise(fresh, xs, scales, f0=f0)
     if notes is not None and noise.note():
         notes.append(noise.note())
-    f0 = fresh(xs)
     m = f0.size
     unit = direction_scale(scales, us)
     mask = np.zeros(m, dtype=bool)

@@ -515,8 +515,12 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         # step, and is reported as 0 within that.
         v = 0.0
         e = 2.0 * objective.rung_noise(f0, f0, mask.copy()) / NOISE_SAFETY / max(frozen)
-    if k_best is not None:
-        e = e + analytic_rounding(terms.get(k_best, 0.0))
+    if terms:
+        # The rounding a correct derivative carries is that of its terms at x: the
+        # largest seen at any rung (where the ladder climbed far above the scale of x,
+        # the quotient's terms shrink with the step; a constant phi whose outputs move,
+        # batchnorm under an all-ones cotangent, climbs as far as it can).
+        e = e + analytic_rounding(max(terms.values()))
     return {
         "value": v,
         "error": e,

@@ -344,7 +344,7 @@ def _ecnoise(values):
     return sigma
 
 
-def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE_HALF):
+def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE_HALF, f0=None):
     """Measure the noise of every output element of ``evaluate`` at ``xs`` (ECnoise).
 
     Parameters
@@ -358,6 +358,8 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         a standard normal draw times the scale.
     seed : int
         Seed of the probe direction.
+    f0 : ndarray, optional
+        ``evaluate(xs)``, when the caller has it already (saves a call).
 
     Returns
     -------
@@ -375,8 +377,12 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     """
     rng = np.random.default_rng(seed)
     us = [rng.standard_normal(np.shape(x)) * s for x, s in zip(xs, scales, strict=True)]
-    f0 = np.asarray(evaluate([np.array(x, copy=True) for x in xs]), dtype=np.float64).ravel()
-    calls = 1
+    if f0 is None:
+        f0 = np.asarray(evaluate([np.array(x, copy=True) for x in xs]), dtype=np.float64).ravel()
+        calls = 1
+    else:
+        f0 = np.asarray(f0, dtype=np.float64).ravel()
+        calls = 0
     m = f0.size
     best = np.full(m, np.nan)
     quantum = np.full(m, np.inf)
@@ -523,7 +529,7 @@ class ScalarObjective:
                     )
                 return out.ravel()
 
-            self._noise = measure_noise(evaluate, self.work, self.scales)
+            self._noise = measure_noise(evaluate, self.work, self.scales, f0=self.base_output)
             note = self._noise.note()
             if note and note not in self.notes:
                 self.notes.append(note)
