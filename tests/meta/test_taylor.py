@@ -118,7 +118,9 @@ TAYLOR_CASES = {
 def test_taylor_oracle_passes_right_vjps_and_fails_wrong_ones_at_the_wrong_input(case, seed):
     fn, vjp, make = TAYLOR_CASES[case]
     xs = make(seed)
-    report = check_vjp(fn, vjp, xs, against="taylor", seed=seed)
+    # One projection per input sees a single element through |d_j|: the
+    # resolve= bar is set to what such a test can promise.
+    report = check_vjp(fn, vjp, xs, against="taylor", seed=seed, resolve=0.05)
     assert report.status == "passed", str(report)
     for k in range(len(xs)):
 
