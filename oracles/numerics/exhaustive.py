@@ -64,8 +64,6 @@ SCREEN_MIN = 32
 N_SAMPLE = 8
 #: Candidate screen steps relative to the median step the sample ladders chose (times 4^k).
 SCREEN_STEPS = tuple(4.0**k for k in range(-5, 2))
-#: Share of the absolute truncation model every element keeps (:func:`_truncation`).
-ABSOLUTE_SHARE = 2.0**-6
 #: Safety factor on the truncation model fitted on the samples (:func:`_calibrate`).
 TRUNCATION_SAFETY = 2.0
 #: Show a progress bar (when ``progress=None``) for runs expected to take longer than this (s).
@@ -324,13 +322,25 @@ def _ladder(objective, i, flat_idx, grads, sharpen=True, steps=False):
 def _run_chunk(payload, kind, i, flat_idx, arg):
     """Module-level (picklable) entry point of one chunk on an executor.
 
-    ``payload = (fn, inputs, cotangent, noise)``; a fresh objective is built
-    here (with the parent's measured noise) so that chunks running at the
-    same time never share working arrays. Returns ``(result, evaluations,
+    ``payload = (fn, inputs, cotangent, noise, output)``; a fresh objective
+    is built here (with the parent's measured noise) so that chunks running
+    at the same time never share working arrays, and its ``fn`` must give the
+    parent's ``output`` at the evaluation point, bitwise. Returns ``(result, evaluations,
     notes)``.
     """
-    fn, inputs, cotangent, noise = payload
+    fn, inputs, cotangent, noise, parent_output = payload
     objective = ScalarObjective(fn, inputs, cotangent, noise=noise)
+    if not np.array_equal(objective.base_output, parent_output, equal_nan=True):
+        # A worker that computes another function (a module global changed after
+        # the workers started, another version of the code) would judge every
+        # element of its chunks against the wrong derivative.
+        diff = np.abs(objective.base_output - parent_output)
+        raise UserFunctionError(
+            "fn computes something else on a worker of the executor than in this process: "
+            f"at the evaluation point its output differs by up to {float(np.nanmax(diff)):.3g} "
+            "(module-level state changed after the workers started, or the workers import "
+            "another version of the code); the chunks' verdicts would not be about this fn"
+        )
     calls0 = objective.calls
     if kind == "screen":
         result = _screen(objective, i, flat_idx, arg)
@@ -380,6 +390,7 @@ class _Runner:
             [x.copy() for x in objective.work],
             objective.cotangent,
             objective.noise,
+            objective.base_output,
         )
 
     def run(self, kind, chunks, arg_of, bar=None):
@@ -419,15 +430,10 @@ def _chunks(i, idx, size):
 
 
 def _truncation(h, c, model):
-    """The screen's truncation bound per element: ``2 h^2 min(C, D |c| + C / 64)``.
-
-    See :func:`_calibrate`; the ``C / 64`` keeps elements whose derivative
-    is small but whose curvature is not (pixels that are nearly always 0)
-    from all failing the screen.
-    """
+    """The screen's truncation bound per element: ``2 h^2 min(C, D |c|)`` (:func:`_calibrate`)."""
     big_c, big_d = model
     with np.errstate(invalid="ignore", over="ignore"):
-        rel = np.where(np.isfinite(big_d), big_d * np.abs(c), np.inf) + ABSOLUTE_SHARE * big_c
+        rel = np.where(np.isfinite(big_d), big_d * np.abs(c), np.inf)
         return TRUNCATION_SAFETY * h * h * np.minimum(big_c, rel)
 
 
