@@ -109,3 +109,32 @@ def test_the_progress_bar_works_with_a_remote_executor(dask_executor, capsys):
     )
     assert report.ok, str(report)
     assert "exhaustive check" in capsys.readouterr().err
+
+
+SHIFT = {"value": 0.0}
+
+
+def _shifted_sin(x):
+    return np.sin(x) + SHIFT["value"]
+
+
+def test_a_process_pool_worker_computing_another_fn_is_refused():
+    """A module global changed after the workers started: the workers' fn is another one."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from oracles.errors import UserFunctionError
+
+    x = np.linspace(-1.0, 1.0, 600)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert check_vjp(
+            _shifted_sin, lambda g, x: g * np.cos(x), (x,), mode=Exhaustive(executor=pool)
+        ).ok
+        SHIFT["value"] = 1.0  # the parent changes; the forked workers keep 0.0
+        try:
+            with pytest.raises(UserFunctionError, match="computes something else on a worker"):
+                check_vjp(
+                    _shifted_sin, lambda g, x: g * np.cos(x), (x,), mode=Exhaustive(executor=pool)
+                )
+        finally:
+            SHIFT["value"] = 0.0
