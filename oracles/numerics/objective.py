@@ -90,6 +90,9 @@ SCALE_FLOOR = 1.0
 #: Relative step sizes of the noise probe (times each element's scale).
 PROBE_STEPS = (2.0**-14, 2.0**-27, 2.0**-40)
 
+#: A last probe step for the elements that never moved at those (float16, bfloat16 inside).
+COARSE_PROBE_STEP = 2.0**-7
+
 
 #: Points on each side of the base point in the noise probe.
 PROBE_HALF = 4
@@ -281,16 +284,16 @@ def _reduced_kind(values):
     """The reduced float type every finite value in ``values`` belongs to, or ``None``."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v) & (v != 0)]
-    if v.size == 0 or np.all(v == np.round(v)):
-        return None  # no values, or integers: says nothing about the precision
+    if v.size == 0 or (np.all(v == np.round(v)) and np.max(np.abs(v)) < 2.0**24):
+        return None  # no values, or small integers: exact in any type, says nothing
     with np.errstate(over="ignore", invalid="ignore"):
         f32 = v.astype(np.float32)
         if not np.array_equal(f32.astype(np.float64), v):
             return None
-        if np.array_equal(v.astype(np.float16).astype(np.float64), v):
-            return "float16"
         if np.all((f32.view(np.uint32) & 0xFFFF) == 0):
             return "bfloat16"
+        if np.array_equal(v.astype(np.float16).astype(np.float64), v):
+            return "float16"
     return "float32"
 
 
@@ -388,10 +391,14 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     quantum = np.full(m, np.inf)
     peak = np.abs(f0)  # the largest |f_i| seen at the probe's points
     varies = np.full(m, np.inf)  # the smallest probe step over which f_i varied wildly
+    moved = np.zeros(m, dtype=bool)  # f_i took two values at some probe step
     seen = [f0]
-    for h in steps:
+    for h in list(steps) + [COARSE_PROBE_STEP]:
         if np.all(np.isfinite(best)):
             break  # every element's noise was seen: smaller steps would only see less
+        coarse = h == COARSE_PROBE_STEP
+        if coarse and np.all(moved | np.isfinite(best)):
+            break
         rows = []
         for k in range(-half, half + 1):
             if k == 0:
@@ -410,6 +417,10 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         values = np.array(rows)
         seen.append(values)
         finite = np.all(np.isfinite(values), axis=0)
+        if coarse:
+            # Only for the elements that never moved at the usual steps (fn
+            # computes in float16 or bfloat16, coarser than their reach).
+            finite &= ~moved
         if not np.any(finite):
             continue
         values = np.where(finite, values, 0.0)
@@ -424,6 +435,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             few = finite & (distinct < MIN_DISTINCT)
             quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
             sigma = _ecnoise(values)
+            moved |= finite & (distinct > 1)
             # Noise, not a function that varies faster than the probe's step
             # (which looks random too, but at the size of the values
             # themselves): well resolved, and small next to the values.
