@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oracles import numeric_vjp
+from oracles import check_jvp, check_layer, check_vjp, numeric_vjp
 from oracles import strategies as ost
 from oracles.numerics.ladder import partials
 from oracles.numerics.objective import ScalarObjective
@@ -93,3 +93,86 @@ def test_perturbed_points_outside_the_domain_use_the_remaining_steps():
     with np.errstate(invalid="raise"):
         (g,) = numeric_vjp(np.sqrt, (x,), np.ones(1))
     assert g[0] == pytest.approx(0.5 / np.sqrt(1e-3), rel=1e-8)
+
+
+# --- an fn that writes into and returns one buffer (issue 13, item 5) ---------------------------
+
+
+def _buffered(f, shape):
+    """``f`` computed into one buffer that every call overwrites and returns."""
+    buf = np.empty(shape)
+
+    def fn(x):
+        return f(x, out=buf)
+
+    return fn
+
+
+def test_scalar_objective_copies_what_fn_returns():
+    x = np.array([0.3, -1.2, 2.0])
+    fn = _buffered(np.sin, x.shape)
+    obj = ScalarObjective(fn, [x], np.ones(3))
+    first = obj.output([x + 1.0])
+    obj.output([x - 1.0])
+    np.testing.assert_array_equal(first, np.sin(x + 1.0))
+    np.testing.assert_array_equal(obj.base_output, np.sin(x))
+
+
+@pytest.mark.parametrize("n", [5, 80])
+def test_numerics_on_a_reused_buffer_without_the_pipeline(n):
+    """The objective and the exhaustive screen copy outputs on their own (no Guarded wrapper)."""
+    from oracles.numerics.exhaustive import exhaustive_partials
+
+    x = np.linspace(-2.0, 2.0, n)
+    c = np.linspace(0.5, 1.5, n)
+    fn = _buffered(np.sin, x.shape)
+    est = partials(ScalarObjective(fn, [x], c), [(0, j) for j in range(n)])
+    np.testing.assert_allclose(est.value, c * np.cos(x), rtol=1e-9)
+    res, _ = exhaustive_partials(ScalarObjective(fn, [x], c), [c * np.cos(x)], [(0, np.arange(n))])
+    np.testing.assert_allclose(res[0]["value"], c * np.cos(x), rtol=1e-8)
+    assert np.all(np.abs(res[0]["value"] - c * np.cos(x)) <= res[0]["error"])
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "fast"])
+@pytest.mark.parametrize("n", [6, 200])
+def test_check_vjp_on_a_reused_buffer(mode, n):
+    x = np.random.default_rng(n).normal(size=n)
+    fn = _buffered(np.sin, x.shape)
+    assert check_vjp(fn, lambda g, x: g * np.cos(x), (x,), mode=mode).status == "passed"
+    assert check_vjp(fn, lambda g, x: 0.0 * g, (x,), mode=mode).status == "failed"
+    assert check_vjp(fn, lambda g, x: g * np.cos(x) * (1 + 1e-6), (x,), mode=mode).status == (
+        "failed"
+    )
+
+
+def test_check_jvp_on_a_reused_buffer():
+    x = np.random.default_rng(3).normal(size=7)
+    fn = _buffered(np.exp, x.shape)
+    assert check_jvp(fn, lambda t, x: np.exp(x) * t, (x,)).status == "passed"
+    assert check_jvp(fn, lambda t, x: 0.0 * t, (x,)).status == "failed"
+
+
+class _BufferedTanh:
+    """A layer whose forward writes into one output buffer and returns it."""
+
+    def __init__(self, shape):
+        self.out = np.empty(shape)
+
+    def forward(self, x):
+        np.tanh(x, out=self.out)
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1.0 - self.out**2)
+
+
+class _BufferedTanhWrong(_BufferedTanh):
+    def backward(self, dout):
+        return dout * (1.0 - self.out)
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "fast"])
+def test_check_layer_on_a_reused_buffer(mode):
+    x = np.random.default_rng(4).normal(size=(3, 4))
+    assert check_layer(_BufferedTanh(x.shape), (x,), mode=mode).status == "passed"
+    assert check_layer(_BufferedTanhWrong(x.shape), (x,), mode=mode).status == "failed"
