@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import oracles
+import reference as R
 from oracles.errors import UserFunctionError
 from oracles.numerics import exhaustive
 from oracles.numerics.exhaustive import Exhaustive, exhaustive_partials
@@ -230,3 +231,33 @@ def test_exhaustive_rejects_bad_options(kwargs, error, match):
 
 def test_module_exports():
     assert set(exhaustive.__all__) == {"Exhaustive", "exhaustive_partials", "sharp_partials"}
+
+
+def _one_off(vjp, j, rel):
+    def wrong(g, x):
+        d = np.array(vjp(g, x), dtype=np.float64, copy=True)
+        d.reshape(-1)[j] *= 1.0 + rel
+        return d
+
+    return wrong
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ["softmax", "sin"])
+def test_the_screen_names_small_errors_in_typical_elements(name, seed):
+    """Per-element steps and truncation bounds: 1e-7 at every quartile, 1e-8 at the median."""
+    rng = np.random.default_rng(seed)
+    if name == "softmax":
+        fn, vjp, x = R.softmax, R.softmax_vjp, 3.0 * rng.normal(size=(40, 5))
+    else:
+        fn, vjp, x = np.sin, (lambda g, x: g * np.cos(x)), rng.normal(size=300)
+    right = oracles.check_vjp(fn, vjp, (x,), mode="exhaustive")
+    assert right.status == "passed" and "screened" in right.context["oracles"]
+    assert int(right.context["fn evaluations"]) < 2.6 * x.size + 400
+    g = np.abs(vjp(np.random.default_rng(0).standard_normal(x.shape), x)).ravel()
+    order = np.argsort(g, kind="stable")
+    for q, rel in ((0.25, 1e-7), (0.5, 1e-7), (0.75, 1e-7), (0.5, 1e-8)):
+        j = int(order[int(q * (g.size - 1))])
+        report = oracles.check_vjp(fn, _one_off(vjp, j, rel), (x,), mode="exhaustive")
+        where = tuple(int(i) for i in np.unravel_index(j, x.shape))
+        assert _failing(report) == [("x", where)], (q, rel, str(report))
