@@ -516,9 +516,30 @@ class _Space:
         return (num - (lp - lm)) / (2.0 * t), rounding / (2.0 * t), model / (2.0 * t), second
 
     def hidden(self, mask, t):
-        if not self.vector:
-            return 0.0 if mask.all() else self.objective.hidden_noise(mask, t)
-        return self.objective.hidden_noise(mask, t)
+        """Bound on the derivative hidden in outputs that never changed along a direction.
+
+        An output that stayed bitwise equal at every step up to ``t`` can
+        still depend on the direction, by less than its resolution over
+        ``t``: ``2 sum |c_i| level_i / t`` over those outputs, with
+        ``level_i`` the function's relative precision at that output times
+        ``|f_i|`` (at least float64's epsilon times ``|f_i|``; the
+        objective's measured relative precision where it has one). An output
+        that is exactly 0 and stays so hides nothing. (The per-element noise
+        the objective measured at ``x`` is not used here: an output next to
+        a kink, ReLU of ``-1e-4``, looks noisy to a probe that crosses the
+        kink, though it is exactly 0 along every step taken here.)
+        """
+        unseen = ~mask
+        if not np.any(unseen):
+            return 0.0
+        f0 = np.abs(np.asarray(self.objective.base_output, dtype=np.float64))
+        relative = getattr(getattr(self.objective, "noise", None), "relative", None)
+        if relative is None:
+            relative = np.full(f0.shape, _EPS)
+        relative = np.maximum(np.asarray(relative, dtype=np.float64).reshape(f0.shape), _EPS)
+        with np.errstate(over="ignore", invalid="ignore"):
+            level = float(np.sum(self.abs_cot[unseen] * relative[unseen] * f0[unseen]))
+        return 2.0 * level / t
 
 
 @dataclass
