@@ -209,6 +209,11 @@ class Spec:
         absolute uncertainty of the derivative under test itself (the
         rounding of a float32 backward), added to every per-element
         oracle's error estimate before the comparison.
+    rounding : callable, optional
+        ``rounding(directions) -> list of arrays``: the random direction
+        (drawn when ``direction=None``) as the derivative under test
+        receives it (rounded to a float32 output's dtype), so that every
+        oracle takes exactly that direction.
     """
 
     kind: str
@@ -228,6 +233,7 @@ class Spec:
     dot: Callable | None = None
     partner: str | None = None
     analytic_error: Callable | None = None
+    rounding: Callable | None = None
 
 
 @dataclass
@@ -503,6 +509,9 @@ def _direction(r):
         shapes = [r.out.shape] if r.spec.on_output else [x.shape for x in r.xs]
         r.direction = [rng.standard_normal(s) for s in shapes]
         r.direction_desc = f"random normal (seed {r.seed})"
+        if r.spec.rounding is not None:
+            r.direction = [np.asarray(u, dtype=np.float64) for u in r.spec.rounding(r.direction)]
+            r.direction_desc += ", rounded to the derivative's dtype"
     elif r.spec.on_output:
         r.direction = [as_cotangent(given, r.out.shape, "direction")]
         r.direction_desc = "given"
