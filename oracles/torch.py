@@ -28,11 +28,16 @@ Guards (each a *problem* in the report, which fails the check): ``func`` or
 its backward writing into an input; a backward that writes into its
 ``grad_output`` in place (found by hooks on every custom Function's node of
 the graph); a backward that is not reentrant (run twice on the same graph
-with the same ``grad_output``, its results differ by more than
-``nondet_tol``, torch's semantics); a gradient returned for an integer or
-boolean input, which has none. A gradient returned for a floating input
-that does not require grad is discarded by torch and noted. ``func`` that
-is not deterministic raises :class:`~oracles.errors.NonDeterministicFunction`.
+with the same ``grad_output``) or not deterministic (run on a fresh graph),
+its results differing by more than ``nondet_tol`` (torch's semantics); a
+backward that is not linear in ``grad_output`` (nonzero for a zero one, or
+the outputs' parts not adding up when some gradients are undefined); a
+gradient returned for an integer or boolean input, which has none. A
+gradient returned for a floating input that does not require grad is
+discarded by torch and noted. A forward that is not deterministic raises
+:class:`~oracles.errors.NonDeterministicFunction`. Kinks (ReLU at exact
+zeros) are the numerics' part: any subgradient between the one-sided
+slopes passes.
 
 ``torch`` is imported only when a check runs: ``import oracles`` never
 loads it.
