@@ -175,28 +175,34 @@ def rounding_tolerance(base, perturbed, eps, safety=SAFETY, subnormal=0.0):
 
 
 def _numeric(r, state):
-    """The VJP spec's numeric oracle, its screens widened by the derivative's own allowance.
+    """The VJP spec's numeric oracle; the joint test of tied values widened by the allowance.
 
-    The screens of the numeric modes (and the joint test of tied values)
-    only decide where to spend the full step ladder; the comparison itself
-    applies each element's own allowance. Widening them by the largest
-    allowance is sound and keeps a float32 derivative from sending every
-    element to the ladder.
+    The per-element modes run as in :func:`oracles.check_vjp`: their screens
+    accept a cheap central difference as an element's reference only where
+    it already agrees with the derivative within the tolerance the final
+    comparison applies to that element, so they keep ``atol`` as it is
+    (a screen widened by the largest allowance would hand an element with a
+    small allowance a reference too coarse for it). A reduced-precision
+    derivative therefore sends most elements to the full ladder, and
+    ``mode="auto"`` compares every element (projections pass only within
+    the numerics' own error, which a float32 derivative never reaches). The
+    joint test of tied values is a verdict of its own: it gets the largest
+    allowance on top of ``atol``.
     """
     objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
     safe = [np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
-    extra = state.analytic_error(r)
-    slack = max((float(np.max(e)) for e in extra if e.size), default=0.0) if extra else 0.0
+    slack = 0.0
+    if state.precision.reduced:
+        extra = state.analytic_error(r)
+        slack = max((float(np.max(e)) for e in extra if e.size), default=0.0)
     n = sum(x.size for x in r.xs)
     mode = r.mode
     if state.precision.reduced and mode == "auto":
-        # Projections pass only within the numerics' own error, which a float32
-        # derivative never reaches: compare every element.
         mode = Exhaustive()
     refs, method, evaluations, notes = resolve_mode(mode, n).reference(
         objective,
         safe,
-        atol=r.atol + slack,
+        atol=r.atol,
         rtol=r.rtol,
         seed=r.seed,
         must_check=[~np.isfinite(g) for g in r.analytic],
