@@ -198,6 +198,21 @@ def test_float32_functions_pass_at_every_seed(name):
     assert not failures, failures[0][1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saturated_softmax_with_gradients_of_1e_57_passes(dtype):
+    """Logits of scale 100: most probabilities are e^-100 and below, and so are their gradients.
+
+    A numeric screen that accepted a cheap difference (exactly 0, error 0) for them, because the
+    analytic value was within the largest allowance anywhere, failed them against their own.
+    """
+    xs = _checked(_inputs("softmax_ce", 23, 8, 100.0, dtype))
+    report = ot.check(softmax_ce().apply, xs, seed=23)
+    assert report.status == "passed", str(report)
+    (g,) = torch.autograd.grad(softmax_ce().apply(*xs), xs[0])
+    tiny = g.abs()[g != 0].min()
+    assert tiny < (1e-40 if dtype == torch.float64 else 1e-20)
+
+
 @pytest.mark.parametrize("name", list(FUNCTIONS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_float32_one_element_off_by_1e3_fails(name, seed):
