@@ -21,18 +21,34 @@ the same in any units):
 as measured for this ``fn``
 (:meth:`~oracles.numerics.objective.ScalarObjective.rung_noise`).
 
-Where the ladder stops
-----------------------
-It descends until the rounding term alone exceeds the best estimate
-(rounding only grows as the step shrinks), or until the step falls below
-``fn``'s resolution: when ``fn`` returns *exactly* its value at ``x`` on
-both sides although larger steps changed it, the difference is 0 because
-the step rounded away (a function that computes in float32 does so below
-about ``6e-8 |x|``), not because the derivative is 0, and that rung and
-every smaller one are discarded. When the best rung is the largest one and
-its estimate is rounding-dominated, the steps were too small for the scale
-on which ``fn`` varies, and the ladder climbs to larger steps (up to
-``2^24`` times larger) until the best rung is no longer at the top.
+Where the ladder starts and stops
+---------------------------------
+The scale ``s`` comes from the inputs; the function may vary on a smaller
+one (a softmax of logits near ``1e6`` varies on a scale of 1). A coarse
+descent (every 4th rung) first finds where the central differences settle
+(:func:`ladder`); the ladder proper starts there. It descends until the
+rounding term alone exceeds the best estimate (rounding only grows as the
+step shrinks), or until the step falls below ``fn``'s resolution: when
+``fn`` returns *exactly* its value at ``x`` on both sides although larger
+steps changed it by a few quanta, the difference is 0 because the step
+rounded away (a function that computes in float32 does so below about
+``6e-8 |x|``), not because the derivative is 0, and that rung and every
+smaller one are discarded. When the best rung is the largest one and its
+estimate is rounding-dominated, the steps were too small for the scale on
+which ``fn`` varies, and the ladder climbs to larger steps (up to ``2^24``
+times larger) until the best rung is no longer at the top. When nothing
+changed at any rung, :func:`scale_search` looks for the scale on which
+``fn`` varies (``exp`` at ``x = 1e-131``) and the ladder runs there.
+
+Outputs that never changed
+--------------------------
+An output that stayed bitwise equal at every rung may depend on the element
+below its resolution (a softmax output of exactly 1.0), or not at all (an
+elementwise ``fn``). Only the outputs that change at some far step
+(:data:`FAR_STEPS`) are bounded
+(:meth:`~oracles.numerics.objective.ScalarObjective.hidden_noise`):
+elements of ``exp`` over ``[-30, 30]`` are not judged at the resolution of
+``exp(30)``.
 
 Kinks
 -----
