@@ -1248,7 +1248,9 @@ def _independent(r, k):
     else:
         evaluate = r.forward
     base = evaluate(r.xs)
-    for step in (2.0**-10, 1.0, -1.0, None):
+    # Far steps too, up to the edge of the float64 range: an output below its
+    # resolution (``1 + 1e-38 x``) first moves at ``x ~ 1e22``.
+    for step in (2.0**-10, 1.0, -1.0, None, 2.0**64, -(2.0**256), 2.0**1000):
         xs = r.copies()
         for j in moved:
             x = xs[j]
@@ -1257,7 +1259,10 @@ def _independent(r, k):
                 continue
             u = r.direction[j] if not (r.spec.on_output or r.spec.kind == "check_hvp") else None
             u = rng.standard_normal(x.shape) if u is None else u
-            xs[j] = x + step * _step_scale(x) * u
+            with np.errstate(all="ignore"):
+                xs[j] = x + step * _step_scale(x) * u
+        if not all(np.all(np.isfinite(xs[j])) for j in moved):
+            continue  # beyond the float64 range: nothing to learn there
         try:
             with np.errstate(all="ignore"):
                 moved_out = evaluate(xs)
@@ -1526,7 +1531,10 @@ def _diagnoses(r, reports):
         problems=list(r.problems),
         pitfalls=r.pitfalls if r.spec.on_output else None,
     )
-    return diagnose(ev)
+    # The diagnoses fit models to whatever the user's derivative returned
+    # (huge, tiny, NaN): overflow there is a misfit, not news for the user.
+    with np.errstate(all="ignore"):
+        return diagnose(ev)
 
 
 def _report(r, kind, results, evaluations, started):

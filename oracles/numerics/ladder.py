@@ -93,7 +93,7 @@ COARSE = 4
 COARSE_AGREE = 0.05
 
 #: Far steps (times the element's scale) that test whether unchanged outputs depend on it.
-FAR_STEPS = (2.0**4, 2.0**12, 2.0**32)
+FAR_STEPS = (2.0**4, 2.0**12, 2.0**32, 2.0**64, 2.0**256, 2.0**1000)
 
 
 class _Rungs:
@@ -206,17 +206,20 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0):
         return cache[k]
 
     start = first
+    nonfinite = False
     if coarse:
         seen = []
         for k in range(first, n_rungs, coarse):
             res = q(k)
             if res is None:
                 break
+            # Steps above where the ladder proper starts count too: the report
+            # says that fn left its domain there.
+            nonfinite |= not np.isfinite(res[0])
             seen.append(res)
             if len(seen) >= 3 and _settled(*seen[-3:]):
                 start = k - 2 * coarse
                 break
-    nonfinite = False
     best_err, k_at = np.inf, start
     rungs = _Rungs()
     last = start - 1
@@ -296,9 +299,10 @@ def kink_test(evals, k_best):
 
 def _perturbed(x, t):
     """``(x + t, x - t, (x + t) - (x - t))`` for a scalar, rounded as float64."""
-    xp = x + t
-    xm = x - t
-    return xp, xm, xp - xm
+    with np.errstate(over="ignore", invalid="ignore"):
+        xp = x + t
+        xm = x - t
+        return xp, xm, xp - xm
 
 
 #: Exponents (steps times ``2^e``) the scale search tries before it bisects.
@@ -394,18 +398,26 @@ def scale_search(central, t):
 def _coupled(objective, flat, j, x0, s, unseen):
     """Which of the ``unseen`` outputs change when ``x_j`` moves by a far step.
 
-    Far steps :data:`FAR_STEPS` (times the element's scale ``s``) in both
-    directions, until every unseen output has changed or ``fn`` stops being
+    Far steps :data:`FAR_STEPS` (times the element's scale ``s``, and for
+    ``s < 1`` times 1 as well) in both directions, up to the edge of the
+    float64 range (``1 + 1e-38 x`` first changes at ``x ~ 1e22``), until every unseen output has changed or ``fn`` stops being
     finite. An output that stays bitwise equal throughout is taken not to
     depend on ``x_j``.
     """
     work = objective.work
     f0 = objective.base_output
     found = np.zeros(unseen.shape, dtype=bool)
-    for far in FAR_STEPS:
+    # Also on the scale of 1: an output that underflows (``(a - b)**2`` at
+    # ``|a - b| ~ 1e-259``) stays 0 at any step that is a power of two times
+    # the tiny scale of the inputs, and still depends on them.
+    fars = [far * s for far in FAR_STEPS]
+    if s < 1.0:
+        fars += list(FAR_STEPS)
+    for step in fars:
         finite = False
         for sign in (1.0, -1.0):
-            xf = x0 + sign * far * s
+            with np.errstate(over="ignore", invalid="ignore"):
+                xf = x0 + sign * step
             if not np.isfinite(xf):
                 continue
             try:
@@ -428,7 +440,7 @@ FROZEN_LEVELS = 64.0
 
 def _moved(fp, fm, f0, level):
     """How many noise levels ``fn`` moved by at a rung (its largest change, per element level)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d = np.maximum(np.abs(fp - f0), np.abs(fm - f0)) / level
     d = d[np.isfinite(d) & (d > 0)]
     return float(np.max(d)) if d.size else np.inf
@@ -610,7 +622,9 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
                 far = _element_ladder(objective, flat, j, x0, s_far, t0, n_rungs)
                 far["error"] = _saturation_bound(objective, far["value"], far["error"], still)
                 kf = far["k"]
-                if kf is not None and far["evals"].get(kf, (0.0, 0.0))[:2] == (0.0, 0.0):
+                if kf is None or not np.isfinite(far["value"]):
+                    pass  # no estimate out there (fn overflows first): keep the bound of here
+                elif far["evals"].get(kf, (0.0, 0.0))[:2] == (0.0, 0.0):
                     pass  # locally constant after all (a dead ReLU): its kink lies farther out
                 else:
                     s, run = s_far, far

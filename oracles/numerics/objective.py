@@ -65,6 +65,9 @@ __all__ = [
 
 EPS = float(np.finfo(np.float64).eps)
 
+#: Spacing of the float64 numbers below the smallest normal one: the resolution of an output near 0.
+QUANTUM = float(np.finfo(np.float64).smallest_subnormal)
+
 
 #: Largest step of the ladder, relative to the element's scale (:func:`element_scales`).
 T0 = 2.0**-3
@@ -239,11 +242,19 @@ class NoiseModel:
             self.varies = np.full(self.sigma.shape, np.inf)
 
     def level(self, f):
-        """Noise of output values ``f`` (shaped like the output): ``max(sigma, relative |f|)``."""
+        """Noise of output values ``f`` (shaped like the output): ``max(sigma, relative |f|, q)``.
+
+        ``q`` is the spacing of float64 numbers below the smallest normal one
+        (:data:`QUANTUM`): an output that rounds to 0 or underflows (``(a -
+        b)**2`` at ``|a - b| ~ 1e-259``) is known to no better than that, so a
+        step that leaves it unchanged bounds the derivative by ``q / t``, not
+        by 0.
+        """
         f = np.asarray(f, dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             return np.maximum(
-                self.sigma.reshape(f.shape), self.relative.reshape(f.shape) * np.abs(f)
+                np.maximum(self.sigma.reshape(f.shape), QUANTUM),
+                self.relative.reshape(f.shape) * np.abs(f),
             )
 
     @property
@@ -622,7 +633,8 @@ class ScalarObjective:
             return 0.0
         level = self.noise.level(self.base_output)[unseen]
         with np.errstate(over="ignore", invalid="ignore"):
-            return 2.0 * float(np.sum(np.abs(self.cotangent[unseen]) * level)) / t0
+            # Divided by the step first: |c| times a level of one quantum underflows to 0.
+            return 2.0 * float(np.sum(np.abs(self.cotangent[unseen]) * (level / t0)))
 
     def input_noise(self, grads=None):
         """Legacy: ``eps * ||x * grad||_2`` over every input element, times the safety factor.
