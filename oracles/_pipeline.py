@@ -100,6 +100,12 @@ RESOLVE = 1e-3
 #: The sensitivity is this quantile of the elements' figures: what 9 elements in 10 catch.
 TYPICAL_QUANTILE = 0.9
 
+#: A reference of 0 within this (absolute) error counts as an exact 0, checked absolutely.
+EXACT_ZERO = 1e-300
+
+#: Elements within this factor of the median magnitude count as typical for the sensitivity.
+TYPICAL_SPAN = 100.0
+
 #: Above this magnitude the largest step of the numeric ladder (2^-3) is below
 #: half an ulp of the input: x + t rounds back to x.
 STEP_LIMIT = 2.0**50
@@ -1346,7 +1352,12 @@ def _coverage(r, k, name, ladder=None):
             # Nothing but kinks (ties at a max, ReLU at 0): judged by the
             # subgradient rule there (and jointly at ties), not relatively.
             return Coverage(math.nan, math.nan, zeros=int(base.sum()), kinks=int(kink.sum()))
-        if not zero_direction and _independent(r, k):
+        exact = base & (best.value == 0.0) & (best.own <= EXACT_ZERO)
+        if not zero_direction and base.any() and (np.array_equal(exact, base) or _independent(r, k)):
+            # Either fn does not move with the input at all, or every element's
+            # reference is 0 to within a bound far below any float64 gradient
+            # one could care about (outputs that are exactly 0 and stay 0 at
+            # every step, to one quantum: a dead ReLU): any other result fails.
             return Coverage(
                 math.nan,
                 math.nan,
@@ -1406,8 +1417,13 @@ def _coverage(r, k, name, ladder=None):
             allowed = np.array([r.atol + r.rtol * mag[j] for j, _ in sharpest])
             tau = np.maximum(tau, float(np.quantile(errors + allowed, TYPICAL_QUANTILE)))
             own_tau = np.maximum(own_tau, float(np.quantile(errors, TYPICAL_QUANTILE)))
-    relative = float(np.quantile(tau, TYPICAL_QUANTILE)) / m
-    own = float(np.quantile(own_tau, TYPICAL_QUANTILE)) / m
+    # Typical elements are those within TYPICAL_SPAN of the median magnitude:
+    # the gradients of one input can span many decades (sigmoid at 0 and at
+    # -100), and the thresholds of elements 1e40 larger say nothing about an
+    # element of the median size.
+    near = (mag[nonzero] <= TYPICAL_SPAN * m) & (mag[nonzero] >= m / TYPICAL_SPAN)
+    relative = float(np.quantile(tau[near], TYPICAL_QUANTILE)) / m
+    own = float(np.quantile(own_tau[near], TYPICAL_QUANTILE)) / m
     loose = base & (sigma > LOOSE_FACTOR * relative)
     zeros = base & ~nonzero & ~loose
     return Coverage(

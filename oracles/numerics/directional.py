@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from oracles.errors import UserFunctionError
-from oracles.numerics.ladder import FROZEN_LEVELS, _moved, kink_test, ladder
+from oracles.numerics.ladder import FROZEN_LEVELS, _moved, kink_test, ladder, scale_search
 from oracles.numerics.objective import (
     ANALYTIC_ROUNDING,
     EPS,
@@ -304,6 +304,32 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
         c = np.where(bad, np.nan, c)
         rungs[k] = (c, 2.0 * h, rnoise, fwd, bwd, side_noise, bad, frozen, np.abs(corr))
         return rungs[k]
+
+    if rung(0) is not None and not mask.any():
+        # Nothing changed at the largest step: fn may vary on a much larger
+        # scale than the inputs' (a softmax of equal logits of 1e-166 varies
+        # on a scale of 1). Find it (as the scalar ladder does) and start there.
+        def central(step):
+            with np.errstate(over="ignore", invalid="ignore"):
+                xp = [x + step * u for x, u in zip(xs, us, strict=True)]
+                xm = [x - step * u for x, u in zip(xs, us, strict=True)]
+            if not all(np.all(np.isfinite(a)) for a in xp + xm):
+                return None
+            fp, fm = fresh(xp), fresh(xm)
+            if fp.shape != f0.shape or fm.shape != f0.shape:
+                return None
+            changed = fp != fm
+            with np.errstate(over="ignore", invalid="ignore"):
+                c = np.where(changed, (fp - fm) / (2.0 * step), 0.0)
+                n = np.where(changed, NOISE_SAFETY * (noise.level(fp) + noise.level(fm)), 0.0)
+            return c, n / (2.0 * step)
+
+        up = scale_search(central, t0 * unit)
+        if up is not None:
+            unit = float(np.ldexp(unit, up))
+            rungs.clear()
+            mask[...] = False
+            closest[...] = np.inf
 
     value = np.full(m, np.nan)
     error = np.full(m, np.inf)

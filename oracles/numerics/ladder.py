@@ -488,18 +488,31 @@ def _saturation_bound(objective, value, error, still):
 
 
 def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
-    """The ladder of one element at scale ``s``: a dict of its results."""
+    """The ladder of one element at scale ``s``: a dict of its results.
+
+    An output that changed at some rung carries its rounding noise at every
+    rung, also at those where it happened to round equal on both sides, and
+    also at rungs evaluated *before* it was first seen to change (the ladder
+    climbs after descending: ``10 + 3e-15 x`` moves only at the largest
+    steps). The ladder therefore runs again, on the rungs already evaluated,
+    until the set of outputs seen to change no longer grows.
+    """
     work = objective.work
     cot = objective.cotangent
     f0 = objective.base_output
     evals = {}
+    raw = {}  # rung -> its evaluation (or None below fn's resolution)
+    order = {}  # rung -> how many rungs were evaluated before it
     terms = {}  # sum |c_i (f_i(x + t) - f_i(x - t))| / 2t per rung: the size of the VJP's terms
     mask = np.zeros(cot.shape, dtype=bool)
+    first_seen = np.full(cot.shape, np.inf)  # order of the rung where each output first changed
     frozen = []  # steps at which fn no longer changed at all
     closest = [np.inf]  # fewest resolution units fn has moved by at any rung so far
     level0 = objective.noise.level(f0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        late_weight = 2.0 * NOISE_SAFETY * np.abs(cot) * level0
 
-    def quotient(k):
+    def evaluate(k):
         t = t0 * s * 2.0**-k
         xp, xm, delta = _perturbed(x0, t)
         if not (xm < x0 < xp) or not np.isfinite(delta):
@@ -512,7 +525,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         finally:
             flat[j] = x0
         if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
-            return np.nan, delta, np.inf
+            return {"nonfinite": delta}
         still = np.array_equal(fp, f0) and np.array_equal(fm, f0)
         if still and mask.any() and closest[0] <= FROZEN_LEVELS:
             # Below fn's resolution: larger steps changed it by a few quanta,
@@ -523,20 +536,59 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             return None
         if not still:
             closest[0] = min(closest[0], _moved(fp, fm, f0, level0))
+        before = mask.copy()
         hp, hm = xp - x0, x0 - xm
         fwd = float(np.vdot(cot, fp - f0)) / hp
         bwd = float(np.vdot(cot, f0 - fm)) / hm
         side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
-        evals[k] = (fwd, bwd, side / min(hp, hm))
         num = float(np.vdot(cot, fp - fm))
         # Rounding x +- t can leave the two steps unequal: the difference
         # is then centred at x + (hp - hm) / 2, off by curvature * that.
         center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
         noise = objective.rung_noise(fp, fm, mask)
+        first_seen[mask & ~before] = len(order)
+        order[k] = len(order)
         terms[k] = float(np.vdot(np.abs(cot), np.abs(fp - fm))) / delta
-        return num / delta, delta, noise / delta + center, fwd - bwd, 2.0 * evals[k][2]
+        return {
+            "fwd": fwd, "bwd": bwd, "side": side, "num": num, "center": center,
+            "noise": noise, "delta": delta, "h": min(hp, hm),
+        }  # fmt: skip
 
-    v, e, k_best, _, nf = ladder(quotient, n_rungs=n_rungs)
+    def late(k):
+        """Noise of the outputs first seen to change after rung ``k`` was evaluated."""
+        later = first_seen > order[k]
+        if not later.any():
+            return 0.0
+        return float(np.sum(late_weight[later & np.isfinite(first_seen)]))
+
+    def quotient(k):
+        if k not in raw:
+            raw[k] = evaluate(k)
+        got = raw[k]
+        if got is None:
+            return None
+        if "nonfinite" in got:
+            return np.nan, got["nonfinite"], np.inf
+        extra = late(k)
+        side = (got["side"] + extra) / got["h"]
+        evals[k] = (got["fwd"], got["bwd"], side)
+        noise = (got["noise"] + extra) / got["delta"]
+        return (
+            got["num"] / got["delta"], got["delta"], noise + got["center"],
+            got["fwd"] - got["bwd"], 2.0 * side,
+        )  # fmt: skip
+
+    for _ in range(4):
+        seen = int(mask.sum())
+        out = ladder(quotient, n_rungs=n_rungs)
+        if int(mask.sum()) == seen:
+            break
+    v, e, k_best, _, nf = out
+    evals = {  # every finite rung, with the noise of every output seen to change
+        k: (got["fwd"], got["bwd"], (got["side"] + late(k)) / got["h"])
+        for k, got in raw.items()
+        if got is not None and "nonfinite" not in got
+    }
     if k_best is None and frozen and not nf:
         # fn changed at larger steps but not at all at these (saturated: tanh
         # at 20): the derivative is below its resolution over the largest such
@@ -557,6 +609,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         "mask": mask,
         "evals": evals,
         "top": min([k for k in evals] + [0]),
+        "closest": closest[0],
     }
 
 
@@ -625,7 +678,12 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
                 if kf is None or not np.isfinite(far["value"]):
                     pass  # no estimate out there (fn overflows first): keep the bound of here
                 elif far["evals"].get(kf, (0.0, 0.0))[:2] == (0.0, 0.0):
-                    pass  # locally constant after all (a dead ReLU): its kink lies farther out
+                    # Locally constant after all (a dead ReLU): its kink lies
+                    # farther out. It keeps the bound of the outputs'
+                    # resolution over the step: a dominated logit (softmax at a
+                    # scale of 500) looks the same from here, and its true
+                    # derivative is tiny, not 0.
+                    pass
                 else:
                     s, run = s_far, far
         v, err, k_best = run["value"], run["error"], run["k"]

@@ -49,7 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0, changed_noise
+from oracles.numerics.ladder import FAR_STEPS
+from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0
 
 __all__ = ["MAX_GROUPS", "TieCheck", "check_ties", "limiting_slopes", "tie_groups"]
 
@@ -123,8 +124,46 @@ def tie_groups(xs, kinks=None, max_groups=MAX_GROUPS):
     return [(i, idx) for _, _, i, idx in found[:max_groups]], len(found)
 
 
-def _one_sided(objective, i, idx, grads, sign, noise_x, t0=T0, n_rungs=N_RUNGS):
-    """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``."""
+def _group_scale(objective, i, idx):
+    """The step scale of a tie group: the largest element scale among its elements."""
+    return float(np.max(objective.scales[i].reshape(-1)[idx]))
+
+
+def _coupled_outputs(objective, i, idx, s, unseen):
+    """Which ``unseen`` outputs change when the whole group moves by far steps (see ladder)."""
+    work = objective.work
+    f0 = objective.base_output
+    flat = work[i].reshape(-1)
+    x0 = flat[idx].copy()
+    found = np.zeros(unseen.shape, dtype=bool)
+    fars = [far * s for far in FAR_STEPS] + (list(FAR_STEPS) if s < 1.0 else [])
+    try:
+        for step in fars:
+            finite = False
+            for sign in (1.0, -1.0):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    moved = x0 + sign * step
+                if not np.all(np.isfinite(moved)):
+                    continue
+                flat[idx] = moved
+                f = objective.output(work)
+                ok = np.isfinite(f)
+                finite |= bool(ok.any())
+                found |= unseen & ((ok & (f != f0)) | ~ok)
+            if not finite or np.array_equal(found, unseen):
+                break
+    finally:
+        flat[idx] = x0
+    return found
+
+
+def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
+    """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``.
+
+    Steps are relative to the group's scale (:func:`_group_scale`), and the
+    noise is the measured noise of the outputs that changed (the same model
+    as the central ladder's), so the test reads the same in any units.
+    """
     work = objective.work
     f0 = objective.base_output
     cot = objective.cotangent
@@ -132,10 +171,13 @@ def _one_sided(objective, i, idx, grads, sign, noise_x, t0=T0, n_rungs=N_RUNGS):
     mask = np.zeros(cot.shape, dtype=bool)
     flat = work[i].reshape(-1)
     x0 = flat[idx].copy()
+    s = _group_scale(objective, i, idx)
     quotients = []
     for k in range(n_rungs):
-        t = t0 * 2.0**-k
+        t = t0 * s * 2.0**-k
         moved = x0 + sign * t
+        if np.any(moved == x0):
+            break  # the step no longer moves every tied element
         try:
             flat[idx] = moved
             fp = objective.output(work)
@@ -145,7 +187,7 @@ def _one_sided(objective, i, idx, grads, sign, noise_x, t0=T0, n_rungs=N_RUNGS):
             continue
         taken = moved - x0  # the step actually taken, per element
         num = float(np.vdot(cot, fp - f0)) - float(np.dot(g, taken - sign * t))
-        noise = changed_noise(cot, fp, f0, mask) + noise_x
+        noise = objective.rung_noise(fp, f0, mask)
         quotients.append((num / t, noise / t, k))
     # First-order Richardson (one-sided differences have an O(t) error), error estimates.
     best = (np.nan, np.inf)
@@ -165,7 +207,14 @@ def _one_sided(objective, i, idx, grads, sign, noise_x, t0=T0, n_rungs=N_RUNGS):
     value, err = best
     if not np.isfinite(value):
         return np.nan, np.inf
-    return sign * value, err + objective.hidden_noise(mask, t0)
+    largest = t0 * s
+    hidden = objective.hidden_noise(mask, largest)
+    if hidden > err:
+        # Only the unchanged outputs that depend on the group count (an
+        # elementwise fn's other outputs do not).
+        coupled = _coupled_outputs(objective, i, idx, s, ~mask)
+        hidden = objective.hidden_noise(~coupled, largest)
+    return sign * value, err + hidden
 
 
 def _sampled_slopes(objective, i, idx, delta, n_samples, rng):
@@ -191,8 +240,8 @@ def _sampled_slopes(objective, i, idx, delta, n_samples, rng):
                 if fp.shape != cot.shape or not finite:
                     continue
                 slope = float(np.vdot(cot, fp - fm)) / taken
-                level = np.abs(cot) * (np.abs(fp) + np.abs(fm))
-                noise[p] = max(noise[p], NOISE_SAFETY * EPS * float(np.sum(level)) / taken)
+                changed = np.zeros(cot.shape, dtype=bool)
+                noise[p] = max(noise[p], objective.rung_noise(fp, fm, changed) / taken)
                 lo[p] = min(lo[p], slope)
                 hi[p] = max(hi[p], slope)
     finally:
@@ -218,7 +267,7 @@ def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
     value = float(x0[0])
     others = np.setdiff1d(flat, x0)
     gap = float(np.min(np.abs(others - value))) if others.size else np.inf
-    delta = min(2.0**-12 * max(abs(value), 1.0), gap / 16.0)
+    delta = min(2.0**-12 * _group_scale(objective, i, idx), gap / 16.0)
     n_samples = n_samples or min(8 * idx.size, 48)
     lo1, hi1, n1 = _sampled_slopes(objective, i, idx, delta, n_samples, rng)
     lo2, hi2, n2 = _sampled_slopes(objective, i, idx, delta / 16.0, n_samples, rng)
@@ -236,12 +285,11 @@ def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0):
     """
     groups, n_found = tie_groups(objective.work, kinks)
     calls0 = objective.calls
-    noise_x = objective.input_noise(grads)
     out = []
     for i, idx in groups:
         g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
-        right, err_r = _one_sided(objective, i, idx, grads, +1.0, noise_x)
-        left, err_l = _one_sided(objective, i, idx, grads, -1.0, noise_x)
+        right, err_r = _one_sided(objective, i, idx, grads, +1.0)
+        left, err_l = _one_sided(objective, i, idx, grads, -1.0)
         shape = objective.work[i].shape
         indices = tuple(tuple(int(v) for v in np.unravel_index(int(j), shape)) for j in idx)
         out.append(

@@ -92,13 +92,24 @@ def test_correct_jvps_pass(fn, jvp, inputs):
 @given(x=arrays())
 @settings(max_examples=15)
 def test_tanh_jvp_passes_on_any_array(x):
-    assert check_jvp(tanh, tanh_jvp, (x,)).ok
+    report = check_jvp(tanh, tanh_jvp, (x,))
+    if np.max(1.0 - np.tanh(x) ** 2, initial=0.0) < 1e-12:
+        # Saturated everywhere (float64 tanh is exactly +-1 beyond 19.1): nothing to resolve.
+        assert report.status == "inconclusive", str(report)
+    else:
+        assert report.ok, str(report)
 
 
 @given(z=logits(shape=(3, 4)))
 @settings(max_examples=15)
 def test_softmax_jvp_passes_on_any_logits(z):
-    assert check_jvp(softmax, softmax_jvp, (z,)).ok
+    report = check_jvp(softmax, softmax_jvp, (z,))
+    assert report.status != "failed", str(report)
+    if np.max(np.ptp(z, axis=-1)) < 20:
+        # Beyond that, an output of about 1.0 moves by less than e^-20 of the step along any
+        # tangent: its out_tangent is below what central differences resolve, and the check
+        # may say inconclusive (never failed).
+        assert report.ok, str(report)
 
 
 def test_kink_along_the_tangent_accepts_a_subgradient():
