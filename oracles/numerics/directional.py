@@ -340,8 +340,12 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
     l0_all = noise.level(f0)
     # Where the noise probe saw an output vary wildly over steps of ``h`` (of
     # the inputs' scales), rungs above ``4 h`` are meaningless for it.
+    # Where it looked smooth at a smaller probe step, the ladder starts at
+    # most 4 times that one (between the two, fn may oscillate: sin(1e3 x) at
+    # x ~ 1e4, stepped by 1e-2 of its scale).
+    limit = np.where(np.isfinite(noise.varies) & (noise.calm > 0), noise.calm, noise.varies)
     with np.errstate(divide="ignore"):
-        skip = np.ceil(np.log2(T0 / (4.0 * noise.varies)))
+        skip = np.ceil(np.log2(T0 / (4.0 * limit)))
     first = np.where(np.isfinite(skip), np.clip(skip, 0, n_rungs // 2), 0).astype(int)
     for i in range(m):
 

@@ -220,6 +220,11 @@ class NoiseModel:
         it varied as much as its own size (``inf`` where it never did): the
         function varies on a scale below ``4 h`` of the inputs' scales there,
         and ladders need not start above it.
+    calm : ndarray, optional
+        Per output element, the largest relative probe step at which it
+        looked like a smooth curve plus noise (0 where it never did): below a
+        step where it varied wildly, ladders start at most ``4 calm`` (``sin(1e3
+        x)`` at ``x ~ 1e4`` is wild at steps of ``0.6`` and smooth at ``7e-5``).
     kind : str, optional
         ``"float32"``, ``"float16"`` or ``"bfloat16"`` when every output the
         probe saw is a value of that type (``fn`` computes in it and casts
@@ -233,6 +238,7 @@ class NoiseModel:
     evaluations: int = 0
     varies: np.ndarray | None = None
     kind: str | None = None
+    calm: np.ndarray | None = None
 
     def __post_init__(self):
         self.sigma = np.asarray(self.sigma, dtype=np.float64).reshape(-1)
@@ -240,6 +246,8 @@ class NoiseModel:
             self.relative = np.full(self.sigma.shape, self.precision)
         if self.varies is None:
             self.varies = np.full(self.sigma.shape, np.inf)
+        if self.calm is None:
+            self.calm = np.zeros(self.sigma.shape)
 
     def level(self, f):
         """Noise of output values ``f`` (shaped like the output): ``max(sigma, relative |f|, q)``.
@@ -402,6 +410,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     quantum = np.full(m, np.inf)
     peak = np.abs(f0)  # the largest |f_i| seen at the probe's points
     varies = np.full(m, np.inf)  # the smallest probe step over which f_i varied wildly
+    calm = np.zeros(m)  # the largest probe step at which f_i looked smooth plus noise
     moved = np.zeros(m, dtype=bool)  # f_i took two values at some probe step
     seen = [f0]
     for h in list(steps) + [COARSE_PROBE_STEP]:
@@ -456,6 +465,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             plausible = finite & (distinct >= MIN_DISTINCT) & ~wild
             best = np.fmax(best, np.where(plausible, sigma, np.nan))
             varies = np.where(wild, np.minimum(varies, h), varies)
+            calm = np.where(plausible, np.maximum(calm, h), calm)
     detected = np.isfinite(best)
     absf = np.abs(f0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -482,6 +492,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         detected=detected,
         evaluations=calls,
         varies=varies,
+        calm=calm,
         kind=_reduced_kind(np.concatenate([np.ravel(v) for v in seen]))
         if precision > 1e3 * EPS
         else None,
@@ -593,7 +604,9 @@ class ScalarObjective:
         c = np.abs(self.cotangent[mask])
         level = noise.level(fp)[mask] + noise.level(fm)[mask]
         with np.errstate(over="ignore", invalid="ignore"):
-            return NOISE_SAFETY * float(np.sum(c * level))
+            # Each product c_i (fp_i - fm_i) is rounded to at least one quantum:
+            # at subnormal magnitudes (steps of 1e-318) that is its whole error.
+            return NOISE_SAFETY * (float(np.sum(c * level)) + c.size * QUANTUM)
 
     def difference(self, xs_plus, xs_minus, mask):
         """``phi(xs_plus) - phi(xs_minus)`` and its rounding noise.

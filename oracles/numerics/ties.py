@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oracles.numerics.ladder import FAR_STEPS
-from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, T0
+from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, QUANTUM, T0
 
 __all__ = ["MAX_GROUPS", "TieCheck", "check_ties", "limiting_slopes", "tie_groups"]
 
@@ -124,6 +124,21 @@ def tie_groups(xs, kinks=None, max_groups=MAX_GROUPS):
     return [(i, idx) for _, _, i, idx in found[:max_groups]], len(found)
 
 
+def _rounding(cot, fa, fb, mask):
+    """Rounding noise of ``<cot, fa - fb>`` from float64 rounding of the outputs that changed.
+
+    Relative to each output's own magnitude (no scale is assumed), and not
+    the measured noise of ``fn``: at ties, the noise probe's points fall on
+    both sides of the kink, and its jumps look like noise (``sort`` of tied
+    values "measures" 6e-6 relative).
+    """
+    mask |= fa != fb
+    c = np.abs(cot[mask])
+    level = np.abs(fa[mask]) + np.abs(fb[mask])
+    with np.errstate(over="ignore", invalid="ignore"):
+        return NOISE_SAFETY * (EPS * float(np.sum(c * level)) + c.size * QUANTUM)
+
+
 def _group_scale(objective, i, idx):
     """The step scale of a tie group: the largest element scale among its elements."""
     return float(np.max(objective.scales[i].reshape(-1)[idx]))
@@ -187,7 +202,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             continue
         taken = moved - x0  # the step actually taken, per element
         num = float(np.vdot(cot, fp - f0)) - float(np.dot(g, taken - sign * t))
-        noise = objective.rung_noise(fp, f0, mask)
+        noise = _rounding(cot, fp, f0, mask)
         quotients.append((num / t, noise / t, k))
     # First-order Richardson (one-sided differences have an O(t) error), error estimates.
     best = (np.nan, np.inf)
@@ -208,12 +223,15 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     if not np.isfinite(value):
         return np.nan, np.inf
     largest = t0 * s
-    hidden = objective.hidden_noise(mask, largest)
-    if hidden > err:
+    unseen = ~mask
+    hidden = 0.0
+    if unseen.any():
         # Only the unchanged outputs that depend on the group count (an
-        # elementwise fn's other outputs do not).
-        coupled = _coupled_outputs(objective, i, idx, s, ~mask)
-        hidden = objective.hidden_noise(~coupled, largest)
+        # elementwise fn's other outputs do not): each may have moved by up to
+        # its rounding over the largest step.
+        coupled = _coupled_outputs(objective, i, idx, s, unseen)
+        resolution = EPS * np.abs(f0[coupled]) + QUANTUM
+        hidden = 2.0 * float(np.sum(np.abs(cot[coupled]) * (resolution / largest)))
     return sign * value, err + hidden
 
 
@@ -241,7 +259,7 @@ def _sampled_slopes(objective, i, idx, delta, n_samples, rng):
                     continue
                 slope = float(np.vdot(cot, fp - fm)) / taken
                 changed = np.zeros(cot.shape, dtype=bool)
-                noise[p] = max(noise[p], objective.rung_noise(fp, fm, changed) / taken)
+                noise[p] = max(noise[p], _rounding(cot, fp, fm, changed) / taken)
                 lo[p] = min(lo[p], slope)
                 hi[p] = max(hi[p], slope)
     finally:

@@ -211,9 +211,12 @@ def test_jax_oracle_flags_wrong_affine_jvp():
     ids=["cube", "gauss", "sine", "fast_sine", "log1p"],
 )
 @pytest.mark.parametrize("offset", [0.0, 1e4])
-def testvector_ladder_error_estimates_cover_the_true_error(f, df, offset):
-    x = RNG.standard_normal(20) + offset
-    u = RNG.standard_normal(20)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def testvector_ladder_error_estimates_cover_the_true_error(f, df, offset, seed):
+    # Its own generator: the module's RNG is drawn in test order, which pytest-xdist varies.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(20) + offset
+    u = rng.standard_normal(20)
     # check_jvp passes the user's JVP as ``linear``: it removes the bias of x + h u rounding.
     result, n_eval = vector_ladder(
         lambda a: f(a[0]).ravel(), [x], [u], linear=lambda d: df(x, d[0]).ravel()
@@ -272,3 +275,21 @@ def test_argument_validation(kwargs, error, match):
     fn, jvp, inputs = args.pop("fn"), args.pop("jvp"), args.pop("inputs")
     with pytest.raises(error, match=match):
         check_jvp(fn, jvp, inputs, **args)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: at about 1 point in 30 the noise probe underestimates the rounding "
+    "noise of sin(1e3 x) (3.6e-15 relative measured, about 1.2e-13 true) and an estimate's "
+    "error bound falls up to 2x short of its true error (1e-7 relative)",
+)
+@pytest.mark.parametrize("seed", [24, 56])
+def test_known_noise_underestimate_of_a_fast_sine(seed):
+    rng = np.random.default_rng(seed)
+    x, u = rng.standard_normal(20), rng.standard_normal(20)
+    result, _ = vector_ladder(
+        lambda a: np.sin(1e3 * a[0]), [x], [u], linear=lambda d: 1e3 * np.cos(1e3 * x) * d[0]
+    )
+    true = 1e3 * np.cos(1e3 * x) * u
+    truth_rounding = 64 * np.finfo(float).eps * (1 + np.abs(x)) * np.abs(true)
+    assert np.all(np.abs(result["value"] - true) <= result["error"] + truth_rounding)
