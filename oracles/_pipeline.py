@@ -1353,7 +1353,8 @@ def _coverage(r, k, name, ladder=None):
             # subgradient rule there (and jointly at ties), not relatively.
             return Coverage(math.nan, math.nan, zeros=int(base.sum()), kinks=int(kink.sum()))
         exact = base & (best.value == 0.0) & (best.own <= EXACT_ZERO)
-        if not zero_direction and base.any() and (np.array_equal(exact, base) or _independent(r, k)):
+        flat_here = base.any() and np.array_equal(exact, base)
+        if not zero_direction and (flat_here or _independent(r, k)):
             # Either fn does not move with the input at all, or every element's
             # reference is 0 to within a bound far below any float64 gradient
             # one could care about (outputs that are exactly 0 and stay 0 at

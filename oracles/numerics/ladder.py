@@ -404,9 +404,9 @@ def _coupled(objective, flat, j, x0, s, unseen):
 
     Far steps :data:`FAR_STEPS` (times the element's scale ``s``, and for
     ``s < 1`` times 1 as well) in both directions, up to the edge of the
-    float64 range (``1 + 1e-38 x`` first changes at ``x ~ 1e22``), until every unseen output has changed or ``fn`` stops being
-    finite. An output that stays bitwise equal throughout is taken not to
-    depend on ``x_j``.
+    float64 range (``1 + 1e-38 x`` first changes at ``x ~ 1e22``), until
+    every unseen output has changed or ``fn`` stops being finite. An output
+    that stays bitwise equal throughout is taken not to depend on ``x_j``.
     """
     work = objective.work
     f0 = objective.base_output

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oracles.numerics.ladder import FAR_STEPS
-from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, QUANTUM, T0
+from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, QUANTUM, T0, analytic_rounding
 
 __all__ = ["MAX_GROUPS", "TieCheck", "check_ties", "limiting_slopes", "tie_groups"]
 
@@ -139,6 +139,22 @@ def _rounding(cot, fa, fb, mask):
         return NOISE_SAFETY * (EPS * float(np.sum(c * level)) + c.size * QUANTUM)
 
 
+def _natural_rounding(objective, i, idx):
+    """Rounding of an analytic gradient at the function's natural scale ``sum |c f| / s``.
+
+    A gradient whose elements cancel inside the derivation (softmax-CE at
+    equal logits: ``1/6 - 1/6`` per element) carries rounding at the size
+    of its terms, not of its result; ``sum |c f|`` over the group's scale
+    ``s`` is that size in the units of the check (it reads the same at any
+    output or input scale).
+    """
+    s = _group_scale(objective, i, idx)
+    if not (s > 0 and np.isfinite(objective.scale)):
+        return 0.0
+    with np.errstate(over="ignore"):
+        return float(analytic_rounding(objective.scale / s))
+
+
 def _group_scale(objective, i, idx):
     """The step scale of a tie group: the largest element scale among its elements."""
     return float(np.max(objective.scales[i].reshape(-1)[idx]))
@@ -188,6 +204,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     x0 = flat[idx].copy()
     s = _group_scale(objective, i, idx)
     quotients = []
+    terms = 0.0  # the largest sum |c_i (f_i(x + t d) - f_i(x))| / t: the size of the VJP's terms
     for k in range(n_rungs):
         t = t0 * s * 2.0**-k
         moved = x0 + sign * t
@@ -204,6 +221,8 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         num = float(np.vdot(cot, fp - f0)) - float(np.dot(g, taken - sign * t))
         noise = _rounding(cot, fp, f0, mask)
         quotients.append((num / t, noise / t, k))
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms = max(terms, float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
     # First-order Richardson (one-sided differences have an O(t) error), error estimates.
     best = (np.nan, np.inf)
     extrap = []
@@ -222,6 +241,10 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     value, err = best
     if not np.isfinite(value):
         return np.nan, np.inf
+    # The analytic sum over the group carries the rounding of the terms it is
+    # made of (softmax-CE at equal logits: 1/6 - 1/6 per element, summing to
+    # 1e-18 where the directional derivative is exactly 0).
+    err += analytic_rounding(terms)
     largest = t0 * s
     unseen = ~mask
     hidden = 0.0
@@ -319,7 +342,9 @@ def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0):
                 value=float(np.sum(g)),
                 left=left,
                 right=right,
-                error=max(err_l, err_r) + NOISE_SAFETY * EPS * float(np.sum(np.abs(g))),
+                error=max(err_l, err_r)
+                + NOISE_SAFETY * EPS * float(np.sum(np.abs(g)))
+                + _natural_rounding(objective, i, idx),
                 allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
             )
         )

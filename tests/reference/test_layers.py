@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oracles import assert_vjp, check_vjp
+from oracles import check_vjp
 from oracles.strategies import (
     affine_inputs,
     arrays,
@@ -394,7 +394,12 @@ def test_activation_layers_pass_the_numeric_oracle(Layer, x, seed):
         # their step; relu_vjp at and near its kink is judged in the op-level tests.
         x = x + np.where(x >= 0, 0.25, -0.25)
     fn, vjp = _layer_as_functions(Layer)
-    assert_vjp(fn, vjp, (x,), seed=seed)
+    report = check_vjp(fn, vjp, (x,), seed=seed)
+    assert report.status != "failed", str(report)
+    if np.max(np.abs(x), initial=0.0) < 5.0:
+        # Away from saturation (tanh/sigmoid far out, softmax of logits 100 apart) the
+        # check must resolve the gradient, and pass.
+        assert report.status == "passed", str(report)
 
 
 @settings(max_examples=30, deadline=None)
