@@ -85,7 +85,7 @@ CLIMB_ABOVE = 1e-10
 
 #: Factor on the change between successive extrapolants (the truncation estimate): alone it
 #: fell 10% short of the true error of a softmax JVP element of 1e-192 (logits 437.5 apart).
-TRUNCATION_SAFETY = 2.0
+TRUNCATION_SAFETY = 1.25
 
 #: Rungs of exact zeros after which the ladder stops.
 PATIENCE = 8

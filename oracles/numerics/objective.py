@@ -104,6 +104,9 @@ PROBE_HALF = 4
 #: No element's relative noise is taken below this quantile of the elements' (see measure_noise).
 FLOOR_QUANTILE = 0.25
 
+#: Second differences of a kink: one spike, every other at most this fraction of it.
+SPIKE_RATIO = 1e-3
+
 #: Fewest distinct values among the probe's points for a noise estimate (ECnoise's "h too small").
 MIN_DISTINCT = 6
 
@@ -455,6 +458,14 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             few = finite & (distinct < MIN_DISTINCT)
             quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
             sigma = _ecnoise(values)
+            # A kink within the probe's points (max-pool over tied pixels: the
+            # probe's direction breaks the tie) is one spike among the second
+            # differences, the rest rounding; ECnoise would take it for noise
+            # of the size of the kink times the step. Noise, and a float32
+            # staircase, give many.
+            d2 = np.sort(np.abs(np.diff(values, 2, axis=0)), axis=0)
+            spike = (d2[-1] > 0) & (d2[-2] <= SPIKE_RATIO * d2[-1])
+            sigma = np.where(spike, np.nan, sigma)
             moved |= finite & (distinct > 1)
             # Noise, not a function that varies faster than the probe's step
             # (which looks random too, but at the size of the values
