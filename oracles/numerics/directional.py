@@ -293,7 +293,9 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
         with np.errstate(divide="ignore", invalid="ignore"):
             moved = np.maximum(np.abs(fp - f0), np.abs(fm - f0)) / l0
         closest[...] = np.where(~still & np.isfinite(moved), np.minimum(closest, moved), closest)
-        mask[...] |= fp != fm
+        # Changed at all: also where both sides moved to the same value (x^2 at
+        # x = 1e-21 stepped by 0.1 on either side: fp == fm, far from f(x)).
+        mask[...] |= (fp != fm) | (fp != f0) | (fm != f0)
         with np.errstate(invalid="ignore", over="ignore"):
             c = (fp - fm) / (2.0 * h) - corr
             rnoise = np.where(mask, NOISE_SAFETY * (lp + lm), 0.0) / (2.0 * h)

@@ -213,7 +213,8 @@ def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, model, value, noise, nonf
                 continue
             c = float(cot)
             num = c * (a - b)
-            level = (max(s0, r0 * abs(a)) + max(s0, r0 * abs(b))) * abs(c) if a != b else 0.0
+            moved = a != b or a != z or b != z  # both sides can move to the same value
+            level = (max(s0, r0 * abs(a)) + max(s0, r0 * abs(b))) * abs(c) if moved else 0.0
             terms = abs(c) * abs(a - b)
             fwd, bwd = c * (a - z) / hp, c * (z - b) / hm
         else:
@@ -221,7 +222,7 @@ def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, model, value, noise, nonf
                 nonfinite[p], value[p], noise[p] = True, np.nan, np.inf
                 continue
             num = float(np.vdot(cot, fp - fm))
-            changed = fp != fm
+            changed = (fp != fm) | (fp != f0) | (fm != f0)  # both sides can move to one value
             sc, rc = sigma[changed], rel[changed]
             level = float(
                 np.sum(
