@@ -395,7 +395,17 @@ def _sensitivity_tables(data, name):
     rows = [
         [
             _inline(point),
-            *("**false alarm**" if verdicts[c] else "passes" for c in _SENSITIVITY_CHECKERS),
+            *(
+                "**false alarm**"
+                if verdicts[c]
+                else (
+                    "inconclusive"
+                    if c == "oracles.check_vjp"
+                    and data.get("statuses", {}).get(point) == "inconclusive"
+                    else "passes"
+                )
+                for c in _SENSITIVITY_CHECKERS
+            ),
         ]
         for point, verdicts in data["false_alarms"].items()
     ]
