@@ -36,7 +36,9 @@ class Affine:
         return dout @ self.W.T
 
 
-@pytest.mark.parametrize("scale", [1.0, 30.0, 500.0])
+# Not at logits of scale 500: there every gradient is below what central differences
+# resolve, a zero gradient would pass too, and the check says "inconclusive" (and fails).
+@pytest.mark.parametrize("scale", [0.1, 1.0, 30.0])
 def test_softmax_vjp(gradcheck, scale):
     x = scale * np.random.default_rng(0).normal(size=(8, 10))
     gradcheck.vjp(softmax, softmax_vjp, (x,))
