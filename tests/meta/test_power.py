@@ -422,3 +422,15 @@ def test_confident_cross_entropy_gradient_off_by_1e6_relative_fails():
     fn, vjp, _ = _softmax_ce_labels(z, t)
     report = check_vjp(fn, _scaled_everywhere(vjp, 1 + 1e-6), (z,))
     assert not report.ok, str(report)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known false alarm (found by the docs' Hypothesis example under CI=true): softmax at "
+    "logits of 1e6 with one logit 500 above the rest of its row; the element 500 below the max "
+    "(true gradient 1e-217) gets a reference of -8.8e-5 with an error estimate of 7.3e-5",
+)
+def test_known_false_alarm_softmax_offset_1e6_with_a_dominant_logit():
+    z = np.full((4, 10), 1e6)
+    z[1, 1] += 500.0
+    assert check_vjp(R.softmax, R.softmax_vjp, (z,)).status != "failed"
