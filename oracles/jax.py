@@ -106,32 +106,34 @@ _CALLS = (
 )
 
 
-def _jittered(jax, jnp, fun, rng):
-    """``fun`` evaluated primitive by primitive, every rounded floating result moved by one ulp.
+def _jittered(jax, jnp, fun, args, rng, n):
+    """``n`` evaluations of ``fun(*args)``, every rounded floating result moved by one ulp.
 
     Monte-Carlo arithmetic for JAX (see :func:`oracles.torch._jitter`): the
-    function is traced to a jaxpr (:func:`jax.make_jaxpr`) and interpreted
-    here; the result of every primitive that rounds, in a dtype below
-    float64, is multiplied by ``1 +- eps`` (random sign, from ``rng``).
+    function is traced to a jaxpr (:func:`jax.make_jaxpr`) once and
+    interpreted here; the result of every primitive that rounds, in a dtype
+    below float64, is multiplied by ``1 +- eps`` (random sign, from ``rng``).
     Bodies of ``jit`` and other calls are interpreted too; control flow
     (``scan``, ``cond``, ``while``) is bound whole and only its results are
-    jittered.
+    jittered. The function is traced once for the ``n`` runs. (Compiling
+    the interpreter, the factors an argument, costs more than ``n`` eager
+    runs once the primitives' own compilations are cached.)
     """
     from jax.extend import core
 
-    def jitter(x, before=None):
+    def moved(x, before=None):
+        """The epsilon of ``x``'s dtype when ``x`` is a rounded result to move, else None."""
         if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
-            return x
+            return None
         eps = float(jnp.finfo(x.dtype).eps)
         if eps < 1e-15 or not np.size(x):
-            return x
+            return None
         if before is not None:
             if jnp.issubdtype(before, jnp.bool_):
-                return x  # from booleans: 0 and 1, exact
+                return None  # from booleans: 0 and 1, exact
             if jnp.issubdtype(before, jnp.floating) and float(jnp.finfo(before).eps) >= eps:
-                return x  # to a dtype as wide or wider: exact
-        sign = rng.integers(0, 2, size=np.shape(x))
-        return x * jnp.asarray(np.where(sign, 1.0 + eps, 1.0 - eps), dtype=x.dtype)
+                return None  # to a dtype as wide or wider: exact
+        return eps
 
     def body(eqn):
         if eqn.primitive.name not in _CALLS:
@@ -150,7 +152,7 @@ def _jittered(jax, jnp, fun, rng):
                 return sub_jaxpr, consts
         return None
 
-    def evaluate(jaxpr, consts, args):
+    def evaluate(jaxpr, consts, args, jitter):
         env = {}
 
         def read(v):
@@ -164,7 +166,7 @@ def _jittered(jax, jnp, fun, rng):
             invals = [read(v) for v in eqn.invars]
             inner = body(eqn)
             if inner is not None:
-                outs = evaluate(inner[0], inner[1], invals)
+                outs = evaluate(inner[0], inner[1], invals, jitter)
             else:
                 if eqn.primitive.name in _CONTRACTIONS:
                     # Sums inside one primitive round many times: as a backward-stable
@@ -182,12 +184,23 @@ def _jittered(jax, jnp, fun, rng):
                     env[v] = o
         return [read(v) for v in jaxpr.outvars]
 
-    def run(*args):
-        closed, shapes = jax.make_jaxpr(fun, return_shape=True)(*args)
-        out = evaluate(closed.jaxpr, list(closed.consts), jax.tree_util.tree_leaves(args))
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), out)
+    closed, shapes = jax.make_jaxpr(fun, return_shape=True)(*args)
+    leaves = jax.tree_util.tree_leaves(args)
+    structure = jax.tree_util.tree_structure(shapes)
 
-    return run
+    def jitter(x, before=None):
+        eps = moved(x, before)
+        if eps is None:
+            return x
+        sign = rng.integers(0, 2, size=np.shape(x))
+        return x * np.where(sign, 1.0 + eps, 1.0 - eps).astype(x.dtype)
+
+    return [
+        jax.tree_util.tree_unflatten(
+            structure, evaluate(closed.jaxpr, list(closed.consts), leaves, jitter)
+        )
+        for _ in range(n)
+    ]
 
 
 class _Session:
@@ -442,18 +455,26 @@ class _Session:
                 primal, lin = jax.linearize(flat, *leaves)
                 return primal, lin(*tans)
 
-        if rng is not None:
-            derive = _jittered(jax, self.jnp, derive, rng)
+        if rng is not None:  # N_PERTURB runs under Monte-Carlo arithmetic (no guards)
+            runs = call_user(
+                lambda *a: _jittered(jax, self.jnp, derive, a, rng, N_PERTURB),
+                [tuple(leaves), second],
+                who,
+            )
+            return [self._derivative_pieces(result, who) for _, result in runs]
         primal, result = call_user(derive, [tuple(leaves), second], who)
-        if self.ad == "rev":
-            result = [np.array(np.asarray(g, dtype=np.float64), copy=True) for g in result]
-        else:
-            t_leaves, _ = self._out_leaves(result, who)
-            result = [self._flat(t_leaves)]
+        result = self._derivative_pieces(result, who)
         if guard and self._first:
             self._first = False
             self._primal_guard(primal, who)
         return result
+
+    def _derivative_pieces(self, result, who):
+        """The derivative as float64 arrays: one per input (reverse), one flat (forward)."""
+        if self.ad == "rev":
+            return [np.array(np.asarray(g, dtype=np.float64), copy=True) for g in result]
+        t_leaves, _ = self._out_leaves(result, who)
+        return [self._flat(t_leaves)]
 
     def _primal_guard(self, primal, who):
         out, _ = self._out_leaves(primal, who)
@@ -489,9 +510,7 @@ class _Session:
         if self._tolerance is None:
             rng = np.random.default_rng(r.seed + 1618)
             direction = r.direction[0] if self.ad == "rev" else tuple(r.direction)
-            again = [
-                self._derivative(r.xs, direction, guard=False, rng=rng) for _ in range(N_PERTURB)
-            ]
+            again = self._derivative(r.xs, direction, guard=False, rng=rng)
             self._tolerance = rounding_tolerance(
                 r.analytic, again, self.precision.eps, subnormal=self.precision.subnormal
             )

@@ -289,6 +289,7 @@ class _Session:
         self.problems, self.notes = [], []
         self.label = _label(func)
         self._memo = None
+        self._plan = None
         self._tolerance = None
         self._analytic = None
         self.undefined_grad, self.batched_grad = True, False
@@ -407,13 +408,57 @@ class _Session:
     # --- what the pipeline calls -----------------------------------------------------------------
 
     def forward(self, *xs):
-        """The float64 function the numeric oracle differentiates (flat output)."""
+        """The float64 function the numeric oracle differentiates (flat output).
+
+        Called hundreds of times per check, so the work that does not depend
+        on ``xs`` is done once (:meth:`_forward_plan`): which argument is
+        checked, where it goes (device, dtype), the pass-through tensors
+        already cast. Every call still gets fresh tensors.
+        """
         torch = self.torch
-        args, _ = self._arguments(xs, dtype=torch.float64 if self.precision.reduced else None)
+        if self._plan is None:
+            self._plan = self._forward_plan()
+        args = []
+        for kind, a, to in self._plan:
+            if kind == "x":
+                t = torch.from_numpy(np.array(xs[a], dtype=np.float64))
+                args.append(t if to is None else t.to(**to))
+            elif kind == "t":
+                args.append(a.clone())
+            else:
+                args.append(a)
         who = "reference_func" if self.target is self.reference_func else "func"
         outs = self._outputs(self.target(*args), who)
-        out = _flat(torch, outs)
-        return out.reshape(self.shapes[0]) if len(outs) == 1 else out
+        if len(outs) == 1:
+            o = outs[0]
+            if o.dtype == torch.float64 and o.device.type == "cpu":
+                return np.array(o.detach().numpy(), copy=True)
+            return _flat(torch, outs).reshape(self.shapes[0])
+        return _flat(torch, outs)
+
+    def _forward_plan(self):
+        """Per argument of ``func``: ``("x", j, to)`` the checked input ``j`` (``to``: the
+        device and dtype to move it to, None for float64 on the CPU), ``("t", tensor, None)``
+        a pass-through tensor (cloned on every call), ``("o", value, None)`` anything else."""
+        torch = self.torch
+        reduced = self.precision.reduced
+        pos = {k: j for j, k in enumerate(self.checked)}
+        plan = []
+        for k, a in enumerate(self.args):
+            if k in pos:
+                j = pos[k]
+                dtype = torch.float64 if reduced else self.dtypes[j]
+                device = self.devices[j]
+                same = dtype == torch.float64 and device.type == "cpu"
+                plan.append(("x", j, None if same else {"device": device, "dtype": dtype}))
+            elif isinstance(a, torch.Tensor):
+                t = a.detach().clone()
+                if t.is_floating_point() and reduced:
+                    t = t.to(torch.float64)
+                plan.append(("t", t, None))
+            else:
+                plan.append(("o", a, None))
+        return plan
 
     def reference_torch(self, *tensors):
         """``reference_func`` as the torch oracle wants it: the checked inputs in, one tensor."""
