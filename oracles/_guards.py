@@ -83,15 +83,32 @@ class Guarded:
             raise UserFunctionError(
                 f"{self.what} raised {type(exc).__name__} {self._where(args)}: {exc}"
             ) from exc
+        return self.check(out, args)
+
+    def check(self, out, args):
+        """What a call does with ``out``, the result of ``fn(*args)``: checked, a fresh array."""
         if self.shape is None:
             return out
-        out = as_output(out, self.what, self._where(args))
+        out = as_output(out, self.what, _Where(self, args))  # located only for a message
         if out.shape != self.shape:
             raise UserFunctionError(
                 f"{self.what} returned shape {out.shape} {self._where(args)}, but {self.shape} at "
                 "the evaluation point"
             )
         return out
+
+
+class _Where:
+    """``Guarded._where(args)``, computed only when a message formats it (not on every call)."""
+
+    def __init__(self, guarded, args):
+        self.guarded, self.args = guarded, args
+
+    def __str__(self):
+        return self.guarded._where(self.args)
+
+    def __format__(self, spec):
+        return format(str(self), spec)
 
 
 def _first_change(before, after):

@@ -49,6 +49,7 @@ from oracles.compare import Reference
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
 from oracles.numerics.ladder import partials
 from oracles.numerics.objective import (
+    EPS,
     MAX_RUNGS,
     NOISE_SAFETY,
     T0,
@@ -88,6 +89,23 @@ class Exhaustive:
         step ladder for every element (``mode="ladder"``).
     chunk_size : int, optional
         Elements per chunk (default: about 32 chunks, 256 .. 20,000 each).
+    vectorized : bool
+        ``True`` says that ``fn`` accepts a leading batch axis on every
+        input and returns one output per row: for inputs of shapes
+        ``(B,) + x_k.shape``, ``fn`` returns shape ``(B,) + out.shape``,
+        and row ``b`` of the result is ``fn`` of row ``b`` of the inputs
+        (NumPy broadcasting gives that for free in ``np.tanh(x @ W)``). The
+        screen then evaluates up to 1024 perturbed points per call
+        (fewer for large inputs: a batch holds at most about 2^18 floats
+        of an input). Inputs that are not perturbed in a batch are passed
+        as read-only broadcast views: ``fn`` must not write into its
+        arguments. The convention is that of ``scipy.differentiate``'s
+        batched evaluation, with the batch axis first. Checked once on two
+        rows before any is used (:class:`~oracles.errors.InvalidArgument`
+        if the output has the wrong shape or a row is not ``fn`` of that
+        row). The step ladder (samples and elements the screen cannot
+        settle) still calls ``fn`` one point at a time. Verdicts are those
+        of ``vectorized=False``.
 
     Examples
     --------
@@ -96,12 +114,25 @@ class Exhaustive:
     >>> x = np.linspace(-1.0, 1.0, 50)
     >>> check_vjp(np.sin, lambda g, x: g * np.cos(x), (x,), mode=Exhaustive()).ok
     True
+
+    A function written for one point that also evaluates a batch of them:
+
+    >>> W = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    >>> def layer(x, W):
+    ...     return np.tanh(x @ W)      # x (..., 5, 4) @ W (..., 4, 3): batches broadcast
+    >>> def layer_vjp(g, x, W):
+    ...     d = g * (1 - np.tanh(x @ W) ** 2)
+    ...     return d @ W.T, x.T @ d
+    >>> xs = (np.linspace(-2.0, 2.0, 20).reshape(5, 4), W)
+    >>> check_vjp(layer, layer_vjp, xs, mode=Exhaustive(vectorized=True)).ok
+    True
     """
 
     executor: Executor | None = None
     progress: bool | None = None
     screen: bool = True
     chunk_size: int | None = None
+    vectorized: bool = False
 
     def __post_init__(self):
         if self.executor is not None and not isinstance(self.executor, Executor):
@@ -115,6 +146,10 @@ class Exhaustive:
             )
         if not isinstance(self.screen, bool):
             raise InvalidArgumentType(f"screen must be True or False, got {self.screen!r}")
+        if not isinstance(self.vectorized, bool):
+            raise InvalidArgumentType(
+                f"vectorized must be True or False, got {self.vectorized!r}"
+            )
         if self.chunk_size is not None and (
             isinstance(self.chunk_size, bool)
             or not isinstance(self.chunk_size, (int, np.integer))
@@ -141,6 +176,7 @@ class Exhaustive:
             progress=self.progress,
             screen=self.screen,
             chunk_size=self.chunk_size,
+            vectorized=self.vectorized,
         )
         out = [
             Reference(**{k: v.reshape(x.shape) for k, v in est[i].items()})
@@ -152,7 +188,124 @@ class Exhaustive:
 # --- one chunk of work: runs here or on an executor ---------------------------------------------
 
 
-def _screen(objective, i, flat_idx, r):
+#: Floats per block of outputs the screen holds at once (``2^18``: 2 MB per array).
+BLOCK_FLOATS = 2**18
+#: Most rows of one batched call of a vectorized ``fn`` (:attr:`Exhaustive.vectorized`).
+MAX_BATCH = 1024
+
+
+def _raw(fn):
+    """The user's function inside the pipeline's guard (``Guarded``), or ``fn`` itself."""
+    from oracles._guards import Guarded
+
+    return fn.fn if isinstance(fn, Guarded) else fn
+
+
+def _same(a, b):
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+
+def calling(objective, vectorized=False):
+    """How the screen may call ``fn``: ``"vectorized"``, ``"direct"`` or ``"copies"``.
+
+    ``"direct"`` hands ``fn`` the objective's working arrays themselves (one
+    element perturbed in place and restored), instead of a fresh copy of
+    every input on every call; what ``fn`` returns is copied at once, so an
+    output that is a view of the input (``fn = lambda x: x``) is safe. That
+    is only done after a test, once per check (3 calls): ``fn`` must leave
+    its arguments unchanged, and must give bitwise the same output on the
+    working arrays, perturbed, as on a fresh copy of them (an ``fn`` that
+    keeps a reference to its last argument and returns a cached result
+    when it is handed the same object again fails that). Otherwise every
+    call gets fresh copies (``"copies"``). ``"vectorized"``
+    (:attr:`Exhaustive.vectorized`) is checked in :func:`_check_batched`.
+    """
+    if vectorized:
+        _check_batched(objective)
+        return "vectorized"
+    work = objective.work
+    fn = objective.fn
+    pristine = [x.copy() for x in work]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        objective.calls += 1
+        base = np.array(fn(*work), dtype=np.float64, copy=True)
+        if not all(_same(w, p) for w, p in zip(work, pristine, strict=True)):
+            for w, p in zip(work, pristine, strict=True):
+                w[...] = p
+            return "copies"
+        for w, s in zip(work, objective.scales, strict=True):  # one element of every input
+            if w.size:
+                w.reshape(-1)[0] += T0 * s.reshape(-1)[0]
+        try:
+            objective.calls += 2
+            direct = np.array(fn(*work), dtype=np.float64, copy=True)
+            fresh = np.array(fn(*[w.copy() for w in work]), dtype=np.float64, copy=True)
+        finally:
+            changed = [not _same(w, p) for w, p in zip(work, pristine, strict=True)]
+            for w, p in zip(work, pristine, strict=True):
+                w[...] = p
+    if not _same(base, objective.base_output) or not _same(direct, fresh):
+        return "copies"
+    if sum(changed) != sum(1 for w in work if w.size):  # fn wrote into an argument
+        return "copies"
+    return "direct"
+
+
+def _check_batched(objective):
+    """Raise :class:`InvalidArgument` unless ``fn`` evaluates a leading batch row by row.
+
+    Two rows: the evaluation point and a point with one element of every
+    input moved. Row ``b`` of the output must be ``fn`` of row ``b`` of the
+    inputs, to within the measured rounding noise of ``fn`` (a batched
+    matrix product may round differently from an unbatched one).
+    """
+    work, f0 = objective.work, objective.base_output
+    moved = []
+    for w, s in zip(work, objective.scales, strict=True):
+        v = w.copy()
+        if v.size:
+            v.reshape(-1)[0] += T0 * s.reshape(-1)[0]
+        moved.append(v)
+    single = objective.output(moved)
+    out = _batched_call(objective, [np.stack([w, v]) for w, v in zip(work, moved, strict=True)], 2)
+    noise = objective.noise
+    for row, want, where in ((0, f0, "the evaluation point"), (1, single, "a perturbed point")):
+        diff = np.abs(out[row] - want)
+        slack = NOISE_SAFETY * 2.0 * noise.level(want) + 4.0 * EPS * np.abs(want)
+        if not np.all((diff <= slack) | (np.isnan(out[row]) & np.isnan(want))):
+            raise InvalidArgument(
+                "Exhaustive(vectorized=True): fn must evaluate a leading batch axis row by row "
+                f"(row b of fn(*batched inputs) = fn(*row b of the inputs)); row {row}, "
+                f"{where}, differs from fn's unbatched output there by up to "
+                f"{float(np.nanmax(diff)):.3g}"
+            )
+
+
+def _batched_call(objective, stacked, rows):
+    """``fn(*stacked)`` for a batch of ``rows`` points: ``(rows,) + output shape``, float64."""
+    from oracles._guards import call_user
+
+    objective.calls += rows
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        out = call_user(_raw(objective.fn), stacked, "fn (called with a batch, vectorized=True)")
+    try:
+        arr = np.array(out, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            "Exhaustive(vectorized=True): fn must return one real array for a batch of inputs, "
+            f"got {type(out).__name__}"
+        ) from exc
+    want = (rows,) + objective.base_output.shape
+    if arr.shape != want:
+        raise InvalidArgument(
+            "Exhaustive(vectorized=True): fn must accept inputs with a leading batch axis and "
+            f"return one output per row: for a batch of {rows} it returned shape {arr.shape}, "
+            f"expected {want}"
+        )
+    return arr
+
+
+def _screen(objective, i, flat_idx, r, how="copies"):
     """One central difference at relative step ``r`` per element of input ``i``.
 
     Element ``j`` is stepped by ``r * s_j`` (its scale). Returns ``(value,
@@ -160,103 +313,165 @@ def _screen(objective, i, flat_idx, r):
     its rounding-noise estimate (the measured noise of the changed outputs,
     the off-centre term when ``x +- h`` round unequally, and the rounding of
     the analytic value's own terms,
-    :func:`~oracles.numerics.objective.analytic_rounding`).
+    :func:`~oracles.numerics.objective.analytic_rounding`). ``how`` says how
+    ``fn`` is called (:func:`calling`). The outputs of a block of elements
+    are kept, and everything after the calls is computed for the block at
+    once.
     """
+    flat_idx = np.asarray(flat_idx, dtype=np.intp)
+    n = flat_idx.size
+    h = r * objective.scales[i].reshape(-1)[flat_idx]
+    value = np.empty(n)
+    noise = np.empty(n)
+    nonfinite = np.zeros(n, dtype=bool)
+    x0 = objective.work[i].reshape(-1)[flat_idx]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        xp, xm = x0 + h, x0 - h
+    m = max(1, objective.base_output.size)
+    size = max(1, objective.work[i].size)
+    rows = max(1, BLOCK_FLOATS // m)
+    if how == "vectorized":
+        rows = max(1, min(rows, MAX_BATCH, BLOCK_FLOATS // size))
+    for s in range(0, n, rows):
+        part = slice(s, min(n, s + rows))
+        if how == "vectorized":
+            fp, fm = _rows_batched(objective, i, flat_idx[part], xp[part], xm[part])
+        else:
+            fp, fm = _rows(objective, i, flat_idx[part], xp[part], xm[part], how == "direct")
+        value[part], noise[part], nonfinite[part] = _block_stats(
+            objective, fp, fm, x0[part], xp[part], xm[part]
+        )
+    return value, noise, nonfinite
+
+
+def _rows(objective, i, idx, xp, xm, direct):
+    """Outputs at ``x +- h`` of the elements ``idx`` of input ``i``, one call per point."""
     work = objective.work
     flat = work[i].reshape(-1)
-    cot = objective.cotangent
-    f0 = objective.base_output
-    noise = objective.noise
-    n = len(flat_idx)
-    value = np.empty(n)
-    out_noise = np.empty(n)
-    nonfinite = np.zeros(n, dtype=bool)
-    h = r * objective.scales[i].reshape(-1)[np.asarray(flat_idx, dtype=np.intp)]
-    evaluate = _fast_output(objective)
+    shape = objective.base_output.shape
+    call = _caller(objective, shape)
+    b = idx.size
+    fp = np.empty((b,) + shape)
+    fm = np.empty((b,) + shape)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        _screen_loop(evaluate, flat, flat_idx, h, cot, f0, noise, value, out_noise, nonfinite)
-    return value, out_noise, nonfinite
+        for p in range(b):
+            j = idx[p]
+            x0 = flat[j]
+            try:
+                flat[j] = xp[p]
+                # Stored (copied) at once: fn's output may be a view of its input.
+                fp[p] = call(work if direct else [x.copy() for x in work])
+                flat[j] = xm[p]
+                fm[p] = call(work if direct else [x.copy() for x in work])
+            finally:
+                flat[j] = x0
+    objective.calls += 2 * b
+    return fp.reshape(b, -1), fm.reshape(b, -1)
 
 
-def _screen_loop(evaluate, flat, flat_idx, h, cot, f0, model, value, noise, nonfinite):
-    scale = NOISE_SAFETY
-    scalar = cot.size == 1
-    c_abs = np.abs(cot)
-    sigma = model.sigma.reshape(cot.shape)
-    rel = model.relative.reshape(cot.shape)
-    s0 = float(sigma.reshape(-1)[0]) if scalar else 0.0
-    r0 = float(rel.reshape(-1)[0]) if scalar else 0.0
-    for p, j in enumerate(flat_idx):
-        x0 = flat[j]
-        xp, xm = x0 + h[p], x0 - h[p]
-        try:
-            flat[j] = xp
-            fp = evaluate()
-            flat[j] = xm
-            fm = evaluate()
-        finally:
-            flat[j] = x0
-        if fp.shape != cot.shape or fm.shape != cot.shape:
-            raise UserFunctionError(
-                f"fn returned shape {fp.shape if fp.shape != cot.shape else fm.shape} at a "
-                f"perturbed point but {cot.shape} at the evaluation point"
-            )
-        hp, hm = xp - x0, x0 - xm
-        delta = xp - xm
-        if not delta > 0:
-            nonfinite[p], value[p], noise[p] = False, np.nan, np.inf
-            continue
-        if scalar:
-            a, b, z = float(fp), float(fm), float(f0)
-            if not (math.isfinite(a) and math.isfinite(b)):
-                nonfinite[p], value[p], noise[p] = True, np.nan, np.inf
-                continue
-            c = float(cot)
-            num = c * (a - b)
-            moved = a != b or a != z or b != z  # both sides can move to the same value
-            level = (max(s0, r0 * abs(a)) + max(s0, r0 * abs(b))) * abs(c) if moved else 0.0
-            terms = abs(c) * abs(a - b)
-            fwd, bwd = c * (a - z) / hp, c * (z - b) / hm
-        else:
-            if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
-                nonfinite[p], value[p], noise[p] = True, np.nan, np.inf
-                continue
-            num = float(np.vdot(cot, fp - fm))
-            changed = (fp != fm) | (fp != f0) | (fm != f0)  # both sides can move to one value
-            sc, rc = sigma[changed], rel[changed]
-            level = float(
-                np.sum(
-                    c_abs[changed]
-                    * (
-                        np.maximum(sc, rc * np.abs(fp[changed]))
-                        + np.maximum(sc, rc * np.abs(fm[changed]))
-                    )
-                )
-            )
-            terms = float(np.vdot(c_abs[changed], np.abs(fp[changed] - fm[changed])))
-            fwd = float(np.vdot(cot, fp - f0)) / hp if hp != hm else 0.0
-            bwd = float(np.vdot(cot, f0 - fm)) / hm if hp != hm else 0.0
-        value[p] = num / delta
-        center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
-        noise[p] = scale * level / delta + center + float(analytic_rounding(terms / delta))
+def _caller(objective, shape):
+    """``fn(*xs)`` as a float64 array of ``shape``, for :func:`_rows` (not copied).
 
-
-def _fast_output(objective):
-    """``objective.output`` of the working arrays, minus per-call overhead.
-
-    The floating-point error state is set up once per chunk instead of once
-    per call; ``fn`` still gets fresh copies of the working arrays on every
-    call (see :class:`~oracles.numerics.objective.ScalarObjective`).
+    Behind the pipeline's guard (``Guarded``), a plain float64 array of the
+    right shape is taken as it is; anything else (an exception, another
+    type or shape) goes through the guard again, which converts it or
+    raises the error that names the perturbed element.
     """
-    work = objective.work
+    from oracles._guards import Guarded
+
     fn = objective.fn
+    if not isinstance(fn, Guarded):
 
-    def evaluate():
-        objective.calls += 1
-        # A copy: an fn that writes into and returns one buffer must not change f0.
-        return np.array(fn(*[x.copy() for x in work]), dtype=np.float64, copy=True)
+        def plain(xs):
+            return _checked(fn(*xs), shape)
 
-    return evaluate
+        return plain
+    raw = fn.fn
+
+    def fast(xs):
+        try:
+            out = raw(*xs)
+        except Exception:  # noqa: BLE001 - the guard calls it again and names the element
+            return _checked(fn(*xs), shape)
+        if type(out) is np.ndarray and out.dtype == np.float64 and out.shape == shape:
+            return out
+        return _checked(fn.check(out, xs), shape)
+
+    return fast
+
+
+def _checked(out, shape):
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != shape:
+        raise UserFunctionError(
+            f"fn returned shape {out.shape} at a perturbed point but {shape} at the evaluation "
+            "point"
+        )
+    return out
+
+
+def _rows_batched(objective, i, idx, xp, xm):
+    """The same as :func:`_rows` in one call of a vectorized ``fn`` (``2 b`` rows)."""
+    work = objective.work
+    b = idx.size
+    rows = 2 * b
+    x = np.repeat(work[i].reshape(1, -1), rows, axis=0)
+    x[np.arange(b), idx] = xp
+    x[np.arange(b, rows), idx] = xm
+    stacked = [
+        x.reshape((rows,) + w.shape) if k == i else np.broadcast_to(w, (rows,) + w.shape)
+        for k, w in enumerate(work)
+    ]
+    out = _batched_call(objective, stacked, rows).reshape(rows, -1)
+    return out[:b], out[b:]
+
+
+def _block_stats(objective, fp, fm, x0, xp, xm):
+    """Quotients, noise and non-finiteness of a block of central differences (rows).
+
+    The noise sums run over the outputs that changed only (gathered, then
+    summed per row with ``bincount``): one element of ``x`` in ``x @ W``
+    moves one row of the output.
+    """
+    cot = objective.cotangent.reshape(-1)
+    c_abs = np.abs(cot)
+    f0 = objective.base_output.reshape(-1)
+    model = objective.noise
+    sigma, rel = model.sigma.reshape(-1), model.relative.reshape(-1)
+    b = fp.shape[0]
+    hp, hm = xp - x0, x0 - xm
+    delta = xp - xm
+    d = fp - fm
+    num = d @ cot
+    # A non-finite output on either side makes d, hence num, non-finite (or num overflowed).
+    finite = np.isfinite(num)
+    for p in np.flatnonzero(~finite):
+        finite[p] = bool(np.isfinite(fp[p]).all() and np.isfinite(fm[p]).all())
+    # Both sides can move to the same value: an output changed where either side differs from f0.
+    changed = d != 0
+    changed |= fp != f0
+    rows, cols = np.nonzero(changed)
+    a, z = fp[rows, cols], fm[rows, cols]
+    s_c, r_c, w = sigma[cols], rel[cols], c_abs[cols]
+    lvl = np.maximum(s_c, r_c * np.abs(a)) + np.maximum(s_c, r_c * np.abs(z))
+    level = np.bincount(rows, weights=w * lvl, minlength=b)
+    terms = np.bincount(rows, weights=w * np.abs(a - z), minlength=b)
+    center = np.zeros(b)
+    skew = np.flatnonzero(hp != hm)
+    if skew.size:
+        fwd = ((fp[skew] - f0) @ cot) / hp[skew]
+        bwd = ((f0 - fm[skew]) @ cot) / hm[skew]
+        center[skew] = np.abs(fwd - bwd) / (0.5 * (hp[skew] + hm[skew])) * np.abs(
+            hp[skew] - hm[skew]
+        )
+    value = num / delta
+    noise = NOISE_SAFETY * level / delta + center + analytic_rounding(terms / delta)
+    value[~finite] = np.nan
+    noise[~finite] = np.inf
+    stuck = ~(delta > 0)  # the step does not move x (or left the float64 range)
+    value[stuck] = np.nan
+    noise[stuck] = np.inf
+    return value, noise, ~finite & ~stuck
 
 
 def sharp_partials(objective, elements, grads, *, sharpen=True, steps=False):
@@ -344,7 +559,7 @@ def _run_chunk(payload, kind, i, flat_idx, arg):
         )
     calls0 = objective.calls
     if kind == "screen":
-        result = _screen(objective, i, flat_idx, arg)
+        result = _screen(objective, i, flat_idx, *arg)
     else:
         result = _ladder(objective, i, flat_idx, *arg)
     return result, objective.calls - calls0, list(objective.notes)
@@ -386,13 +601,17 @@ class _Runner:
                     "functools.partial of one) to use a process pool"
                 )
                 self.executor = None
-        self.payload = (
-            objective.fn,
-            [x.copy() for x in objective.work],
-            objective.cotangent,
-            objective.noise,
-            objective.base_output,
-        )
+        # The inputs as they are now (the working arrays are perturbed in place while chunks
+        # run here); no copy when the chunks run in this process.
+        self.payload = None
+        if self.executor is not None:
+            self.payload = (
+                objective.fn,
+                [x.copy() for x in objective.work],
+                objective.cotangent,
+                objective.noise,
+                objective.base_output,
+            )
 
     def run(self, kind, chunks, arg_of, bar=None):
         """``chunks``: list of ``(i, flat_idx)``; returns results in the same order."""
@@ -401,7 +620,7 @@ class _Runner:
             for c, (i, idx) in enumerate(chunks):
                 calls0 = self.objective.calls
                 if kind == "screen":
-                    results[c] = _screen(self.objective, i, idx, arg_of(i))
+                    results[c] = _screen(self.objective, i, idx, *arg_of(i))
                 else:
                     results[c] = _ladder(self.objective, i, idx, *arg_of(i))
                 self.evaluations += self.objective.calls - calls0
@@ -438,7 +657,7 @@ def _truncation(h, c, model):
         return TRUNCATION_SAFETY * h * h * np.minimum(big_c, rel)
 
 
-def _calibrate(objective, i, flat_idx, grads, rng):
+def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     """Screen step and truncation model for input ``i`` from a few full ladders.
 
     The truncation error of one central difference at step ``h`` is ``h^2``
@@ -479,7 +698,7 @@ def _calibrate(objective, i, flat_idx, grads, rng):
         center = 2.0 ** float(np.round(np.median(np.log2(chosen[usable]))))
         candidates = sorted({min(T0, center * f) for f in SCREEN_STEPS}, reverse=True)
         for r in candidates:
-            c, noise, nonfinite = _screen(objective, i, sample[usable], r)
+            c, noise, nonfinite = _screen(objective, i, sample[usable], r, how)
             if np.any(nonfinite) or not np.all(np.isfinite(c)):
                 continue
             h = r * scales
@@ -513,6 +732,7 @@ def exhaustive_partials(
     progress=None,
     screen=True,
     chunk_size=None,
+    vectorized=False,
 ):
     """Per-element numeric derivatives of ``objective`` for the given elements.
 
@@ -527,7 +747,7 @@ def exhaustive_partials(
     atol, rtol : float
         Tolerances of the comparison (an element passes the screen when
         ``|analytic - c| <= atol + rtol * |c| + error``).
-    executor, progress, screen, chunk_size
+    executor, progress, screen, chunk_size, vectorized
         See :class:`Exhaustive`.
 
     Returns
@@ -560,6 +780,8 @@ def exhaustive_partials(
     objective.noise  # noqa: B018 - measured once, in this process, before any chunk runs
     runner = _Runner(objective, executor, notes)
     rng = np.random.default_rng(0)
+    screens = screen and any(np.size(idx) > SCREEN_MIN for _, idx in indices)
+    how = calling(objective, vectorized) if screens else "copies"
     results, screen_of = {}, {}
     to_ladder = []  # (i, positions within indices[i])
     steps = {}
@@ -580,7 +802,7 @@ def exhaustive_partials(
             steps[i] = None
             to_ladder.append((i, np.arange(n)))
             continue
-        h, model, sample, ladder = _calibrate(objective, i, idx, grads, rng)
+        h, model, sample, ladder = _calibrate(objective, i, idx, grads, rng, how)
         steps[i] = h
         pos_of = {int(j): p for p, j in enumerate(idx)}
         sample_pos = np.array([pos_of[int(j)] for j in sample], dtype=np.intp)
@@ -608,7 +830,7 @@ def exhaustive_partials(
     expected = per_eval * 2 * n_screen
     bar = _progress_bar(progress, expected, n_screen)
     try:
-        outs = runner.run("screen", chunks, lambda i: screen_of[i][0], bar)
+        outs = runner.run("screen", chunks, lambda i: (screen_of[i][0], how), bar)
     finally:
         if bar is not None:
             bar.close()
@@ -650,8 +872,8 @@ def exhaustive_partials(
     if screen:
         method = (
             "central differences per element: one step per input chosen on sampled full ladders "
-            f"({n_screened} screened at 2 evaluations each), step ladder + Richardson for "
-            f"{n_ladder + n_sampled} (samples, screen failures, kinks, small inputs)"
+            f"({n_screened} screened at 2 evaluations each), step ladder + Richardson "
+            f"for {n_ladder + n_sampled} (samples, screen failures, kinks, small inputs)"
         )
     else:
         method = "central differences per element, step ladder + Richardson"

@@ -1230,6 +1230,7 @@ def fast_partials(
             progress=exhaustive.progress,
             screen=exhaustive.screen,
             chunk_size=exhaustive.chunk_size,
+            vectorized=exhaustive.vectorized,
         )
         # Chunks that ran on an executor do not show up in objective.calls.
         remote_evals += max(0, info["evaluations"] - (objective.calls - before))

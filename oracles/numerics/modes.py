@@ -20,7 +20,7 @@ def resolve_mode(mode, n_elements):
     Examples
     --------
     >>> resolve_mode("auto", 100)
-    Exhaustive(executor=None, progress=None, screen=True, chunk_size=None)
+    Exhaustive(executor=None, progress=None, screen=True, chunk_size=None, vectorized=False)
     >>> type(resolve_mode("auto", 10**6)).__name__
     'Fast'
     """
