@@ -267,7 +267,15 @@ def _check_batched(objective):
             v.reshape(-1)[0] += T0 * s.reshape(-1)[0]
         moved.append(v)
     single = objective.output(moved)
-    out = _batched_call(objective, [np.stack([w, v]) for w, v in zip(work, moved, strict=True)], 2)
+    try:
+        out = _batched_call(
+            objective, [np.stack([w, v]) for w, v in zip(work, moved, strict=True)], 2
+        )
+    except UserFunctionError as exc:
+        raise InvalidArgument(
+            "Exhaustive(vectorized=True): fn must accept inputs with a leading batch axis (every "
+            f"input of shape (B,) + its shape), but on a batch of 2 points it failed: {exc}"
+        ) from exc
     noise = objective.noise
     for row, want, where in ((0, f0, "the evaluation point"), (1, single, "a perturbed point")):
         diff = np.abs(out[row] - want)
@@ -345,59 +353,49 @@ def _screen(objective, i, flat_idx, r, how="copies"):
 
 
 def _rows(objective, i, idx, xp, xm, direct):
-    """Outputs at ``x +- h`` of the elements ``idx`` of input ``i``, one call per point."""
+    """Outputs at ``x +- h`` of the elements ``idx`` of input ``i``, one call per point.
+
+    Behind the pipeline's guard (``Guarded``), the user's function is called
+    directly, and a float64 array of the right shape is taken as it is;
+    anything else (an exception, another type or shape) goes through the
+    guard, which converts it or raises the error that names the perturbed
+    element.
+    """
+    from oracles._guards import Guarded
+
     work = objective.work
     flat = work[i].reshape(-1)
     shape = objective.base_output.shape
-    call = _caller(objective, shape)
+    guard = objective.fn if isinstance(objective.fn, Guarded) else None
+    raw = objective.fn if guard is None else guard.fn
+    f64 = np.dtype(np.float64)
     b = idx.size
     fp = np.empty((b,) + shape)
     fm = np.empty((b,) + shape)
+
+    def slow(xs, out=None, failed=False):
+        if guard is None:
+            return _checked(raw(*xs) if failed else out, shape)
+        return _checked(guard(*xs) if failed else guard.check(out, xs), shape)
+
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        for p in range(b):
-            j = idx[p]
+        for p, (j, a, z) in enumerate(zip(idx.tolist(), xp.tolist(), xm.tolist(), strict=True)):
             x0 = flat[j]
             try:
-                flat[j] = xp[p]
-                # Stored (copied) at once: fn's output may be a view of its input.
-                fp[p] = call(work if direct else [x.copy() for x in work])
-                flat[j] = xm[p]
-                fm[p] = call(work if direct else [x.copy() for x in work])
+                for rows, value in ((fp, a), (fm, z)):
+                    flat[j] = value
+                    xs = work if direct else [x.copy() for x in work]
+                    try:
+                        out = raw(*xs)
+                    except Exception:  # noqa: BLE001 - the guard calls it again, names the element
+                        out = slow(xs, failed=True)
+                    if not (type(out) is np.ndarray and out.dtype == f64 and out.shape == shape):
+                        out = slow(xs, out)
+                    rows[p] = out  # copied at once: fn's output may be a view of its input
             finally:
                 flat[j] = x0
     objective.calls += 2 * b
     return fp.reshape(b, -1), fm.reshape(b, -1)
-
-
-def _caller(objective, shape):
-    """``fn(*xs)`` as a float64 array of ``shape``, for :func:`_rows` (not copied).
-
-    Behind the pipeline's guard (``Guarded``), a plain float64 array of the
-    right shape is taken as it is; anything else (an exception, another
-    type or shape) goes through the guard again, which converts it or
-    raises the error that names the perturbed element.
-    """
-    from oracles._guards import Guarded
-
-    fn = objective.fn
-    if not isinstance(fn, Guarded):
-
-        def plain(xs):
-            return _checked(fn(*xs), shape)
-
-        return plain
-    raw = fn.fn
-
-    def fast(xs):
-        try:
-            out = raw(*xs)
-        except Exception:  # noqa: BLE001 - the guard calls it again and names the element
-            return _checked(fn(*xs), shape)
-        if type(out) is np.ndarray and out.dtype == np.float64 and out.shape == shape:
-            return out
-        return _checked(fn.check(out, xs), shape)
-
-    return fast
 
 
 def _checked(out, shape):

@@ -222,6 +222,8 @@ def test_wrong_formula_every_element_fails_screen_then_ladder():
         ({"screen": "yes"}, oracles.InvalidArgumentType, "screen must be"),
         ({"chunk_size": 0}, oracles.InvalidArgument, "chunk_size must be"),
         ({"chunk_size": True}, oracles.InvalidArgument, "chunk_size must be"),
+        ({"vectorized": 1}, oracles.InvalidArgumentType, "vectorized must be True or False"),
+        ({"vectorized": None}, oracles.InvalidArgumentType, "vectorized must be True or False"),
     ],
 )
 def test_exhaustive_rejects_bad_options(kwargs, error, match):
