@@ -178,52 +178,60 @@ def _blame_tie_group(r, refs, grads, tie):
 
 #: Relative steps (times each element's scale) of the probe for a kink where ties untie.
 TIE_PROBE_STEPS = (2.0**-10, 2.0**-12)
-#: Random directions of that probe per tie group.
-TIE_PROBE_DIRECTIONS = 2
 
 
 def _kink_where_ties_untie(objective, i, idx, rng):
-    """Whether ``phi`` may have a kink at the tie ``idx`` of input ``i`` (8 evaluations).
+    """Whether ``phi`` may have a kink at the tie ``idx`` of input ``i`` (10 evaluations).
 
-    Along a Gaussian direction ``u`` over the group (every pair of tied
-    elements moves apart), ``J(t) = (phi(x + t u) + phi(x - t u) - 2 phi(x))
-    / t`` is the jump between the one-sided slopes: at a kink (max, sort,
-    ReLU at tied zeros) it stays the same as ``t`` shrinks, where ``phi`` is
-    smooth it shrinks with ``t``. Over two steps ``4x`` apart, a smooth
-    ``phi`` has ``|J(t/4)| <= |J(t)| / 4`` up to rounding; anything above
-    ``|J(t)| / 2`` plus the rounding of ``J``, a non-finite output, or a
-    step that does not move an element, counts as a kink.
+    Along Gaussian directions ``u`` and ``v`` over the group (every pair of
+    tied elements moves apart), two defects vanish at first order where
+    ``phi`` is differentiable: ``J_u(t) = (phi(x + t u) + phi(x - t u) - 2
+    phi(x)) / t``, the jump between the one-sided slopes (max, ReLU at tied
+    zeros), and ``L(t) = (phi(x + t (u + v)) - phi(x + t u) - phi(x + t v) +
+    phi(x)) / t``, the non-linearity of the one-sided slope in the direction
+    (``sort`` under a palindromic cotangent has ``J = 0`` along every line,
+    but not ``L``). At a kink they stay the same as ``t`` shrinks, where
+    ``phi`` is smooth they shrink with ``t``: over two steps ``4x`` apart, a
+    smooth ``phi`` has ``|D(t/4)| <= |D(t)| / 4`` up to rounding. Anything
+    above ``|D(t)| / 2`` plus the rounding of ``D``, a non-finite output, or
+    a step that does not move an element, counts as a kink.
     """
     work = objective.work
     flat = work[i].reshape(-1)
     f0 = objective.base_output
+    cot = objective.cotangent
     x0 = flat[idx].copy()
     s = objective.scales[i].reshape(-1)[idx]
-    for _ in range(TIE_PROBE_DIRECTIONS):
-        u = rng.standard_normal(idx.size) * s
-        jumps = []
-        for t in TIE_PROBE_STEPS:
-            sides = []
-            try:
-                for sign in (1.0, -1.0):
-                    moved = x0 + sign * t * u
-                    if np.any(moved == x0) or not np.all(np.isfinite(moved)):
-                        return True
-                    flat[idx] = moved
-                    sides.append(objective.output(work))
-            finally:
-                flat[idx] = x0
-            fp, fm = sides
-            if fp.shape != f0.shape or not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
-                return True
-            second = float(np.vdot(objective.cotangent, (fp - f0) + (fm - f0)))
-            noise = objective.rung_noise(fp, f0, np.zeros(f0.shape, dtype=bool))
-            noise += objective.rung_noise(fm, f0, np.zeros(f0.shape, dtype=bool))
-            jumps.append((abs(second) / t, noise / t))
-        (big, _), (small, small_noise) = jumps
-        if not small <= 0.5 * big + small_noise:
+    u, v = rng.standard_normal(idx.size) * s, rng.standard_normal(idx.size) * s
+    combos = {"+u": u, "-u": -u, "+v": v, "-v": -v, "+uv": u + v}
+    defects = []  # per step: [(|D|, noise of D)] for J_u, J_v, L
+    for t in TIE_PROBE_STEPS:
+        f = {}
+        try:
+            for key, w in combos.items():
+                moved = x0 + t * w
+                if np.any(moved == x0) or not np.all(np.isfinite(moved)):
+                    return True
+                flat[idx] = moved
+                f[key] = objective.output(work)
+        finally:
+            flat[idx] = x0
+        if any(a.shape != f0.shape or not np.all(np.isfinite(a)) for a in f.values()):
             return True
-    return False
+
+        def defect(plus, minus, t=t, f=f):
+            change = sum(f[k] - f0 for k in plus) - sum(f[k] - f0 for k in minus)
+            value = float(np.vdot(cot, change))
+            noise = sum(
+                objective.rung_noise(f[k], f0, np.zeros(f0.shape, dtype=bool)) for k in plus + minus
+            )
+            return abs(value) / t, noise / t
+
+        defects.append(
+            [defect(["+u", "-u"], []), defect(["+v", "-v"], []), defect(["+uv"], ["+u", "+v"])]
+        )
+    big, small = defects
+    return any(not d <= 0.5 * b + n for (b, _), (d, n) in zip(big, small, strict=True))
 
 
 def _joint_ties(r, objective, grads, refs, notes):
@@ -231,22 +239,43 @@ def _joint_ties(r, objective, grads, refs, notes):
 
     The joint test (two one-sided ladders per group, about 50 evaluations)
     runs where a kink is seen at a tie: an element the per-element check
-    found at a kink, or a group where :func:`_kink_where_ties_untie` sees
-    one. Where ``fn`` is smooth across every tie (zero-initialized biases of
-    a sigmoid layer: equal values, not a kink), the per-element check
-    covers the tied elements like any others, and the joint test is not
-    run.
+    found at a kink or judged wrong (at tied values of ``sort`` the slopes
+    of one element alone can miss the limiting slopes that make it right),
+    or a group where :func:`_kink_where_ties_untie` sees one. Where ``fn``
+    is smooth across every tie (zero-initialized biases of a sigmoid layer:
+    equal values, not a kink), the per-element check covers the tied
+    elements like any others, and the joint test is not run.
     """
     kinks = [
         np.zeros(x.shape, dtype=bool) if ref.kink is None else np.asarray(ref.kink, dtype=bool)
         for x, ref in zip(r.xs, refs, strict=True)
     ]
-    groups, n_found = tie_groups(objective.work, kinks)
+    # Only inputs that hold equal values at all (sorting is cheap; grouping a million distinct
+    # values is not).
+    tied = []
+    for x in objective.work:
+        v = np.sort(x.reshape(-1))
+        tied.append(x if v.size > 1 and bool(np.any(v[1:] == v[:-1])) else x.reshape(-1)[:0])
+    groups, n_found = tie_groups(tied, kinks)
     if not groups:
         return 0
     calls0 = objective.calls
     rng = np.random.default_rng(r.seed + 7919)
-    kinked = any(kinks[i].reshape(-1)[idx].any() for i, idx in groups) or any(
+
+    def disagrees(i, idx):
+        """An element of the group fails its per-element comparison (or is not finite)."""
+        ref = refs[i]
+        if ref.value is None:
+            return False
+        value = np.asarray(ref.value, dtype=np.float64).reshape(-1)[idx]
+        error = np.asarray(ref.error, dtype=np.float64).reshape(-1)[idx]
+        a = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
+        judged = np.isfinite(value)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = np.abs(a - value) <= error + r.atol + r.rtol * np.abs(value)
+        return bool(np.any(judged & ~ok) or np.any(~np.isfinite(error[judged])))
+
+    kinked = any(kinks[i].reshape(-1)[idx].any() or disagrees(i, idx) for i, idx in groups) or any(
         _kink_where_ties_untie(objective, i, idx, rng) for i, idx in groups
     )
     probed = objective.calls - calls0

@@ -126,3 +126,30 @@ def test_smooth_ties_skip_the_joint_test():
             (x, W, b), mode=mode,
         )  # fmt: skip
         assert wrong.failed_inputs == ["b"], str(wrong)
+
+
+def _sort_vjp(g, x):
+    d = np.empty_like(x)
+    d[np.argsort(x, kind="stable")] = g
+    return d
+
+
+@pytest.mark.parametrize("mode", ["exhaustive", "fast", "ladder"])
+def test_sort_under_a_palindromic_cotangent_keeps_the_joint_test(mode):
+    """Along every line through the tie the one-sided slopes of ``sort`` are opposite here
+    (``J = 0``): the probe may see no kink, but the middle element's own slopes (1 and 1)
+    disagree with its right gradient (0), and that alone sends the group to the joint test,
+    whose limiting slopes accept it. Without it the right gradient is a false alarm."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=40)
+    x[[3, 17, 30]] = 0.25
+    pos = int(np.searchsorted(np.sort(x), 0.25))
+    cot = rng.normal(size=40)
+    cot[pos : pos + 3] = (1.0, 0.0, 1.0)
+    report = oracles.check_vjp(np.sort, _sort_vjp, (x,), direction=cot, mode=mode)
+    assert report.ok, str(report)
+    wrong = oracles.check_vjp(
+        np.sort, lambda g, x: _sort_vjp(g, x) + np.isin(np.arange(40), [3, 17, 30]),
+        (x,), direction=cot, mode=mode,
+    )  # fmt: skip
+    assert not wrong.ok
