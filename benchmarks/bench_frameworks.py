@@ -1,24 +1,28 @@
 """The drop-ins against the frameworks' own checkers, on custom gradients (issue 16).
 
 In one process: custom ``torch.autograd.Function``\\ s through
-``oracles.torch.gradcheck`` and ``torch.autograd.gradcheck``, and
-``jax.custom_vjp`` functions through ``oracles.jax.check_grads`` and
-``jax.test_util.check_grads``, all with the same arguments. Five functions
+``oracles.torch.gradcheck`` and ``torch.autograd.gradcheck`` (both in their
+default mode and with ``fast_mode=True``), and ``jax.custom_vjp`` functions
+through ``oracles.jax.check_grads`` and ``jax.test_util.check_grads``, all
+with the same arguments. The five kernels of :mod:`oracles.verify.kernels`
 (affine, softmax-cross-entropy, layer norm, a ReLU at exact zeros, a
 float32-only kernel), each correct and with one element of one gradient off
 by a relative 1e-3, 1e-4, ..., 1e-8. For each checker and function: whether
 the correct version passes (a *false alarm* if not), the smallest planted
-error caught, and the time of the check of the correct version (with its
-ratio to the framework's own checker, measured in the same process).
+error caught, and the median time of ``--repeats`` checks of the correct
+version, the checkers taking turns (with the ratio to the framework's own
+checker in the same mode, measured in the same process).
 
 The first four run in float64 (JAX's 64-bit mode on in a scope). The
 kernel runs only in float32: torch's kernel refuses any other dtype, jax's
 casts to float32 inside; the drop-ins get ``reference_func=`` (the same math
 without the kernel), the frameworks' checkers run it as it is.
 
-Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_frameworks.py`` (a few
-minutes on 2 cores). Writes ``benchmarks/results/frameworks.json`` and
-``frameworks.png`` and prints the table of the README.
+Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_frameworks.py | tee
+benchmarks/results/frameworks.txt`` (a few minutes on 2 cores; ``--size``
+sets the kernels' rows, default 6). Writes
+``benchmarks/results/frameworks.json`` and ``frameworks.png`` and prints the
+table of the README.
 """
 
 from __future__ import annotations
@@ -34,265 +38,55 @@ from pathlib import Path
 
 import numpy as np
 
+from oracles.verify import kernels
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 ERRORS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
-FUNCTIONS = ("affine", "softmax_ce", "layernorm", "relu_at_zeros", "float32_kernel")
+FUNCTIONS = kernels.NAMES
 
 
-# --- torch ---------------------------------------------------------------------------------------
+# --- the kernels (oracles.verify.kernels), each with a planted error ------------------------------
 
 
-def _torch_functions(torch):
-    """``{name: (make(err) -> func, inputs, reference_func)}``, ``err`` planted in one element."""
-
-    def planted(g, err, where):
-        if not err:
-            return g
-        g = g.clone()
-        g.view(-1)[where[0]] = g.view(-1)[where[0]] * (1 + err)
-        return g
-
-    where = [1]  # set below: a typical element of the planted gradient
-
-    def affine(err):
-        class Affine(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, W, b):
-                ctx.save_for_backward(x, W)
-                return x @ W + b
-
-            @staticmethod
-            def backward(ctx, g):
-                x, W = ctx.saved_tensors
-                return g @ W.T, planted(x.T @ g, err, where), g.sum(0)
-
-        return Affine.apply
-
-    def softmax_ce(err):
-        class SoftmaxCE(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, z, y):
-                m = z.amax(dim=1, keepdim=True)
-                lse = m + torch.log(torch.exp(z - m).sum(1, keepdim=True))
-                ctx.save_for_backward(torch.exp(z - lse), y)
-                return (lse.squeeze(1) - z.gather(1, y[:, None]).squeeze(1)).mean()
-
-            @staticmethod
-            def backward(ctx, g):
-                p, y = ctx.saved_tensors
-                d = p.clone()
-                d[torch.arange(len(y)), y] -= 1
-                return planted(d * g / len(y), err, where), None
-
-        return SoftmaxCE.apply
-
-    def layernorm(err):
-        class LayerNorm(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, gamma, beta):
-                mu = x.mean(-1, keepdim=True)
-                rstd = 1 / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + 1e-5)
-                xh = (x - mu) * rstd
-                ctx.save_for_backward(xh, rstd, gamma)
-                return xh * gamma + beta
-
-            @staticmethod
-            def backward(ctx, g):
-                xh, rstd, gamma = ctx.saved_tensors
-                gx = g * gamma
-                dx = rstd * (gx - gx.mean(-1, keepdim=True) - xh * (gx * xh).mean(-1, keepdim=True))
-                return planted(dx, err, where), (g * xh).sum(0), g.sum(0)
-
-        return LayerNorm.apply
-
-    def relu(err):
-        class Relu(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                ctx.save_for_backward(x)
-                return x.clamp(min=0)
-
-            @staticmethod
-            def backward(ctx, g):
-                (x,) = ctx.saved_tensors
-                return planted(g * (x > 0).to(g.dtype), err, where)
-
-        return Relu.apply
-
-    def kernel(err):
-        class Kernel(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, w):
-                if x.dtype != torch.float32 or w.dtype != torch.float32:
-                    raise TypeError("this kernel is compiled for float32 only")
-                ctx.save_for_backward(x, w)
-                return torch.tanh(x @ w)
-
-            @staticmethod
-            def backward(ctx, g):
-                x, w = ctx.saved_tensors
-                d = g * (1 - torch.tanh(x @ w) ** 2)
-                return planted(d @ w.T, err, where), x.T @ d
-
-        return Kernel.apply
-
-    gen = torch.Generator().manual_seed(1)
-
-    def r(*shape, dtype=torch.float64):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-
-    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
-    x[x.abs() < 0.5] = 0.0  # about a third of the elements exactly at the kink
-    cases = {
-        "affine": (affine, (r(8, 6), r(6, 4), r(4)), None, 1),
-        "softmax_ce": (softmax_ce, (r(8, 10), torch.randint(0, 10, (8,), generator=gen)), None, 0),
-        "layernorm": (layernorm, (r(6, 8), r(8), r(8)), None, 0),
-        "relu_at_zeros": (relu, (x.requires_grad_(),), None, 0),
-        "float32_kernel": (
-            kernel,
-            (r(8, 6, dtype=torch.float32), r(6, 4, dtype=torch.float32)),
-            lambda x, w: torch.tanh(x @ w),
-            0,
-        ),
-    }
+def _torch_functions(torch, size):
+    """``{name: (make(err) -> func, inputs, reference_func)}``, ``err`` planted in one element
+    (of median magnitude among the nonzero ones, for an all-ones cotangent)."""
     out = {}
-    for name, (make, inputs, reference, piece) in cases.items():
-        # Plant into the element of median magnitude among the nonzero ones (all-ones cotangent).
+    for name in FUNCTIONS:
+        dtype = torch.float32 if name == "float32_kernel" else torch.float64
+        inputs = kernels.torch_inputs(name, seed=1, size=size, dtype=dtype)
         leaves = [t for t in inputs if t.requires_grad]
-        y = make(0.0)(*inputs)
-        g = torch.autograd.grad(y, leaves, torch.ones_like(y))[piece].detach().abs().reshape(-1)
-        nonzero = torch.nonzero(g > 0).reshape(-1)
-        order = nonzero[torch.argsort(g[nonzero])]
-        index = int(order[len(order) // 2])
+        y = kernels.torch_function(name).apply(*inputs)
+        g = torch.autograd.grad(y, leaves, torch.ones_like(y))[kernels.PLANTED[name]]
+        index = kernels.plant_index(g.detach().numpy())
 
-        def bound(err, make=make, index=index):
-            where[0] = index
-            return make(err)
+        def make(err, name=name, index=index):
+            return kernels.torch_function(name, err, index).apply
 
-        out[name] = (bound, inputs, reference)
+        reference = kernels.float32_kernel_reference if name == "float32_kernel" else None
+        out[name] = (make, inputs, reference)
     return out
 
 
-# --- jax -----------------------------------------------------------------------------------------
-
-
-def _jax_functions(jax, jnp):
-    where = [1]  # set below: a typical element of the planted gradient
-
-    def planted(g, err, _):
-        if not err:
-            return g
-        return jnp.asarray(g).reshape(-1).at[where[0]].multiply(1 + err).reshape(g.shape)
-
-    def affine(err):
-        @jax.custom_vjp
-        def f(x, W, b):
-            return x @ W + b
-
-        f.defvjp(
-            lambda x, W, b: (x @ W + b, (x, W)),
-            lambda res, g: (g @ res[1].T, planted(res[0].T @ g, err, 1), g.sum(0)),
-        )
-        return f
-
-    labels = jnp.asarray(np.random.default_rng(2).integers(0, 10, 8))
-
-    def softmax_ce(err):
-        @jax.custom_vjp
-        def f(z):
-            lse = jax.nn.logsumexp(z, axis=1)
-            return jnp.mean(lse - jnp.take_along_axis(z, labels[:, None], 1)[:, 0])
-
-        def fwd(z):
-            return f(z), jnp.exp(z - jax.nn.logsumexp(z, axis=1, keepdims=True))
-
-        def bwd(p, g):
-            d = p.at[jnp.arange(len(labels)), labels].add(-1.0)
-            return (planted(d * g / len(labels), err, 1),)
-
-        f.defvjp(fwd, bwd)
-        return f
-
-    def layernorm(err):
-        def normalize(x):
-            mu = x.mean(-1, keepdims=True)
-            rstd = 1 / jnp.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
-            return (x - mu) * rstd, rstd
-
-        @jax.custom_vjp
-        def f(x, gamma, beta):
-            return normalize(x)[0] * gamma + beta
-
-        def fwd(x, gamma, beta):
-            xh, rstd = normalize(x)
-            return xh * gamma + beta, (xh, rstd, gamma)
-
-        def bwd(res, g):
-            xh, rstd, gamma = res
-            gx = g * gamma
-            dx = rstd * (gx - gx.mean(-1, keepdims=True) - xh * (gx * xh).mean(-1, keepdims=True))
-            return planted(dx, err, 1), (g * xh).sum(0), g.sum(0)
-
-        f.defvjp(fwd, bwd)
-        return f
-
-    def relu(err):
-        @jax.custom_vjp
-        def f(x):
-            return jnp.maximum(x, 0.0)
-
-        f.defvjp(lambda x: (f(x), x), lambda x, g: (planted(g * (x > 0), err, 1),))
-        return f
-
-    def kernel(err):
-        @jax.custom_vjp
-        def f(x, w):
-            return jnp.tanh(x.astype(jnp.float32) @ w.astype(jnp.float32))
-
-        def fwd(x, w):
-            return f(x, w), (x.astype(jnp.float32), w.astype(jnp.float32))
-
-        def bwd(res, g):
-            x, w = res
-            d = g * (1 - jnp.tanh(x @ w) ** 2)
-            return planted(d @ w.T, err, where), x.T @ d
-
-        f.defvjp(fwd, bwd)
-        return f
-
-    rng = np.random.default_rng(1)
-
-    def r(*shape, dtype=np.float64):
-        return rng.standard_normal(shape).astype(dtype)
-
-    x = rng.standard_normal((6, 5))
-    x[np.abs(x) < 0.5] = 0.0
-    cases = {
-        "affine": (affine, (r(8, 6), r(6, 4), r(4)), None, 1),
-        "softmax_ce": (softmax_ce, (r(8, 10),), None, 0),
-        "layernorm": (layernorm, (r(6, 8), r(8), r(8)), None, 0),
-        "relu_at_zeros": (relu, (x,), None, 0),
-        "float32_kernel": (
-            kernel,
-            (r(8, 6, dtype=np.float32), r(6, 4, dtype=np.float32)),
-            lambda x, w: jnp.tanh(x @ w),
-            0,
-        ),
-    }
+def _jax_functions(jax, jnp, size):
+    """As :func:`_torch_functions`, for jax ``custom_vjp`` rules (64-bit mode on)."""
     out = {}
-    for name, (make, args, reference, piece) in cases.items():
-        # Plant into the element of median magnitude among the nonzero ones (all-ones cotangent).
-        y, pullback = jax.vjp(make(0.0), *args)
-        g = np.abs(np.asarray(pullback(jnp.ones_like(y))[piece])).reshape(-1)
-        nonzero = np.flatnonzero(g > 0)
-        index = int(nonzero[np.argsort(g[nonzero])][len(nonzero) // 2])
+    for name in FUNCTIONS:
+        inputs = kernels.kernel_inputs(name, seed=1, size=size)
+        labels = None
+        if name == "softmax_ce":
+            inputs, labels = inputs[:1], inputs[1]
+        if name == "float32_kernel":
+            inputs = tuple(a.astype(np.float32) for a in inputs)
+        y, pullback = jax.vjp(kernels.jax_rule(name, labels=labels), *inputs)
+        index = kernels.plant_index(pullback(jnp.ones_like(y))[kernels.PLANTED[name]])
 
-        def bound(err, make=make, index=index):
-            where[0] = index
-            return make(err)
+        def make(err, name=name, index=index, labels=labels):
+            return kernels.jax_rule(name, err, index, labels=labels)
 
-        out[name] = (bound, args, reference)
+        reference = kernels.float32_kernel_reference if name == "float32_kernel" else None
+        out[name] = (make, inputs, reference)
     return out
 
 
@@ -313,9 +107,12 @@ def _verdict(call):
     return passed, time.perf_counter() - started, error
 
 
-def _row(checker, name, run):
-    """Correct version, then every planted error: the row of the results."""
-    ok, seconds, error = _verdict(lambda: run(0.0))
+def _row(checker, name, run, seconds):
+    """Correct version, then every planted error: the row of the results.
+
+    ``seconds``: the median time of the correct version's check, measured by :func:`_times`.
+    """
+    ok, _, error = _verdict(lambda: run(0.0))
     caught = {}
     for err in ERRORS:
         passed, _, e = _verdict(lambda err=err: run(err))
@@ -340,7 +137,7 @@ def _row(checker, name, run):
     }
     verdict = "pass" if ok else "FALSE ALARM" if ok is False else "error"
     print(
-        f"  {checker:<28} {name:<15} correct: {verdict}"
+        f"  {checker:<40} {name:<15} correct: {verdict:<11}"
         f"  smallest caught: {smallest if smallest is not None else '-':<8}  {seconds:7.3f} s"
         + (f"  ({error})" if error else ""),
         flush=True,
@@ -348,7 +145,24 @@ def _row(checker, name, run):
     return row
 
 
-def run_torch():
+def _times(checkers, repeats):
+    """Median seconds of each checker's check of the correct version, the checkers taking
+    turns (``repeats`` rounds, the order reversed every other round) so that a change of
+    the machine's load falls on all of them alike. Each call builds the function anew
+    (a fresh Function class, a fresh custom_vjp): nothing is cached from a previous check."""
+    times = {c: [] for c in checkers}
+    for k in range(repeats):
+        for c in checkers if k % 2 == 0 else list(reversed(checkers)):
+            times[c].append(_verdict(lambda c=c: checkers[c](0.0))[1])
+    return {c: float(np.median(t)) for c, t in times.items()}
+
+
+def _rows(name, checkers, repeats):
+    seconds = _times(checkers, repeats)
+    return [_row(c, name, run, seconds[c]) for c, run in checkers.items()]
+
+
+def run_torch(size, repeats):
     import torch
 
     import oracles.torch as ot
@@ -357,20 +171,27 @@ def run_torch():
     torch.autograd.gradcheck(torch.sin, (warm,))  # first calls pay for imports and caches
     ot.gradcheck(torch.sin, (warm,))
     rows = []
-    for name, (make, inputs, reference) in _torch_functions(torch).items():
+    for name, (make, inputs, reference) in _torch_functions(torch, size).items():
 
-        def theirs(err, make=make, inputs=inputs):
-            return torch.autograd.gradcheck(make(err), inputs, raise_exception=False)
+        def theirs(err, make=make, inputs=inputs, fast=False):
+            return torch.autograd.gradcheck(
+                make(err), inputs, raise_exception=False, fast_mode=fast
+            )
 
-        def ours(err, make=make, inputs=inputs, reference=reference):
-            return ot.gradcheck(make(err), inputs, reference_func=reference)
+        def ours(err, make=make, inputs=inputs, reference=reference, fast=False):
+            return ot.gradcheck(make(err), inputs, reference_func=reference, fast_mode=fast)
 
-        rows.append(_row("torch.autograd.gradcheck", name, theirs))
-        rows.append(_row("oracles.torch.gradcheck", name, ours))
+        checkers = {
+            "torch.autograd.gradcheck": theirs,
+            "oracles.torch.gradcheck": ours,
+            "torch.autograd.gradcheck(fast_mode=True)": lambda e, f=theirs: f(e, fast=True),
+            "oracles.torch.gradcheck(fast_mode=True)": lambda e, f=ours: f(e, fast=True),
+        }
+        rows += _rows(name, checkers, repeats)
     return rows
 
 
-def run_jax():
+def run_jax(size, repeats):
     import jax
     import jax.numpy as jnp
     import jax.test_util
@@ -383,8 +204,7 @@ def run_jax():
         warm = np.linspace(-1.0, 1.0, 5)
         jax.test_util.check_grads(jnp.sin, (warm,), 1, modes=("rev",))
         oj.check_grads(jnp.sin, (warm,), 1, modes=("rev",))
-        functions = _jax_functions(jax, jnp)
-        for name, (make, args, reference) in functions.items():
+        for name, (make, args, reference) in _jax_functions(jax, jnp, size).items():
 
             def theirs(err, make=make, args=args):
                 return jax.test_util.check_grads(make(err), args, 1, modes=("rev",))
@@ -392,57 +212,61 @@ def run_jax():
             def ours(err, make=make, args=args, reference=reference):
                 return oj.check_grads(make(err), args, 1, modes=("rev",), reference_func=reference)
 
-            rows.append(_row("jax.test_util.check_grads", name, theirs))
-            rows.append(_row("oracles.jax.check_grads", name, ours))
+            checkers = {"jax.test_util.check_grads": theirs, "oracles.jax.check_grads": ours}
+            rows += _rows(name, checkers, repeats)
     return rows
 
 
+#: Each drop-in's time is given as a multiple of its framework's checker (same mode).
+ANCHORS = {
+    "oracles.torch.gradcheck": "torch.autograd.gradcheck",
+    "oracles.torch.gradcheck(fast_mode=True)": "torch.autograd.gradcheck(fast_mode=True)",
+    "oracles.jax.check_grads": "jax.test_util.check_grads",
+}
+
+
 def _ratios(rows):
-    anchors = {
-        ("oracles.torch.gradcheck", r["function"]): r["seconds"]
-        for r in rows
-        if r["checker"] == "torch.autograd.gradcheck"
-    }
-    anchors.update(
-        {
-            ("oracles.jax.check_grads", r["function"]): r["seconds"]
-            for r in rows
-            if r["checker"] == "jax.test_util.check_grads"
-        }
-    )
+    seconds = {(r["checker"], r["function"]): r["seconds"] for r in rows}
     for r in rows:
-        anchor = anchors.get((r["checker"], r["function"]))
+        anchor = seconds.get((ANCHORS.get(r["checker"]), r["function"]))
         r["time_vs_framework"] = None if anchor is None else r["seconds"] / anchor
 
 
+#: The checkers of the table, in its order.
+CHECKERS = (
+    "torch.autograd.gradcheck",
+    "oracles.torch.gradcheck",
+    "torch.autograd.gradcheck(fast_mode=True)",
+    "oracles.torch.gradcheck(fast_mode=True)",
+    "jax.test_util.check_grads",
+    "oracles.jax.check_grads",
+)
+
+
 def table(rows):
-    """The README table: per function, each checker's false alarm / smallest caught / time."""
+    """The README table: per checker and function, false alarm or smallest caught, and time."""
 
     def cell(r):
         if r["correct_passes"] is None:
             return "error"
-        ratio = f" ({r['time_vs_framework']:.0f}x)" if r.get("time_vs_framework") else ""
+        ratio = f" ({r['time_vs_framework']:.1f}x)" if r.get("time_vs_framework") else ""
+        time_ = f"{r['seconds']:.3f} s{ratio}"
         if r["false_alarm"]:
-            return f"**false alarm** (fails the correct version); {r['seconds']:.2f} s{ratio}"
+            return f"**false alarm**; {time_}"
         small = f"{r['smallest_caught']:.0e}" if r["smallest_caught"] is not None else "none"
-        return f"catches {small}; {r['seconds']:.2f} s{ratio}"
+        return f"{small}; {time_}"
 
-    checkers = [
-        "torch.autograd.gradcheck",
-        "oracles.torch.gradcheck",
-        "jax.test_util.check_grads",
-        "oracles.jax.check_grads",
-    ]
     lines = [
-        "| function | " + " | ".join(f"`{c}`" for c in checkers) + " |",
-        "|---|" + "---|" * len(checkers),
+        "| checker | " + " | ".join(FUNCTIONS) + " |",
+        "|---|" + "---|" * len(FUNCTIONS),
     ]
-    for name in FUNCTIONS:
+    for c in CHECKERS:
         cells = []
-        for c in checkers:
+        for name in FUNCTIONS:
             match = [r for r in rows if r["checker"] == c and r["function"] == name]
             cells.append(cell(match[0]) if match else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if any(cell != "-" for cell in cells):
+            lines.append(f"| `{c}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -452,8 +276,8 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    checkers = list(dict.fromkeys(r["checker"] for r in rows))
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    checkers = [c for c in CHECKERS if any(r["checker"] == c for r in rows)]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
     grid = np.full((len(FUNCTIONS), len(checkers)), np.nan)
     for r in rows:
         i, j = FUNCTIONS.index(r["function"]), checkers.index(r["checker"])
@@ -467,7 +291,8 @@ def plot(rows, path):
         ax.text(
             j, i, text, ha="center", va="center", fontsize=8, color="k" if grid[i, j] > 5 else "w"
         )
-    ax.set_xticks(range(len(checkers)), checkers, rotation=12, fontsize=8)
+    labels = [c.replace("(fast_mode=True)", "\n(fast_mode=True)") for c in checkers]
+    ax.set_xticks(range(len(checkers)), labels, rotation=0, fontsize=7)
     ax.set_yticks(range(len(FUNCTIONS)), FUNCTIONS, fontsize=8)
     ax.set_title(
         "caught down to: relative error planted in one element (1e-3 .. 1e-8); none = not 1e-3",
@@ -481,10 +306,29 @@ def plot(rows, path):
     os.replace(tmp, path)
 
 
+def _commit():
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     parser.add_argument("--only", choices=("torch", "jax"), default=None)
+    parser.add_argument("--size", type=int, default=6, help="rows of the kernels' inputs")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed checks of each correct version (median)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
@@ -492,10 +336,10 @@ def main(argv=None):
     rows = []
     if args.only in (None, "torch"):
         print("torch (float64; the kernel float32):", flush=True)
-        rows += run_torch()
+        rows += run_torch(args.size, args.repeats)
     if args.only in (None, "jax"):
         print("jax (64-bit mode in a scope; the kernel float32):", flush=True)
-        rows += run_jax()
+        rows += run_jax(args.size, args.repeats)
     _ratios(rows)
     total = time.perf_counter() - started
     import jax
@@ -503,7 +347,12 @@ def main(argv=None):
 
     meta = {
         "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "OPENBLAS_NUM_THREADS=1 python benchmarks/bench_frameworks.py",
+        "command": "OPENBLAS_NUM_THREADS=1 python benchmarks/bench_frameworks.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "size": args.size,
+        "repeats": args.repeats,
+        "commit": _commit(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "jax": jax.__version__,
@@ -513,8 +362,8 @@ def main(argv=None):
         "seconds_total": total,
         "errors_planted": list(ERRORS),
         "planted_in": (
-            "one element of one gradient (dW, dz, dx, dx, dx): the element of median magnitude "
-            "among the nonzero ones for an all-ones cotangent"
+            "one element of one gradient (dW, dz, dx, dx, dx; oracles.verify.kernels.PLANTED): "
+            "the element of median magnitude among the nonzero ones for an all-ones cotangent"
         ),
     }
     out = {"meta": meta, "rows": rows}
