@@ -100,6 +100,98 @@ def floor_seconds(fn, params, calls):
     return time.perf_counter() - t
 
 
+# --- cheap functions (exhaustive overhead) -------------------------------------------------
+
+
+def tanh_mm(x, W):
+    """``tanh(x @ W)``; any leading batch axes broadcast (``vectorized=True`` works as is)."""
+    return np.tanh(x @ W)
+
+
+def tanh_mm_vjp(g, x, W):
+    d = g * (1 - np.tanh(x @ W) ** 2)
+    return d @ W.T, x.T @ d
+
+
+def im2col(x, kh, kw):
+    """Patches of ``x`` (n, c, h, w) as rows (n * oh * ow, c * kh * kw), as textbooks write it."""
+    n, c, h, w = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    cols = np.empty((n, c, kh, kw, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[:, :, i : i + oh, j : j + ow]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, -1)
+
+
+def conv(x, W, b):
+    """Valid 2-D convolution (cross-correlation) by im2col: (n, c, h, w) * (f, c, kh, kw) + b."""
+    n = x.shape[0]
+    f, _, kh, kw = W.shape
+    oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    out = im2col(x, kh, kw) @ W.reshape(f, -1).T + b
+    return out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+
+
+def conv_vjp(g, x, W, b):
+    n, c = x.shape[:2]
+    f, _, kh, kw = W.shape
+    oh, ow = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    cols = im2col(x, kh, kw)
+    d = g.transpose(0, 2, 3, 1).reshape(-1, f)
+    dW = (d.T @ cols).reshape(W.shape)
+    dcols = (d @ W.reshape(f, -1)).reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    dx = np.zeros_like(x)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i : i + oh, j : j + ow] += dcols[:, :, i, j]
+    return dx, dW, d.sum(0)
+
+
+def half_tanh_sq(x):
+    """``0.5 * sum(tanh(x)^2)``: a scalar loss of one large input (the memory benchmark)."""
+    return 0.5 * np.sum(np.tanh(x) ** 2)
+
+
+def half_tanh_sq_vjp(g, x):
+    t = np.tanh(x)
+    return g * t * (1 - t * t)
+
+
+def cheap_cases():
+    """``(name, fn, vjp, inputs, vectorizable)``: 2,000 .. 6,000 elements, 13-150 us a call."""
+    rng = np.random.default_rng(0)
+    out = []
+    for m, k, n in [(20, 50, 40), (40, 60, 50), (30, 100, 30)]:
+        x = rng.standard_normal((m, k))
+        W = rng.standard_normal((k, n)) / np.sqrt(k)
+        out.append((f"tanh(x @ W), x {m}x{k}, W {k}x{n}", tanh_mm, tanh_mm_vjp, (x, W), True))
+    x = rng.standard_normal((2, 4, 24, 24))
+    W = rng.standard_normal((16, 4, 3, 3)) / 6
+    b = rng.standard_normal(16)
+    out.append(("im2col conv, x 2x4x24x24, W 16x4x3x3, b 16", conv, conv_vjp, (x, W, b), False))
+    return out
+
+
+def plain_loop(fn, inputs, cotangent, step=1e-6):
+    """The loop every student writes: ``x[j] += h; f; x[j] -= 2h; f; ...``, contracted."""
+    work = [x.copy() for x in inputs]
+    out = []
+    for x in work:
+        flat = x.reshape(-1)
+        g = np.empty(flat.size)
+        for j in range(flat.size):
+            x0 = flat[j]
+            flat[j] = x0 + step
+            fp = fn(*work)
+            flat[j] = x0 - step
+            fm = fn(*work)
+            flat[j] = x0
+            g[j] = np.vdot(cotangent, fp - fm) / (2 * step)
+        out.append(g)
+    return out
+
+
 # --- the checkers --------------------------------------------------------------------------------
 
 
@@ -442,6 +534,244 @@ def bench(hidden, full, log):
     return rows
 
 
+def _min_time(run, repeats):
+    best, out = np.inf, None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = run()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def bench_cheap(log, repeats=2):
+    """Exhaustive mode on cheap functions, as ratios to the plain loop timed around it."""
+    rows = []
+    log(f"\n== exhaustive mode on cheap functions (ratio to the plain loop); {load()}")
+    for name, fn, vjp, inputs, vectorizable in cheap_cases():
+        n = sum(x.size for x in inputs)
+        cot = np.random.default_rng(1).standard_normal(fn(*inputs).shape)
+        t_call, _ = _min_time(lambda fn=fn, inputs=inputs: [fn(*inputs) for _ in range(200)], 3)
+        loops = []
+        runs = {}
+        for label, mode in [("exhaustive", Exhaustive())] + (
+            [("exhaustive, vectorized=True", Exhaustive(vectorized=True))] if vectorizable else []
+        ):
+            t_loop, _ = _min_time(
+                lambda fn=fn, inputs=inputs, cot=cot: plain_loop(fn, inputs, cot), 1
+            )
+            loops.append(t_loop)
+            t, rep = _min_time(
+                lambda fn=fn, vjp=vjp, inputs=inputs, cot=cot, mode=mode: oracles.check_vjp(
+                    fn, vjp, inputs, direction=cot, mode=mode
+                ),
+                repeats,
+            )
+            runs[label] = (t, rep)
+        loops.append(
+            _min_time(lambda fn=fn, inputs=inputs, cot=cot: plain_loop(fn, inputs, cot), 1)[0]
+        )
+        loop = min(loops)
+        for label, (t, rep) in runs.items():
+            row_ = {
+                "section": "cheap",
+                "function": name,
+                "elements": n,
+                "call_us": t_call / 200 * 1e6,
+                "checker": f"oracles mode={label}",
+                "seconds": t,
+                "plain_loop_s": loop,
+                "ratio_to_plain_loop": t / loop,
+                "ok": rep.ok,
+                "fn_evaluations": int(rep.context["fn evaluations"]),
+            }
+            rows.append(row_)
+            log(
+                f"  {name}: {n} elements, {t_call / 200 * 1e6:.0f} us a call; plain loop "
+                f"{loop:.3f} s; {label} {t:.3f} s = {t / loop:.2f}x the loop "
+                f"({row_['fn_evaluations']} evaluations = {row_['fn_evaluations'] / (2 * n):.2f}x "
+                f"2N; ok={rep.ok})"
+            )
+    return rows
+
+
+def bench_fast(hiddens, log, seeds=(0, 1, 2)):
+    """The fast (default) mode's goals on the sigmoid MLP, with torch's and jax's checkers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fast_mode as fm
+
+    rows = []
+    goals = {128: (0.2, 0.3), 1280: (1.0, 2.0)}
+    for hidden in hiddens:
+        X, y, params, fn, sites = fm.workload(hidden)
+        n = sum(p.size for p in params)
+        log(f"\n== fast mode, 784-{hidden}-10 sigmoid, {n} parameters; {load()}")
+        right = fm.vjp_with(X, y)
+        t_gc, gc_false = fm.run_gradcheck(X, y, right, params)
+        t_cg, cg_false = fm.run_check_grads(X, y, right, params)
+        forward = fm.forward_seconds(fn, params)
+        anchors = {"gradcheck_fast_s": t_gc, "check_grads_s": t_cg, "forward_s": forward}
+
+        def ratios(t, anchors=anchors):
+            return {
+                "vs_gradcheck_fast": t / anchors["gradcheck_fast_s"],
+                "vs_check_grads": t / anchors["check_grads_s"],
+                "forward_passes": t / anchors["forward_s"],
+            }
+
+        correct = [fm.run_ours(fn, right, params, seed=k) for k in seeds]
+        t_ok = float(np.median([c[0] for c in correct]))
+        ok_all = all(c[2].ok for c in correct)
+        single = []
+        for k, j in enumerate(sites[: len(seeds)]):
+            t, failing, rep = fm.run_ours(fn, fm.vjp_with(X, y, [(j, 1e-7)]), params, seed=k)
+            single.append((t, failing == {(0, j)}))
+        t_single = float(np.median([t for t, _ in single]))
+        pair = (sites[0], sites[-1])
+        t_two, failing, _ = fm.run_ours(
+            fn, fm.vjp_with(X, y, [(pair[0], 1e-6), (pair[1], -1e-6)]), params
+        )
+        gc_t, gc_hit = fm.run_gradcheck(X, y, fm.vjp_with(X, y, [(sites[0], 1e-7)]), params)
+        cg_t, cg_hit = fm.run_check_grads(X, y, fm.vjp_with(X, y, [(sites[0], 1e-7)]), params)
+        goal_ok, goal_loc = goals[hidden]
+        row_ = {
+            "section": "fast",
+            "hidden": hidden,
+            "parameters": n,
+            "anchors": anchors,
+            "correct_s_median": t_ok,
+            "correct_pass": ok_all,
+            "correct_ratios": ratios(t_ok),
+            "goal_correct_s": goal_ok,
+            "single_1e-7_s_median": t_single,
+            "single_1e-7_named": f"{sum(h for _, h in single)}/{len(single)}",
+            "single_ratios": ratios(t_single),
+            "goal_localize_s": goal_loc,
+            "two_1e-6_named_both": {(0, pair[0]), (0, pair[1])} <= failing,
+            "two_1e-6_s": t_two,
+            "gradcheck_fast_detects_1e-7": gc_hit,
+            "check_grads_detects_1e-7": cg_hit,
+            "anchors_false_alarm": bool(gc_false or cg_false),
+        }
+        rows.append(row_)
+        log(
+            f"  anchors: forward {forward * 1e3:.2f} ms, gradcheck(fast_mode=True) {t_gc:.3f} s, "
+            f"check_grads {t_cg:.3f} s; on 1e-7: gradcheck {'detects' if gc_hit else 'misses'} "
+            f"({gc_t:.3f} s), check_grads {'detects' if cg_hit else 'misses'} ({cg_t:.3f} s)"
+        )
+        log(
+            f"  correct: {t_ok:.3f} s median of {len(seeds)} (pass: {ok_all}) = "
+            f"{t_ok / t_gc:.1f}x gradcheck fast, {t_ok / t_cg:.1f}x check_grads, "
+            f"{t_ok / forward:.0f} forward passes; goal < {goal_ok} s"
+        )
+        log(
+            f"  one element off by 1e-7: named {row_['single_1e-7_named']}, {t_single:.3f} s "
+            f"median = {t_single / t_gc:.1f}x gradcheck fast, {t_single / forward:.0f} forward "
+            f"passes; goal < {goal_loc} s"
+        )
+        log(
+            f"  two elements off by +-1e-6: both named {row_['two_1e-6_named_both']} "
+            f"({t_two:.3f} s)"
+        )
+    return rows
+
+
+MEMORY_CHILD = """
+import resource, sys, time
+import numpy as np
+sys.path.insert(0, {bench!r})
+n = int(float(sys.argv[1]))
+x = np.random.default_rng(0).uniform(-2.0, 2.0, n)
+import oracles
+from bench_checkers import half_tanh_sq, half_tanh_sq_vjp
+half_tanh_sq(x)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+ok = oracles.check_vjp(half_tanh_sq, half_tanh_sq_vjp, (x,), mode=sys.argv[2]).ok
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base * 1024, peak * 1024, ok, seconds)
+"""
+
+
+def bench_memory(sizes, log):
+    """Peak resident memory of a check beyond the input and ``fn`` (child process per size)."""
+    rows = []
+    log(f"\n== memory: check_vjp of 0.5 sum(tanh(x)^2), one input of N float64; {load()}")
+    code = MEMORY_CHILD.format(bench=str(Path(__file__).resolve().parent))
+    for n in sizes:
+        for mode in ("auto",):
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(n), mode],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+            )
+            if done.returncode != 0:
+                log(f"  N={n:.0e}: child failed: {done.stderr.strip()[-300:]}")
+                continue
+            base, peak, ok, seconds = done.stdout.split()
+            extra = int(peak) - int(base)
+            size = 8 * n
+            rows.append(
+                {
+                    "section": "memory",
+                    "elements": n,
+                    "mode": mode,
+                    "input_MB": size / 1e6,
+                    "rss_before_check_MB": int(base) / 1e6,
+                    "rss_peak_MB": int(peak) / 1e6,
+                    "extra_MB": extra / 1e6,
+                    "extra_in_input_copies": extra / size,
+                    "ok": ok == "True",
+                    "seconds": float(seconds),
+                }
+            )
+            log(
+                f"  N={n:.0e} (input {size / 1e6:.0f} MB), mode={mode}: peak RSS "
+                f"{int(peak) / 1e6:.0f} MB, {extra / 1e6:.0f} MB above the input and fn's "
+                f"own first call = {extra / size:.1f} input copies; ok={ok}; {float(seconds):.1f} s"
+            )
+    return rows
+
+
+def bench_dask(log):
+    """Exhaustive mode at h=28 on a dask.distributed LocalCluster with 2 workers, vs serial."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - the benchmark says so
+        log("\n== dask: distributed is not installed; skipped")
+        return []
+    X, y, params, fn, sites = workload(28)
+    plants = list(zip(sites, LEVELS, strict=True))
+    vjp = planted_vjp(X, y, plants)
+    log(f"\n== exhaustive mode on a Dask LocalCluster (2 workers), h=28; {load()}")
+    t_serial, failing_serial, _ = run_ours("exhaustive", fn, vjp, params)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        executor = client.get_executor()
+        t_dask, failing_dask, _ = run_ours(Exhaustive(executor=executor), fn, vjp, params)
+    same = failing_dask == failing_serial
+    log(
+        f"  serial {t_serial:.2f} s, Dask 2 workers {t_dask:.2f} s: speedup "
+        f"{t_serial / t_dask:.2f}x; same elements flagged: {same}"
+    )
+    return [
+        {
+            "section": "dask",
+            "hidden": 28,
+            "serial_s": t_serial,
+            "dask_2_workers_s": t_dask,
+            "speedup": t_serial / t_dask,
+            "same_verdicts": same,
+        }
+    ]
+
+
 def plants_by_level(sites):
     return list(zip(LEVELS, sites, strict=True))
 
@@ -569,6 +899,9 @@ def _wrap(text, width=40):
     return "\n".join([*lines, line])
 
 
+SECTIONS = ("mlp", "cheap", "fast", "memory", "dask")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -578,6 +911,17 @@ def main(argv=None):
         "(adds about 5 minutes)",
     )
     parser.add_argument("--hidden", type=int, nargs="+", default=[28, 128], choices=[28, 128])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="mlp: the checkers side by side; cheap: exhaustive mode against the plain loop on "
+        "cheap functions; fast: the fast mode's goals (sigmoid MLP, H=128 and 1280); memory: "
+        "peak RSS at N=1e6 and 1e7; dask: a 2-worker LocalCluster",
+    )
+    parser.add_argument("--fast-hidden", type=int, nargs="+", default=[128, 1280])
+    parser.add_argument("--memory-sizes", type=float, nargs="+", default=[1e6, 1e7])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -589,31 +933,53 @@ def main(argv=None):
 
     started = datetime.datetime.now(datetime.UTC)
     info = machine()
-    print(f"bench_checkers: {started:%Y-%m-%d %H:%M} UTC; {info['uname']}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    print(f"bench_checkers: {started:%Y-%m-%d %H:%M} UTC; {info['uname']}; commit {commit}")
     print(
         f"  CPU: {info.get('cpu')}; {info['cpu_count']} logical CPUs; python {info['python']}, "
         f"numpy {info['numpy']}, torch {info.get('torch')}, jax {info.get('jax')}"
     )
     print(f"  load: {load()}")
-    rows = []
-    for hidden in args.hidden:
-        rows += bench(hidden, args.full, lambda s: print(s, flush=True))
-    print()
-    print(table(rows))
+
+    def log(line):
+        print(line, flush=True)
+
+    rows, extra = [], []
+    if "mlp" in args.sections:
+        for hidden in args.hidden:
+            rows += bench(hidden, args.full, log)
+    if "cheap" in args.sections:
+        extra += bench_cheap(log)
+    if "fast" in args.sections:
+        extra += bench_fast(args.fast_hidden, log)
+    if "memory" in args.sections:
+        extra += bench_memory([int(n) for n in args.memory_sizes], log)
+    if "dask" in args.sections:
+        extra += bench_dask(log)
+    if rows:
+        print()
+        print(table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "date_utc": started.isoformat(timespec="seconds"),
+        "commit": commit,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": info,
+        "load_at_start": None,
         "load_at_end": load(),
         "workload": "MLP 784-h-10 tanh, mean cross-entropy, float64, 64 bundled MNIST digits, "
         "init_params(seed=0); mistakes planted in dW1 at elements of median |grad|",
         "levels": [f"{lv:g}" for lv in LEVELS],
         "results": rows,
+        "sections": extra,
     }
-    (args.out / "checkers.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    plot(rows, args.out / "checkers.png")
-    print(f"\nwrote {args.out / 'checkers.json'} and {args.out / 'checkers.png'}")
+    name = "checkers.json" if set(args.sections) == set(SECTIONS) else "checkers-partial.json"
+    (args.out / name).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if rows and {28, 128} <= set(args.hidden):
+        plot(rows, args.out / "checkers.png")
+    print(f"\nwrote {args.out / name}")
 
 
 if __name__ == "__main__":
