@@ -306,6 +306,17 @@ def plot(rows, path):
     os.replace(tmp, path)
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _commit():
     import subprocess
 
@@ -347,12 +358,14 @@ def main(argv=None):
 
     meta = {
         "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "OPENBLAS_NUM_THREADS=1 python benchmarks/bench_frameworks.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["OPENBLAS_NUM_THREADS=1 python benchmarks/bench_frameworks.py"]
+            + list(sys.argv[1:] if argv is None else argv)
+        ),
         "size": args.size,
         "repeats": args.repeats,
         "commit": _commit(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": f"{platform.system()} {platform.machine()} {_cpu_model()}".strip(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "jax": jax.__version__,
