@@ -18,14 +18,32 @@ that return one verdict (gradcheck, check_grads) or look along random
 directions (this project's fast mode) are run once per level, plus once on
 the correct VJP.
 
+Further sections (issue 17), each timed against anchors measured in the same
+run:
+
+* ``cheap``: exhaustive mode on cheap functions (``tanh(x @ W)`` with 3,000 ..
+  6,000 elements, an im2col convolution with 5,200), with and without
+  ``Exhaustive(vectorized=True)``, as a ratio to the plain central-difference
+  loop (``x[j] += h; f; x[j] -= 2h; f; ...``) timed before and after it;
+* ``fast``: the fast (default) mode on the 784-H-10 *sigmoid* MLP (H = 128 and
+  1280; the workload of ``benchmarks/fast_mode.py``): a correct VJP, one
+  element off by 1e-7, two off by +-1e-6, with gradcheck(fast_mode=True) and
+  check_grads on the same function as anchors;
+* ``memory``: the peak resident memory of a check of ``0.5 sum(tanh(x)^2)`` at
+  N = 1e6 and 1e7 elements (a child process per size), in copies of the input;
+* ``dask``: exhaustive mode at h=28 on a ``dask.distributed`` LocalCluster with
+  2 workers against the serial run.
+
 Run (from the repository root)::
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_checkers.py          # ~4 minutes
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_checkers.py          # every section
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_checkers.py --full   # + gradcheck slow and
                                                                         #   the NumPy loop at h=128
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_checkers.py --sections cheap fast
 
-Writes ``benchmarks/results/checkers.json`` and ``checkers.png`` and prints a
-table with the date and machine.
+Writes ``benchmarks/results/checkers.json`` (``checkers-partial.json`` for a
+subset of the sections) and ``checkers.png`` and prints a table with the date,
+machine, load and commit.
 """
 
 from __future__ import annotations

@@ -25,6 +25,15 @@ A screen failure only costs time: the ladder has the last word. A screen
 pass on a wrong element would need the truncation error to mimic the
 mistake, within the noise level, which does not happen by chance.
 
+The screen's cost per element is two calls of ``fn`` and little else: it
+perturbs one element of the working arrays in place and hands them to ``fn``
+directly (after a one-time test that ``fn`` neither writes into its
+arguments nor answers from a reference it kept, :func:`calling`; otherwise
+every call gets fresh copies), copies each output once, and judges a block
+of elements at once, summing noise over the outputs that changed only. With
+``Exhaustive(vectorized=True)`` a batch of perturbed points goes to ``fn``
+in one call.
+
 Chunks of elements run on any :class:`concurrent.futures.Executor`
 (``executor=``): a :class:`~concurrent.futures.ProcessPoolExecutor`, a
 thread pool, or a Dask/Ray executor. For a process pool ``fn`` must be
