@@ -59,6 +59,7 @@ __all__ = [
     "SAFETY",
     "Precision",
     "forward_spec",
+    "named",
     "precision_note",
     "reverse_spec",
     "rounding_tolerance",
@@ -110,6 +111,23 @@ class Precision:
         if resolve is not None:
             return resolve
         return max(RESOLVE, 256 * self.eps) if self.reduced else None
+
+
+def named(method, name):
+    """``method`` as a function called ``name``: what the report calls the user's code.
+
+    Examples
+    --------
+    >>> named(abs, "forward").__name__
+    'forward'
+    """
+
+    def call(*args):
+        return method(*args)
+
+    call.__name__ = name
+    call.__qualname__ = name
+    return call
 
 
 def snap_subnormal(result, first, factor, tiny):

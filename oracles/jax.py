@@ -46,6 +46,7 @@ from oracles._dropin import (
     N_PERTURB,
     Precision,
     forward_spec,
+    named,
     precision_note,
     reverse_spec,
     rounding_tolerance,
@@ -532,15 +533,6 @@ class _Session:
         return report
 
 
-def _named(method, name):
-    def call(*args):
-        return method(*args)
-
-    call.__name__ = name
-    call.__qualname__ = name
-    return call
-
-
 def _jax_vjp_autodiff(oracle, backend_fn, r):
     from oracles.backends.jax import jax_vjp
 
@@ -656,8 +648,8 @@ def check(
         extra = {}
     report = run(
         spec,
-        _named(s.forward, getattr(f, "__name__", "f")),
-        _named(s.derivative, _WHO[ad]),
+        named(s.forward, getattr(f, "__name__", "f")),
+        named(s.derivative, _WHO[ad]),
         tuple(s.arrays),
         against=against,
         names=list(s.names),

@@ -56,6 +56,7 @@ import numpy as np
 from oracles._dropin import (
     N_PERTURB,
     Precision,
+    named,
     precision_note,
     reverse_spec,
     snap_subnormal,
@@ -505,14 +506,27 @@ class _Session:
         tiny = float(self.torch.finfo(self.dtypes[k]).tiny) if self.precision.reduced else 0.0
         return np.where(np.abs(g) < tiny, 0.0, g)
 
-    def _same_runs(self, grads, expected):
+    def _worst_gap(self, pairs):
+        """The largest difference between two runs of the gradients, and of which input.
+
+        ``pairs``: ``(k, (a, b))`` float64 arrays of input ``k`` from the two runs, or
+        ``(k, None)`` where one run has a gradient and the other none. NaN counts as inf;
+        subnormal values are flushed first (:meth:`_normal`).
+        """
         worst, where = 0.0, None
-        for k, (g, e, name) in enumerate(zip(grads, expected, self.names, strict=True)):
-            with np.errstate(invalid="ignore"):
-                d = np.abs(self._normal(g, k) - self._normal(e, k))
-            m = float(np.max(np.where(np.isnan(d), np.inf, d), initial=0.0))
+        for k, pair in pairs:
+            if pair is None:
+                m = float("inf")
+            else:
+                with np.errstate(invalid="ignore"):
+                    d = np.abs(self._normal(pair[0], k) - self._normal(pair[1], k))
+                m = float(np.max(np.where(np.isnan(d), np.inf, d), initial=0.0))
             if m > worst:
-                worst, where = m, name
+                worst, where = m, self.names[k]
+        return worst, where
+
+    def _same_runs(self, grads, expected):
+        worst, where = self._worst_gap(enumerate(zip(grads, expected, strict=True)))
         if worst > self.nondet_tol:
             self.problems.append(
                 f"backward is not deterministic: run again on the same inputs and grad_output, "
@@ -569,19 +583,12 @@ class _Session:
                 "ctx.saved_tensors in place?"
             )
             return
-        worst, where = 0.0, None
-        for k, (g1, g2, name) in enumerate(zip(first, again, self.names, strict=True)):
-            if (g1 is None) != (g2 is None):
-                worst, where = float("inf"), name
-                continue
-            if g1 is None:
-                continue
-            a, b = (self._normal(_flat(torch, [g]), k) for g in (g1, g2))
-            with np.errstate(invalid="ignore"):
-                d = np.abs(a - b)
-            m = float(np.max(np.where(np.isnan(d), np.inf, d), initial=0.0))
-            if m > worst:
-                worst, where = m, name
+        pairs = [
+            (k, None if (g1 is None) != (g2 is None) else (_flat(torch, [g1]), _flat(torch, [g2])))
+            for k, (g1, g2) in enumerate(zip(first, again, strict=True))
+            if g1 is not None or g2 is not None
+        ]
+        worst, where = self._worst_gap(pairs)
         if worst > self.nondet_tol:
             self.problems.append(
                 f"backward is not reentrant: run twice on the same graph with the same "
@@ -1030,8 +1037,8 @@ def _check(
     spec = reverse_spec(_REVERSE_KIND, "backward", "torch", _torch_autodiff, s)
     report = run(
         spec,
-        _named(s.forward, s.label),
-        _named(s.backward, f"{s.label} backward"),
+        named(s.forward, s.label),
+        named(s.backward, f"{s.label} backward"),
         tuple(s.arrays),
         against=("numeric", "torch") if reference_func is not None else "numeric",
         mode=mode,
@@ -1044,15 +1051,6 @@ def _check(
         problems=s.problems,
     )
     return s.finish(report, s._analytic)
-
-
-def _named(method, name):
-    def call(*args):
-        return method(*args)
-
-    call.__name__ = name
-    call.__qualname__ = name
-    return call
 
 
 def _torch_autodiff(oracle, backend_fn, r):

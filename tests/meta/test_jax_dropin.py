@@ -287,7 +287,7 @@ def test_pytree_arguments_are_named_by_their_paths():
 
 
 def test_a_float32_only_kernel_needs_and_uses_reference_func():
-    for seed, size in [(10, 3), (11, 1), (12, 6)]:
+    for seed, size in [(10, 3), (11, 1)]:  # 6 rows: benchmarks/bench_frameworks.py
         kernel, args = _case("float32_kernel", seed, size, 1.0, np.float32)
         with pytest.raises(InvalidArgument, match="reference_func="):
             oj.check(kernel, args)
