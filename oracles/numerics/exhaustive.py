@@ -811,8 +811,9 @@ def exhaustive_partials(
             continue
         h, model, sample, ladder = _calibrate(objective, i, idx, grads, rng, how)
         steps[i] = h
-        pos_of = {int(j): p for p, j in enumerate(idx)}
-        sample_pos = np.array([pos_of[int(j)] for j in sample], dtype=np.intp)
+        # Positions of the samples within idx (a dict of every element costs 12x the input).
+        order = np.argsort(idx, kind="stable")
+        sample_pos = order[np.searchsorted(idx, sample, sorter=order)]
         for key, arr in ladder.items():
             results[i][key][sample_pos] = arr
         rest = np.ones(n, dtype=bool)
