@@ -197,6 +197,8 @@ class Exhaustive:
 # --- one chunk of work: runs here or on an executor ---------------------------------------------
 
 
+#: Relative step (times the element's scale) of the one-time tests of how ``fn`` may be called.
+PROBE_STEP = 2.0**-12
 #: Floats per block of outputs the screen holds at once (``2^18``: 2 MB per array).
 BLOCK_FLOATS = 2**18
 #: Most rows of one batched call of a vectorized ``fn`` (:attr:`Exhaustive.vectorized`).
@@ -244,16 +246,18 @@ def calling(objective, vectorized=False):
             return "copies"
         for w, s in zip(work, objective.scales, strict=True):  # one element of every input
             if w.size:
-                w.reshape(-1)[0] += T0 * s.reshape(-1)[0]
+                w.reshape(-1)[0] += PROBE_STEP * s.reshape(-1)[0]
         try:
             objective.calls += 2
             direct = np.array(fn(*work), dtype=np.float64, copy=True)
             fresh = np.array(fn(*[w.copy() for w in work]), dtype=np.float64, copy=True)
+        except Exception:  # noqa: BLE001 - fn failed there: the screen will say so, on copies
+            direct, fresh = None, np.zeros(0)
         finally:
             changed = [not _same(w, p) for w, p in zip(work, pristine, strict=True)]
             for w, p in zip(work, pristine, strict=True):
                 w[...] = p
-    if not _same(base, objective.base_output) or not _same(direct, fresh):
+    if direct is None or not _same(base, objective.base_output) or not _same(direct, fresh):
         return "copies"
     if sum(changed) != sum(1 for w in work if w.size):  # fn wrote into an argument
         return "copies"
@@ -273,7 +277,7 @@ def _check_batched(objective):
     for w, s in zip(work, objective.scales, strict=True):
         v = w.copy()
         if v.size:
-            v.reshape(-1)[0] += T0 * s.reshape(-1)[0]
+            v.reshape(-1)[0] += PROBE_STEP * s.reshape(-1)[0]
         moved.append(v)
     single = objective.output(moved)
     try:
