@@ -506,6 +506,32 @@ class _Session:
         leaves = self.jax.tree_util.tree_leaves(self._cotangent_tree(c))
         return [self._flat(leaves).reshape(np.shape(c))]
 
+    def float64_gradient(self, r):
+        """The VJP along the pipeline's cotangent in float64, 64-bit mode on (the numeric
+        screen's comparison, :func:`oracles._dropin._float64_screen`): ``jax.vjp`` of the
+        float64 reference (``f``, or ``reference_func``); None for forward modes."""
+        if self.ad != "rev":
+            return None
+        jax, jnp = self.jax, self.jnp
+        target = self.target
+        (c,) = r.direction
+        with self.x64(jax):
+            leaves = self._leaves(r.xs, jnp.float64)
+
+            def flat(*ls):
+                return target(*jax.tree_util.tree_unflatten(self.treedef, list(ls)))
+
+            primal, pullback = jax.vjp(flat, *leaves)
+            flat_c = np.asarray(c, dtype=np.float64).reshape(-1)
+            pieces, pos = [], 0
+            for o in jax.tree_util.tree_leaves(primal):
+                size = int(np.size(o))
+                pieces.append(jnp.asarray(flat_c[pos : pos + size].reshape(np.shape(o)), o.dtype))
+                pos += size
+            cot = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(primal), pieces)
+            grads = pullback(cot)
+        return [np.array(np.asarray(g, dtype=np.float64), copy=True) for g in grads]
+
     def analytic_error(self, r):
         """The measured rounding allowance of a reduced-precision derivative (cached)."""
         if self._tolerance is None:

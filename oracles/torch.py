@@ -748,6 +748,20 @@ class _Session:
         (c,) = directions
         return [_flat(self.torch, self._cotangents(c)).reshape(np.shape(c))]
 
+    def float64_gradient(self, r):
+        """The backward along the pipeline's cotangent in float64 (the numeric screen's
+        comparison, :func:`oracles._dropin._float64_screen`): torch autograd through the
+        float64 reference (``func`` with every floating tensor in float64, or
+        ``reference_func``), on fresh leaves; no guards."""
+        torch = self.torch
+        args, leaves = self._arguments(r.xs, dtype=torch.float64, leaves=True)
+        (c,) = r.direction
+        with torch.enable_grad():
+            outs = self._outputs(self.target(*args), "reference")
+            cots = [t.to(torch.float64) for t in self._cotangents(c)]
+            grads = torch.autograd.grad(outs, leaves, grad_outputs=cots, allow_unused=True)
+        return self._as_arrays(grads)
+
     def analytic_error(self, r):
         """The measured rounding allowance of a reduced-precision backward (cached)."""
         if self._tolerance is None:
