@@ -200,10 +200,12 @@ def _numeric(r, state):
     it already agrees with the derivative within the tolerance the final
     comparison applies to that element, so they keep ``atol`` as it is
     (a screen widened by the largest allowance would hand an element with a
-    small allowance a reference too coarse for it). A reduced-precision
-    derivative therefore sends most elements to the full ladder, and
-    ``mode="auto"`` compares every element (projections pass only within
-    the numerics' own error, which a float32 derivative never reaches). The
+    small allowance a reference too coarse for it). For a reduced-precision
+    derivative they compare with the same derivative in float64 where it can
+    be had (:func:`_float64_screen`; the float32 one would send every element
+    to the full ladder), and ``mode="auto"`` compares every element
+    (projections pass only within the numerics' own error, which a float32
+    derivative never reaches). The
     joint test of tied values is a verdict of its own: it gets the largest
     allowance on top of ``atol``.
     """
