@@ -64,6 +64,7 @@ from oracles.errors import (
     UserFunctionError,
 )
 from oracles.numerics.modes import resolve_mode
+from oracles.numerics.objective import element_scales
 from oracles.report import (
     LOOSE_FACTOR,
     WORST_LIMIT,
@@ -588,9 +589,31 @@ def _autodiff(r, oracle):
                 f"{oracle}_fn's derivative for {name} has shape {p.shape}, expected {shape}"
             )
         values.append(p.reshape(shape))
-    errors = error_estimate(values, cotangent=flat(r.direction))
+    errors = error_estimate(values, cotangent=flat(r.direction), natural=_natural_scales(r))
     refs = [Reference(value=v, error=e) for v, e in zip(values, errors, strict=True)]
     return OracleResult(refs, method)
+
+
+def _natural_scales(r):
+    """Per piece, the derivative's natural scale in its own units (see ``error_estimate``).
+
+    What the derivative would be where ``fn`` changes by its own size over
+    the scale of its inputs (:func:`~oracles.numerics.objective.element_scales`):
+    ``max|c f| / s_j`` for a VJP, ``|f_i| max|t / s|`` for a JVP,
+    ``|f| max|v / s| / s_j`` for an HVP. Autodiff that computes a derivative
+    from a rounded output (``tanh'`` as ``1 - y^2``) loses ``eps`` of it.
+    """
+    scales = element_scales(r.xs)
+    f = np.abs(np.asarray(r.out, dtype=np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if r.spec.on_output:
+            peak = float(np.max(np.abs(flat(r.direction)) * f.ravel(), initial=0.0))
+            return [peak / s for s in scales]
+        pairs = zip(r.direction, scales, strict=True)
+        ratio = max((float(np.max(np.abs(d) / s, initial=0.0)) for d, s in pairs), default=0.0)
+        if r.spec.scalar_output:
+            return [float(np.max(f, initial=0.0)) * ratio / s for s in scales]
+        return [f * ratio]
 
 
 def _zero_direction_references(r):
@@ -1467,10 +1490,7 @@ def _power(r, reports):
             if "all zero" in (cov.reason or ""):
                 r.advice.append(random_direction)
             elif "nothing is resolved" in (cov.reason or ""):
-                r.advice.append(
-                    'check against autodiff: against=("numeric", "torch") with torch_fn= (or '
-                    '"jax" with jax_fn=), or at another point, away from kinks and noise'
-                )
+                r.advice.append(_other_oracles_advice(r, "kinks and noise"))
             elif r.direction_desc == "given":
                 r.advice.append(
                     f"use a random {role} (direction=None) rather than a structured one such as "
@@ -1499,11 +1519,20 @@ def _power(r, reports):
                 'use mode="exhaustive" (every element compared on its own), or against torch or '
                 "jax"
             )
-        r.advice.append(
-            'check against autodiff: against=("numeric", "torch") with torch_fn= (or "jax" with '
-            "jax_fn=), or at another point, away from kinks and saturation"
-        )
+        r.advice.append(_other_oracles_advice(r, "kinks and saturation"))
     r.advice = list(dict.fromkeys(r.advice))
+
+
+def _other_oracles_advice(r, away):
+    """What to try where the oracles could not resolve: autodiff if unused, another point."""
+    if any(o in ("torch", "jax") for o in r.against):
+        # Autodiff was asked already: it too is limited by the rounding of fn's outputs
+        # there (a logit 500 below its row's max moves its output by e^-500 of a step).
+        return f"check at another point, away from {away}"
+    return (
+        'check against autodiff: against=("numeric", "torch") with torch_fn= (or "jax" with '
+        f"jax_fn=), or at another point, away from {away}"
+    )
 
 
 _MUTATION = re.compile(r"^(\S+) modified its argument (\S+) in place")

@@ -185,14 +185,24 @@ def cross_entropy_vjp(g, logits, targets, *, reduction="mean"):
     a = softmax(logits, axis=-1)
     # S a - y, rearranged as (S - y) a - y (1 - a): both terms are >= 0 for
     # targets in [0, 1], and 1 - a is computed without cancellation, so the
-    # gradient of a confident row (a_t = 1 - 1e-11) keeps its digits.
-    S = Y.sum(axis=-1, keepdims=True)
-    row_grad = (S - Y) * a - Y * _one_minus_softmax(logits)
+    # gradient of a confident row (a_t = 1 - 1e-11) keeps its digits. S - y_j
+    # is the sum of the other targets, added up as such (prefix plus suffix):
+    # for targets [1.4e-45, 1], S - 1 rounds to 0 where it is 1.4e-45.
+    others = _sum_of_others(Y)
+    row_grad = others * a - Y * _one_minus_softmax(logits)
     if reduction == "none":
         return row_grad * g[..., None]
     if reduction == "mean":
         return row_grad * (g / (logits.size // logits.shape[-1]))
     return row_grad * g
+
+
+def _sum_of_others(Y):
+    """``sum_{i != j} Y_i`` for every ``j`` of the last axis, without subtracting ``Y_j``."""
+    zero = np.zeros(Y.shape[:-1] + (1,), dtype=Y.dtype)
+    before = np.cumsum(np.concatenate([zero, Y[..., :-1]], axis=-1), axis=-1)
+    after = np.flip(np.cumsum(np.concatenate([zero, np.flip(Y, -1)[..., :-1]], axis=-1), -1), -1)
+    return before + after
 
 
 def cross_entropy_hvp(v, logits, targets, *, reduction="mean"):

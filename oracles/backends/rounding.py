@@ -35,7 +35,7 @@ TINY = 1e3 * float(np.finfo(np.float64).tiny)
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def error_estimate(grads, *, cotangent=None, factor=ROUNDING_FACTOR):
+def error_estimate(grads, *, cotangent=None, factor=ROUNDING_FACTOR, natural=None):
     r"""Rounding-level error bound for autodiff gradients, one array per gradient.
 
     Parameters
@@ -48,12 +48,19 @@ def error_estimate(grads, *, cotangent=None, factor=ROUNDING_FACTOR):
         absolute term ``k * eps * max|cotangent|`` (see Notes).
     factor : float, optional
         The multiple ``k`` of machine epsilon; see :data:`ROUNDING_FACTOR`.
+    natural : sequence of array_like, optional
+        Per gradient, the derivative's natural scale in its own units
+        (broadcastable to the gradient): what a derivative of the size of
+        the function over the scale of its input would be. Replaces
+        ``max|cotangent|`` (see Notes), which has the units of the cotangent
+        only and is right only where inputs and outputs are of order 1.
 
     Returns
     -------
     tuple of float64 arrays
         ``k * eps * (|g| + max|g| + max|cotangent|) + TINY`` elementwise,
-        shaped like each gradient.
+        shaped like each gradient (``natural`` in place of
+        ``max|cotangent|`` where given).
 
     Notes
     -----
@@ -70,6 +77,11 @@ def error_estimate(grads, *, cotangent=None, factor=ROUNDING_FACTOR):
       the exact derivative is tiny but not 0: an absolute error of
       ``eps * |cotangent|`` and a relative error of 1. A hand VJP that keeps
       those digits (the reference's sigmoid does) must not be blamed.
+      In units: the loss is ``eps`` times the derivative's natural scale,
+      ``max|cotangent * f| / s_j`` for a VJP (``s_j`` the scale of input
+      element ``j``); ``max|cotangent|`` is that for ``f`` and ``x`` of
+      order 1. The checks pass ``natural`` (at an output scale of ``1e-12``
+      the plain term would hide a relative error of ``1e-2``).
 
     It is a heuristic, not a proof: a Jacobian with huge entries whose
     products cancel to a small gradient can exceed it. Exact zeros (inputs
@@ -90,9 +102,15 @@ def error_estimate(grads, *, cotangent=None, factor=ROUNDING_FACTOR):
     if cotangent is not None:
         ct = np.abs(as_cotangent(cotangent))
         ct_peak = float(np.max(ct)) if ct.size else 0.0
+    if natural is not None and len(natural) != len(grads):
+        raise InvalidArgument(
+            f"natural must have one entry per gradient ({len(grads)}), got {len(natural)}"
+        )
     bounds = []
-    for g in grads:
+    for p, g in enumerate(grads):
         a = np.abs(np.asarray(g, dtype=np.float64))
         peak = float(np.max(a)) if a.size else 0.0
-        bounds.append(factor * _EPS * (a + peak + ct_peak) + TINY)
-    return tuple(bounds)
+        extra = ct_peak if natural is None else np.abs(np.asarray(natural[p], dtype=np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            bounds.append(np.broadcast_to(factor * _EPS * (a + peak + extra) + TINY, a.shape))
+    return tuple(np.array(b) for b in bounds)

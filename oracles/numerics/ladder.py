@@ -399,17 +399,19 @@ def scale_search(central, t):
     return top + 2 if top_varies else None
 
 
-def _coupled(objective, flat, j, x0, s, unseen):
-    """Which of the ``unseen`` outputs change when ``x_j`` moves by a far step.
+def coupled(objective, flat, idx, s, unseen):
+    """Which of the ``unseen`` outputs change when ``flat[idx]`` moves by a far step.
 
-    Far steps :data:`FAR_STEPS` (times the element's scale ``s``, and for
+    ``idx`` is one flat index or an array of them (a tie group, moved
+    together). Far steps :data:`FAR_STEPS` (times the scale ``s``, and for
     ``s < 1`` times 1 as well) in both directions, up to the edge of the
     float64 range (``1 + 1e-38 x`` first changes at ``x ~ 1e22``), until
     every unseen output has changed or ``fn`` stops being finite. An output
-    that stays bitwise equal throughout is taken not to depend on ``x_j``.
+    that stays bitwise equal throughout is taken not to depend on them.
     """
     work = objective.work
     f0 = objective.base_output
+    x0 = np.array(flat[idx], copy=True)
     found = np.zeros(unseen.shape, dtype=bool)
     # Also on the scale of 1: an output that underflows (``(a - b)**2`` at
     # ``|a - b| ~ 1e-259``) stays 0 at any step that is a power of two times
@@ -417,24 +419,23 @@ def _coupled(objective, flat, j, x0, s, unseen):
     fars = [far * s for far in FAR_STEPS]
     if s < 1.0:
         fars += list(FAR_STEPS)
-    for step in fars:
-        finite = False
-        for sign in (1.0, -1.0):
-            with np.errstate(over="ignore", invalid="ignore"):
-                xf = x0 + sign * step
-            if not np.isfinite(xf):
-                continue
-            try:
-                flat[j] = xf
+    try:
+        for step in fars:
+            finite = False
+            for sign in (1.0, -1.0):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    moved = x0 + sign * step
+                if not np.all(np.isfinite(moved)):
+                    continue
+                flat[idx] = moved
                 f = objective.output(work)
-            finally:
-                flat[j] = x0
-            ok = np.isfinite(f)
-            finite |= bool(ok.any())
-            found |= unseen & ok & (f != f0)
-            found |= unseen & ~ok
-        if not finite or np.array_equal(found, unseen):
-            break
+                ok = np.isfinite(f)
+                finite |= bool(ok.any())
+                found |= unseen & ((ok & (f != f0)) | ~ok)
+            if not finite or np.array_equal(found, unseen):
+                break
+    finally:
+        flat[idx] = x0
     return found
 
 
@@ -698,8 +699,8 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
             # Outputs that never changed may still depend on x_j below their
             # resolution (a saturated softmax output of 1.0), or not at all (an
             # elementwise fn): only those that change at some far step count.
-            coupled = _coupled(objective, flat, j, x0, s, ~mask)
-            hidden = objective.hidden_noise(~coupled, largest)
+            moves = coupled(objective, flat, j, s, ~mask)
+            hidden = objective.hidden_noise(~moves, largest)
         value[p], error[p] = v, err + hidden
         nonfinite[p] = run["nonfinite"] or not np.isfinite(v)
         scale[p] = s

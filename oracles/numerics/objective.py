@@ -97,6 +97,9 @@ PROBE_STEPS = (2.0**-14, 2.0**-27, 2.0**-40)
 COARSE_PROBE_STEP = 2.0**-7
 
 
+#: Smallest magnitude of a component of the noise probe's direction (times the element's scale).
+MIN_PROBE = 0.5
+
 #: Points on each side of the base point in the noise probe.
 PROBE_HALF = 4
 
@@ -107,11 +110,20 @@ FLOOR_QUANTILE = 0.25
 #: Second differences of a kink: one spike, every other at most this fraction of it.
 SPIKE_RATIO = 1e-3
 
+#: Widest span of a few values (relative to the largest) that may be a quantized staircase.
+QUANTUM_SPAN = 2.0**-3
+
 #: Fewest distinct values among the probe's points for a noise estimate (ECnoise's "h too small").
 MIN_DISTINCT = 6
 
 #: Largest noise relative to the values themselves (coarser than bfloat16 is not rounding).
 MAX_RELATIVE_NOISE = 2.0**-6
+
+#: Noise above this (relative to the values) seen at one probe step is confirmed at the next.
+CONFIRM_ABOVE = 1e3 * float(np.finfo(np.float64).eps)
+
+#: A smaller probe step that measures this many times less noise refutes a larger step's.
+REFUTE_RATIO = 1e3
 
 #: ``(k!)^2 / (2k)!``: the variance of the k-th difference of unit white noise is ``1 / gamma_k``.
 _GAMMA = np.array([factorial(k) ** 2 / factorial(2 * k) for k in range(2 * PROBE_HALF + 1)])
@@ -228,6 +240,12 @@ class NoiseModel:
         looked like a smooth curve plus noise (0 where it never did): below a
         step where it varied wildly, ladders start at most ``4 calm`` (``sin(1e3
         x)`` at ``x ~ 1e4`` is wild at steps of ``0.6`` and smooth at ``7e-5``).
+    reach : ndarray, optional
+        Per output element, the relative step at which it turns by about a
+        radian, judged from its second differences next to its first where
+        it looked smooth (``inf`` where it hardly turned): ladders start at
+        most there (``sin(1e4 x)`` probed at ``7e-5`` turns by 0.33 radian
+        from point to point).
     kind : str, optional
         ``"float32"``, ``"float16"`` or ``"bfloat16"`` when every output the
         probe saw is a value of that type (``fn`` computes in it and casts
@@ -242,6 +260,7 @@ class NoiseModel:
     varies: np.ndarray | None = None
     kind: str | None = None
     calm: np.ndarray | None = None
+    reach: np.ndarray | None = None
 
     def __post_init__(self):
         self.sigma = np.asarray(self.sigma, dtype=np.float64).reshape(-1)
@@ -251,6 +270,8 @@ class NoiseModel:
             self.varies = np.full(self.sigma.shape, np.inf)
         if self.calm is None:
             self.calm = np.zeros(self.sigma.shape)
+        if self.reach is None:
+            self.reach = np.full(self.sigma.shape, np.inf)
 
     def level(self, f):
         """Noise of output values ``f`` (shaped like the output): ``max(sigma, relative |f|, q)``.
@@ -347,12 +368,26 @@ def analytic_rounding(terms):
 def _ecnoise(values):
     """ECnoise per column of ``values`` (``2m + 1`` equally spaced points down axis 0).
 
-    Returns ``sigma`` (NaN where no order of differences looks like noise).
+    Returns ``(sigma, rough, first, second)``: ``first`` and ``second`` are
+    the levels of the first and second differences (scaled as for white
+    noise); ``sigma`` is NaN where no order of
+    differences looks like noise; ``rough`` is True where the second
+    differences are at least a quarter of the first (scaled as for white
+    noise, for which they are equal): the function turns by more than about
+    0.4 radian from point to point (a sinusoid sampled at phase steps of
+    ``theta`` gives ``1.15 sin(theta / 2)``), as it does not where it is
+    sampled finely (``h^2 f''`` next to ``h f'``).
     """
     n, m = values.shape
     levels = np.empty((n - 1, m))
     signs = np.empty((n - 1, m), dtype=bool)
-    d = values
+    # Scaled by a power of two per column (exact): the squares of differences
+    # of values near 1e-218 (a softmax output 500 below its row's max)
+    # underflow to 0, and those of values near 1e200 overflow.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        _, e = np.frexp(np.max(np.abs(values), axis=0))
+    e = np.where(np.isfinite(e), e, 0).astype(int)
+    d = np.ldexp(values, -e)
     for k in range(1, n):
         d = np.diff(d, axis=0)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -366,7 +401,44 @@ def _ecnoise(values):
         ok = todo & signs[k] & (lo > 0) & (hi <= 4.0 * lo) & np.isfinite(hi)
         sigma[ok] = levels[k, ok]
         todo &= ~ok
-    return sigma
+    with np.errstate(invalid="ignore"):
+        rough = levels[1] >= 0.25 * levels[0]
+    return np.ldexp(sigma, e), rough, np.ldexp(levels[0], e), np.ldexp(levels[1], e)
+
+
+def _confirmed(estimates):
+    """The noise of each element over the probe steps so far, and which still need confirming.
+
+    Noise does not depend on the step that shows it; a smooth function that
+    varies on about the probe's step does (its high differences can look like
+    noise: a softmax of logits near ``1e8`` probed at steps of 0.7 "measured"
+    3e-3 where its rounding is 3e-10). An estimate of more than
+    :data:`CONFIRM_ABOVE` relative to the values is confirmed at the next
+    smaller step: where that step sees :data:`REFUTE_RATIO` times less, the
+    larger step's estimate is dropped. Only a smaller step that resolves
+    noise above float64 rounding (more than :data:`CONFIRM_ABOVE`) refutes:
+    one that sees too few distinct values, or float64 rounding only, may be
+    below the resolution of a part of ``fn`` that computes in float32
+    (``tanh(float32(x)) + 0.1 x`` is a staircase plus a smooth float64 term
+    at steps of 1e-8).
+
+    Returns ``(best, suspect)``: the largest estimate not refuted (NaN where
+    none), and the elements whose estimate came from the smallest step
+    probed so far and is large enough to need confirming.
+    """
+    m = estimates[0][1].size
+    best = np.full(m, np.nan)
+    smallest_below = np.full(m, np.inf)
+    for _, sigma, top in reversed(estimates):  # smallest step first
+        with np.errstate(invalid="ignore"):
+            refuted = sigma > REFUTE_RATIO * smallest_below
+            resolved = sigma > CONFIRM_ABOVE * top
+        best = np.fmax(best, np.where(refuted, np.nan, sigma))
+        smallest_below = np.fmin(smallest_below, np.where(resolved, sigma, np.nan))
+    _, last, top = estimates[-1]
+    with np.errstate(invalid="ignore"):
+        suspect = np.isfinite(last) & (last > CONFIRM_ABOVE * top) & (last >= best)
+    return best, suspect
 
 
 def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE_HALF, f0=None):
@@ -380,7 +452,8 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         The base point.
     scales : list of ndarray
         Per-element scales (:func:`element_scales`): the probe direction is
-        a standard normal draw times the scale.
+        a standard normal draw (at least :data:`MIN_PROBE` in magnitude) times
+        the scale.
     seed : int
         Seed of the probe direction.
     f0 : ndarray, optional
@@ -401,7 +474,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     True
     """
     rng = np.random.default_rng(seed)
-    us = [rng.standard_normal(np.shape(x)) * s for x, s in zip(xs, scales, strict=True)]
+    # Random signs and sizes, none small: a component near 0 (a normal draw
+    # can give 0.01) would probe that element at a hundredth of the step, and
+    # an output that depends on it alone would look smooth at steps where it
+    # oscillates (sin(1e3 x): the ladder then starts where it aliases).
+    draws = [rng.standard_normal(np.shape(x)) for x in xs]
+    us = [
+        np.copysign(np.maximum(np.abs(d), MIN_PROBE), d) * s
+        for d, s in zip(draws, scales, strict=True)
+    ]
     if f0 is None:
         f0 = np.asarray(evaluate([np.array(x, copy=True) for x in xs]), dtype=np.float64).ravel()
         calls = 1
@@ -416,9 +497,17 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     calm = np.zeros(m)  # the largest probe step at which f_i looked smooth plus noise
     moved = np.zeros(m, dtype=bool)  # f_i took two values at some probe step
     seen = [f0]
-    for h in list(steps) + [COARSE_PROBE_STEP]:
-        if np.all(np.isfinite(best)):
-            break  # every element's noise was seen: smaller steps would only see less
+    estimates = []  # (step, plausible noise per element or NaN, largest |f_i|) per probe step
+    smooth = []  # (step, where f_i looked smooth, its first differences' level, where sloped)
+    reach = np.full(m, np.inf)  # the step at which f_i turns by about a radian
+    suspect = np.zeros(m, dtype=bool)
+    queue = list(steps) + [COARSE_PROBE_STEP]
+    while queue:
+        h = queue.pop(0)
+        if np.all(np.isfinite(best)) and not (suspect.any() and h != COARSE_PROBE_STEP):
+            # Every element's noise was seen: smaller steps would only see
+            # less, unless it is large enough to need confirming.
+            break
         coarse = h == COARSE_PROBE_STEP
         if coarse and np.all(moved | np.isfinite(best)):
             break
@@ -454,10 +543,16 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             distinct = 1 + np.count_nonzero(gaps > 0, axis=0)
             gaps = np.where(gaps > 0, gaps, np.inf)
             # The smallest change is a quantum only where the values were few
-            # (steps below the resolution); among many it is just the step.
+            # (steps below the resolution); among many it is just the step. A
+            # few values far apart are jumps, not a quantum: a softmax output of
+            # 1.0 that drops to 0.5 where the probe's step lets another logit
+            # overtake (logits near 1e6, one 500 above its row) is not known to
+            # only 0.25.
+            top = np.max(np.abs(values), axis=0)
             few = finite & (distinct < MIN_DISTINCT)
+            few &= np.ptp(values, axis=0) <= QUANTUM_SPAN * top
             quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
-            sigma = _ecnoise(values)
+            sigma, rough, first, second = _ecnoise(values)
             # A kink within the probe's points (max-pool over tied pixels: the
             # probe's direction breaks the tie) is one spike among the second
             # differences, the rest rounding; ECnoise would take it for noise
@@ -466,17 +561,62 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             d2 = np.sort(np.abs(np.diff(values, 2, axis=0)), axis=0)
             spike = (d2[-1] > 0) & (d2[-2] <= SPIKE_RATIO * d2[-1])
             sigma = np.where(spike, np.nan, sigma)
+            # Moved at a larger step, not at all at this one, and no noise seen
+            # at either (a float32 sum: smooth at 6e-5, below its resolution at
+            # 7e-9): the noise shows in between, so probe there next.
+            lost = finite & (distinct == 1) & moved & ~np.isfinite(best)
+            larger = [e[0] for e in estimates if e[0] > h]
+            if lost.any() and not coarse and larger and min(larger) > 16.0 * h:
+                queue.insert(0, float(2.0 ** np.round(np.log2(np.sqrt(min(larger) * h)))))
             moved |= finite & (distinct > 1)
             # Noise, not a function that varies faster than the probe's step
             # (which looks random too, but at the size of the values
             # themselves): well resolved, and small next to the values.
-            wild = finite & (distinct >= MIN_DISTINCT) & ~(
-                sigma <= MAX_RELATIVE_NOISE * np.max(np.abs(values), axis=0)
-            )
-            plausible = finite & (distinct >= MIN_DISTINCT) & ~wild
-            best = np.fmax(best, np.where(plausible, sigma, np.nan))
+            # Where ECnoise finds no noise, the values are wild only where they
+            # are rough: a function sampled finely (sin(100 x) at steps of 1e-4)
+            # shows no noise only because its differences stay above it.
+            with np.errstate(invalid="ignore"):
+                large = sigma > MAX_RELATIVE_NOISE * np.max(np.abs(values), axis=0)
+            wild = finite & (distinct >= MIN_DISTINCT) & (large | (np.isnan(sigma) & rough))
+            plausible = finite & (distinct >= MIN_DISTINCT) & np.isfinite(sigma) & ~wild
             varies = np.where(wild, np.minimum(varies, h), varies)
-            calm = np.where(plausible, np.maximum(calm, h), calm)
+            estimates.append((h, np.where(plausible, sigma, np.nan), top))
+            estimates.sort(key=lambda e: -e[0])
+            tame = finite & (distinct >= MIN_DISTINCT) & ~wild
+            # First differences that the slope, not the noise, makes: strictly
+            # monotone values (a float32 staircase at steps below its
+            # resolution repeats values and jumps by quanta), far above the noise.
+            steps_ = np.diff(values, axis=0)
+            monotone = np.all(steps_ > 0, axis=0) | np.all(steps_ < 0, axis=0)
+            with np.errstate(invalid="ignore"):
+                sloped = tame & monotone
+                sloped &= ~(first < 4.0 * np.where(np.isfinite(sigma), sigma, 0.0))
+            smooth.append((h, tame, first, np.where(sloped, first, np.nan)))
+            # How fast fn turns at this step: a sinusoid sampled at phase steps
+            # of theta has second / first = 1.15 sin(theta / 2), about 0.58 theta:
+            # the step at which it turns by 0.86 radian is h * 0.5 / (second / first).
+            # Only where the second differences stand far above rounding (near
+            # saturation, tanh at 12.5, they are rounding, and say nothing).
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                floor = 16.0 * np.fmax(np.where(np.isfinite(sigma), sigma, 0.0), EPS * top)
+                bent = sloped & (second > floor)
+                turn = np.where(bent, 0.5 * h * first / second, np.inf)
+            reach = np.fmin(reach, turn)
+            smooth.sort(key=lambda e: -e[0])
+            best, suspect = _confirmed(estimates)
+    for p, ((h, sigma, _), (_, tame, first, _)) in enumerate(zip(estimates, smooth, strict=True)):
+        # Smooth at this step: noise that was not refuted, or no noise seen
+        # among values that got smoother with the order of differences, and
+        # not aliased: where fn is smooth, its first differences grow with
+        # the step. sin(1e3 x) at x ~ 1e4 probed at steps of 0.6 turns by 92
+        # periods and 0.05 radian from point to point, and looks as smooth
+        # as at steps of 7e-5, with first differences no larger.
+        refuted = np.isfinite(sigma) & ~(sigma <= best)
+        for h_small, _, _, first_small in smooth[p + 1 :]:
+            with np.errstate(invalid="ignore", over="ignore"):
+                refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
+        calm = np.where(tame & ~refuted, np.maximum(calm, h), calm)
+        varies = np.where(refuted, np.minimum(varies, h), varies)
     detected = np.isfinite(best)
     absf = np.abs(f0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -504,6 +644,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         evaluations=calls,
         varies=varies,
         calm=calm,
+        reach=reach,
         kind=_reduced_kind(np.concatenate([np.ravel(v) for v in seen]))
         if precision > 1e3 * EPS
         else None,

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles.numerics.ladder import FAR_STEPS
+from oracles.numerics.ladder import coupled as ladder_coupled
 from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, QUANTUM, T0, analytic_rounding
 
 __all__ = ["MAX_GROUPS", "TieCheck", "check_ties", "limiting_slopes", "tie_groups"]
@@ -160,34 +160,6 @@ def _group_scale(objective, i, idx):
     return float(np.max(objective.scales[i].reshape(-1)[idx]))
 
 
-def _coupled_outputs(objective, i, idx, s, unseen):
-    """Which ``unseen`` outputs change when the whole group moves by far steps (see ladder)."""
-    work = objective.work
-    f0 = objective.base_output
-    flat = work[i].reshape(-1)
-    x0 = flat[idx].copy()
-    found = np.zeros(unseen.shape, dtype=bool)
-    fars = [far * s for far in FAR_STEPS] + (list(FAR_STEPS) if s < 1.0 else [])
-    try:
-        for step in fars:
-            finite = False
-            for sign in (1.0, -1.0):
-                with np.errstate(over="ignore", invalid="ignore"):
-                    moved = x0 + sign * step
-                if not np.all(np.isfinite(moved)):
-                    continue
-                flat[idx] = moved
-                f = objective.output(work)
-                ok = np.isfinite(f)
-                finite |= bool(ok.any())
-                found |= unseen & ((ok & (f != f0)) | ~ok)
-            if not finite or np.array_equal(found, unseen):
-                break
-    finally:
-        flat[idx] = x0
-    return found
-
-
 def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``.
 
@@ -252,7 +224,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         # Only the unchanged outputs that depend on the group count (an
         # elementwise fn's other outputs do not): each may have moved by up to
         # its rounding over the largest step.
-        coupled = _coupled_outputs(objective, i, idx, s, unseen)
+        coupled = ladder_coupled(objective, objective.work[i].reshape(-1), idx, s, unseen)
         resolution = EPS * np.abs(f0[coupled]) + QUANTUM
         hidden = 2.0 * float(np.sum(np.abs(cot[coupled]) * (resolution / largest)))
     return sign * value, err + hidden

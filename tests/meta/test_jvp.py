@@ -93,10 +93,15 @@ def test_correct_jvps_pass(fn, jvp, inputs):
 @settings(max_examples=15)
 def test_tanh_jvp_passes_on_any_array(x):
     report = check_jvp(tanh, tanh_jvp, (x,))
-    if np.max(1.0 - np.tanh(x) ** 2, initial=0.0) < 1e-12:
+    slope = np.max(1.0 - np.tanh(x) ** 2, initial=0.0)
+    assert report.status != "failed", str(report)
+    if slope < 1e-12:
         # Saturated everywhere (float64 tanh is exactly +-1 beyond 19.1): nothing to resolve.
         assert report.status == "inconclusive", str(report)
-    else:
+    elif slope > 2e-10:
+        # Below that, tanh's outputs sit within 1e-10 of 1.0 and move by fewer ulps than the
+        # ladder needs to resolve 1e-3 (the sensitivity degrades as eps / slope: 9e-4 at
+        # x = 12 where the slope is 1.5e-10, 2e-3 at 12.5): inconclusive, and it says so.
         assert report.ok, str(report)
 
 
@@ -277,19 +282,35 @@ def test_argument_validation(kwargs, error, match):
         check_jvp(fn, jvp, inputs, **args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: at about 1 point in 30 the noise probe underestimates the rounding "
-    "noise of sin(1e3 x) (3.6e-15 relative measured, about 1.2e-13 true) and an estimate's "
-    "error bound falls up to 2x short of its true error (1e-7 relative)",
-)
-@pytest.mark.parametrize("seed", [24, 56])
-def test_known_noise_underestimate_of_a_fast_sine(seed):
+def _fast_sine_covered(w, offset, seed):
+    """Whether the vector ladder's error bounds cover the true error of sin(w x)'s JVP."""
     rng = np.random.default_rng(seed)
-    x, u = rng.standard_normal(20), rng.standard_normal(20)
+    x, u = rng.standard_normal(20) + offset, rng.standard_normal(20)
     result, _ = vector_ladder(
-        lambda a: np.sin(1e3 * a[0]), [x], [u], linear=lambda d: 1e3 * np.cos(1e3 * x) * d[0]
+        lambda a: np.sin(w * a[0]), [x], [u], linear=lambda d: w * np.cos(w * x) * d[0]
     )
-    true = 1e3 * np.cos(1e3 * x) * u
-    truth_rounding = 64 * np.finfo(float).eps * (1 + np.abs(x)) * np.abs(true)
-    assert np.all(np.abs(result["value"] - true) <= result["error"] + truth_rounding)
+    true = w * np.cos(w * x) * u
+    # The closed form is rounded at the scale of its argument w x.
+    truth_rounding = 64 * np.finfo(float).eps * (1 + np.abs(w * x)) * np.abs(true)
+    return bool(np.all(np.abs(result["value"] - true) <= result["error"] + truth_rounding))
+
+
+# The noise probe once drew its direction from a normal distribution: an element
+# whose component came out near 0 was probed at a tiny step and looked smooth; and
+# ECnoise underestimated the rounding noise of values near 1e-218 (their squared
+# differences underflowed). Seeds 24 and 56 of sin(1e3 x) had error bounds 2x short.
+@pytest.mark.parametrize("w, offset", [(1e2, 0.0), (1e3, 0.0)])
+def test_error_bounds_of_a_fast_sine_cover_the_truth(w, offset):
+    failed = [seed for seed in range(60) if not _fast_sine_covered(w, offset, seed)]
+    assert not failed, failed
+
+
+# sin(w x) with w x ~ 1e6..1e7: the ladder settled on an aliased plateau at steps of
+# many periods (a value of 0.02 for a true -358, error bound 2e-9). The probe's steps
+# alias too (sin(1e3 x) at 1e4 turns by 92 periods and 0.05 radian between its points):
+# a probe step counts as smooth only where its first differences grow with the step,
+# and ladders start no higher than where fn turns by about a radian.
+@pytest.mark.parametrize("w, offset", [(1e3, 1e3), (1e4, 1e3)])
+def test_error_bounds_of_a_fast_sine_at_a_large_offset_cover_the_truth(w, offset):
+    failed = [seed for seed in range(60) if not _fast_sine_covered(w, offset, seed)]
+    assert not failed, failed
