@@ -1079,7 +1079,7 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store
 
 def _error_ratio(cmp, positions, n):
     """``abs_error / tolerance`` per element of the whole piece (NaN where not compared)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(cmp.abs_error == 0, 0.0, cmp.abs_error / cmp.tolerance).ravel()
     unknown = np.isnan(ratio)  # a NaN never agrees; inf / inf passed at the tolerance
     ratio[unknown] = np.where(cmp.passed.ravel()[unknown], 1.0, np.inf)

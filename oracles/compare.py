@@ -107,7 +107,7 @@ class Comparison:
         """Flat indices of the worst elements: failures first, by error / tolerance."""
         if self.abs_error.size == 0:
             return np.zeros(0, dtype=np.intp)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.where(
                 self.tolerance > 0, self.abs_error / self.tolerance, np.inf * (self.abs_error > 0)
             )
