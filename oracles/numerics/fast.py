@@ -374,11 +374,16 @@ def _noise_from_differences(values):
     if np.count_nonzero(first == 0) > first.size // 2:
         return 0.0, "flat"
     sigmas = []
-    d = v
+    # Scaled by a power of two (exact): squared differences of values near 1e-160
+    # underflow, of values near 1e160 overflow.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, e = np.frexp(np.max(np.abs(v)))
+    e = int(e) if np.isfinite(e) else 0
+    d = np.ldexp(v, -e)
     for k in range(1, 7):
         d = np.diff(d)
         gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
-        sigmas.append((k, math.sqrt(gamma * float(np.mean(d * d))), d))
+        sigmas.append((k, math.ldexp(math.sqrt(gamma * float(np.mean(d * d))), e), d))
     for (_, s, d), (_, s_next, _) in zip(sigmas[1:], sigmas[2:], strict=False):
         both_signs = np.any(d > 0) and np.any(d < 0)
         if both_signs and s <= 4.0 * s_next and s_next <= 4.0 * s:
@@ -626,7 +631,9 @@ class _Prober:
             elif abs(s) * 16.0 <= T0 and not ok:
                 spacings.append(s * 16.0)
         if ok:
-            return math.sqrt(float(np.mean(np.square(ok)))), 3 * len(ok)
+            top = max(ok)  # a root-mean-square that neither overflows nor underflows
+            rms = top * math.sqrt(float(np.mean(np.square(np.asarray(ok) / top)))) if top else 0.0
+            return rms, 3 * len(ok)
         return (min(bounds) if bounds else 0.0), 0
 
     def _working_sample(self, parts, cache, t):
