@@ -250,13 +250,7 @@ def _joint_ties(r, objective, grads, refs, notes):
         np.zeros(x.shape, dtype=bool) if ref.kink is None else np.asarray(ref.kink, dtype=bool)
         for x, ref in zip(r.xs, refs, strict=True)
     ]
-    # Only inputs that hold equal values at all (sorting is cheap; grouping a million distinct
-    # values is not).
-    tied = []
-    for x in objective.work:
-        v = np.sort(x.reshape(-1))
-        tied.append(x if v.size > 1 and bool(np.any(v[1:] == v[:-1])) else x.reshape(-1)[:0])
-    groups, n_found = tie_groups(tied, kinks)
+    groups, n_found = tie_groups(objective.work, kinks)
     if not groups:
         return 0
     calls0 = objective.calls
@@ -287,7 +281,7 @@ def _joint_ties(r, objective, grads, refs, notes):
         )
         return probed
     checks, n_found, evaluations = check_ties(
-        objective, grads, r.names, kinks=kinks, atol=r.atol, rtol=r.rtol
+        objective, grads, r.names, kinks=kinks, atol=r.atol, rtol=r.rtol, found=(groups, n_found)
     )
     evaluations += probed
     if not checks:

@@ -212,6 +212,17 @@ def _raw(fn):
     return fn.fn if isinstance(fn, Guarded) else fn
 
 
+def _nudged(objective):
+    """Copies of the working arrays with one element of every input moved by ``PROBE_STEP``."""
+    moved = []
+    for w, s in zip(objective.work, objective.scales, strict=True):
+        v = w.copy()
+        if v.size:
+            v.reshape(-1)[0] += PROBE_STEP * s.reshape(-1)[0]
+        moved.append(v)
+    return moved
+
+
 def _same(a, b):
     return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
 
@@ -244,9 +255,8 @@ def calling(objective, vectorized=False):
             for w, p in zip(work, pristine, strict=True):
                 w[...] = p
             return "copies"
-        for w, s in zip(work, objective.scales, strict=True):  # one element of every input
-            if w.size:
-                w.reshape(-1)[0] += PROBE_STEP * s.reshape(-1)[0]
+        for w, v in zip(work, _nudged(objective), strict=True):  # one element of every input
+            w[...] = v
         try:
             objective.calls += 2
             direct = np.array(fn(*work), dtype=np.float64, copy=True)
@@ -273,12 +283,7 @@ def _check_batched(objective):
     matrix product may round differently from an unbatched one).
     """
     work, f0 = objective.work, objective.base_output
-    moved = []
-    for w, s in zip(work, objective.scales, strict=True):
-        v = w.copy()
-        if v.size:
-            v.reshape(-1)[0] += PROBE_STEP * s.reshape(-1)[0]
-        moved.append(v)
+    moved = _nudged(objective)
     single = objective.output(moved)
     try:
         out = _batched_call(
@@ -380,7 +385,7 @@ def _rows(objective, i, idx, xp, xm, direct):
     flat = work[i].reshape(-1)
     shape = objective.base_output.shape
     guard = objective.fn if isinstance(objective.fn, Guarded) else None
-    raw = objective.fn if guard is None else guard.fn
+    raw = _raw(objective.fn)
     f64 = np.dtype(np.float64)
     b = idx.size
     fp = np.empty((b,) + shape)

@@ -429,13 +429,13 @@ def _confirmed(estimates):
     m = estimates[0][1].size
     best = np.full(m, np.nan)
     smallest_below = np.full(m, np.inf)
-    for _, sigma, top in reversed(estimates):  # smallest step first
+    for _, sigma, top, *_ in reversed(estimates):  # smallest step first
         with np.errstate(invalid="ignore"):
             refuted = sigma > REFUTE_RATIO * smallest_below
             resolved = sigma > CONFIRM_ABOVE * top
         best = np.fmax(best, np.where(refuted, np.nan, sigma))
         smallest_below = np.fmin(smallest_below, np.where(resolved, sigma, np.nan))
-    _, last, top = estimates[-1]
+    _, last, top, *_ = estimates[-1]
     with np.errstate(invalid="ignore"):
         suspect = np.isfinite(last) & (last > CONFIRM_ABOVE * top) & (last >= best)
     return best, suspect
@@ -497,8 +497,10 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     calm = np.zeros(m)  # the largest probe step at which f_i looked smooth plus noise
     moved = np.zeros(m, dtype=bool)  # f_i took two values at some probe step
     seen = [f0]
-    estimates = []  # (step, plausible noise per element or NaN, largest |f_i|) per probe step
-    smooth = []  # (step, where f_i looked smooth, its first differences' level, where sloped)
+    # One record per probe step, largest step first: the step, the plausible noise per
+    # element (NaN elsewhere), the largest |f_i|, where f_i looked smooth, its first
+    # differences' level, and that level where the values were sloped (NaN elsewhere).
+    estimates = []
     reach = np.full(m, np.inf)  # the step at which f_i turns by about a radian
     suspect = np.zeros(m, dtype=bool)
     queue = list(steps) + [COARSE_PROBE_STEP]
@@ -580,8 +582,6 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             wild = finite & (distinct >= MIN_DISTINCT) & (large | (np.isnan(sigma) & rough))
             plausible = finite & (distinct >= MIN_DISTINCT) & np.isfinite(sigma) & ~wild
             varies = np.where(wild, np.minimum(varies, h), varies)
-            estimates.append((h, np.where(plausible, sigma, np.nan), top))
-            estimates.sort(key=lambda e: -e[0])
             tame = finite & (distinct >= MIN_DISTINCT) & ~wild
             # First differences that the slope, not the noise, makes: strictly
             # monotone values (a float32 staircase at steps below its
@@ -591,7 +591,6 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             with np.errstate(invalid="ignore"):
                 sloped = tame & monotone
                 sloped &= ~(first < 4.0 * np.where(np.isfinite(sigma), sigma, 0.0))
-            smooth.append((h, tame, first, np.where(sloped, first, np.nan)))
             # How fast fn turns at this step: a sinusoid sampled at phase steps
             # of theta has second / first = 1.15 sin(theta / 2), about 0.58 theta:
             # the step at which it turns by 0.86 radian is h * 0.5 / (second / first).
@@ -602,9 +601,13 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
                 bent = sloped & (second > floor)
                 turn = np.where(bent, 0.5 * h * first / second, np.inf)
             reach = np.fmin(reach, turn)
-            smooth.sort(key=lambda e: -e[0])
+            estimates.append(
+                (h, np.where(plausible, sigma, np.nan), top, tame, first,
+                 np.where(sloped, first, np.nan))
+            )  # fmt: skip
+            estimates.sort(key=lambda e: -e[0])
             best, suspect = _confirmed(estimates)
-    for p, ((h, sigma, _), (_, tame, first, _)) in enumerate(zip(estimates, smooth, strict=True)):
+    for p, (h, sigma, _, tame, first, _) in enumerate(estimates):
         # Smooth at this step: noise that was not refuted, or no noise seen
         # among values that got smoother with the order of differences, and
         # not aliased: where fn is smooth, its first differences grow with
@@ -612,7 +615,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         # periods and 0.05 radian from point to point, and looks as smooth
         # as at steps of 7e-5, with first differences no larger.
         refuted = np.isfinite(sigma) & ~(sigma <= best)
-        for h_small, _, _, first_small in smooth[p + 1 :]:
+        for h_small, *_, first_small in estimates[p + 1 :]:
             with np.errstate(invalid="ignore", over="ignore"):
                 refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
         calm = np.where(tame & ~refuted, np.maximum(calm, h), calm)

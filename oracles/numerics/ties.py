@@ -114,9 +114,8 @@ def tie_groups(xs, kinks=None, max_groups=MAX_GROUPS):
         starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
         ends = np.r_[starts[1:], values.size]
         kink = None if kinks is None else np.asarray(kinks[i], dtype=bool).reshape(-1)
-        for s, e in zip(starts, ends, strict=True):
-            if e - s < 2:
-                continue
+        tied = ends - starts >= 2  # no Python loop over the (many) values held once
+        for s, e in zip(starts[tied].tolist(), ends[tied].tolist(), strict=True):
             idx = np.sort(order[s:e])
             has_kink = bool(kink is not None and kink[idx].any())
             found.append((not has_kink, -(e - s), i, idx))
@@ -291,12 +290,14 @@ def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
     return lo, hi, noise
 
 
-def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0):
+def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0, found=None):
     """Test every tie group jointly; returns ``(list of TieCheck, groups found, evaluations)``.
 
     ``grads`` is the analytic gradient (finite), one array per input.
+    ``found``: what :func:`tie_groups` returned for ``objective.work`` and
+    ``kinks``, when the caller has it already.
     """
-    groups, n_found = tie_groups(objective.work, kinks)
+    groups, n_found = tie_groups(objective.work, kinks) if found is None else found
     calls0 = objective.calls
     out = []
     for i, idx in groups:
