@@ -637,7 +637,7 @@ class _Prober:
         return (min(bounds) if bounds else 0.0), 0
 
     def _working_sample(self, parts, cache, t):
-        """One sample of the noise at the working scale, ``((R3(t) - R3(t/2)) / unit)^2``.
+        """One sample of the noise at the working scale, ``|R3(t) - R3(t/2)| / unit``.
 
         ``R3`` at ``t`` and at ``t/2`` measure the same residual along the
         same direction; where both see no kink and little truncation, their
@@ -656,7 +656,8 @@ class _Prober:
         c = np.concatenate([_R3, [0.0]]) - np.concatenate([[0.0], _R3])
         steps = t * 2.0 ** (1 - np.arange(5))
         unit = math.sqrt(float(np.sum((c * math.sqrt(2.0) / (2.0 * steps)) ** 2)))
-        return ((s1[0] - s2[0]) / unit) ** 2
+        # Not squared here: the square of a noise near 1e186 (outputs near 1e200) overflows.
+        return abs(s1[0] - s2[0]) / unit
 
     def learn(self, parts, cache, t):
         """Pool one more working-scale sample (see :meth:`_working_sample`) into the noise."""
@@ -669,11 +670,20 @@ class _Prober:
             return
         self._samples.append(sample)
         sigma, dof = self._prior
-        total = float(np.sum(self._samples))
+        n = len(self._samples)
+        # Root mean squares scaled by the largest value (no overflow near 1e200, no
+        # underflow to 0 near 1e-200).
+        top = max(self._samples)
         if dof == 0:  # an upper bound: keep it unless the working scale shows more
-            self.sigma = max(sigma, math.sqrt(total / len(self._samples)))
+            rms = top * math.sqrt(sum((v / top) ** 2 for v in self._samples) / n) if top else 0.0
+            self.sigma = max(sigma, rms)
         else:
-            self.sigma = math.sqrt((dof * sigma**2 + total) / (dof + len(self._samples)))
+            top = max(top, sigma)
+            if top:
+                total = dof * (sigma / top) ** 2 + sum((v / top) ** 2 for v in self._samples)
+                self.sigma = top * math.sqrt(total / (dof + n))
+            else:
+                self.sigma = 0.0
 
     # --- measurements ---------------------------------------------------------------------------
 
