@@ -119,15 +119,22 @@ yet compared individually, until a round passes.
 Errors everywhere
 -----------------
 When more than ``max_named`` blocks disagree at one level of the search,
-the errors are everywhere (a wrong formula, not a typo). For each input
-involved: up to ``EXHAUSTIVE_AT_ONCE`` disagreeing elements are checked
-exhaustively at once; above that, a random sample of ``SAMPLE`` of them is
-checked individually. If sampled elements fail, the verdict is known: the
-input fails, the report says so, and its other disagreeing elements are
-not compared (and not counted as checked). If every sampled element
-passes (errors within ``rtol``/``atol``, say), they are checked
-exhaustively (:mod:`oracles.numerics.exhaustive`). Either way the search
-costs a constant number of evaluations before the switch.
+the errors are everywhere (a wrong formula, not a typo). The disagreeing
+elements of all the inputs involved are pooled: up to
+``EXHAUSTIVE_AT_ONCE`` of them are checked exhaustively in one call;
+above that, ``SAMPLE`` drawn at random from the pool (plus one from each
+of the, at most ``SAMPLE``, largest inputs with none drawn) are checked
+individually. Where sampled elements of an input fail, the
+verdict is known: the input fails, the report says so, and its other
+disagreeing elements are not compared (and not counted as checked);
+neither are those of inputs with no element drawn, once some input
+failed. Where every sampled element of an input passes (errors within
+``rtol``/``atol``, say), or nothing failed at all, the input's
+disagreeing elements are checked exhaustively
+(:mod:`oracles.numerics.exhaustive`, all such inputs in one call). Either
+way a wrong formula costs a constant number of evaluations, however many
+elements and inputs it spans: a few thousand (the sample's per-element
+ladders cost 20-60 evaluations each).
 
 What the report says: elements named or sampled are compared like in the
 exhaustive mode; every other element of the last, passing, round is
@@ -171,8 +178,8 @@ MAX_BARREN_ROUNDS = 2
 MAX_ROUNDS = 8
 #: Disagreeing elements of one input checked exhaustively at once when the errors are everywhere.
 EXHAUSTIVE_AT_ONCE = 256
-#: Elements sampled per input, above that, to decide between a wrong formula and tolerable errors.
-SAMPLE = 32
+#: Elements sampled, above that, to decide between a wrong formula and tolerable errors.
+SAMPLE = 16
 #: Smaller blocks are measured with steps up to this many times larger than ``t*``.
 STEP_GROWTH_MAX = 64.0
 #: The error reported as the resolution of covered elements escapes with this probability.
@@ -1120,6 +1127,10 @@ def _check_elements(objective, grads, results, elements):
         _store(results, i, [j], {k: v[p : p + 1] for k, v in est.items()})
 
 
+def _its(inputs):
+    return "its" if len(inputs) == 1 else "their"
+
+
 def _failing(results, grads, i, idx, atol, rtol):
     """How many of input ``i``'s elements ``idx`` (checked) fail the per-element rule."""
     r = results[i]
@@ -1258,47 +1269,85 @@ def fast_partials(
                 notes.append(note)
 
     def everywhere(blocks, active):
-        """Errors everywhere: check small inputs' blocks at once, sample large ones, decide."""
+        """Errors everywhere: check few disagreeing elements at once, else sample, then decide.
+
+        The disagreeing elements of every input involved are pooled, so that
+        the cost is a constant whatever the number of elements and inputs: up
+        to ``EXHAUSTIVE_AT_ONCE`` of them are checked exhaustively in one
+        call; above that, ``SAMPLE`` drawn from the pool, and one more from
+        each of the (at most ``SAMPLE``) largest inputs with none drawn, are
+        checked individually (their per-element ladders cost about 20-60
+        evaluations each).
+        """
         nonlocal n_sampled, n_given_up, n_exhaustive
-        gidx = np.concatenate([active[b.pos] for b in blocks])
+        gidx = np.sort(np.concatenate([active[b.pos] for b in blocks]))
         owner = space.input_of(gidx)
-        for i in np.unique(owner):
-            i = int(i)
-            local = np.sort(gidx[owner == i] - space.offsets[i])
-            everywhere_inputs.append(i)
-            what = f"input {i} (shape {work[i].shape})"
-            if local.size <= EXHAUSTIVE_AT_ONCE:
-                run_exhaustive([(i, local)])
-                n_exhaustive += local.size
-                n_bad = _failing(results, grads, i, local, atol, rtol)
+        inputs = [int(i) for i in np.unique(owner)]
+        local = {i: gidx[owner == i] - space.offsets[i] for i in inputs}
+        everywhere_inputs.extend(inputs)
+
+        def what(ins):
+            if len(ins) == 1:
+                return f"input {ins[0]} (shape {work[ins[0]].shape})"
+            listed = ", ".join(str(i) for i in ins[:8]) + (", ..." if len(ins) > 8 else "")
+            return f"{len(ins)} inputs ({listed})"
+
+        if gidx.size <= EXHAUSTIVE_AT_ONCE:
+            run_exhaustive([(i, local[i]) for i in inputs])
+            n_exhaustive += gidx.size
+            for i in inputs:
+                n_bad = _failing(results, grads, i, local[i], atol, rtol)
                 notes.append(
                     f"{'a wrong formula, not a typo: ' if n_bad else ''}errors everywhere in "
-                    f"{what}: its {local.size} disagreeing elements were checked exhaustively "
-                    f"({n_bad} fail)"
+                    f"{what([i])}: its {local[i].size} disagreeing elements were checked "
+                    f"exhaustively ({n_bad} fail)"
                 )
-                continue
-            sample = np.sort(rng.choice(local, size=SAMPLE, replace=False))
-            _check_elements(objective, grads, results, [(i, int(j)) for j in sample])
-            n_sampled += sample.size
-            rest = np.setdiff1d(local, sample)
-            n_bad = _failing(results, grads, i, sample, atol, rtol)
-            if n_bad:
-                given_up[i][rest] = True
-                n_given_up += rest.size
-                notes.append(
-                    f"a wrong formula, not a typo: errors everywhere in {what}; {n_bad} of "
-                    f"{sample.size} elements sampled from its {local.size} disagreeing elements "
-                    f"fail individually, so the other {rest.size} were not compared one by one "
-                    "(mode='exhaustive' compares them all)"
-                )
-            else:
-                notes.append(
-                    f"errors everywhere in {what}, but the {sample.size} elements sampled pass "
-                    f"individually (within rtol/atol, or at kinks): its other {rest.size} "
-                    "disagreeing elements were checked exhaustively"
-                )
-                run_exhaustive([(i, rest)])
-                n_exhaustive += rest.size
+            return
+        drawn = np.zeros(gidx.size, dtype=bool)
+        drawn[rng.choice(gidx.size, size=SAMPLE, replace=False)] = True
+        missed = [i for i in inputs if not np.any(drawn[owner == i])]
+        for i in sorted(missed, key=lambda i: -local[i].size)[:SAMPLE]:
+            drawn[rng.choice(np.flatnonzero(owner == i))] = True
+        sample = {i: gidx[drawn & (owner == i)] - space.offsets[i] for i in inputs}
+        _check_elements(objective, grads, results, [(i, int(j)) for i in inputs for j in sample[i]])
+        n_sampled += int(np.count_nonzero(drawn))
+        bad = {i: _failing(results, grads, i, sample[i], atol, rtol) for i in inputs}
+        wrong = [i for i in inputs if bad[i]]
+        rest = {i: np.setdiff1d(local[i], sample[i]) for i in inputs}
+        unsampled = [i for i in inputs if not sample[i].size] if wrong else []
+        later = [i for i in inputs if not bad[i] and i not in unsampled]
+        for i in wrong + unsampled:
+            given_up[i][rest[i]] = True
+            n_given_up += rest[i].size
+        if wrong:
+            n_drawn = sum(sample[i].size for i in wrong)
+            n_rest = sum(rest[i].size for i in wrong)
+            notes.append(
+                f"a wrong formula, not a typo: errors everywhere in {what(wrong)}; "
+                f"{sum(bad.values())} of {n_drawn} elements sampled from {_its(wrong)} "
+                f"{n_drawn + n_rest} disagreeing elements fail individually, so the other "
+                f"{n_rest} were not compared one by one (mode='exhaustive' compares them all)"
+            )
+        if unsampled:
+            notes.append(
+                f"errors everywhere in {what(unsampled)} too: none of {_its(unsampled)} "
+                f"{sum(local[i].size for i in unsampled)} disagreeing elements was sampled, "
+                "and they were not compared one by one (the sample failed elsewhere; "
+                "mode='exhaustive' compares them all)"
+            )
+        for i in later:
+            why = (
+                f"the {sample[i].size} elements sampled from it pass individually (within "
+                "rtol/atol, or at kinks)"
+                if sample[i].size
+                else "no element sampled failed"
+            )
+            notes.append(
+                f"errors everywhere in {what([i])}, but {why}: its other {rest[i].size} "
+                "disagreeing elements were checked exhaustively"
+            )
+        run_exhaustive([(i, rest[i]) for i in later])
+        n_exhaustive += sum(rest[i].size for i in later)
 
     barren = 0
     explained = None
