@@ -49,7 +49,7 @@ from oracles.errors import InvalidArgument, UserFunctionError
 from oracles.numerics.directional import vector_ladder
 from oracles.numerics.modes import resolve_mode
 from oracles.numerics.objective import ScalarObjective
-from oracles.numerics.ties import check_ties, limiting_slopes, tie_groups
+from oracles.numerics.ties import check_ties, element_slopes, limiting_slopes, tie_groups
 from oracles.report import Report
 
 __all__ = ["assert_hvp", "assert_jvp", "assert_vjp", "check_hvp", "check_jvp", "check_vjp"]
@@ -94,13 +94,38 @@ def _vjp_numeric(r):
 TIE_WIDEN_MAX = 8
 
 
-def _widen_to_limiting_slopes(r, objective, refs, tie):
-    """Accept, per element of a tie group, any limiting slope (see :mod:`oracles.numerics.ties`)."""
+def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
+    """Accept, per element of a tie group, any limiting slope (see :mod:`oracles.numerics.ties`).
+
+    Where the sampled limiting slopes are not resolved (the function is
+    smooth there, or too coarse for their small steps: float16 inside) and
+    an element disagrees with its reference, the one-sided slopes of that
+    element alone (:func:`~oracles.numerics.ties.element_slopes`) are
+    accepted when they differ by more than their error: it sits at a kink
+    that the central ladder's steps did not resolve.
+    """
     i = tie.input_number
     shape = r.xs[i].shape
     idx = np.array([np.ravel_multi_index(j, shape) if shape else 0 for j in tie.indices])
     lo, hi, noise = limiting_slopes(objective, i, idx)
     ref = refs[i]
+    analytic = np.asarray(grads[i], dtype=np.float64).reshape(-1)
+    if ref.value is not None and ref.error is not None:
+        value0 = np.asarray(ref.value, dtype=np.float64).reshape(-1)
+        error0 = np.asarray(ref.error, dtype=np.float64).reshape(-1)
+        kink0 = None if ref.kink is None else np.asarray(ref.kink, dtype=bool).reshape(-1)
+        for p, j in enumerate(idx):
+            if np.isfinite(lo[p]) and np.isfinite(hi[p]):
+                continue
+            if kink0 is not None and kink0[j]:
+                continue
+            slack = r.atol + r.rtol * abs(value0[j]) + error0[j]
+            if not abs(analytic[j] - value0[j]) > slack:
+                continue
+            left_j, right_j, err_j = element_slopes(objective, i, int(j), grads)
+            if np.isfinite(left_j) and np.isfinite(right_j) and abs(right_j - left_j) > err_j:
+                lo[p], hi[p] = min(left_j, right_j), max(left_j, right_j)
+                noise[p] = max(noise[p], err_j)
 
     def flat(a, fill, dtype=np.float64):
         a = np.full(shape, fill, dtype=dtype) if a is None else np.array(a, dtype=dtype)
@@ -289,7 +314,7 @@ def _joint_ties(r, objective, grads, refs, notes):
     calls0 = objective.calls
     for c in checks:
         if len(c.indices) <= TIE_WIDEN_MAX:
-            _widen_to_limiting_slopes(r, objective, refs, c)
+            _widen_to_limiting_slopes(r, objective, refs, c, grads)
     evaluations += objective.calls - calls0
     failed = [c for c in checks if not c.passed]
     for c in failed:

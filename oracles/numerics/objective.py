@@ -639,6 +639,16 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     sigma = np.where(detected, best, floor)
     with np.errstate(over="ignore"):
         sigma = np.maximum(sigma, relative * absf)
+    # Outputs that moved in quanta far coarser than float64's (a max of inputs
+    # cast to float32: every value it returns is a float32 value) say so too,
+    # though their staircase showed no noise.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        coarse_steps = np.isfinite(quantum) & (0.5 * quantum > 1e3 * EPS * absf)
+    kind = (
+        _reduced_kind(np.concatenate([np.ravel(v) for v in seen]))
+        if precision > 1e3 * EPS or coarse_steps.any()
+        else None
+    )
     return NoiseModel(
         sigma=sigma,
         relative=relative,
@@ -648,9 +658,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         varies=varies,
         calm=calm,
         reach=reach,
-        kind=_reduced_kind(np.concatenate([np.ravel(v) for v in seen]))
-        if precision > 1e3 * EPS
-        else None,
+        kind=kind,
     )
 
 

@@ -50,9 +50,30 @@ from dataclasses import dataclass
 import numpy as np
 
 from oracles.numerics.ladder import coupled as ladder_coupled
-from oracles.numerics.objective import EPS, N_RUNGS, NOISE_SAFETY, QUANTUM, T0, analytic_rounding
+from oracles.numerics.objective import (
+    EPS,
+    N_RUNGS,
+    NOISE_SAFETY,
+    QUANTUM,
+    T0,
+    _ecnoise,
+    analytic_rounding,
+)
 
-__all__ = ["MAX_GROUPS", "TieCheck", "check_ties", "limiting_slopes", "tie_groups"]
+__all__ = [
+    "MAX_GROUPS",
+    "TieCheck",
+    "check_ties",
+    "element_slopes",
+    "limiting_slopes",
+    "tie_groups",
+]
+
+#: Unit roundoff of the reduced float types that ``NoiseModel.kind`` names.
+REDUCED_EPS = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+#: NumPy types of those (bfloat16 has none).
+REDUCED_TYPES = {"float32": np.float32, "float16": np.float16}
 
 #: Tie groups checked per check at most (groups with kinks first, then the largest).
 MAX_GROUPS = 32
@@ -123,19 +144,113 @@ def tie_groups(xs, kinks=None, max_groups=MAX_GROUPS):
     return [(i, idx) for _, _, i, idx in found[:max_groups]], len(found)
 
 
-def _rounding(cot, fa, fb, mask):
-    """Rounding noise of ``<cot, fa - fb>`` from float64 rounding of the outputs that changed.
+def _rounding(objective, fa, fb, mask, line=None):
+    """Rounding noise of ``<cot, fa - fb>`` over the outputs that changed.
 
-    Relative to each output's own magnitude (no scale is assumed), and not
-    the measured noise of ``fn``: at ties, the noise probe's points fall on
-    both sides of the kink, and its jumps look like noise (``sort`` of tied
-    values "measures" 6e-6 relative).
+    Each output counts with its resolution (:func:`_resolution`, or ``line``
+    where the steps are exact, :func:`_line_noise`), and each product ``c_i
+    (fa_i - fb_i)`` with at least one quantum.
     """
+    cot = objective.cotangent
     mask |= fa != fb
     c = np.abs(cot[mask])
-    level = np.abs(fa[mask]) + np.abs(fb[mask])
+    if line is None:
+        level = _resolution(objective, fa)[mask] + _resolution(objective, fb)[mask]
+    else:
+        level = line(fa)[mask] + line(fb)[mask]
     with np.errstate(over="ignore", invalid="ignore"):
-        return NOISE_SAFETY * (EPS * float(np.sum(c * level)) + c.size * QUANTUM)
+        return NOISE_SAFETY * (float(np.sum(c * level)) + c.size * QUANTUM)
+
+
+def _resolution(objective, f):
+    """Resolution of output values ``f``: float64 rounding, or the measured noise below float64.
+
+    Float64 rounding is relative to each output's own magnitude (no scale is
+    assumed), and not the measured noise of ``fn``: at ties, the noise probe's
+    points fall on both sides of the kink, and its jumps look like noise
+    (``sort`` of tied values "measures" 6e-6 relative, a max-pool at offset
+    1e6 2e-5). Where every output ``fn`` returns is a value of a reduced
+    float type (a max-pool in float32: ``NoiseModel.kind``), ``fn`` rounds
+    its outputs, and its inputs, to that precision whatever the ties, and the
+    measured noise counts where it is the larger.
+    """
+    noise = objective.noise
+    with np.errstate(over="ignore", invalid="ignore"):
+        own = EPS * np.abs(f)
+        return own if noise.kind is None else np.maximum(own, noise.level(f))
+
+
+def _exact_type(objective, values):
+    """The reduced NumPy type ``fn`` computes in, where ``values`` are all values of it; or None.
+
+    Steps that land on values of that type reach ``fn`` exactly as taken,
+    with no rounding of its inputs.
+    """
+    reduced = REDUCED_TYPES.get(objective.noise.kind)
+    if reduced is None:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = np.all(np.asarray(values).astype(reduced).astype(np.float64) == values)
+    return reduced if ok else None
+
+
+def _snap(values, reduced):
+    """``values`` rounded to the nearest values of ``reduced`` (unchanged where it is None)."""
+    if reduced is None:
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(values).astype(reduced).astype(np.float64)
+
+
+def _line_noise(objective, i, idx, reduced, q):
+    """Per-output noise along the group's all-ones direction at exact steps, as a level function.
+
+    ``fn`` at ``x + k q d`` (``k = -4 .. 4``, every point a value of
+    ``reduced``): the group stays tied, crosses no other value, and no input
+    is rounded, so what ECnoise finds in the outputs is the rounding of
+    ``fn``'s own arithmetic (none for a sort or a max-pool, whose outputs are
+    inputs). Returns ``level(f) = max(u |f|, sigma)``: the roundoff ``u`` of
+    the reduced type (every output is rounded to it once; float64's for an
+    output that moved exactly linearly along the line, as a sort's does) and
+    the noise measured along this line (cached on the objective: measured
+    once per group).
+    """
+    cache = objective.__dict__.setdefault("_tie_line_noise", {})
+    key = (i, idx.tobytes(), q)
+    if key not in cache:
+        flat = objective.work[i].reshape(-1)
+        x0 = flat[idx].copy()
+        rows = []
+        try:
+            for k in range(-4, 5):
+                if k == 0:
+                    rows.append(objective.base_output.reshape(-1))
+                    continue
+                flat[idx] = _snap(x0 + k * q, reduced)
+                rows.append(np.asarray(objective.output(objective.work)).reshape(-1))
+        finally:
+            flat[idx] = x0
+        size = objective.base_output.size
+        unit = REDUCED_EPS[objective.noise.kind]
+        if any(row.size != size for row in rows) or not np.all(np.isfinite(np.array(rows))):
+            sigma, floor = np.full(size, np.inf), np.full(size, unit)
+        else:
+            values = np.array(rows)
+            sigma, *_ = _ecnoise(values)
+            sigma = np.where(np.isfinite(sigma), sigma, 0.0)
+            # An output that moves exactly linearly along the line (a sort's,
+            # a max-pool's: its values are inputs) is not rounded at all.
+            linear = np.all(np.diff(values, 2, axis=0) == 0, axis=0)
+            floor = np.where(linear, EPS, max(EPS, unit))
+        shape = objective.base_output.shape
+        cache[key] = (sigma.reshape(shape), floor.reshape(shape))
+    sigma, floor = cache[key]
+
+    def level(f):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.maximum(floor * np.abs(f), sigma)
+
+    return level
 
 
 def _natural_rounding(objective, i, idx):
@@ -159,43 +274,35 @@ def _group_scale(objective, i, idx):
     return float(np.max(objective.scales[i].reshape(-1)[idx]))
 
 
-def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
-    """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``.
+#: Most octaves the one-sided ladder of a tie group climbs above its first step.
+MAX_CLIMB = 6
 
-    Steps are relative to the group's scale (:func:`_group_scale`), and the
-    noise is the measured noise of the outputs that changed (the same model
-    as the central ladder's), so the test reads the same in any units.
+
+def _gap(flat, value, sign):
+    """Distance from ``value`` to the nearest other value of the input on the ``sign`` side."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        other = (flat - value) * sign
+    other = other[np.isfinite(other) & (other > 0)]
+    return float(np.min(other)) if other.size else np.inf
+
+
+def _line_step(x0, reduced, room):
+    """A step for :func:`_line_noise`: 64 units of ``reduced`` at the group value, within ``room``.
+
+    A power of two, so that ``x0 + k q`` are values of ``reduced`` wherever
+    ``x0`` is one and ``q`` is at least its unit there.
     """
-    work = objective.work
-    f0 = objective.base_output
-    cot = objective.cotangent
-    g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
-    mask = np.zeros(cot.shape, dtype=bool)
-    flat = work[i].reshape(-1)
-    x0 = flat[idx].copy()
-    s = _group_scale(objective, i, idx)
-    quotients = []
-    terms = 0.0  # the largest sum |c_i (f_i(x + t d) - f_i(x))| / t: the size of the VJP's terms
-    for k in range(n_rungs):
-        t = t0 * s * 2.0**-k
-        moved = x0 + sign * t
-        if np.any(moved == x0):
-            break  # the step no longer moves every tied element
-        try:
-            flat[idx] = moved
-            fp = objective.output(work)
-        finally:
-            flat[idx] = x0
-        if fp.shape != cot.shape or not np.all(np.isfinite(fp)):
-            continue
-        taken = moved - x0  # the step actually taken, per element
-        num = float(np.vdot(cot, fp - f0)) - float(np.dot(g, taken - sign * t))
-        noise = _rounding(cot, fp, f0, mask)
-        quotients.append((num / t, noise / t, k))
-        with np.errstate(over="ignore", invalid="ignore"):
-            terms = max(terms, float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
-    # First-order Richardson (one-sided differences have an O(t) error), error estimates.
-    best = (np.nan, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        spacing = float(np.max(np.abs(np.spacing(x0.astype(reduced)).astype(np.float64))))
+    q = 2.0 ** np.ceil(np.log2(64.0 * spacing))
+    while q > spacing and 4.0 * q > room:
+        q /= 2.0
+    return float(q)
+
+
+def _extrapolate(quotients):
+    """Best first-order Richardson ``(value, error, rung, noise)`` over consecutive rungs."""
+    best = (np.nan, np.inf, None, np.inf)
     extrap = []
     for (d0, n0, k0), (d1, n1, k1) in zip(quotients, quotients[1:], strict=False):
         if k1 != k0 + 1:
@@ -206,17 +313,94 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             (e0, _), (e1, _), (e2, ne) = extrap[-3:]
             err = max(abs(e2 - e1), abs(e1 - e0)) + ne
             if err < best[1]:
-                best = (e2, err)
+                best = (e2, err, k1, ne)
             elif ne > best[1]:
                 break
+    return best
+
+
+def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
+    """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``.
+
+    Steps are relative to the group's scale (:func:`_group_scale`), and the
+    noise is the measured noise of the outputs that changed (the same model
+    as the central ladder's), so the test reads the same in any units. Where
+    the best estimate comes from the largest steps and is mostly rounding
+    noise (a max-pool in float16), the ladder climbs to larger steps, by at
+    most :data:`MAX_CLIMB` octaves and never by more than half the distance
+    to the next other value of the input (the group would cross it there).
+    """
+    work = objective.work
+    f0 = objective.base_output
+    cot = objective.cotangent
+    g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
+    mask = np.zeros(cot.shape, dtype=bool)
+    flat = work[i].reshape(-1)
+    x0 = flat[idx].copy()
+    s = _group_scale(objective, i, idx)
+    terms = [0.0]  # the largest sum |c_i (f_i(x + t d) - f_i(x))| / t: the size of the VJP's terms
+    # Where fn computes in float32 or float16 and the tied value is one of its
+    # values, every step lands on one too: fn then sees exactly the step taken.
+    reduced = _exact_type(objective, x0)
+    line = None
+    if reduced is not None:
+        room = 0.5 * min(_gap(flat, float(x0[0]), 1.0), _gap(flat, float(x0[0]), -1.0))
+        line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, room))
+
+    def rung(k):
+        """``(quotient, noise, k)`` at step ``t0 s 2^-k``: None below resolution, () non-finite."""
+        t = t0 * s * 2.0**-k
+        with np.errstate(over="ignore", invalid="ignore"):
+            moved = _snap(x0 + sign * t, reduced)
+        if np.any(moved == x0):
+            return None  # the step no longer moves every tied element
+        if not np.all(np.isfinite(moved)):
+            return ()
+        try:
+            flat[idx] = moved
+            fp = objective.output(work)
+        finally:
+            flat[idx] = x0
+        if fp.shape != cot.shape or not np.all(np.isfinite(fp)):
+            return ()
+        taken = moved - x0  # the step actually taken, per element
+        num = float(np.vdot(cot, fp - f0)) - float(np.dot(g, taken - sign * t))
+        noise = _rounding(objective, fp, f0, mask, line)
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms[0] = max(terms[0], float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
+        return (num / t, noise / t, k)
+
+    quotients = []
+    for k in range(n_rungs):
+        q = rung(k)
+        if q is None:
+            break
+        if q:
+            quotients.append(q)
+    best = _extrapolate(quotients)
+    room = 0.5 * _gap(flat, float(x0[0]), sign)
+    top = 0
+    while top > -MAX_CLIMB and quotients and best[2] is not None:
+        value, err, k_best, noise_e = best
+        if k_best > quotients[0][2] + 3 or 2.0 * noise_e < err:
+            break  # not at the largest steps, or not rounding-dominated
+        if not t0 * s * 2.0 ** -(top - 1) <= room:
+            break
+        top -= 1
+        q = rung(top)
+        if not q:
+            break
+        quotients.insert(0, q)
+        best = _extrapolate(quotients)
+    best = best[:2]
     value, err = best
     if not np.isfinite(value):
         return np.nan, np.inf
     # The analytic sum over the group carries the rounding of the terms it is
     # made of (softmax-CE at equal logits: 1/6 - 1/6 per element, summing to
     # 1e-18 where the directional derivative is exactly 0).
-    err += analytic_rounding(terms)
-    largest = t0 * s
+    err += analytic_rounding(terms[0])
+    largest = t0 * s * 2.0**-top
     unseen = ~mask
     hidden = 0.0
     if unseen.any():
@@ -224,36 +408,59 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         # elementwise fn's other outputs do not): each may have moved by up to
         # its rounding over the largest step.
         coupled = ladder_coupled(objective, objective.work[i].reshape(-1), idx, s, unseen)
-        resolution = EPS * np.abs(f0[coupled]) + QUANTUM
+        resolution = _resolution(objective, f0)[coupled] + QUANTUM
         hidden = 2.0 * float(np.sum(np.abs(cot[coupled]) * (resolution / largest)))
     return sign * value, err + hidden
 
 
-def _sampled_slopes(objective, i, idx, delta, n_samples, rng):
-    """Per-element lowest/highest central slope at points ``delta * r`` away, and their noise."""
+def element_slopes(objective, i, j, grads):
+    """One-sided derivatives ``(left, right, error)`` of element ``j`` of input ``i`` alone.
+
+    At a tie, moving one tied element alone makes it the largest (or the
+    smallest) of its group: its one-sided slopes are the derivatives at the
+    ends of the group's positions. The central ladder's kink test sees them
+    only where the jump between them is well above the noise at the steps
+    it chose; in a ``fn`` that computes in float16 those steps are noisy,
+    and these one-sided ladders climb to steps that resolve the jump
+    (:func:`_one_sided`).
+    """
+    idx = np.array([j], dtype=np.intp)
+    right, err_r = _one_sided(objective, i, idx, grads, +1.0)
+    left, err_l = _one_sided(objective, i, idx, grads, -1.0)
+    return left, right, max(err_l, err_r)
+
+
+def _sampled_slopes(objective, i, idx, delta, n_samples, rng, h_min=0.0, reduced=None, line=None):
+    """Per-element lowest/highest central slope at points ``delta * r`` away, and their noise.
+
+    ``reduced``: the type ``fn`` computes in, whose values the points are
+    rounded to (exact steps, :func:`_exact_type`); ``line``: its noise
+    level (:func:`_line_noise`); ``h_min``: the smallest step it resolves.
+    """
     work = objective.work
     cot = objective.cotangent
     flat = work[i].reshape(-1)
     x0 = flat[idx].copy()
-    h = delta / 64.0
+    h = max(delta / 64.0, h_min)
     m = idx.size
     lo, hi, noise = np.full(m, np.inf), np.full(m, -np.inf), np.zeros(m)
     try:
         for _ in range(n_samples):
-            base = x0 + delta * rng.standard_normal(m)
+            base = _snap(x0 + delta * rng.standard_normal(m), reduced)
             for p in range(m):
+                xp, xm = _snap(base[p] + h, reduced), _snap(base[p] - h, reduced)
                 flat[idx] = base
-                flat[idx[p]] = base[p] + h
+                flat[idx[p]] = xp
                 fp = objective.output(work)
-                flat[idx[p]] = base[p] - h
+                flat[idx[p]] = xm
                 fm = objective.output(work)
-                taken = (base[p] + h) - (base[p] - h)
+                taken = xp - xm
                 finite = np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))
-                if fp.shape != cot.shape or not finite:
+                if fp.shape != cot.shape or not finite or not taken > 0:
                     continue
                 slope = float(np.vdot(cot, fp - fm)) / taken
                 changed = np.zeros(cot.shape, dtype=bool)
-                noise[p] = max(noise[p], _rounding(cot, fp, fm, changed) / taken)
+                noise[p] = max(noise[p], _rounding(objective, fp, fm, changed, line) / taken)
                 lo[p] = min(lo[p], slope)
                 hi[p] = max(hi[p], slope)
     finally:
@@ -280,9 +487,22 @@ def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
     others = np.setdiff1d(flat, x0)
     gap = float(np.min(np.abs(others - value))) if others.size else np.inf
     delta = min(2.0**-12 * _group_scale(objective, i, idx), gap / 16.0)
+    reduced = _exact_type(objective, x0)
+    h_min, line = 0.0, None
+    if reduced is not None:
+        # fn computes in float32 or float16, and the tied value is one of its
+        # values: the points are rounded to its values (exact steps), and the
+        # steps must span a few of its units (sort in float16 at 1.0 has
+        # units of 1e-3), so the spread widens as far as the gap allows.
+        with np.errstate(over="ignore", invalid="ignore"):
+            spacing = float(np.abs(np.spacing(np.asarray(value).astype(reduced))))
+        h_min = 8.0 * spacing
+        delta = min(max(delta, 1024.0 * h_min), gap / 4.0)
+        line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, 0.5 * gap))
     n_samples = n_samples or min(8 * idx.size, 48)
-    lo1, hi1, n1 = _sampled_slopes(objective, i, idx, delta, n_samples, rng)
-    lo2, hi2, n2 = _sampled_slopes(objective, i, idx, delta / 16.0, n_samples, rng)
+    extra = {"h_min": h_min, "reduced": reduced, "line": line}
+    lo1, hi1, n1 = _sampled_slopes(objective, i, idx, delta, n_samples, rng, **extra)
+    lo2, hi2, n2 = _sampled_slopes(objective, i, idx, delta / 16.0, n_samples, rng, **extra)
     noise = np.maximum(n1, n2)
     smooth = (hi2 - lo2) <= 0.25 * (hi1 - lo1) + 4.0 * noise
     lo = np.where(smooth, np.nan, np.minimum(lo1, lo2))
