@@ -1469,6 +1469,15 @@ def _power(r, reports):
         if r.spec.on_output
         else f"pass direction=None: random normal {role} (from seed=) move every input"
     )
+    if not any(int(np.prod(shape, dtype=np.int64)) for shape in r.piece_shapes):
+        # Zero elements compared: the check could not have failed.
+        what = "input" if r.spec.on_output else "output"
+        r.inconclusive.append(
+            f"there is nothing to compare: the {who} has no elements (every {what} it is taken "
+            f"over is empty), so any {who} passes"
+        )
+        r.advice.append(f"check at inputs with at least one element; an empty {what} has no {who}")
+        return
     zero_parts = False
     if not r.spec.on_output and len(r.xs) > 1:
         for j, u in enumerate(r.direction):

@@ -167,6 +167,32 @@ def test_all_zero_hvp_vector_is_never_ok(shape):
             assert_hvp(fn, hvp, (x,), grad=grad, direction=np.zeros(shape))
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (4, 0), (2, 0, 5)], ids=str)
+def test_empty_inputs_compare_nothing_and_are_never_ok(shape):
+    """Zero elements to compare: no derivative, right or wrong, could have failed."""
+    x = np.zeros(shape)
+
+    def fn(x):
+        return np.tanh(x)
+
+    for vjp in (lambda g, x: g * (1 - np.tanh(x) ** 2), lambda g, x: 5 * g):
+        for mode in ("exhaustive", "fast"):
+            report = check_vjp(fn, vjp, (x,), mode=mode)
+            assert report.status == "inconclusive", str(report)
+            assert "nothing to compare" in report.inconclusive[0]
+    assert check_jvp(fn, lambda t, x: 5 * t, (x,)).status == "inconclusive"
+    hvp = check_hvp(lambda x: np.sum(x**2), lambda v, x: 3 * v, (x,), grad=lambda x: 2 * x)
+    assert hvp.status == "inconclusive"
+    # One empty input among others is no reason to doubt the rest.
+    y = np.random.default_rng(0).normal(size=3)
+    report = check_vjp(
+        lambda x, y: np.tanh(y) * (1 + x.sum()),
+        lambda g, x, y: (np.full(x.shape, np.sum(g * np.tanh(y))), g * (1 - np.tanh(y) ** 2)),
+        (x, y),
+    )
+    assert report.status == "passed", str(report)
+
+
 class _Scale:
     def __init__(self, w):
         self.w = w
