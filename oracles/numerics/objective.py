@@ -289,6 +289,13 @@ class NoiseModel:
                 self.relative.reshape(f.shape) * np.abs(f),
             )
 
+    def level_at(self, values, at):
+        """:meth:`level` of the flat output elements ``at``, whose values are ``values``."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.maximum(
+                np.maximum(self.sigma[at], QUANTUM), self.relative[at] * np.abs(values)
+            )
+
     @property
     def coarse(self):
         """True when the function computes well below float64 precision."""
@@ -761,11 +768,12 @@ class ScalarObjective:
         step where it happens to round equal.
         """
         mask |= fp != fm
-        if not mask.any():
+        at = np.flatnonzero(mask)
+        if not at.size:
             return 0.0
         noise = self.noise
-        c = np.abs(self.cotangent[mask])
-        level = noise.level(fp)[mask] + noise.level(fm)[mask]
+        c = np.abs(self.cotangent.reshape(-1)[at])
+        level = noise.level_at(fp.reshape(-1)[at], at) + noise.level_at(fm.reshape(-1)[at], at)
         with np.errstate(over="ignore", invalid="ignore"):
             # Each product c_i (fp_i - fm_i) is rounded to at least one quantum:
             # at subnormal magnitudes (steps of 1e-318) that is its whole error.
