@@ -61,13 +61,25 @@ per measurement:
   points on one side of ``x`` (then on the other), its differences of
   orders 2 to 6, and the order where consecutive estimates
   ``sqrt(gamma_k mean(Delta^k psi)^2)``, ``gamma_k = (k!)^2 / (2k)!``,
-  agree (the idea of Moré and Wild's ECnoise); pooled with the differences
+  agree (the idea of Moré and Wild's ECnoise; a run that only bounds the
+  noise is followed by a smaller spacing, and three runs that disagree give
+  their median); pooled with the differences
   of neighbouring extrapolants along the same direction, which see the
   same residual and differ by noise at the working scale. Outputs are
   differenced elementwise before they are contracted with the cotangent,
   so outputs that do not change cancel exactly;
+* the **rounding** of the contraction and of ``<analytic, step>`` (a bound
+  per quotient, ``eps`` times the sums of absolute values) enters with the
+  extrapolation's absolute weights, not as a standard deviation: where the
+  steps are exact it is the same bias in every quotient (the step is a
+  power of two times the direction), and the weights sum to 1;
 * the **truncation** is each measurement's own, ``|R3 - R2|``, the last
   extrapolation's correction;
+* outputs that stay **bitwise unchanged** along a direction (the rows of a
+  layer a block of the search does not touch) can hide a derivative below
+  their resolution over the step; where that bound matters, two calls at
+  ``+-T0`` tell the outputs that never move (charged their resolution over
+  ``T0``) from those that do;
 * **kinks** within the steps (ReLU units whose pre-activation crosses 0
   between ``x - 2t u`` and ``x + 2t u``) show in the one-sided slopes,
   whose difference halves with the step where ``phi`` is smooth: such a
