@@ -422,6 +422,7 @@ class _Space:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n = int(self.offsets[-1])
         self.grads = [np.asarray(g, dtype=np.float64).reshape(-1) for g in grads]
+        self.abs_grads = [np.abs(g) for g in self.grads]
         self.cot = objective.cotangent
         self.abs_cot = np.abs(self.cot)
         self.vector = self.cot.size > 1
@@ -444,11 +445,14 @@ class _Space:
             a, b = int(cuts[i]), int(cuts[i + 1])
             if a == b:
                 continue
-            loc = gidx[a:b] - self.offsets[i]
-            if int(loc[-1]) - int(loc[0]) + 1 == loc.size:
-                loc = slice(int(loc[0]), int(loc[-1]) + 1)
+            off = int(self.offsets[i])
+            first, last = int(gidx[a]) - off, int(gidx[b - 1]) - off
+            if last - first + 1 == b - a:  # sorted and distinct: a contiguous range
+                loc = slice(first, last + 1)
+            else:
+                loc = gidx[a:b] - off
             v = vals[a:b]
-            out.append((i, loc, v, float(np.dot(np.abs(self.grads[i][loc]), np.abs(v)))))
+            out.append((i, loc, v, float(np.dot(self.abs_grads[i][loc], np.abs(v)))))
         return out
 
     def call(self, xs):
@@ -801,13 +805,13 @@ class _Prober:
         up to ``2t``, each is charged its resolution over ``2t``, which can
         bury the residual of the search (an element 5 errors out was lost
         that way, and the check fell back to every element). Two calls at
-        ``+-T`` (``T = T0``, at least 8 times ``2t``) tell them apart: an
+        ``+-T`` (``T = T0``, at least twice ``2t``) tell them apart: an
         output bitwise unchanged there too hides at most its resolution over
         ``T``; the others keep the bound over ``2t``. ``inf`` when ``fn`` is
         not finite out there (the bound over ``2t`` stands).
         """
-        far = T0
-        if far < 16.0 * t:
+        far = T0  # no farther: the calibration's first rung moved every element that far
+        if far < 4.0 * t:
             return np.inf
         if "far" not in cache:
             f0 = self.space.objective.base_output
@@ -1005,9 +1009,10 @@ class _Node:
 def _split_point(space, active, pos):
     """Middle of a block, moved to an input boundary when the block spans several inputs."""
     mid = pos.size // 2
-    owner = space.input_of(active[pos])
-    if owner[0] == owner[-1]:
+    ends = space.input_of(active[[pos[0], pos[-1]]])
+    if ends[0] == ends[1]:  # active is sorted: the block lies in one input
         return mid
+    owner = space.input_of(active[pos])
     bounds = np.flatnonzero(np.diff(owner)) + 1
     return int(bounds[np.argmin(np.abs(bounds - mid))])
 
