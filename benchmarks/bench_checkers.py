@@ -639,10 +639,14 @@ def bench_fast(hiddens, log, seeds=(0, 1, 2)):
         correct = [fm.run_ours(fn, right, params, seed=k) for k in seeds]
         t_ok = float(np.median([c[0] for c in correct]))
         ok_all = all(c[2].ok for c in correct)
-        single = []
+        evals_ok = [int(c[2].context["fn evaluations"]) for c in correct]
+        fast_ok = [int(c[2].context["fast mode evaluations"]) for c in correct]
+        single, evals_single, fast_single = [], [], []
         for k, j in enumerate(sites[: len(seeds)]):
             t, failing, rep = fm.run_ours(fn, fm.vjp_with(X, y, [(j, 1e-7)]), params, seed=k)
             single.append((t, failing == {(0, j)}))
+            evals_single.append(int(rep.context["fn evaluations"]))
+            fast_single.append(int(rep.context["fast mode evaluations"]))
         t_single = float(np.median([t for t, _ in single]))
         pair = (sites[0], sites[-1])
         t_two, failing, _ = fm.run_ours(
@@ -666,6 +670,10 @@ def bench_fast(hiddens, log, seeds=(0, 1, 2)):
             "goal_localize_s": goal_loc,
             "two_1e-6_named_both": {(0, pair[0]), (0, pair[1])} <= failing,
             "two_1e-6_s": t_two,
+            "correct_evaluations": evals_ok,
+            "correct_fast_mode_evaluations": fast_ok,
+            "single_1e-7_evaluations": evals_single,
+            "single_1e-7_fast_mode_evaluations": fast_single,
             "gradcheck_fast_detects_1e-7": gc_hit,
             "check_grads_detects_1e-7": cg_hit,
             "anchors_false_alarm": bool(gc_false or cg_false),
@@ -679,16 +687,33 @@ def bench_fast(hiddens, log, seeds=(0, 1, 2)):
         log(
             f"  correct: {t_ok:.3f} s median of {len(seeds)} (pass: {ok_all}) = "
             f"{t_ok / t_gc:.1f}x gradcheck fast, {t_ok / t_cg:.1f}x check_grads, "
-            f"{t_ok / forward:.0f} forward passes; goal < {goal_ok} s"
+            f"{t_ok / forward:.0f} forward passes; calls of fn {evals_ok} (the fast mode's "
+            f"{fast_ok}); goal < {goal_ok} s"
         )
         log(
             f"  one element off by 1e-7: named {row_['single_1e-7_named']}, {t_single:.3f} s "
             f"median = {t_single / t_gc:.1f}x gradcheck fast, {t_single / forward:.0f} forward "
-            f"passes; goal < {goal_loc} s"
+            f"passes; calls of fn {evals_single} (the fast mode's {fast_single}); "
+            f"goal < {goal_loc} s"
         )
         log(
             f"  two elements off by +-1e-6: both named {row_['two_1e-6_named_both']} "
             f"({t_two:.3f} s)"
+        )
+        # A wrong formula: 1% off in every element of every parameter.
+        t_all, _, rep = fm.run_ours(fn, fm.vjp_with(X, y, everywhere=0.01), params)
+        evals_all = int(rep.context["fn evaluations"])
+        row_["everywhere_1pct"] = {
+            "seconds": t_all,
+            "failed": not rep.ok,
+            "evaluations": evals_all,
+            "per_element": evals_all / n,
+            "ratios": ratios(t_all),
+        }
+        log(
+            f"  every element off by 1%: {'failed' if not rep.ok else 'PASSED (wrong)'} in "
+            f"{t_all:.3f} s = {t_all / forward:.0f} forward passes, {evals_all} calls of fn = "
+            f"{evals_all / n:.3f} per element; goal <= ~3 per element + a constant"
         )
     return rows
 
