@@ -93,6 +93,12 @@ SCALE_FLOOR = 1.0
 #: Relative step sizes of the noise probe (times each element's scale).
 PROBE_STEPS = (2.0**-14, 2.0**-27, 2.0**-40)
 
+#: Steps between those, for the elements that moved but showed no noise at them: along one line
+#: at one step the rounding errors of a nearly linear output can repeat a pattern that looks
+#: smooth (a sigmoid output of 9e-10, rounded in steps of 5.5e-17 through ``1 + tanh``, showed
+#: no noise at 2^-14 and 2^-27 of its scale, and 1.6e-17 at 2^-20).
+BETWEEN_STEPS = (2.0**-20, 2.0**-33)
+
 #: A last probe step for the elements that never moved at those (float16, bfloat16 inside).
 COARSE_PROBE_STEP = 2.0**-7
 
@@ -510,13 +516,16 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     estimates = []
     reach = np.full(m, np.inf)  # the step at which f_i turns by about a radian
     suspect = np.zeros(m, dtype=bool)
-    queue = list(steps) + [COARSE_PROBE_STEP]
+    between = [b for b in BETWEEN_STEPS if min(steps) < b < max(steps)]
+    queue = list(steps) + between + [COARSE_PROBE_STEP]
     while queue:
         h = queue.pop(0)
         if np.all(np.isfinite(best)) and not (suspect.any() and h != COARSE_PROBE_STEP):
             # Every element's noise was seen: smaller steps would only see
             # less, unless it is large enough to need confirming.
             break
+        if h in between and not np.any(moved & ~np.isfinite(best)):
+            continue  # every element that moved showed its noise
         coarse = h == COARSE_PROBE_STEP
         if coarse and np.all(moved | np.isfinite(best)):
             break
@@ -637,15 +646,6 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     # to be an exact progression): no element is taken to be more precise
     # than the lower quartile of the others.
     floor = max(EPS, float(np.quantile(rel, FLOOR_QUANTILE))) if rel.size else EPS
-    relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, floor), precision)
-    # Where no noise showed and the values were few, the smallest change seen
-    # is an upper bound on the resolution: take half of it (a quantized output
-    # is off by up to half a quantum), and never less than the precision
-    # times |f|.
-    floor = np.where(np.isfinite(quantum), 0.5 * quantum, 0.0)
-    sigma = np.where(detected, best, floor)
-    with np.errstate(over="ignore"):
-        sigma = np.maximum(sigma, relative * absf)
     # Outputs that moved in quanta far coarser than float64's (a max of inputs
     # cast to float32: every value it returns is a float32 value) say so too,
     # though their staircase showed no noise.
@@ -656,6 +656,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         if precision > 1e3 * EPS or coarse_steps.any()
         else None
     )
+    relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, floor), precision)
+    # Where no noise showed and the values were few, the smallest change seen
+    # is an upper bound on the resolution: take half of it (a quantized output
+    # is off by up to half a quantum), and never less than the precision
+    # times |f|.
+    floor = np.where(np.isfinite(quantum), 0.5 * quantum, 0.0)
+    sigma = np.where(detected, best, floor)
+    with np.errstate(over="ignore"):
+        sigma = np.maximum(sigma, relative * absf)
     return NoiseModel(
         sigma=sigma,
         relative=relative,
