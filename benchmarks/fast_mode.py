@@ -16,7 +16,8 @@ Rows:
   H=1280);
 * two elements each off by 1e-6: both named (goal);
 * a gradient wrong everywhere (1% on every element of every parameter) on
-  the 784-12-10 MLP (9,550 parameters) and the 784-128-10 (101,770):
+  the 784-12-10 MLP (9,550 parameters) and the 784-128-10 (101,770), and on
+  ``x / (1 + x^2)`` over 1e4 and 1e5 elements in 1 to 50 inputs:
   evaluations of ``fn`` per element (goal: at most about 3 plus a constant)
   and the report's "wrong formula" note.
 
@@ -399,6 +400,49 @@ def wrong_everywhere(hidden, log):
     }
 
 
+def many_inputs(n, n_inputs, log):
+    """A wrong formula (1% everywhere) over ``n`` elements split into ``n_inputs`` inputs.
+
+    ``x / (1 + x^2)`` of every input, concatenated: the cost of the "errors
+    everywhere" branch must not grow with the number of inputs (it was 68
+    evaluations per element over 50 inputs of 200).
+    """
+    rng = np.random.default_rng(n_inputs)
+    xs = tuple(rng.uniform(-1.5, 1.5, n // n_inputs) for _ in range(n_inputs))
+
+    def fn(*xs):
+        return np.concatenate([x / (1.0 + x * x) for x in xs])
+
+    def vjp(g, *xs):
+        out, o = [], 0
+        for x in xs:
+            out.append(1.01 * g[o : o + x.size] * (1.0 - x * x) / (1.0 + x * x) ** 2)
+            o += x.size
+        return tuple(out)
+
+    fwd = forward_seconds(fn, xs)
+    FAST_CALLS.clear()
+    t = time.perf_counter()
+    rep = oracles.check_vjp(fn, vjp, xs, seed=0)
+    t = time.perf_counter() - t
+    evals = int(rep.context["fn evaluations"])
+    log(
+        f"  {n_inputs} inputs of {n // n_inputs} ({n} elements), every element off by 1%: "
+        f"{'FAILED (right)' if not rep.ok else 'PASSED (wrong)'} in {t:.2f} s "
+        f"({t / fwd:.0f} forward passes), {evals} evaluations = {evals / n:.3f} per element; "
+        f"goal <= ~3 per element + a constant: {'met' if evals <= 3 * n + 5000 else 'NOT met'}"
+    )
+    return {
+        "elements": n,
+        "inputs": n_inputs,
+        "failed": not rep.ok,
+        "seconds": t,
+        "forward_s": fwd,
+        "evaluations": evals,
+        "per_element": evals / n,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="H=128 only")
@@ -422,6 +466,9 @@ def main(argv=None):
         results["runs"].append(bench(hidden, seeds, log))
     log("\n== a gradient wrong everywhere")
     results["everywhere"] = [wrong_everywhere(h, log) for h in (12, 128)]
+    results["everywhere_many_inputs"] = [
+        many_inputs(n, k, log) for n, k in ((10**4, 1), (10**4, 50), (10**5, 1), (10**5, 20))
+    ]
     results["load_end"] = load()
     results["log"] = lines
     log(f"\nload at the end: {results['load_end']}")
