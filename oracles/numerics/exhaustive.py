@@ -722,7 +722,9 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
             # samples only bound it): h^2 grows faster than noise shrinks
             # over the elements' steps.
             excess = np.maximum(np.abs(c - v) - v_err, 0.0)
-            per_c = excess / (h * h)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                # h^2 underflows to 0 at inputs near 1e-170; no deviation means no model.
+                per_c = np.where(excess > 0, excess / (h * h), 0.0)
             model = (
                 float(np.max(per_c)),
                 float(np.max(per_c[nz] / np.abs(v[nz]))) if nz.any() else np.inf,

@@ -116,7 +116,13 @@ class _Rungs:
             self.prev, self.extrapolants = (k, c, delta), []
             return None
         _, prev_c, prev_delta = self.prev
-        r2 = (prev_delta / delta) ** 2
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            r2 = (prev_delta / delta) ** 2
+        if not (np.isfinite(r2) and r2 > 1.0):
+            # The two steps taken rounded to the same size (or did not shrink):
+            # no extrapolation across them; start again from this rung.
+            self.prev, self.extrapolants = (k, c, delta), []
+            return None
         e = c + (c - prev_c) / (r2 - 1.0)
         noise_e = noise_c * (r2 + 1.0) / (r2 - 1.0)
         self.extrapolants.append(e)

@@ -93,12 +93,14 @@ def test_correct_jvps_pass(fn, jvp, inputs):
 @settings(max_examples=15)
 def test_tanh_jvp_passes_on_any_array(x):
     report = check_jvp(tanh, tanh_jvp, (x,))
-    slope = np.max(1.0 - np.tanh(x) ** 2, initial=0.0)
+    slopes = 1.0 - np.tanh(x) ** 2
     assert report.status != "failed", str(report)
-    if slope < 1e-12:
+    if np.max(slopes, initial=0.0) < 1e-12:
         # Saturated everywhere (float64 tanh is exactly +-1 beyond 19.1): nothing to resolve.
         assert report.status == "inconclusive", str(report)
-    elif slope > 2e-10:
+    elif x.size and np.median(slopes) > 2e-10:
+        # The sensitivity is that of a typical element, one of the median magnitude: at
+        # [0, 12.5, 12.5] two of three are saturated, and inconclusive is the verdict.
         # Below that, tanh's outputs sit within 1e-10 of 1.0 and move by fewer ulps than the
         # ladder needs to resolve 1e-3 (the sensitivity degrades as eps / slope: 9e-4 at
         # x = 12 where the slope is 1.5e-10, 2e-3 at 12.5): inconclusive, and it says so.
