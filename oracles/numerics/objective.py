@@ -289,11 +289,7 @@ class NoiseModel:
         by 0.
         """
         f = np.asarray(f, dtype=np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            return np.maximum(
-                np.maximum(self.sigma.reshape(f.shape), QUANTUM),
-                self.relative.reshape(f.shape) * np.abs(f),
-            )
+        return self.level_at(f.reshape(-1), slice(None)).reshape(f.shape)
 
     def level_at(self, values, at):
         """:meth:`level` of the flat output elements ``at``, whose values are ``values``."""

@@ -286,14 +286,25 @@ def _gap(flat, value, sign):
     return float(np.min(other)) if other.size else np.inf
 
 
+def _nearest(flat, value):
+    """Distance from ``value`` to the nearest other value of the input, on either side."""
+    return min(_gap(flat, value, 1.0), _gap(flat, value, -1.0))
+
+
+def _spacing(values, reduced):
+    """The largest spacing of ``reduced`` at ``values`` (its unit there), as a float."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = np.asarray(values).astype(reduced)
+        return float(np.max(np.abs(np.spacing(v).astype(np.float64))))
+
+
 def _line_step(x0, reduced, room):
     """A step for :func:`_line_noise`: 64 units of ``reduced`` at the group value, within ``room``.
 
     A power of two, so that ``x0 + k q`` are values of ``reduced`` wherever
     ``x0`` is one and ``q`` is at least its unit there.
     """
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        spacing = float(np.max(np.abs(np.spacing(x0.astype(reduced)).astype(np.float64))))
+    spacing = _spacing(x0, reduced)
     q = 2.0 ** np.ceil(np.log2(64.0 * spacing))
     while q > spacing and 4.0 * q > room:
         q /= 2.0
@@ -344,7 +355,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     reduced = _exact_type(objective, x0)
     line = None
     if reduced is not None:
-        room = 0.5 * min(_gap(flat, float(x0[0]), 1.0), _gap(flat, float(x0[0]), -1.0))
+        room = 0.5 * _nearest(flat, float(x0[0]))
         line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, room))
 
     def rung(k):
@@ -484,8 +495,7 @@ def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
     flat = objective.work[i].reshape(-1)
     x0 = flat[idx]
     value = float(x0[0])
-    others = np.setdiff1d(flat, x0)
-    gap = float(np.min(np.abs(others - value))) if others.size else np.inf
+    gap = _nearest(flat, value)
     delta = min(2.0**-12 * _group_scale(objective, i, idx), gap / 16.0)
     reduced = _exact_type(objective, x0)
     h_min, line = 0.0, None
@@ -494,9 +504,7 @@ def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
         # values: the points are rounded to its values (exact steps), and the
         # steps must span a few of its units (sort in float16 at 1.0 has
         # units of 1e-3), so the spread widens as far as the gap allows.
-        with np.errstate(over="ignore", invalid="ignore"):
-            spacing = float(np.abs(np.spacing(np.asarray(value).astype(reduced))))
-        h_min = 8.0 * spacing
+        h_min = 8.0 * _spacing(value, reduced)
         delta = min(max(delta, 1024.0 * h_min), gap / 4.0)
         line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, 0.5 * gap))
     n_samples = n_samples or min(8 * idx.size, 48)
