@@ -111,6 +111,9 @@ TYPICAL_SPAN = 100.0
 #: half an ulp of the input: x + t rounds back to x.
 STEP_LIMIT = 2.0**50
 
+#: Elements per chunk of the loops over a whole piece (no temporaries the size of a piece).
+CHUNK = 1 << 16
+
 #: Relative tolerance of the linearity test of a derivative (scaling by 2 or -1 is exact).
 LINEARITY_RTOL = 4 * float(np.finfo(np.float64).eps)
 
@@ -289,6 +292,8 @@ class Run:
         xs = self.copies()
         d = [np.array(u, dtype=np.float64, copy=True) for u in direction]
         raw = call_user(lambda *a: self.spec.call(self.user, d, xs), [], self.spec.derivative)
+        if not record:
+            del xs  # not needed any more: one copy of the inputs less while the result is copied
         pieces = self.spec.normalize(raw, self)
         if record:
             who = self.spec.derivative
@@ -493,6 +498,7 @@ def _forward(r):
     passed = r.copies()
     r.out = as_output(call_user(r.fn, passed, "fn"))
     r.problems += mutations(r.xs, passed, r.names, "fn")
+    del passed  # one copy of the inputs less while fn runs again
     if r.spec.scalar_output and r.out.size != 1:
         raise UserFunctionError(
             f"fn must return a scalar for {r.spec.kind} (a Hessian needs a scalar loss), got "
@@ -527,30 +533,47 @@ def _direction(r):
         r.direction_desc = "given"
 
 
-def linearity_problem(linear, direction, who):
+def linearity_problem(linear, direction, who, first=None):
     """A problem if ``linear`` (the user's derivative along a direction) is not linear, else None.
 
     Scaling a direction by 2 or by -1 is exact in floating point, so a linear
     formula gives exactly twice (minus) its result; additivity would only
     hold up to rounding. Catches a direction left out of a product
     (``f'(x)`` instead of ``f'(x) t``), added (``f'(x) + t``) or squared.
+    ``linear(d)`` returns a list of arrays; ``first``, when given, is
+    ``linear(direction)`` already computed (one call of the derivative less).
+    The comparison runs chunk by chunk: no temporaries the size of the result.
     """
-    a = linear(direction)
+    a = linear(direction) if first is None else first
+    a = [np.asarray(p, dtype=np.float64).reshape(-1) for p in a]
     for factor in (2.0, -1.0):
         b = linear([factor * u for u in direction])
-        with np.errstate(invalid="ignore", over="ignore"):
-            gap = np.abs(b - factor * a)
-            bound = LINEARITY_RTOL * np.abs(factor * a) + 1e-300
-        finite = np.isfinite(a) & np.isfinite(b)
-        bad = finite & ~(gap <= bound)
-        if np.any(bad):
-            i = int(np.argmax(np.where(bad, gap - bound, -np.inf)))
+        b = [np.asarray(p, dtype=np.float64).reshape(-1) for p in b]
+        if [p.size for p in b] != [p.size for p in a]:
             return (
-                f"{who} is not linear in its direction argument: {who}({factor:g} d) = "
-                f"{b[i]:.17g} but {factor:g} {who}(d) = {factor * a[i]:.17g} at element {i} of "
-                "its flattened result. A derivative along a direction is linear in it: was the "
-                "direction left out of a product, or added instead of multiplied?"
+                f"{who} is not linear in its direction argument: {who}({factor:g} d) has "
+                f"{sum(p.size for p in b)} elements but {who}(d) {sum(p.size for p in a)}"
             )
+        offset = 0
+        for pa, pb in zip(a, b, strict=True):
+            for k in range(0, pa.size, CHUNK):
+                ca, cb = pa[k : k + CHUNK], pb[k : k + CHUNK]
+                with np.errstate(invalid="ignore", over="ignore"):
+                    gap = np.abs(cb - factor * ca)
+                    bound = LINEARITY_RTOL * np.abs(factor * ca) + 1e-300
+                finite = np.isfinite(ca) & np.isfinite(cb)
+                bad = finite & ~(gap <= bound)
+                if np.any(bad):
+                    j = int(np.argmax(np.where(bad, gap - bound, -np.inf)))
+                    i = offset + k + j
+                    return (
+                        f"{who} is not linear in its direction argument: {who}({factor:g} d) = "
+                        f"{cb[j]:.17g} but {factor:g} {who}(d) = {factor * ca[j]:.17g} at element "
+                        f"{i} of its flattened result. A derivative along a direction is linear "
+                        "in it: was the direction left out of a product, or added instead of "
+                        "multiplied?"
+                    )
+            offset += pa.size
     return None
 
 
@@ -564,7 +587,7 @@ def _analytic(r):
         f"Is a random mask drawn inside {who} instead of reused from the forward pass?",
         [f"gradients of {n}" if r.spec.on_output else n for n in r.piece_names],
     )
-    problem = linearity_problem(lambda d: flat(r.derivative(d)), r.direction, who)
+    problem = linearity_problem(r.derivative, r.direction, who, first=r.analytic)
     if problem:
         r.problems.append(problem)
         r.options["nonlinear"] = True
@@ -667,14 +690,21 @@ def _terms_second_look(r, results):
             e = np.asarray(ref.error, dtype=np.float64).reshape(-1)
             if v.shape != a.shape or e.shape != a.shape:
                 continue
+            # Only elements with a value of their own can disagree (mode fast: the
+            # ones compared individually; elsewhere the value is NaN).
+            at = None if ref.checked is None else np.flatnonzero(ref.checked)
+            if at is not None:
+                a, v, e = a[at], v[at], e[at]
             with np.errstate(invalid="ignore", over="ignore"):
                 diff = np.abs(a - v)
                 slack = e + r.atol + r.rtol * np.abs(v)
                 small = (diff > slack) & (diff <= TERMS_BELOW * np.maximum(np.abs(a), np.abs(v)))
             if ref.kink is not None:
-                small &= ~np.asarray(ref.kink, dtype=bool).reshape(-1)
-            for j in np.flatnonzero(small):
-                tau[(k, int(j))] = min(tau.get((k, int(j)), np.inf), float(diff[j]))
+                kink = np.asarray(ref.kink, dtype=bool).reshape(-1)
+                small &= ~(kink if at is None else kink[at])
+            for p in np.flatnonzero(small):
+                j = int(p if at is None else at[p])
+                tau[(k, j)] = min(tau.get((k, j), np.inf), float(diff[p]))
     if not tau:
         return 0
     from oracles.backends.rounding import ROUNDING_FACTOR
@@ -797,6 +827,11 @@ def _distrust_unbounded(results):
             bad = ~(np.isfinite(ref.value) & np.isfinite(ref.error))
             if not bad.any():
                 continue
+            if not (
+                np.any(bad & np.isfinite(ref.value))
+                or (ref.kink is not None and np.any(bad & np.asarray(ref.kink, dtype=bool)))
+            ):
+                continue  # NaN already wherever it is bad (mode fast: the elements not compared)
             n += int(np.count_nonzero(bad & np.isfinite(ref.value)))
             kink = None if ref.kink is None else ref.kink & ~bad
             res.refs[k] = Reference(
@@ -1124,7 +1159,20 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store
         left=ref.left,
         right=ref.right,
     )
-    if store is not None:
+    uniform = None if positions is None or positions.size else _uniform(whole.error)
+    if store is not None and uniform is not None:
+        # Mode fast, nothing compared one by one: every element has the
+        # projections' resolution, in read-only broadcast arrays (no memory).
+        n = full.size
+        store[(oracle, number)] = _PerElement(
+            value=np.broadcast_to(np.float64(np.nan), (n,)),
+            tau=np.broadcast_to(np.float64(uniform), (n,)),
+            own=np.broadcast_to(np.float64(uniform), (n,)),
+            kink=np.broadcast_to(np.False_, (n,)),
+            failed=np.broadcast_to(np.False_, (n,)),
+            unresolved=np.broadcast_to(np.bool_(not math.isfinite(uniform)), (n,)),
+        )
+    elif store is not None:
         n = full.size
         per = _PerElement(
             value=np.full(n, np.nan),
@@ -1187,8 +1235,22 @@ def _oracle_check(oracle, method, name, number, analytic, ref, atol, rtol, store
     )
 
 
+def _uniform(a):
+    """The one value of a broadcast (zero-strided) array of at least one element, else None."""
+    a = np.asarray(a)
+    if a.size and not any(a.strides):
+        return float(a.reshape(-1)[0])
+    return None
+
+
 def _error_ratio(cmp, positions, n):
-    """``abs_error / tolerance`` per element of the whole piece (NaN where not compared)."""
+    """``abs_error / tolerance`` per element of the whole piece (NaN where not compared).
+
+    Where nothing was compared one by one (mode fast), a read-only broadcast
+    array of NaN: no memory.
+    """
+    if positions is not None and not positions.size:
+        return np.broadcast_to(np.float64(np.nan), (n,))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(cmp.abs_error == 0, 0.0, cmp.abs_error / cmp.tolerance).ravel()
     unknown = np.isnan(ratio)  # a NaN never agrees; inf / inf passed at the tolerance
@@ -1280,6 +1342,12 @@ def _best(r, k):
     pers = [r.per_element[(o, k)] for o in r.against if (o, k) in r.per_element]
     if not pers:
         return None
+    if len(pers) == 1:
+        only = pers[0]
+        unresolved = only.unresolved
+        if unresolved is not None:
+            unresolved = unresolved & ~np.isfinite(only.tau)
+        return dataclasses.replace(only, unresolved=unresolved)
     tau = np.stack([p.tau for p in pers])
     pick = np.argmin(np.where(np.isnan(tau), np.inf, tau), axis=0)
     cols = np.arange(tau.shape[1])
@@ -1469,10 +1537,17 @@ def _coverage(r, k, name, ladder=None):
     if best is None or size == 0:
         return None
     analytic = np.asarray(r.analytic[k], dtype=np.float64).reshape(-1)
-    mag = np.abs(np.where(np.isfinite(best.value), best.value, analytic))
+    # |reference| where it has a value, else |analytic|; built in one array (the
+    # elements of a piece can number 1e7: every temporary here is a copy of it).
+    mag = np.abs(analytic)
+    if _uniform(best.value) is None or not math.isnan(_uniform(best.value)):
+        has = np.isfinite(best.value)
+        mag[has] = np.abs(np.asarray(best.value)[has])
+        del has
     judged = np.isfinite(best.tau)
     kink = best.kink & judged
     base = judged & ~kink & np.isfinite(mag)
+    del judged
     nonzero = base & (mag > best.own)
     zero_direction = not any(np.any(u) for u in r.direction)
     if not zero_direction and best.unresolved is not None and best.unresolved.any():
@@ -1530,13 +1605,17 @@ def _coverage(r, k, name, ladder=None):
         return Coverage(
             math.inf, math.inf, zeros=int(base.sum()), kinks=int(kink.sum()), reason=reason
         )
-    m = float(np.median(mag[nonzero]))
-    floor = np.maximum(mag, m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sigma = best.tau / floor
+    picked = mag[nonzero]
+    m = float(np.median(picked, overwrite_input=True))  # the same median, without a second copy
+    del picked
     # A typical element is one of the median magnitude m: what it catches is
     # its threshold over m, and the thresholds vary from element to element.
-    tau, own_tau = best.tau[nonzero], best.own[nonzero]
+    # Typical elements are those within TYPICAL_SPAN of the median magnitude:
+    # the gradients of one input can span many decades (sigmoid at 0 and at
+    # -100), and the thresholds of elements 1e40 larger say nothing about an
+    # element of the median size.
+    near = nonzero & (mag <= TYPICAL_SPAN * m) & (mag >= m / TYPICAL_SPAN)
+    floors = []
     if ladder:
         # Where the numeric oracle is the sharpest at a sampled element, its
         # decisive threshold there is the ladder's (see _ladder_thresholds).
@@ -1549,23 +1628,34 @@ def _coverage(r, k, name, ladder=None):
         if sharpest:
             errors = np.array([e for _, e in sharpest])
             allowed = np.array([r.atol + r.rtol * mag[j] for j, _ in sharpest])
-            tau = np.maximum(tau, float(np.quantile(errors + allowed, TYPICAL_QUANTILE)))
-            own_tau = np.maximum(own_tau, float(np.quantile(errors, TYPICAL_QUANTILE)))
-    # Typical elements are those within TYPICAL_SPAN of the median magnitude:
-    # the gradients of one input can span many decades (sigmoid at 0 and at
-    # -100), and the thresholds of elements 1e40 larger say nothing about an
-    # element of the median size.
-    near = (mag[nonzero] <= TYPICAL_SPAN * m) & (mag[nonzero] >= m / TYPICAL_SPAN)
-    relative = float(np.quantile(tau[near], TYPICAL_QUANTILE)) / m
-    own = float(np.quantile(own_tau[near], TYPICAL_QUANTILE)) / m
+            floors = [
+                float(np.quantile(errors + allowed, TYPICAL_QUANTILE)),
+                float(np.quantile(errors, TYPICAL_QUANTILE)),
+            ]
+
+    def typical(values, floor, near=near):
+        picked = np.asarray(values)[near]
+        if floor is not None:
+            np.maximum(picked, floor, out=picked)
+        return float(np.quantile(picked, TYPICAL_QUANTILE, overwrite_input=True)) / m
+
+    relative = typical(best.tau, floors[0] if floors else None)
+    own = typical(best.own, floors[1] if floors else None)
+    del near
+    # sigma = tau / max(|reference|, m), in the array of the magnitudes.
+    sigma = np.maximum(mag, m, out=mag)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(best.tau, sigma, out=sigma)
     loose = base & (sigma > LOOSE_FACTOR * relative)
+    n_loose = int(loose.sum())
+    loose_relative = float(np.max(sigma[loose])) if n_loose else math.nan
     zeros = base & ~nonzero & ~loose
     return Coverage(
         relative=relative,
         own=own,
         elements=int(nonzero.sum()),
-        loose=int(loose.sum()),
-        loose_relative=float(np.max(sigma[loose])) if loose.any() else math.nan,
+        loose=n_loose,
+        loose_relative=loose_relative,
         zeros=int(zeros.sum()),
         kinks=int(kink.sum()),
     )
@@ -1668,8 +1758,9 @@ def _diagnoses(r, reports):
             refs.append((np.full(size, np.nan), np.full(size, np.inf), np.zeros(size, bool)))
             failed.append(None)
         else:
-            refs.append((best.value, best.tau, best.kink))
-            failed.append(best.failed)
+            # Copies: the diagnoses get arrays of their own (not read-only broadcasts).
+            refs.append((np.array(best.value), np.array(best.tau), np.array(best.kink)))
+            failed.append(None if best.failed is None else np.array(best.failed))
     mutated = list(r.mutated)
     for p in r.problems:
         m = _MUTATION.match(p)

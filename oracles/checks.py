@@ -76,7 +76,7 @@ def _backend(oracle):
 
 def _vjp_numeric(r):
     objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
-    safe = [np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
+    safe = [g if np.isfinite(g).all() else np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
     n = sum(x.size for x in r.xs)
     refs, method, evaluations, notes = resolve_mode(r.mode, n).reference(
         objective,
@@ -259,6 +259,12 @@ def _kink_where_ties_untie(objective, i, idx, rng):
     return any(not d <= 0.5 * b + n for (b, _), (d, n) in zip(big, small, strict=True))
 
 
+def _has_equal(x):
+    """True when two elements of ``x`` are equal (NaN equals nothing)."""
+    s = np.sort(x, axis=None)
+    return bool(s.size > 1 and np.any(s[1:] == s[:-1]))
+
+
 def _joint_ties(r, objective, grads, refs, notes):
     """Tied elements judged jointly (:mod:`oracles.numerics.ties`); failures are problems.
 
@@ -275,7 +281,9 @@ def _joint_ties(r, objective, grads, refs, notes):
         np.zeros(x.shape, dtype=bool) if ref.kink is None else np.asarray(ref.kink, dtype=bool)
         for x, ref in zip(r.xs, refs, strict=True)
     ]
-    groups, n_found = tie_groups(objective.work, kinks)
+    # Only inputs that hold equal values are searched for groups (a sort, one copy at a time).
+    tied = [x if _has_equal(x) else x.reshape(-1)[:0] for x in objective.point]
+    groups, n_found = tie_groups(tied, kinks)
     if not groups:
         return 0
     calls0 = objective.calls

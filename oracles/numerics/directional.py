@@ -118,8 +118,8 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
             t = t0 * unit * 2.0**-k
             with np.errstate(over="ignore", invalid="ignore"):
                 # asarray: a 0-d input plus a 0-d direction is a NumPy scalar, not an array.
-                xp = [np.asarray(x + t * ui) for x, ui in zip(objective.work, u, strict=True)]
-                xm = [np.asarray(x - t * ui) for x, ui in zip(objective.work, u, strict=True)]
+                xp = [np.asarray(x + t * ui) for x, ui in zip(objective.point, u, strict=True)]
+                xm = [np.asarray(x - t * ui) for x, ui in zip(objective.point, u, strict=True)]
             moved = [(a != b) for a, b in zip(xp, xm, strict=True)]
             if not any(np.any(mv) for mv in moved):
                 return None  # the step no longer moves x

@@ -198,6 +198,11 @@ STEP_GROWTH_MAX = 64.0
 MISS = 0.01
 #: Resolution of the Gaussian directions (see :func:`_gaussian`).
 DIRECTION_BITS = 16
+#: Largest magnitude of a direction's component (a float32 then holds it exactly; a standard
+#: normal draw exceeds it with probability below 1e-800).
+DIRECTION_MAX = 64.0
+#: Elements per chunk of the loops over a whole input (no temporaries the size of an input).
+CHUNK = 1 << 16
 
 # Central differences q at the steps 2t, t, t/2, t/4 (errors r + a t^2 + b t^4 +
 # c t^6 + ...). R2 = (q(t) - 20 q(t/2) + 64 q(t/4)) / 45 removes the t^2 and
@@ -286,10 +291,13 @@ class Fast:
             must_check=must_check,
             exhaustive=self.exhaustive,
         )
-        out = [
-            Reference(**{k: v.reshape(x.shape) for k, v in r.items()}, covered=int(n))
-            for x, r, n in zip(objective.work, res.results, res.covered, strict=True)
-        ]
+        out = []
+        for x, r, n in zip(objective.point, res.results, res.covered, strict=True):
+            fields = {k: v.reshape(x.shape) for k, v in r.items()}
+            if fields["value"].size and not any(fields["value"].strides):
+                # Nothing compared individually: broadcast values (no memory), no kinks.
+                fields.update(kink=None, left=None, right=None, nonfinite=None)
+            out.append(Reference(**fields, covered=int(n)))
         return out, res.method, res.evaluations, res.notes
 
 
@@ -323,7 +331,9 @@ class FastResult:
         compared individually. Where an element is covered by the last,
         passing, projections instead, ``error`` is their resolution: an
         element off by that much escapes all of them with probability at
-        most ``MISS`` (1%).
+        most ``MISS`` (1%). An input with no element compared individually
+        (and none given up) has read-only broadcast arrays instead (NaN
+        values, one error): no memory.
     covered : list of int
         Per input, the elements the result vouches for: those checked
         individually plus those covered by the last, passing, projections.
@@ -366,16 +376,58 @@ class FastResult:
 
 
 def _gaussian(rng, n):
-    """Standard normal values, rounded to multiples of ``2^-DIRECTION_BITS``.
+    """Standard normal values, rounded to multiples of ``2^-DIRECTION_BITS``, as float32.
 
     ``t u`` is then exact for every power-of-two step ``t``, and so is
     ``x + t u`` while ``|x| < 2^(52 - DIRECTION_BITS) t``: the perturbation
     is exactly symmetric and exactly the same direction at every step, so
     the extrapolation across steps sees no rounding of the inputs. Two
     entries are equal with probability about ``2^-DIRECTION_BITS / 4``.
+    Multiples of ``2^-16`` below :data:`DIRECTION_MAX` in magnitude are
+    float32 values exactly: half the memory of float64, the same numbers
+    (drawn chunk by chunk: no float64 temporary of size ``n``). Every use
+    computes in float64.
     """
     scale = 2.0**DIRECTION_BITS
-    return np.rint(rng.standard_normal(n) * scale) / scale
+    out = np.empty(n, dtype=np.float32)
+    for k in range(0, n, CHUNK):
+        z = rng.standard_normal(min(CHUNK, n - k))
+        np.clip(np.rint(z * scale) / scale, -DIRECTION_MAX, DIRECTION_MAX, out=z)
+        out[k : k + z.size] = z
+    return out
+
+
+def _norm(v):
+    """Euclidean norm of ``v`` in float64, chunk by chunk."""
+    total = 0.0
+    for k in range(0, v.size, CHUNK):
+        c = np.asarray(v[k : k + CHUNK], dtype=np.float64)
+        total += float(np.dot(c, c))
+    return math.sqrt(total)
+
+
+def _abs_dot(g, v):
+    """``sum |g| |v|`` in float64, chunk by chunk."""
+    total = 0.0
+    for k in range(0, v.size, CHUNK):
+        total += float(np.dot(np.abs(g[k : k + CHUNK]), np.abs(v[k : k + CHUNK]).astype(float)))
+    return total
+
+
+class _All:
+    """Every element active: the index array ``arange(n)`` without its memory.
+
+    ``active[pos]`` is ``pos`` itself (positions into the active elements are
+    their global indices).
+    """
+
+    def __init__(self, n):
+        self.size = int(n)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return np.arange(self.size)[key]
+        return np.asarray(key)
 
 
 def _noise_from_differences(values):
@@ -416,18 +468,19 @@ class _Space:
 
     def __init__(self, objective, grads):
         self.objective = objective
-        self.work = objective.work
+        # The evaluation point, read only: perturbed inputs are built in the
+        # objective's scratch arrays, never in it.
+        self.work = objective.point
         self.flat = [w.reshape(-1) for w in self.work]
         sizes = [w.size for w in self.work]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n = int(self.offsets[-1])
         self.grads = [np.asarray(g, dtype=np.float64).reshape(-1) for g in grads]
-        self.abs_grads = [np.abs(g) for g in self.grads]
         self.cot = objective.cotangent
         self.abs_cot = np.abs(self.cot)
         self.vector = self.cot.size > 1
         self.tests = 0
-        self._buffers = {}
+        self._step = np.empty(CHUNK)
 
     def input_of(self, gidx):
         """Input number of each global flat index."""
@@ -437,8 +490,17 @@ class _Space:
         """Split a direction on sorted global indices into ``(input, local, values, sum)`` parts.
 
         ``sum`` is ``sum |analytic| |values|`` over the part, for the rounding
-        floor of ``<analytic, step>``.
+        floor of ``<analytic, step>``. ``gidx`` may be :class:`_All`.
         """
+        if isinstance(gidx, _All):
+            out = []
+            for i in range(len(self.work)):
+                a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+                if a == b:
+                    continue
+                v = vals[a:b]
+                out.append((i, slice(0, b - a), v, _abs_dot(self.grads[i], v)))
+            return out
         cuts = np.searchsorted(gidx, self.offsets)
         out = []
         for i in range(len(self.work)):
@@ -450,9 +512,9 @@ class _Space:
             if last - first + 1 == b - a:  # sorted and distinct: a contiguous range
                 loc = slice(first, last + 1)
             else:
-                loc = gidx[a:b] - off
+                loc = np.asarray(gidx[a:b], dtype=np.int64) - off
             v = vals[a:b]
-            out.append((i, loc, v, float(np.dot(self.abs_grads[i][loc], np.abs(v)))))
+            out.append((i, loc, v, _abs_dot(self.grads[i][loc], v)))
         return out
 
     def call(self, xs):
@@ -465,55 +527,57 @@ class _Space:
                 f"fn returned shape {out.shape} at a perturbed point but {self.cot.shape} at the "
                 "evaluation point"
             )
+        if any(np.may_share_memory(out, x) for x in xs):
+            out = out.copy()  # fn returned (a view of) its input: the next call refills it
         return out
 
-    def _buffer(self, key, i):
-        """A scratch array shaped like input ``i``, kept between calls (no page faults)."""
-        buf = self._buffers.get((key, i))
-        if buf is None:
-            buf = self._buffers[(key, i)] = np.empty_like(self.work[i])
-        return buf
-
-    def _inputs(self, parts, s, key):
+    def _inputs(self, parts, s):
         """The inputs with ``s * values`` added, in scratch arrays; ``<analytic, step>``.
 
-        ``fn`` gets arrays of its own on every call (never the working copies;
-        what it writes into them is overwritten before the next call), and
-        its outputs are used before the next call, so the arrays can be
-        reused: allocating a fresh 8 MB array per call costs as much as a
-        small ``fn``.
+        ``fn`` gets arrays of its own on every call (the objective's scratch
+        arrays, never the evaluation point; what it writes into them is
+        overwritten before the next call), and its outputs are used (or
+        copied, where they are views of its inputs) before the next call, so
+        the arrays can be reused: allocating a fresh 8 MB array per call costs
+        as much as a small ``fn``. Contiguous parts are built chunk by chunk,
+        with the step actually taken, ``(x + s v) - x``, in a small scratch.
         """
         xs = []
         lin = lin_abs = 0.0
         touched = {i: (loc, v, gv) for i, loc, v, gv in parts}
         for i, w in enumerate(self.work):
-            buf = self._buffer(key, i)
+            buf = self.objective.scratch(i)
             flat = buf.reshape(-1)
+            x = self.flat[i]
             if i not in touched:
                 np.copyto(buf, w)
                 xs.append(buf)
                 continue
             loc, v, gv = touched[i]
-            x0 = self.flat[i][loc]
-            step = self._buffer("step", i).reshape(-1)[: v.size]
-            np.multiply(v, s, out=step)
+            g = self.grads[i]
             if isinstance(loc, slice):
-                if loc.start != 0 or loc.stop != w.size:
-                    np.copyto(buf, w)
-                np.add(x0, step, out=flat[loc])
-                np.subtract(flat[loc], x0, out=step)  # the step actually taken
+                start, stop = loc.start, loc.stop
+                np.copyto(flat[:start], x[:start])
+                np.copyto(flat[stop:], x[stop:])
+                for k in range(start, stop, CHUNK):
+                    e = min(k + CHUNK, stop)
+                    step = self._step[: e - k]
+                    np.multiply(v[k - start : e - start], s, out=step, dtype=np.float64)
+                    np.add(x[k:e], step, out=flat[k:e])
+                    np.subtract(flat[k:e], x[k:e], out=step)  # the step actually taken
+                    lin += float(np.dot(g[k:e], step))
             else:
                 np.copyto(buf, w)
-                flat[loc] = x0 + step
-                step[:] = flat[loc] - x0
-            lin += float(np.dot(self.grads[i][loc], step))
+                x0 = x[loc]
+                flat[loc] = x0 + np.multiply(v, s, dtype=np.float64)
+                lin += float(np.dot(g[loc], flat[loc] - x0))
             lin_abs += abs(s) * gv
             xs.append(buf)
         return xs, lin, lin_abs
 
     def perturbed(self, parts, s):
         """The inputs with ``s * values`` added (scratch arrays), ``<analytic, step>``, floor."""
-        return self._inputs(parts, s, "p")
+        return self._inputs(parts, s)
 
     def quotient(self, parts, t, mask):
         """The residual's central-difference quotient at step ``t`` and its rounding floor.
@@ -527,9 +591,9 @@ class _Space:
         rounding): at a kink it shrinks like ``t``, elsewhere like ``t^2``.
         ``mask`` accumulates the outputs that changed.
         """
-        xp, lp, ap = self._inputs(parts, t, "p")
+        xp, lp, ap = self._inputs(parts, t)
         fp = self.call(xp)
-        xm, lm, am = self._inputs(parts, -t, "m")
+        xm, lm, am = self._inputs(parts, -t)
         fm = self.call(xm)
         if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
             return np.nan, np.inf, np.inf, np.nan
@@ -849,7 +913,7 @@ class _Prober:
         """
         self.space.tests += 1
         parts = self.space.parts(gidx, vals)
-        norm = float(np.linalg.norm(vals))
+        norm = _norm(vals)
         if not self.calibrated:
             value, error, cache = self.calibrate(parts, norm)
             return _Measurement(value, error, parts, self.t_star, cache, norm)
@@ -1134,7 +1198,8 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         else:
             axis = np.array([g], dtype=np.int64)
             m, scale = prober.measure(axis, np.array([1.0])), 1.0
-            agrees = abs(leaf.value - u[p] * m.value) <= leaf.error + abs(u[p]) * m.error
+            up = float(u[p])
+            agrees = abs(leaf.value - up * m.value) <= leaf.error + abs(up) * m.error
         rows = [m.cache.get(m.t * 2.0 ** (1 - k)) for k in range(4)]
         if not np.isfinite(m.value) or any(r is None or not np.isfinite(r[4]) for r in rows):
             undecided.append((i, j))
@@ -1167,26 +1232,48 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
 # --- orchestration -------------------------------------------------------------------------------
 
 
+_FIELDS = ("value", "error", "kink", "left", "right", "nonfinite")
+
+
 def _empty_results(work):
-    return [
-        {
-            "value": np.full(x.size, np.nan),
-            "error": np.full(x.size, np.inf),
-            "kink": np.zeros(x.size, dtype=bool),
-            "left": np.full(x.size, np.nan),
-            "right": np.full(x.size, np.nan),
-            "nonfinite": np.zeros(x.size, dtype=bool),
-            "checked": np.zeros(x.size, dtype=bool),
-        }
-        for x in work
-    ]
+    """Per input, the ``checked`` mask only: value arrays come with the first element stored."""
+    return [{"checked": np.zeros(x.size, dtype=bool)} for x in work]
+
+
+def _dense(r):
+    """Give ``r`` its flat value arrays (NaN / inf / False: no element compared yet)."""
+    if "value" not in r:
+        n = r["checked"].size
+        r["value"], r["error"] = np.full(n, np.nan), np.full(n, np.inf)
+        r["kink"], r["nonfinite"] = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        r["left"], r["right"] = np.full(n, np.nan), np.full(n, np.nan)
+    return r
 
 
 def _store(results, i, flat_idx, est):
-    r = results[i]
-    for key in ("value", "error", "kink", "left", "right", "nonfinite"):
+    r = _dense(results[i])
+    for key in _FIELDS:
         r[key][flat_idx] = est[key]
     r["checked"][flat_idx] = True
+
+
+def _finish(r, given_up, resolution):
+    """Complete ``r``: ``error`` is ``resolution`` where covered, ``inf`` where given up.
+
+    An input with no element compared individually and none given up gets
+    read-only broadcast arrays (no memory): NaN values, one error.
+    """
+    n = r["checked"].size
+    if "value" not in r and not given_up.any():
+        r["value"] = np.broadcast_to(np.float64(np.nan), (n,))
+        r["error"] = np.broadcast_to(np.float64(resolution), (n,))
+        for key, fill in (("kink", False), ("nonfinite", False)):
+            r[key] = np.broadcast_to(np.bool_(fill), (n,))
+        r["left"] = r["right"] = r["value"]
+        return
+    _dense(r)
+    if np.isfinite(resolution):
+        r["error"][~(r["checked"] | given_up)] = resolution
 
 
 def _check_elements(objective, grads, results, elements):
@@ -1204,7 +1291,9 @@ def _its(inputs):
 
 def _failing(results, grads, i, idx, atol, rtol):
     """How many of input ``i``'s elements ``idx`` (checked) fail the per-element rule."""
-    r = results[i]
+    if not np.size(idx):
+        return 0
+    r = _dense(results[i])
     cmp = compare(
         grads[i].reshape(-1)[idx],
         r["value"][idx],
@@ -1227,17 +1316,24 @@ def _explained(previous, active, space, grads, results):
     has no finite reference.
     """
     before, u, value, error = previous
-    at = np.minimum(np.searchsorted(active, before), max(active.size - 1, 0))
-    gone = active[at] != before if active.size else np.ones(before.size, dtype=bool)
+    if isinstance(before, _All):
+        before = np.arange(before.size)
+    if isinstance(active, _All):
+        gone = np.zeros(before.size, dtype=bool)
+    else:
+        at = np.minimum(np.searchsorted(active, before), max(active.size - 1, 0))
+        gone = active[at] != before if active.size else np.ones(before.size, dtype=bool)
     for g, uj in zip(before[gone], u[gone], strict=True):
         i = int(space.input_of(g))
         j = int(g) - int(space.offsets[i])
         r = results[i]
-        ref, e = r["value"][j], r["error"][j]
-        if not (r["checked"][j] and np.isfinite(ref) and np.isfinite(e)):
+        if not r["checked"][j]:
             return None
-        value -= uj * (ref - float(grads[i].reshape(-1)[j]))
-        error += abs(uj) * e
+        ref, e = float(r["value"][j]), float(r["error"][j])
+        if not (np.isfinite(ref) and np.isfinite(e)):
+            return None
+        value -= float(uj) * (ref - float(grads[i].reshape(-1)[j]))
+        error += abs(float(uj)) * e
     return Projection(n_elements=int(active.size), residual=value, error=error, tolerance=error)
 
 
@@ -1295,7 +1391,7 @@ def fast_partials(
     grads = [np.asarray(g, dtype=np.float64) for g in grads]
     space = _Space(objective, grads)
     prober = _Prober(space)
-    work = objective.work
+    work = objective.point  # shapes only: reading it makes no working copy
     calls0 = objective.calls
     notes, remote_evals = [], 0
     results = _empty_results(work)
@@ -1423,12 +1519,15 @@ def fast_partials(
     barren = 0
     explained = None
     for _ in range(MAX_ROUNDS):
-        active = np.concatenate(
-            [
-                np.flatnonzero(~(r["checked"] | g)) + space.offsets[i]
-                for i, (r, g) in enumerate(zip(results, given_up, strict=True))
-            ]
-        ).astype(np.int64)
+        if not any(r["checked"].any() or g.any() for r, g in zip(results, given_up, strict=True)):
+            active = _All(space.n)  # every element: no index array
+        else:
+            active = np.concatenate(
+                [
+                    np.flatnonzero(~(r["checked"] | g)) + space.offsets[i]
+                    for i, (r, g) in enumerate(zip(results, given_up, strict=True))
+                ]
+            ).astype(np.int64)
         if active.size == 0:
             passed = True
             break
@@ -1464,7 +1563,8 @@ def fast_partials(
             )
             this_round.append(p)
             if not p.passed:
-                failing = (u, _Node(np.arange(active.size), m.value, m.error))
+                index = np.int32 if active.size < 2**31 else np.int64
+                failing = (u, _Node(np.arange(active.size, dtype=index), m.value, m.error))
                 break
         projections += this_round
         if failing is None:
@@ -1506,12 +1606,13 @@ def fast_partials(
         for r, g in zip(results, given_up, strict=True)
     ]
     last = projections[-directions:] if projections else []
+    resolution = np.inf
     if passed and last and len(last) == directions:
         # The resolution of the covered elements: an error this large escapes all
         # the last round's directions with probability at most MISS (module notes).
         resolution = 0.8 * max(p.tolerance for p in last) / MISS ** (1.0 / directions)
-        for r, g in zip(results, given_up, strict=True):
-            r["error"][~(r["checked"] | g)] = resolution
+    for r, g in zip(results, given_up, strict=True):
+        _finish(r, g, resolution)
     evaluations = objective.calls - calls0 + remote_evals
     n_individual = int(sum(np.count_nonzero(r["checked"]) for r in results))
     if passed and last and len(last) == directions and all(p.passed for p in last):

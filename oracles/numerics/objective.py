@@ -176,14 +176,39 @@ class Estimate:
     scale: np.ndarray | None = None
 
 
+def _as_point(x):
+    """``x`` as a read-only-by-convention float64 C-contiguous array (no copy where it is one)."""
+    a = np.asarray(x)
+    if a.dtype == np.float64 and a.flags.c_contiguous:
+        return a
+    return np.array(a, dtype=np.float64, order="C", copy=True)
+
+
+#: Elements per chunk where a statistic of a whole input is taken piece by piece (no copies).
+CHUNK = 1 << 16
+
+
 def _rms(a):
-    """Root-mean-square of the finite entries of ``a`` without overflow (0 for none)."""
-    a = np.abs(np.asarray(a, dtype=np.float64)).ravel()
-    a = a[np.isfinite(a)]
-    top = float(np.max(a)) if a.size else 0.0
+    """Root-mean-square of the finite entries of ``a`` without overflow (0 for none).
+
+    Taken chunk by chunk: no temporary the size of ``a``.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    top, count = 0.0, 0
+    for k in range(0, a.size, CHUNK):
+        c = np.abs(a[k : k + CHUNK])
+        c = c[np.isfinite(c)]
+        count += c.size
+        if c.size:
+            top = max(top, float(np.max(c)))
     if top == 0.0:
         return 0.0
-    return top * float(np.sqrt(np.mean((a / top) ** 2)))
+    total = 0.0
+    for k in range(0, a.size, CHUNK):
+        c = np.abs(a[k : k + CHUNK])
+        c = c[np.isfinite(c)] / top
+        total += float(np.dot(c, c))
+    return top * float(np.sqrt(total / count))
 
 
 def element_scales(xs):
@@ -206,11 +231,13 @@ def element_scales(xs):
     fallback = max(typs, default=0.0) or 1.0
     out = []
     for x, typ in zip(xs, typs, strict=True):
-        a = np.abs(np.asarray(x, dtype=np.float64))
         if typ == 0.0:
-            out.append(np.full(a.shape, fallback))
-        else:
-            out.append(np.maximum(np.where(np.isfinite(a), a, 0.0), SCALE_FLOOR * typ))
+            out.append(np.full(np.shape(x), fallback))
+            continue
+        # The one array of the result, then in place.
+        a = np.asarray(np.abs(np.asarray(x, dtype=np.float64)))  # 0-d: abs gives a scalar
+        a[~np.isfinite(a)] = 0.0
+        out.append(np.maximum(a, SCALE_FLOOR * typ, out=a))
     return out
 
 
@@ -330,6 +357,10 @@ def precision_note(precision, smallest_step=None, kind=None):
     if smallest_step is not None and np.isfinite(smallest_step):
         text += f" (>= {smallest_step:.2g} of each element's scale)"
     return text + ", and the error estimates include that noise"
+
+
+#: Unit roundoff of the reduced float types that :attr:`NoiseModel.kind` names.
+REDUCED_UNIT = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 def _reduced_kind(values):
@@ -653,6 +684,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         else None
     )
     relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, floor), precision)
+    if kind in REDUCED_UNIT:
+        # Every output is a value of the reduced type, rounded to it at least
+        # once: one that showed neither noise nor a quantum (a ReLU in float16
+        # whose probe points all rounded to one value) is known to its unit
+        # roundoff, not to float64's.
+        blank = ~detected & ~np.isfinite(quantum)
+        relative = np.where(blank, np.maximum(relative, REDUCED_UNIT[kind]), relative)
+        if not rel.size:
+            precision = max(precision, REDUCED_UNIT[kind])
     # Where no noise showed and the values were few, the smallest change seen
     # is an upper bound on the resolution: take half of it (a quantized output
     # is off by up to half a quantum), and never less than the precision
@@ -677,13 +717,16 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
 class ScalarObjective:
     """``phi(xs) = sum(cotangent * fn(*xs))`` over float64 working copies.
 
-    Holds the working copies of the inputs (float64, C-contiguous, owned by
-    this object) and hands ``fn`` a fresh copy of them on every call, so that
-    ``fn`` can neither change them nor keep references that the next
-    perturbation would change (an ``fn`` that returns its input, or a view of
-    it, must not see its earlier outputs move). What ``fn`` returns is copied
-    too: an ``fn`` that writes into and returns one buffer
-    (``np.sin(x, out=buf)``) cannot make an earlier output change.
+    Holds the evaluation point (:attr:`point`: the float64 C-contiguous
+    inputs given, not copied, and never written to; the caller must not change
+    them while the objective is in use) and, made on first use, working copies
+    (:attr:`work`) that callers perturb in place. ``fn`` gets its inputs in
+    scratch arrays of this object, refilled on every call, so that it can
+    neither change the point nor keep references that matter (an ``fn`` that
+    returns its input, or a view of it, must not see its earlier outputs
+    move): what ``fn`` returns is copied before the next call, so an ``fn``
+    that writes into and returns one buffer (``np.sin(x, out=buf)``) cannot
+    make an earlier output change either.
 
     The step scales of the inputs (:func:`element_scales`) and the measured
     noise of ``fn``'s outputs (:func:`measure_noise`, computed on first use
@@ -695,7 +738,8 @@ class ScalarObjective:
     fn : callable
         ``fn(*inputs) -> array``.
     inputs : sequence of ndarray
-        Float64 arrays; copied.
+        The evaluation point (float64 C-contiguous arrays are used as they
+        are, read-only; others are converted).
     cotangent : ndarray
         Shaped like ``fn(*inputs)``.
     noise : NoiseModel, optional
@@ -705,11 +749,16 @@ class ScalarObjective:
 
     def __init__(self, fn, inputs, cotangent, *, noise=None):
         self.fn = fn
-        self.work = [np.array(x, dtype=np.float64, order="C", copy=True) for x in inputs]
+        #: The evaluation point, read-only: the arrays given where they are float64 and
+        #: C-contiguous already (no copy), else float64 copies.
+        self.point = [_as_point(x) for x in inputs]
+        self._work = None
+        self._scales = None
+        self._scratch = None
         self.cotangent = np.array(cotangent, dtype=np.float64, copy=True)
         self.calls = 0
         self.notes = []
-        out = self.output(self.work)
+        out = self.output(self.point)
         if out.shape != self.cotangent.shape:
             raise UserFunctionError(
                 f"fn(*inputs) returned shape {out.shape}, but the cotangent has shape "
@@ -719,9 +768,39 @@ class ScalarObjective:
         self.base = self._contract(out)
         #: sum |c * f|: the scale of the rounding error of the contraction itself.
         self.scale = float(np.sum(np.abs(self.cotangent * out)))
-        #: Per-element step scales, one array per input (:func:`element_scales`).
-        self.scales = element_scales(self.work)
         self._noise = noise
+
+    @property
+    def work(self):
+        """Working copies of the inputs (float64, C-contiguous, owned), made on first use.
+
+        Callers perturb them in place (and restore them); :attr:`point` stays
+        the evaluation point. A check that only reads the point (the fast
+        mode's projections) never makes them: one copy of the inputs less.
+        """
+        if self._work is None:
+            self._work = [np.array(x, dtype=np.float64, order="C", copy=True) for x in self.point]
+        return self._work
+
+    @property
+    def scales(self):
+        """Per-element step scales, one array per input (:func:`element_scales`), on first use."""
+        if self._scales is None:
+            self._scales = element_scales(self.point)
+        return self._scales
+
+    def scratch(self, i):
+        """A reusable array shaped like input ``i`` (``fn``'s inputs are built in it)."""
+        if self._scratch is None:
+            self._scratch = [None] * len(self.point)
+        buf = self._scratch[i]
+        if buf is None:
+            buf = self._scratch[i] = np.empty_like(self.point[i])
+        return buf
+
+    def release(self):
+        """Free the scratch arrays (they are made again when needed)."""
+        self._scratch = None
 
     @property
     def noise(self):
@@ -738,7 +817,7 @@ class ScalarObjective:
                     )
                 return out.ravel()
 
-            self._noise = measure_noise(evaluate, self.work, self.scales, f0=self.base_output)
+            self._noise = measure_noise(evaluate, self.point, self.scales, f0=self.base_output)
             note = self._noise.note()
             if note and note not in self.notes:
                 self.notes.append(note)
@@ -747,10 +826,20 @@ class ScalarObjective:
     def output(self, xs):
         """``fn(*xs)`` on fresh copies, as a fresh float64 array (``xs`` are not modified)."""
         self.calls += 1
+        # fn gets arrays of its own (scratch arrays, overwritten on the next call:
+        # what it writes into them is lost, and its output is copied before then).
+        args = []
+        for i, x in enumerate(xs):
+            buf = self.scratch(i) if i < len(self.point) else None
+            if buf is None or buf.shape != np.shape(x):
+                args.append(np.array(x, dtype=np.float64, copy=True))
+            else:
+                np.copyto(buf, x)
+                args.append(buf)
         # Perturbed points may leave fn's domain (log of a negative at the
         # largest step): such rungs are skipped, not warned about.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            out = self.fn(*[x.copy() for x in xs])
+            out = self.fn(*args)
         return np.array(out, dtype=np.float64, copy=True)
 
     def _contract(self, out):
