@@ -1613,6 +1613,7 @@ def fast_partials(
         resolution = 0.8 * max(p.tolerance for p in last) / MISS ** (1.0 / directions)
     for r, g in zip(results, given_up, strict=True):
         _finish(r, g, resolution)
+    objective.release()  # the scratch arrays: made again if anything evaluates later
     evaluations = objective.calls - calls0 + remote_evals
     n_individual = int(sum(np.count_nonzero(r["checked"]) for r in results))
     if passed and last and len(last) == directions and all(p.passed for p in last):

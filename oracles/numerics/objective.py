@@ -720,13 +720,14 @@ class ScalarObjective:
     Holds the evaluation point (:attr:`point`: the float64 C-contiguous
     inputs given, not copied, and never written to; the caller must not change
     them while the objective is in use) and, made on first use, working copies
-    (:attr:`work`) that callers perturb in place. ``fn`` gets its inputs in
-    scratch arrays of this object, refilled on every call, so that it can
-    neither change the point nor keep references that matter (an ``fn`` that
-    returns its input, or a view of it, must not see its earlier outputs
-    move): what ``fn`` returns is copied before the next call, so an ``fn``
-    that writes into and returns one buffer (``np.sin(x, out=buf)``) cannot
-    make an earlier output change either.
+    (:attr:`work`) that callers perturb in place. :meth:`output` hands ``fn``
+    a fresh copy of its inputs on every call, so that ``fn`` can neither
+    change them nor keep references that the next perturbation would change
+    (an ``fn`` that returns its input, or a view of it, must not see its
+    earlier outputs move). What ``fn`` returns is copied too: an ``fn`` that
+    writes into and returns one buffer (``np.sin(x, out=buf)``) cannot make
+    an earlier output change. (The fast mode builds its perturbed inputs in
+    :meth:`scratch` arrays instead, refilled on every call.)
 
     The step scales of the inputs (:func:`element_scales`) and the measured
     noise of ``fn``'s outputs (:func:`measure_noise`, computed on first use
@@ -826,20 +827,10 @@ class ScalarObjective:
     def output(self, xs):
         """``fn(*xs)`` on fresh copies, as a fresh float64 array (``xs`` are not modified)."""
         self.calls += 1
-        # fn gets arrays of its own (scratch arrays, overwritten on the next call:
-        # what it writes into them is lost, and its output is copied before then).
-        args = []
-        for i, x in enumerate(xs):
-            buf = self.scratch(i) if i < len(self.point) else None
-            if buf is None or buf.shape != np.shape(x):
-                args.append(np.array(x, dtype=np.float64, copy=True))
-            else:
-                np.copyto(buf, x)
-                args.append(buf)
         # Perturbed points may leave fn's domain (log of a negative at the
         # largest step): such rungs are skipped, not warned about.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            out = self.fn(*args)
+            out = self.fn(*[x.copy() for x in xs])
         return np.array(out, dtype=np.float64, copy=True)
 
     def _contract(self, out):
