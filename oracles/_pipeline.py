@@ -533,6 +533,24 @@ def _direction(r):
         r.direction_desc = "given"
 
 
+def _first_nonlinear(a, b, factor):
+    """``(flat index, b_i, factor a_i)`` of the worst element where ``b != factor a``, or None."""
+    offset = 0
+    for pa, pb in zip(a, b, strict=True):
+        for k in range(0, pa.size, CHUNK):
+            ca, cb = pa[k : k + CHUNK], pb[k : k + CHUNK]
+            with np.errstate(invalid="ignore", over="ignore"):
+                gap = np.abs(cb - factor * ca)
+                bound = LINEARITY_RTOL * np.abs(factor * ca) + 1e-300
+            finite = np.isfinite(ca) & np.isfinite(cb)
+            bad = finite & ~(gap <= bound)
+            if np.any(bad):
+                j = int(np.argmax(np.where(bad, gap - bound, -np.inf)))
+                return offset + k + j, float(cb[j]), float(factor * ca[j])
+        offset += pa.size
+    return None
+
+
 def linearity_problem(linear, direction, who, first=None):
     """A problem if ``linear`` (the user's derivative along a direction) is not linear, else None.
 
@@ -542,38 +560,31 @@ def linearity_problem(linear, direction, who, first=None):
     (``f'(x)`` instead of ``f'(x) t``), added (``f'(x) + t``) or squared.
     ``linear(d)`` returns a list of arrays; ``first``, when given, is
     ``linear(direction)`` already computed (one call of the derivative less).
-    The comparison runs chunk by chunk: no temporaries the size of the result.
+    The comparison runs chunk by chunk, and one result is held at a time: no
+    temporaries the size of the result.
     """
     a = linear(direction) if first is None else first
     a = [np.asarray(p, dtype=np.float64).reshape(-1) for p in a]
     for factor in (2.0, -1.0):
         b = linear([factor * u for u in direction])
         b = [np.asarray(p, dtype=np.float64).reshape(-1) for p in b]
-        if [p.size for p in b] != [p.size for p in a]:
+        sizes = [p.size for p in b]
+        found = _first_nonlinear(a, b, factor) if sizes == [p.size for p in a] else (None,)
+        del b  # before the next call
+        if found is None:
+            continue
+        if found == (None,):
             return (
                 f"{who} is not linear in its direction argument: {who}({factor:g} d) has "
-                f"{sum(p.size for p in b)} elements but {who}(d) {sum(p.size for p in a)}"
+                f"{sum(sizes)} elements but {who}(d) {sum(p.size for p in a)}"
             )
-        offset = 0
-        for pa, pb in zip(a, b, strict=True):
-            for k in range(0, pa.size, CHUNK):
-                ca, cb = pa[k : k + CHUNK], pb[k : k + CHUNK]
-                with np.errstate(invalid="ignore", over="ignore"):
-                    gap = np.abs(cb - factor * ca)
-                    bound = LINEARITY_RTOL * np.abs(factor * ca) + 1e-300
-                finite = np.isfinite(ca) & np.isfinite(cb)
-                bad = finite & ~(gap <= bound)
-                if np.any(bad):
-                    j = int(np.argmax(np.where(bad, gap - bound, -np.inf)))
-                    i = offset + k + j
-                    return (
-                        f"{who} is not linear in its direction argument: {who}({factor:g} d) = "
-                        f"{cb[j]:.17g} but {factor:g} {who}(d) = {factor * ca[j]:.17g} at element "
-                        f"{i} of its flattened result. A derivative along a direction is linear "
-                        "in it: was the direction left out of a product, or added instead of "
-                        "multiplied?"
-                    )
-            offset += pa.size
+        i, bi, ai = found
+        return (
+            f"{who} is not linear in its direction argument: {who}({factor:g} d) = "
+            f"{bi:.17g} but {factor:g} {who}(d) = {ai:.17g} at element {i} of its flattened "
+            "result. A derivative along a direction is linear in it: was the direction left "
+            "out of a product, or added instead of multiplied?"
+        )
     return None
 
 

@@ -1541,6 +1541,7 @@ def fast_partials(
                 this_round.append(p)
             explained = None
         while len(this_round) < directions:
+            u = m = None  # the last direction (and the views of it) go before the next is drawn
             u = _gaussian(rng, active.size)
             m = prober.measure(active, u)
             if np.isfinite(m.value):
