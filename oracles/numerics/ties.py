@@ -419,7 +419,10 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         # elementwise fn's other outputs do not): each may have moved by up to
         # its rounding over the largest step.
         coupled = ladder_coupled(objective, objective.work[i].reshape(-1), idx, s, unseen)
-        resolution = _resolution(objective, f0)[coupled] + QUANTUM
+        # At exact steps the outputs' resolution is their noise along this line
+        # (a sort's other outputs stay exactly what they were).
+        level = _resolution(objective, f0) if line is None else line(f0)
+        resolution = level[coupled] + QUANTUM
         hidden = 2.0 * float(np.sum(np.abs(cot[coupled]) * (resolution / largest)))
     return sign * value, err + hidden
 
@@ -441,24 +444,46 @@ def element_slopes(objective, i, j, grads):
     return left, right, max(err_l, err_r)
 
 
-def _sampled_slopes(objective, i, idx, delta, n_samples, rng, h_min=0.0, reduced=None, line=None):
-    """Per-element lowest/highest central slope at points ``delta * r`` away, and their noise.
+#: Most (order, element) pairs :func:`limiting_slopes` samples per scale: a group of
+#: ``m`` tied values needs ``m`` orders for every element to take every position once.
+MAX_TIE_PAIRS = 2048
 
-    ``reduced``: the type ``fn`` computes in, whose values the points are
-    rounded to (exact steps, :func:`_exact_type`); ``line``: its noise
-    level (:func:`_line_noise`); ``h_min``: the smallest step it resolves.
+
+def _orders(m, n, rng):
+    """``n`` orders of ``m`` tied elements (``order[p]``: the position of element ``p``).
+
+    The first ``min(m, n)`` are the cyclic shifts of one random permutation,
+    so that every element takes every position of the group once (the middle
+    positions of a sort are limiting derivatives as much as the ends); the
+    rest are random permutations.
+    """
+    base = rng.permutation(m)
+    shifts = [np.roll(base, k) for k in range(min(m, n))]
+    return shifts + [rng.permutation(m) for _ in range(n - len(shifts))]
+
+
+def _sampled_slopes(objective, i, idx, which, orders, sep, h, reduced=None, line=None):
+    """Per-element lowest/highest central slope where the group is untied in ``orders``.
+
+    In each order the group's elements sit ``sep`` apart around the tied
+    value (position ``k`` of ``m`` at ``(k - (m - 1) / 2) sep``), and each
+    element of ``which`` (positions within ``idx``) takes a central
+    difference of half-width ``h < sep``: the order stays the same on both
+    sides, so the slope is the derivative of the piece where the group is in
+    that order. ``reduced``: the type ``fn`` computes in, whose values the
+    points are rounded to (exact steps, :func:`_exact_type`); ``line``: its
+    noise level (:func:`_line_noise`).
     """
     work = objective.work
     cot = objective.cotangent
     flat = work[i].reshape(-1)
     x0 = flat[idx].copy()
-    h = max(delta / 64.0, h_min)
     m = idx.size
     lo, hi, noise = np.full(m, np.inf), np.full(m, -np.inf), np.zeros(m)
     try:
-        for _ in range(n_samples):
-            base = _snap(x0 + delta * rng.standard_normal(m), reduced)
-            for p in range(m):
+        for order in orders:
+            base = _snap(x0 + (order - 0.5 * (m - 1)) * sep, reduced)
+            for p in which:
                 xp, xm = _snap(base[p] + h, reduced), _snap(base[p] - h, reduced)
                 flat[idx] = base
                 flat[idx[p]] = xp
@@ -479,43 +504,100 @@ def _sampled_slopes(objective, i, idx, delta, n_samples, rng, h_min=0.0, reduced
     return lo, hi, noise
 
 
-def limiting_slopes(objective, i, idx, n_samples=None, seed=0):
-    """Per-element ``(lowest, highest, noise)`` limiting slopes of a tie group, or NaN if smooth.
+def _reduced_layout(value, gap, m, reduced, spread):
+    """``(sep, sep_small, h)`` of the ordered points in a reduced type, or None where none fit.
 
-    Samples move the group's elements by ``delta * r`` (``r`` standard
-    normal; ``delta`` far below the distance to the nearest other value of
-    the input) and take a central difference of each group element there,
-    at two scales ``delta`` and ``delta / 16``. Where the spread of the
-    slopes shrinks with ``delta`` the function is smooth there (the spread
-    was curvature): NaN. Where it does not, the elements sit at a tie whose
-    limiting gradients span ``[lowest, highest]``; ``noise`` bounds the
-    rounding error of the sampled slopes.
+    Every point must be a value of ``reduced`` and the group must stay
+    within the gap to the next other value: ``(m - 1) / 2`` separations plus
+    the step on each side. The step spans 8 units of ``reduced`` where it
+    fits (down to 2), the separation is as large as ``spread`` allows, and the
+    smaller separation (for the smoothness test) is a sixteenth of it, at
+    least the step plus two units.
+    """
+    # The unit of the reduced type over the whole span (at 0 it is a subnormal's).
+    unit = _spacing(np.array([value - 2.0 * spread, value, value + 2.0 * spread]), reduced)
+    room = gap - 2.0 * unit
+    half = 0.5 * max(m - 1, 1)
+    for h in (8.0 * unit, 4.0 * unit, 2.0 * unit):
+        if half * (h + 2.0 * unit) + h <= room:
+            break
+    else:
+        return None
+    sep = min((room - h) / half, spread / half)
+    sep = max(np.floor(sep / unit) * unit, h + 2.0 * unit)
+    small = max(np.ceil(sep / 16.0 / unit) * unit, h + 2.0 * unit)
+    return float(sep), float(small), float(h)
+
+
+def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
+    """Per-element ``(lowest, highest, noise, resolved)`` limiting slopes of a tie group.
+
+    The group is untied in several orders (:func:`_orders`: every element
+    takes every position of the group at least once), its elements ``sep``
+    apart (far below the distance to the nearest other value of the input),
+    and each element of ``which`` (positions within ``idx``; default: all)
+    takes a central difference there, at two separations ``sep`` and ``sep /
+    16``. Where the spread of the slopes shrinks with the separation the
+    function is smooth there (the spread was curvature): NaN. Where it does
+    not, the elements sit at a tie whose limiting gradients span ``[lowest,
+    highest]``; ``noise`` bounds the rounding error of the sampled slopes.
+
+    ``resolved`` is False where no slope could be sampled: in a ``fn`` that
+    computes in float16, a group of many tied values on a grid of a few of
+    its units has no room to be untied with steps it resolves; and a large
+    group gets :data:`MAX_TIE_PAIRS` (order, element) pairs at most.
     """
     rng = np.random.default_rng(seed)
     flat = objective.work[i].reshape(-1)
     x0 = flat[idx]
+    m = idx.size
+    which = np.arange(m) if which is None else np.asarray(which, dtype=np.intp)
+    n_orders = n_samples or max(min(8 * m, 48), m)
+    n_orders = max(1, min(n_orders, MAX_TIE_PAIRS // max(which.size, 1)))
+    if n_orders < m and which.size > 1:
+        # Too many elements to see every one of them in every position: fewer
+        # elements, each in every position.
+        which = which[: max(1, MAX_TIE_PAIRS // m)]
+        n_orders = m
     value = float(x0[0])
     gap = _nearest(flat, value)
     delta = min(2.0**-12 * _group_scale(objective, i, idx), gap / 16.0)
     reduced = _exact_type(objective, x0)
-    h_min, line = 0.0, None
-    if reduced is not None:
+    line = None
+    half = 0.5 * max(m - 1, 1)
+    if reduced is None:
+        sep, small = delta / half, delta / half / 16.0
+        h, h_small = min(0.25 * sep, delta / 64.0), min(0.25 * small, delta / 1024.0)
+        smooth_test = True
+    else:
         # fn computes in float32 or float16, and the tied value is one of its
         # values: the points are rounded to its values (exact steps), and the
         # steps must span a few of its units (sort in float16 at 1.0 has
-        # units of 1e-3), so the spread widens as far as the gap allows.
-        h_min = 8.0 * _spacing(value, reduced)
-        delta = min(max(delta, 1024.0 * h_min), gap / 4.0)
+        # units of 1e-3), so the separation widens as far as the gap allows.
+        spread = min(max(delta, 1024.0 * 8.0 * _spacing(value, reduced)), gap / 4.0)
+        layout = _reduced_layout(value, gap, m, reduced, spread)
+        nan = np.full(m, np.nan)
+        if layout is None:
+            return nan, nan, np.zeros(m), np.zeros(m, dtype=bool)
+        sep, small, h = layout
+        h_small = h
+        smooth_test = small <= 0.5 * sep
         line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, 0.5 * gap))
-    n_samples = n_samples or min(8 * idx.size, 48)
-    extra = {"h_min": h_min, "reduced": reduced, "line": line}
-    lo1, hi1, n1 = _sampled_slopes(objective, i, idx, delta, n_samples, rng, **extra)
-    lo2, hi2, n2 = _sampled_slopes(objective, i, idx, delta / 16.0, n_samples, rng, **extra)
+    orders = _orders(m, n_orders, rng)
+    extra = {"reduced": reduced, "line": line}
+    lo1, hi1, n1 = _sampled_slopes(objective, i, idx, which, orders, sep, h, **extra)
+    if smooth_test:
+        lo2, hi2, n2 = _sampled_slopes(objective, i, idx, which, orders, small, h_small, **extra)
+    else:
+        lo2, hi2, n2 = lo1, hi1, n1
     noise = np.maximum(n1, n2)
-    smooth = (hi2 - lo2) <= 0.25 * (hi1 - lo1) + 4.0 * noise
-    lo = np.where(smooth, np.nan, np.minimum(lo1, lo2))
-    hi = np.where(smooth, np.nan, np.maximum(hi1, hi2))
-    return lo, hi, noise
+    with np.errstate(invalid="ignore"):
+        smooth = (hi2 - lo2) <= 0.25 * (hi1 - lo1) + 4.0 * noise if smooth_test else hi1 < lo1
+    resolved = np.zeros(m, dtype=bool)
+    resolved[which] = np.isfinite(lo1[which]) & np.isfinite(hi1[which])
+    lo = np.where(smooth | ~resolved, np.nan, np.minimum(lo1, lo2))
+    hi = np.where(smooth | ~resolved, np.nan, np.maximum(hi1, hi2))
+    return lo, hi, noise, resolved
 
 
 def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0, found=None):
