@@ -393,9 +393,46 @@ def _pool_vjp(every):
     return vjp
 
 
+def _sort_in(dtype):
+    def sort(x):
+        return np.sort(x.astype(dtype)).astype(np.float64)
+
+    return sort
+
+
+def _sort_vjp(dtype):
+    def vjp(g, x):
+        d = np.zeros_like(x)
+        d[np.argsort(x.astype(dtype), kind="stable")] = g
+        return d
+
+    return vjp
+
+
+def _sort_duplicated(dtype):
+    """The sort's VJP where one tied element gets another tied element's gradient."""
+
+    def vjp(g, x):
+        d = _sort_vjp(dtype)(g, x)
+        values, counts = np.unique(x, return_counts=True)
+        tied = np.flatnonzero(x == values[np.argmax(counts)])
+        d[tied[0]] = d[tied[1]]
+        return d
+
+    return vjp
+
+
 def tie_cases():
-    """``{name: (fn, correct vjp, {wrong name: vjp}, inputs)}`` at tied maxima."""
+    """``{name: (fn, correct vjp, {wrong name: vjp}, inputs, cotangent)}`` at tied values.
+
+    ``cotangent`` is the direction given to ``check_vjp`` (``None``: all ones);
+    torch's gradcheck and jax's check_grads choose their own.
+    """
     x = np.array([1.0, 1.0, 0.25, -0.5, 1.0])
+    rng = np.random.default_rng(5)
+    many = np.round(rng.uniform(-1.0, 1.0, 40) * 8) / 8
+    many[rng.choice(40, 12, replace=False)] = 0.3
+    integers = rng.integers(0, 5, 30).astype(np.float64)
     pixels = np.array([[3.0, 3.0, 1.0, 2.0], [0.0, 1.0, 2.0, 2.0], [5.0, 4.0, 0.0, 0.0],
                        [5.0, 5.0, 0.0, 0.0]])  # fmt: skip
     return {
@@ -407,12 +444,28 @@ def tie_cases():
                 "to no tie": lambda g, x: np.zeros_like(x),
             },
             (x,),
+            None,
         ),
         "2x2 max-pool, integer pixels": (
             _pool,
             _pool_vjp(every=False),
             {"to every tie": _pool_vjp(every=True)},
             (pixels,),
+            None,
+        ),
+        "sort of 40 values, 12 of them equal": (
+            _sort_in(np.float64),
+            _sort_vjp(np.float64),
+            {"to a duplicate": _sort_duplicated(np.float64)},
+            (many,),
+            rng.standard_normal(40),
+        ),
+        "sort of 30 integers 0..4, in float32": (
+            _sort_in(np.float32),
+            _sort_vjp(np.float32),
+            {"to a duplicate": _sort_duplicated(np.float32)},
+            (integers,),
+            rng.standard_normal(30),
         ),
     }
 
@@ -485,8 +538,8 @@ def _row(name, fn, vjp, inputs, tools, sizes, verbose, options=None):
 
 def _ties(tools, verbose):
     out = {}
-    for name, (fn, right, wrongs, inputs) in tie_cases().items():
-        cot = np.ones(np.shape(fn(*inputs)))
+    for name, (fn, right, wrongs, inputs, cot) in tie_cases().items():
+        cot = np.ones(np.shape(fn(*inputs))) if cot is None else cot
         entry = {}
         for tool in tools:
             flags = CHECKERS[tool]
@@ -650,7 +703,7 @@ def markdown(results, tools=TOOLS):
         for name, entry in results[group].items():
             lines.append(f"| {name} | " + " | ".join(_cell(entry[t]) for t in tools) + " |")
     if results["ties"]:
-        lines += ["", "| tied maxima | " + " | ".join(tools) + " |"]
+        lines += ["", "| tied values | " + " | ".join(tools) + " |"]
         lines.append("|" + "---|" * (len(tools) + 1))
         for name, entry in results["ties"].items():
             keys = [k for k in entry[tools[0]] if k != "correct_flagged"]
