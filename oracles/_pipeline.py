@@ -1635,11 +1635,17 @@ def _coverage(r, k, name, ladder=None):
     if ladder:
         # Where the numeric oracle is the sharpest at a sampled element, its
         # decisive threshold there is the ladder's (see _ladder_thresholds).
+        # Only samples of a typical size count: an absolute threshold of an
+        # element 1e290 larger says nothing about one of the median size (a
+        # cotangent of 1 and 3e-294 in one array).
         numeric = r.per_element.get(("numeric", k))
         sharpest = [
             (j, e)
             for j, e in ladder
-            if numeric is not None and best.tau[j] >= numeric.tau[j] and math.isfinite(e)
+            if numeric is not None
+            and near[j]
+            and best.tau[j] >= numeric.tau[j]
+            and math.isfinite(e)
         ]
         if sharpest:
             errors = np.array([e for _, e in sharpest])
