@@ -1,4 +1,5 @@
-"""Cotangents whose elements span hundreds of decades (1 next to 3e-294 in one array).
+"""Cotangents whose elements span hundreds of decades (1 next to 3e-294 in one array),
+most of them tiny, so that the median gradient is tiny.
 
 Every element is judged in its own units: a correct VJP passes (not
 inconclusive because the large elements' absolute thresholds were lent to
@@ -21,9 +22,9 @@ def _vjp(g, x):
     return g * (t + x * (1.0 - t**2))
 
 
-@pytest.mark.parametrize("tiny", [1e-290, 3e-294, 1e-200, 1e-100])
-@pytest.mark.parametrize(("n", "share"), [(6, 0.5), (12, 0.6), (40, 0.3)])
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("tiny", [3e-294, 1e-150])
+@pytest.mark.parametrize(("n", "share"), [(5, 0.55), (12, 0.7), (40, 0.85)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cotangent_spanning_hundreds_of_decades(tiny, n, share, seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
