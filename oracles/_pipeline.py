@@ -728,7 +728,7 @@ def _terms_second_look(r, results):
 
     elements = sorted(tau, key=tau.get)[:TERMS_ELEMENTS]
     try:
-        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
     except (UserFunctionError, ValueError, ArithmeticError):
         return 0
     cot = objective.cotangent
@@ -769,7 +769,7 @@ def _terms_second_look(r, results):
                 continue
             error.reshape(-1)[j] = max(error.reshape(-1)[j], bound)
             results[o].refs[k] = dataclasses.replace(ref, error=error)
-    return objective.calls - calls0 + 1
+    return objective.calls - calls0
 
 
 def _zero_direction_references(r):
@@ -1535,7 +1535,7 @@ def _ladder_thresholds(r, results):
         return None
     safe = [np.where(np.isfinite(a), a, 0.0) for a in r.analytic]
     try:
-        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
         est = sharp_partials(objective, elements, safe)
     except (UserFunctionError, ValueError, ArithmeticError):
         return None

@@ -746,9 +746,11 @@ class ScalarObjective:
     noise : NoiseModel, optional
         A noise model measured before (an executor's worker reuses the
         parent's instead of measuring again).
+    base_output : ndarray, optional
+        ``fn(*inputs)``, when the caller has it already (one call less).
     """
 
-    def __init__(self, fn, inputs, cotangent, *, noise=None):
+    def __init__(self, fn, inputs, cotangent, *, noise=None, base_output=None):
         self.fn = fn
         #: The evaluation point, read-only: the arrays given where they are float64 and
         #: C-contiguous already (no copy), else float64 copies.
@@ -759,7 +761,10 @@ class ScalarObjective:
         self.cotangent = np.array(cotangent, dtype=np.float64, copy=True)
         self.calls = 0
         self.notes = []
-        out = self.output(self.point)
+        if base_output is None:
+            out = self.output(self.point)
+        else:
+            out = np.array(base_output, dtype=np.float64, copy=True)
         if out.shape != self.cotangent.shape:
             raise UserFunctionError(
                 f"fn(*inputs) returned shape {out.shape}, but the cotangent has shape "

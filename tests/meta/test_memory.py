@@ -107,3 +107,66 @@ def test_a_wrong_element_is_still_named_at_a_million_elements():
     report = check_vjp(half_tanh_sq, wrong, (x,))
     assert report.status == "failed"
     assert [e.index for e in report.inputs[0].worst if not e.passed] == [(123_456,)]
+
+
+# --- the zero-memory references of mode fast keep the verdict at any size and scale ------------
+
+
+def _scaled(n, scale, seed):
+    """``scale * sum(sin(x))``: the fast mode is invariant to the scale of the output."""
+    x = np.random.default_rng(seed).uniform(0.5, 1.5, n)
+
+    def fn(x):
+        return scale * np.sum(np.sin(x))
+
+    def vjp(g, x):
+        return (g * scale) * np.cos(x)
+
+    return x, fn, vjp
+
+
+@pytest.mark.parametrize("n", [6_000, 60_000, 300_000])
+@pytest.mark.parametrize("scale", [1e-100, 1.0, 1e100])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_mode_verdicts_with_broadcast_references(n, scale, seed):
+    x, fn, vjp = _scaled(n, scale, seed)
+    right = check_vjp(fn, vjp, (x,), mode="fast", seed=seed)
+    assert right.ok, right
+    # Nothing was compared one by one: the per-element record is a broadcast (no memory).
+    ratio = right.inputs[0].checks["numeric"].error_ratio
+    assert ratio.shape == x.shape and not any(ratio.strides)
+    assert right.inputs[0].checks["numeric"].n_checked == n
+    assert 0 < right.inputs[0].sensitivity < 1e-6
+    j = (7919 * (seed + 1)) % n
+
+    def wrong(g, x):
+        d = vjp(g, x)
+        d[j] *= 1 + 1e-6
+        return d
+
+    report = check_vjp(fn, wrong, (x,), mode="fast", seed=seed)
+    assert report.status == "failed"
+    assert [e.index for e in report.inputs[0].worst if not e.passed] == [(j,)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_mode_over_inputs_some_compared_some_not(seed):
+    """A named element makes its input's reference dense; the other inputs stay broadcast."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0.5, 1.5, 4000), rng.uniform(0.5, 1.5, (30, 100))
+
+    def fn(a, b):
+        return np.sum(np.sin(a)) + np.sum(np.tanh(b))
+
+    def vjp(g, a, b):
+        da, db = g * np.cos(a), g * (1 - np.tanh(b) ** 2)
+        da[123] *= 1 + 1e-6
+        return da, db
+
+    report = check_vjp(fn, vjp, (a, b), mode="fast", seed=seed)
+    assert report.status == "failed"
+    assert [(e.input_number, e.index) for e in report.inputs[0].worst if not e.passed] == [
+        (0, (123,))
+    ]
+    assert report.inputs[1].ok and report.inputs[1].checks["numeric"].n_checked == b.size
+    assert not any(report.inputs[1].checks["numeric"].error_ratio.strides)
