@@ -666,7 +666,6 @@ class _Prober:
         self.unorm = np.nan  # norm of the calibration direction
         self._prior = (0.0, 0)  # the closely spaced samples' noise and degrees of freedom
         self._samples = []  # working-scale samples (see learn)
-        self._learned = set()  # (direction's cache, step) already sampled
 
     # --- noise --------------------------------------------------------------------------------
 
@@ -761,10 +760,12 @@ class _Prober:
 
     def learn(self, parts, cache, t):
         """Pool one more working-scale sample (see :meth:`_working_sample`) into the noise."""
-        key = (id(cache), t)
-        if key in self._learned:
+        # Marked in the direction's own cache (an id() of a cache could be reused by the
+        # next direction's once this one is freed).
+        key = ("learned", t)
+        if key in cache:
             return
-        self._learned.add(key)
+        cache[key] = True
         sample = self._working_sample(parts, cache, t)
         if sample is None:
             return
