@@ -235,6 +235,27 @@ def load():
         return "unknown"
 
 
+def commit():
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "oracles"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return done.stdout.strip() + (" (oracles/ modified)" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
 def bench(hidden, seeds, log):
     X, y, params, fn, sites = workload(hidden)
     n = sum(p.size for p in params)
@@ -458,10 +479,15 @@ def main(argv=None):
     log(
         f"fast_mode.py {started:%Y-%m-%d %H:%M UTC}, {platform.node()}, {os.cpu_count()} CPUs, "
         f"Python {sys.version.split()[0]}, NumPy {np.__version__}, "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}"
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, commit {commit()}"
     )
     seeds = list(range(args.seeds))
-    results = {"started": started.isoformat(), "load_start": load(), "runs": []}
+    results = {
+        "started": started.isoformat(),
+        "commit": commit(),
+        "load_start": load(),
+        "runs": [],
+    }
     for hidden in (128,) if args.quick else (128, 1280):
         results["runs"].append(bench(hidden, seeds, log))
     log("\n== a gradient wrong everywhere")
