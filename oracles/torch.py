@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,6 +156,11 @@ _EXACT_OPS = frozenset(
     new_full scalar_tensor lift_fresh lift_fresh_copy masked_fill sign sgn clamp clamp_min
     clamp_max flip roll repeat index_put index_put_ scatter fill fill_ zero_ resize_ embedding
     masked_scatter _unsafe_index constant_pad_nd le lt ge gt eq ne argmax argmin sort topk
+    _unsafe_view view_copy _reshape_copy reshape permute_copy transpose_copy t_copy expand_copy
+    squeeze_copy unsqueeze_copy alias_copy select_copy slice_copy unfold_copy diagonal_copy
+    as_strided_copy narrow_copy split_copy unbind_copy contiguous max_pool1d_with_indices
+    max_pool2d_with_indices max_pool3d_with_indices take take_along_dim masked_select
+    repeat_interleave tril triu
     """.split()
 )
 
@@ -1022,6 +1028,43 @@ def _check(
     check_grad_dtypes,
     undefined_grad=True,
     batched_grad=False,
+):
+    __tracebackhide__ = True
+    # torch.autograd.grad imports sympy on its first call, and sympy's import adds a filter to
+    # warnings.filters: the caller's filters are put back as they were (so are all others).
+    with warnings.catch_warnings():
+        return _check_in(
+            func,
+            inputs,
+            reference_func=reference_func,
+            atol=atol,
+            rtol=rtol,
+            nondet_tol=nondet_tol,
+            mode=mode,
+            seed=seed,
+            names=names,
+            resolve=resolve,
+            check_grad_dtypes=check_grad_dtypes,
+            undefined_grad=undefined_grad,
+            batched_grad=batched_grad,
+        )
+
+
+def _check_in(
+    func,
+    inputs,
+    *,
+    reference_func,
+    atol,
+    rtol,
+    nondet_tol,
+    mode,
+    seed,
+    names,
+    resolve,
+    check_grad_dtypes,
+    undefined_grad,
+    batched_grad,
 ):
     __tracebackhide__ = True
     torch = _import_torch()
