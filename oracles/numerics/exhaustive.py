@@ -403,6 +403,9 @@ def _screen(objective, i, flat_idx, r, how="copies"):
     rows = max(1, BLOCK_FLOATS // m)
     if how == "vectorized":
         rows = max(1, min(rows, MAX_BATCH, BLOCK_FLOATS // size))
+    bufs = None
+    if how != "vectorized":
+        bufs = _row_buffers(objective, min(rows, n), objective.base_output.size)
     for s in range(0, n, rows):
         part = slice(s, min(n, s + rows))
         if how == "vectorized":
@@ -410,10 +413,10 @@ def _screen(objective, i, flat_idx, r, how="copies"):
             order = None
         else:
             fp, fm, order = _rows(
-                objective, i, flat_idx[part], xp[part], xm[part], how == "direct"
+                objective, i, flat_idx[part], xp[part], xm[part], how == "direct", bufs
             )
         value[part], noise[part], nonfinite[part] = _block_stats(
-            objective, fp, fm, x0[part], xp[part], xm[part], order
+            objective, fp, fm, x0[part], xp[part], xm[part], order, bufs
         )
     return value, noise, nonfinite
 
@@ -432,7 +435,31 @@ def _layout(out):
     return perm if out.transpose(perm).flags.c_contiguous else None
 
 
-def _rows(objective, i, idx, xp, xm, direct):
+def _row_buffers(objective, rows, m):
+    """``(rows, m)`` buffers for :func:`_rows` and :func:`_block_stats`, kept and reused.
+
+    Two of float64 (the outputs on either side) and two of bool (where they
+    changed), kept on the objective.
+
+    A fresh 2 MB block per call of :func:`_rows` is fresh memory from the
+    operating system each time, and touching it costs page faults: on
+    ``tanh(x @ W)`` with 600 outputs and 15 us calls, 6 us per call (a third
+    of the plain loop's cost). The rows are consumed by :func:`_block_stats`
+    before the next block overwrites them.
+    """
+    have = objective.__dict__.get("_exhaustive_rows")
+    if have is None or have[0].shape[0] < rows or have[0].shape[1] != m:
+        have = (
+            np.empty((rows, m)),
+            np.empty((rows, m)),
+            np.empty((rows, m), dtype=bool),
+            np.empty((rows, m), dtype=bool),
+        )
+        objective.__dict__["_exhaustive_rows"] = have
+    return have
+
+
+def _rows(objective, i, idx, xp, xm, direct, bufs=None):
     """Outputs at ``x +- h`` of the elements ``idx`` of input ``i``, one call per point.
 
     Behind the pipeline's guard (``Guarded``), the user's function is called
@@ -441,7 +468,9 @@ def _rows(objective, i, idx, xp, xm, direct):
     guard, which converts it or raises the error that names the perturbed
     element. Returns ``(fp, fm, order)``: rows of ``(b, m)``, in the memory
     order of ``fn``'s first output (:func:`_layout`); ``order[k]`` is the
-    C-order position of column ``k`` (``None``: C order).
+    C-order position of column ``k`` (``None``: C order). ``bufs``: buffers
+    to write them into (:func:`_row_buffers`; the rows returned are views of
+    them, valid until the next call).
     """
     from oracles._guards import Guarded
 
@@ -481,7 +510,11 @@ def _rows(objective, i, idx, xp, xm, direct):
                 if fp is None:
                     perm = _layout(out)
                     rows_shape = (b,) + (shape if perm is None else out.transpose(perm).shape)
-                    fp, fm = np.empty(rows_shape), np.empty(rows_shape)
+                    if bufs is not None and bufs[0].shape[0] >= b:
+                        fp = bufs[0][:b].reshape(rows_shape)
+                        fm = bufs[1][:b].reshape(rows_shape)
+                    else:
+                        fp, fm = np.empty(rows_shape), np.empty(rows_shape)
                 # Copied at once: fn's output may be a view of its input, or a buffer it reuses.
                 fp[p] = out if perm is None else out.transpose(perm)
                 flat[j] = z
@@ -525,7 +558,7 @@ def _rows_batched(objective, i, idx, xp, xm):
     return out[:b], out[b:]
 
 
-def _block_stats(objective, fp, fm, x0, xp, xm, order=None):
+def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
     """Quotients, noise and non-finiteness of a block of central differences (rows).
 
     Everything runs over the outputs that changed only (their flat positions
@@ -534,7 +567,8 @@ def _block_stats(objective, fp, fm, x0, xp, xm, order=None):
     output equal to ``f(x)`` on both sides contributes exactly 0 to the
     difference, to the one-sided differences and to the noise. Beyond the
     calls, a row costs two comparisons with ``f(x)`` and the gathers.
-    ``order`` (from :func:`_rows`): the C-order position of each column.
+    ``order`` (from :func:`_rows`): the C-order position of each column;
+    ``bufs``: scratch masks (:func:`_row_buffers`).
     """
     cot = objective.cotangent.reshape(-1)
     f0 = objective.base_output.reshape(-1)
@@ -548,8 +582,14 @@ def _block_stats(objective, fp, fm, x0, xp, xm, order=None):
     # Both sides can move to the same value: an output changed where either side differs
     # from f0 (NaN differs from everything). The flat positions, then rows and columns:
     # np.nonzero of a 2-D mask is 10-20x slower.
-    changed = fp != f0
-    changed |= fm != f0
+    if bufs is not None and bufs[2].shape[0] >= b and bufs[2].shape[1] == m:
+        changed, other = bufs[2][:b], bufs[3][:b]
+        np.not_equal(fp, f0, out=changed)
+        np.not_equal(fm, f0, out=other)
+        changed |= other
+    else:
+        changed = fp != f0
+        changed |= fm != f0
     where = np.flatnonzero(changed)
     rows = where // m
     cols = where - rows * m

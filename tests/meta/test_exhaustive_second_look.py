@@ -251,3 +251,21 @@ def test_a_pickled_payload_gives_the_numbers_of_the_tuple():
         a = exhaustive._run_chunk(payload, kind, 0, idx, arg)
         b = exhaustive._run_chunk(pickle.dumps(payload), kind, 0, idx, arg)
         assert pickle.dumps(a) == pickle.dumps(b)
+
+
+@pytest.mark.parametrize("how", ["direct", "copies"])
+@pytest.mark.parametrize("shape", [(30, 20, 15), (3, 40, 1)])
+def test_reused_row_buffers_leave_no_stale_rows(shape, how, monkeypatch):
+    """Blocks of rows reuse one buffer: any block size, any order, same numbers as fresh."""
+    m, k, n = shape
+    rng = np.random.default_rng(7)
+    xs = (rng.normal(size=(m, k)), rng.normal(size=(k, n)) / np.sqrt(k))
+    fn = _transposed
+    cot = rng.standard_normal(fn(*xs).shape)
+    monkeypatch.setattr(exhaustive, "BLOCK_FLOATS", 7 * fn(*xs).size)  # blocks of 7 rows
+    shared = ScalarObjective(fn, xs, cot)
+    for i, idx in ((0, np.arange(xs[0].size)), (1, np.arange(5)), (0, np.arange(3, 40, 3))):
+        again = exhaustive._screen(shared, i, idx, 2.0**-12, how)
+        fresh = exhaustive._screen(ScalarObjective(fn, xs, cot), i, idx, 2.0**-12, how)
+        for a, b in zip(again, fresh, strict=True):
+            np.testing.assert_array_equal(a, b)
