@@ -478,6 +478,7 @@ class _Session:
         self._copier = None
         self.grads_before = []
         self.followers = []
+        self.unwritten = []  # (param, message): stored gradients of zeros backward left as zeros
 
     # copies and calls
 
@@ -676,6 +677,12 @@ class _Session:
                         f"backward never wrote {where}, the gradient of {p.where}: it holds "
                         "exactly what it held before backward"
                     )
+                    if not np.any(before[p.grad][2]):
+                        # Zeros that stay zeros: a gradient that is 0 here (tanh saturated, a
+                        # dead ReLU: `+= 0`) looks the same as one never written. The numerics
+                        # tell them apart: an error only if the true gradient is not 0.
+                        self.unwritten.append((p, problem))
+                        problem = None
             if problem is not None:
                 raise UserFunctionError(problem)
 
@@ -1217,6 +1224,15 @@ def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):
         **options,
     )
     _finish(s, report, all_names, direction)
+    for p, message in s.unwritten:
+        if p.name in report.failed_inputs:
+            raise UserFunctionError(
+                f"{message} (zeros), and the numerics say the gradient of {p.name} is not 0 here"
+            )
+        report.notes.append(
+            f"backward left {s._where(p)}, the gradient of {p.name}, at the zeros it held before "
+            "backward: it was compared as a gradient of 0"
+        )
     return report
 
 
