@@ -884,13 +884,24 @@ def bench_dask(log):
             Client(cluster) as client,
         ):
             executor = client.get_executor()
+            workers0, parent0 = client.run(time.process_time), time.process_time()
             t, failing, _ = run_ours(Exhaustive(executor=executor), fn, vjp, params)
+            parent_cpu = time.process_time() - parent0
+            workers1 = client.run(time.process_time)
+            workers_cpu = sum(workers1[k] - workers0[k] for k in workers0)
         same &= failing == failing_serial
         out[f"{label}_s"] = t
         out[f"{label}_speedup"] = t_serial / t
+        # CPU seconds do not depend on the other jobs on the machine: with 2 free cores the
+        # wall time would be about parent + workers / 2.
+        out[f"{label}_parent_cpu_s"] = parent_cpu
+        out[f"{label}_workers_cpu_s"] = workers_cpu
+        out[f"{label}_speedup_on_free_cores"] = cpu_serial / (parent_cpu + workers_cpu / 2)
         log(
-            f"  {label.replace('_', ' ')}: {t:.2f} s, speedup {t_serial / t:.2f}x; same elements "
-            f"flagged: {failing == failing_serial}; {load()}"
+            f"  {label.replace('_', ' ')}: {t:.2f} s, speedup {t_serial / t:.2f}x; CPU: this "
+            f"process {parent_cpu:.1f} s, the workers {workers_cpu:.1f} s (serial {cpu_serial:.1f}"
+            f" s: {cpu_serial / (parent_cpu + workers_cpu / 2):.2f}x on 2 free cores); same "
+            f"elements flagged: {failing == failing_serial}; {load()}"
         )
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(int, 0).result()  # started before the clock
