@@ -864,8 +864,11 @@ def bench_dask(log):
     The Dask clusters run 2 worker processes of 1 thread each, once with
     Dask's defaults and once with the workers' statistical profiler off
     (``distributed.worker.profile.enabled``: it samples the running thread's
-    stack every 10 ms, which costs a Python-heavy check up to a third of its
-    time). The verdicts (elements flagged) must be the serial run's.
+    stack every 10 ms, which cost a chunk of this check up to 40% more CPU
+    time in one measurement). The CPU seconds of this process and of the
+    workers are recorded too: on a machine that other jobs load, they say
+    what 2 free cores would give. The verdicts (elements flagged) must be
+    the serial run's.
     """
     try:
         import dask

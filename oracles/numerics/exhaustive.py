@@ -153,8 +153,9 @@ class Exhaustive:
     ``OPENBLAS_NUM_THREADS=1`` (Dask's nanny sets it) keep the workers from
     competing for cores. Dask's workers sample the running thread's stack
     every 10 ms for their profiler; on chunks that are mostly Python (the
-    per-element loop around a cheap ``fn``) that cost 20-40% more CPU time
-    in our measurements: where speed matters, start the workers with
+    per-element loop around a cheap ``fn``) that cost up to 40% more CPU
+    time per chunk in one measurement (within the noise of a loaded machine
+    in others): where speed matters, start the workers with
     ``distributed.worker.profile.enabled: false`` (in their environment:
     ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``). The progress bar
     (``progress=True``) counts elements as their chunks come back, from any
