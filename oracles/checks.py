@@ -138,7 +138,15 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
 
     which = None
     if idx.size > TIE_WIDEN_MAX:
-        which = [p for p, j in enumerate(idx) if disagrees(j)]
+        # Only where the element's own ladder saw a kink (or fn computes in a
+        # coarse type, whose noise can hide one): a smooth tie that disagrees
+        # (a zero bias under a wrong formula) needs no orders of its group.
+        coarse = objective.noise.kind is not None
+        which = [
+            p
+            for p, j in enumerate(idx)
+            if disagrees(j) and (coarse or (kink0 is not None and kink0[j]))
+        ]
         if not which:
             return 0
     lo, hi, noise, resolved = limiting_slopes(objective, i, idx, which=which)
@@ -393,10 +401,16 @@ def _joint_ties(r, objective, grads, refs, notes):
             c.describe() + ". At tied values a subgradient routes the upstream gradient once "
             "(to one tied element, or split among them), never to every tied element or to none"
         )
-    capped = f" ({len(checks)} of {n_found} checked)" if n_found > len(checks) else ""
+    capped = f" ({len(groups)} of {n_found} checked)" if n_found > len(groups) else ""
+    split = (
+        f", as {len(checks)} part(s) whose elements share outputs (a part of one element is "
+        "judged by its own kink test)"
+        if len(checks) != len(groups)
+        else ""
+    )
     notes.append(
-        f"{n_found} group(s) of tied (equal) input values{capped} were also checked jointly, "
-        f"along the direction that moves each group together: {len(failed)} disagree"
+        f"{n_found} group(s) of tied (equal) input values{capped} were also checked jointly"
+        f"{split}, along the direction that moves each together: {len(failed)} disagree"
     )
     return evaluations
 

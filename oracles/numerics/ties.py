@@ -600,35 +600,118 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
     return lo, hi, noise, resolved
 
 
+#: Largest tie group split into the parts that share no output (:func:`_components`).
+MAX_SPLIT = 256
+
+
+def _support(objective, i, j):
+    """The outputs (flat bool) that change when element ``j`` of input ``i`` moves alone.
+
+    Steps of ``s / 8`` and ``16 s`` each way (``s`` its scale): the near ones
+    see what it feeds, the far ones whom it overtakes (a sort's other
+    positions, the maximum of its window).
+    """
+    flat = objective.work[i].reshape(-1)
+    s = float(objective.scales[i].reshape(-1)[j])
+    f0 = objective.base_output.reshape(-1)
+    x0 = flat[j]
+    found = np.zeros(f0.shape, dtype=bool)
+    try:
+        for step in (s / 8.0, 16.0 * s, -s / 8.0, -16.0 * s):
+            with np.errstate(over="ignore", invalid="ignore"):
+                moved = x0 + step
+            if not np.isfinite(moved):
+                continue
+            flat[j] = moved
+            f = np.asarray(objective.output(objective.work)).reshape(-1)
+            found |= (f != f0) | ~np.isfinite(f)
+    finally:
+        flat[j] = x0
+    return found
+
+
+def _components(objective, i, idx):
+    """The tie group ``idx`` split into parts that share no output (arrays of flat indices).
+
+    Two tied elements are coupled when moving either changes a common output
+    (:func:`_support`): the elements of one max-pool window, all the elements
+    of a sort. Elements in different windows kink independently. Groups
+    above :data:`MAX_SPLIT` elements stay whole.
+    """
+    if idx.size > MAX_SPLIT:
+        return [idx]
+    parent = list(range(idx.size))
+
+    def root(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    owner = {}
+    for p, j in enumerate(idx):
+        for o in np.flatnonzero(_support(objective, i, int(j))):
+            q = owner.setdefault(int(o), p)
+            parent[root(p)] = root(q)
+    parts = {}
+    for p in range(idx.size):
+        parts.setdefault(root(p), []).append(int(idx[p]))
+    return [np.array(part, dtype=np.intp) for part in parts.values()]
+
+
+def _joint(objective, grads, names, i, idx, atol, rtol):
+    """The :class:`TieCheck` of the group ``idx`` of input ``i`` (flat indices)."""
+    g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
+    right, err_r = _one_sided(objective, i, idx, grads, +1.0)
+    left, err_l = _one_sided(objective, i, idx, grads, -1.0)
+    shape = objective.work[i].shape
+    indices = tuple(tuple(int(v) for v in np.unravel_index(int(j), shape)) for j in idx)
+    return TieCheck(
+        input_number=i,
+        input_name=names[i],
+        tied_value=float(objective.work[i].reshape(-1)[idx[0]]),
+        indices=indices,
+        value=float(np.sum(g)),
+        left=left,
+        right=right,
+        error=max(err_l, err_r)
+        + NOISE_SAFETY * EPS * float(np.sum(np.abs(g)))
+        + _natural_rounding(objective, i, idx),
+        allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
+    )
+
+
 def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0, found=None):
     """Test every tie group jointly; returns ``(list of TieCheck, groups found, evaluations)``.
 
     ``grads`` is the analytic gradient (finite), one array per input.
     ``found``: what :func:`tie_groups` returned for ``objective.work`` and
     ``kinks``, when the caller has it already.
+
+    A group along whose direction ``phi`` kinks is split into the parts that
+    share no output (:func:`_components`), and each part of two or more
+    elements is tested alone (a part of one is the per-element kink
+    test's): tied zeros of a ReLU in different max-pool windows kink
+    independently. Judged as one
+    group, a subgradient that routes one window's gradient to its zero and
+    another's to none sums outside the one-sided slopes of the whole group
+    when the windows' cotangents differ in sign (a false alarm), and one that
+    routes a window's gradient to each of its zeros can sum inside them (a
+    wrong gradient passed).
     """
     groups, n_found = tie_groups(objective.work, kinks) if found is None else found
     calls0 = objective.calls
     out = []
     for i, idx in groups:
-        g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
-        right, err_r = _one_sided(objective, i, idx, grads, +1.0)
-        left, err_l = _one_sided(objective, i, idx, grads, -1.0)
-        shape = objective.work[i].shape
-        indices = tuple(tuple(int(v) for v in np.unravel_index(int(j), shape)) for j in idx)
-        out.append(
-            TieCheck(
-                input_number=i,
-                input_name=names[i],
-                tied_value=float(objective.work[i].reshape(-1)[idx[0]]),
-                indices=indices,
-                value=float(np.sum(g)),
-                left=left,
-                right=right,
-                error=max(err_l, err_r)
-                + NOISE_SAFETY * EPS * float(np.sum(np.abs(g)))
-                + _natural_rounding(objective, i, idx),
-                allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
-            )
-        )
+        whole = _joint(objective, grads, names, i, idx, atol, rtol)
+        if idx.size < 2 or not abs(whole.left - whole.right) > whole.error:
+            # phi is smooth along the group's direction: its derivative there is the
+            # sum of the parts' (each stays tied, a sort's positions stay put).
+            out.append(whole)
+            continue
+        parts = _components(objective, i, idx)
+        if len(parts) == 1:
+            out.append(whole)
+            continue
+        out += [_joint(objective, grads, names, i, p, atol, rtol) for p in parts if p.size > 1]
     return out, n_found, objective.calls - calls0

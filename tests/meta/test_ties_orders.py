@@ -143,3 +143,17 @@ def test_reduced_precision_relu_at_zeros_with_a_quiet_probe(dtype, seed):
         r = check_vjp(relu, relu_vjp, (x,), mode=mode, seed=seed)
         assert r.status != "failed", str(r)
     assert check_vjp(relu, relu_doubled_at_zero, (x,), seed=seed).status == "failed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (README): in float16 the measured noise makes the ladder of an element "
+    "that is not tied prefer steps larger than the gap to its neighbours (32 float16 units), "
+    "where the sort is another piece, and the correct sort fails",
+)
+def test_float16_sort_element_next_to_its_neighbours():
+    rng = np.random.default_rng(25)
+    x = np.round(rng.uniform(-1.0, 0.5, 20) * 8) / 8 + 1.0
+    x[rng.choice(20, 5, replace=False)] = 3.0
+    r = check_vjp(_sort_in(np.float16), _sort_vjp(np.float16), (x,), mode="exhaustive", seed=2)
+    assert r.status != "failed", str(r)
