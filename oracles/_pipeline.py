@@ -33,6 +33,7 @@ import math
 import numbers
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -615,7 +616,10 @@ def _analytic(r):
 
 def _autodiff(r, oracle):
     backend_fn = Guarded(r.backends[oracle], f"{oracle}_fn", r.xs, r.names)
-    pieces, method = r.spec.autodiff(oracle, backend_fn, r)
+    # The caller's warnings filters are put back as they were: torch's first
+    # autograd call imports sympy, which adds one.
+    with warnings.catch_warnings():
+        pieces, method = r.spec.autodiff(oracle, backend_fn, r)
     if len(pieces) != len(r.piece_shapes):
         raise UserFunctionError(
             f"{oracle}_fn gave {len(pieces)} result(s) for {len(r.piece_shapes)} piece(s)"

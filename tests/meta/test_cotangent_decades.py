@@ -41,3 +41,23 @@ def test_cotangent_spanning_hundreds_of_decades(tiny, n, share, seed):
             return out
 
         assert check_vjp(_fn, wrong, (x,), direction=d).status == "failed"
+
+
+def test_comparison_with_subnormal_or_huge_references_warns_nothing():
+    """A subnormal reference divides a relative error to inf; a huge one overflows a tolerance."""
+    import warnings
+
+    from oracles.compare import compare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = compare(
+            np.array([1.0, 1e308, 0.0]),
+            np.array([5e-324, -1e308, 1e-310]),
+            np.array([0.0, 1e308, 0.0]),
+            rtol=10.0,
+            kink=np.array([True, False, False]),
+            left=np.array([5e-324, 0.0, 0.0]),
+            right=np.array([1e-320, 0.0, 0.0]),
+        )
+    assert c.passed.tolist() == [False, True, True]

@@ -117,3 +117,27 @@ print("ok")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_check_vjp_against_torch_leaves_the_warning_filters_alone():
+    """The same in ``check_vjp(..., against="torch")``: the autodiff oracles of the pipeline."""
+    code = """
+import sys, warnings
+import numpy as np
+import torch
+from oracles import check_vjp
+
+assert "sympy" not in sys.modules, "the test needs a first call of torch.autograd.grad"
+before = list(warnings.filters)
+x = np.linspace(-1, 1, 4)
+r = check_vjp(lambda x: x**3, lambda g, x: 3 * x**2 * g, (x,),
+              against=("numeric", "torch"), torch_fn=lambda t: t**3)
+assert r.status == "passed", str(r)
+added = [f for f in warnings.filters if f not in before]
+assert warnings.filters == before, added
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
