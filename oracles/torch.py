@@ -1013,41 +1013,13 @@ def check(
     )
 
 
-def _check(
-    func,
-    inputs,
-    *,
-    reference_func,
-    atol,
-    rtol,
-    nondet_tol,
-    mode,
-    seed,
-    names,
-    resolve,
-    check_grad_dtypes,
-    undefined_grad=True,
-    batched_grad=False,
-):
+def _check(func, inputs, **options):
+    """:func:`_check_in`, with the caller's warnings filters kept (see there for ``options``)."""
     __tracebackhide__ = True
     # torch.autograd.grad imports sympy on its first call, and sympy's import adds a filter to
     # warnings.filters: the caller's filters are put back as they were (so are all others).
     with warnings.catch_warnings():
-        return _check_in(
-            func,
-            inputs,
-            reference_func=reference_func,
-            atol=atol,
-            rtol=rtol,
-            nondet_tol=nondet_tol,
-            mode=mode,
-            seed=seed,
-            names=names,
-            resolve=resolve,
-            check_grad_dtypes=check_grad_dtypes,
-            undefined_grad=undefined_grad,
-            batched_grad=batched_grad,
-        )
+        return _check_in(func, inputs, **options)
 
 
 def _check_in(
@@ -1063,8 +1035,8 @@ def _check_in(
     names,
     resolve,
     check_grad_dtypes,
-    undefined_grad,
-    batched_grad,
+    undefined_grad=True,
+    batched_grad=False,
 ):
     __tracebackhide__ = True
     torch = _import_torch()

@@ -87,6 +87,14 @@ def test_a_correct_float32_max_pool_at_ties_passes(seed, shape, scale):
     assert torch.equal(x.detach(), before)
 
 
+def _run_fresh(code):
+    """Run ``code`` in a fresh interpreter (torch not yet called); it must print ok."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_the_first_check_in_a_fresh_interpreter_leaves_the_warning_filters_alone():
     code = """
 import sys, warnings
@@ -113,10 +121,7 @@ added = [f for f in warnings.filters if f not in before]
 assert warnings.filters == before, added
 print("ok")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _run_fresh(code)
 
 
 def test_check_vjp_against_torch_leaves_the_warning_filters_alone():
@@ -137,7 +142,4 @@ added = [f for f in warnings.filters if f not in before]
 assert warnings.filters == before, added
 print("ok")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _run_fresh(code)
