@@ -617,8 +617,11 @@ def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             off = np.abs(fwd / hp - bwd / hm) / (0.5 * (hp + hm)) * np.abs(hp - hm)
         center[skew] = off[skew]
-    value = num / delta
-    noise = NOISE_SAFETY * level / delta + center + analytic_rounding(terms / delta)
+    # A step that did not move x (delta 0: stuck, below) or an output that
+    # overflowed (num inf) are set apart right after: no warning for them.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        value = num / delta
+        noise = NOISE_SAFETY * level / delta + center + analytic_rounding(terms / delta)
     value[~finite] = np.nan
     noise[~finite] = np.inf
     stuck = ~(delta > 0)  # the step does not move x (or left the float64 range)
