@@ -214,8 +214,7 @@ def _numeric(r, state):
     slack = 0.0
     screen = safe
     if state.precision.reduced:
-        extra = state.analytic_error(r)
-        slack = max((float(np.max(e)) for e in extra if e.size), default=0.0)
+        slack = _tie_slack(r.xs, state.analytic_error(r))
         screen = _float64_screen(state, r, safe)
     n = sum(x.size for x in r.xs)
     mode = r.mode
@@ -236,6 +235,40 @@ def _numeric(r, state):
     finally:
         r.atol = atol
     return OracleResult(refs, method, evaluations, notes)
+
+
+def _tie_slack(xs, allowances):
+    """The rounding allowance the joint tie test adds to ``atol``: the largest of the input.
+
+    Not at the tied elements themselves: their measured spread is tie-breaking,
+    not rounding (equal values that come out of a rounding op, ``3 * x`` before
+    a max, are no longer equal once every result moves by an ulp, and the
+    gradient jumps between them: the spread is the whole gradient, which
+    would accept a routing to every tie). There the floor of the allowance
+    counts (the rounding of the element and of the largest of its tensor).
+
+    Examples
+    --------
+    >>> x = [np.array([1.0, 1.0, 2.0, 0.5])]
+    >>> allowance = [np.array([3.0, 3.0, 1e-6, 2e-6])]
+    >>> _tie_slack(x, allowance)
+    2e-06
+    """
+    slack = 0.0
+    for x, e in zip(xs, allowances, strict=False):
+        e = np.asarray(e, dtype=np.float64)
+        if not e.size:
+            continue
+        x = np.asarray(x)
+        if x.shape == e.shape:
+            _, inverse, counts = np.unique(x.reshape(-1), return_inverse=True, return_counts=True)
+            tied = (counts[inverse] > 1).reshape(e.shape)
+            # Every allowance is at least the rounding of the tensor's largest element, and the
+            # floor of a tied element at most twice that.
+            floor = 2.0 * float(np.min(e))
+            e = np.where(tied, floor, e)
+        slack = max(slack, float(np.max(e)))
+    return slack
 
 
 def _float64_screen(state, r, analytic):

@@ -107,6 +107,21 @@ _CALLS = (
 )
 
 
+def _exact_integers(x):
+    """True when the floating array ``x`` holds integers whose sums are exact in its dtype."""
+    import jax.numpy as jnp
+
+    if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
+        return False
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a tracer or an abstract value: not known to be exact
+        return False
+    if not np.all(a == np.round(a)):
+        return False
+    return float(np.sum(np.abs(a))) < 2.0 / float(jnp.finfo(x.dtype).eps)
+
+
 def _jittered(jax, jnp, fun, args, rng, n):
     """``n`` evaluations of ``fun(*args)``, every rounded floating result moved by one ulp.
 
@@ -169,14 +184,19 @@ def _jittered(jax, jnp, fun, args, rng, n):
             if inner is not None:
                 outs = evaluate(inner[0], inner[1], invals, jitter)
             else:
+                exact = False
                 if eqn.primitive.name in _CONTRACTIONS:
                     # Sums inside one primitive round many times: as a backward-stable
-                    # sum does, take them as roundings of its inputs.
-                    invals = [jitter(v) for v in invals]
+                    # sum does, take them as roundings of its inputs (not small integers,
+                    # a 0/1 mask counted by cumsum: their sums are exact).
+                    exact = all(_exact_integers(v) for v in invals if moved(v) is not None)
+                    invals = [v if _exact_integers(v) else jitter(v) for v in invals]
                 outs = eqn.primitive.bind(*invals, **eqn.params)
                 outs = list(outs) if eqn.primitive.multiple_results else [outs]
                 name = eqn.primitive.name
-                if name == "convert_element_type":
+                if exact and all(_exact_integers(o) for o in outs if moved(o) is not None):
+                    pass  # small integers in, small integers out: nothing rounded
+                elif name == "convert_element_type":
                     outs = [jitter(o, invals[0].dtype) for o in outs]
                 elif name not in _EXACT_PRIMITIVES:
                     outs = [jitter(o) for o in outs]

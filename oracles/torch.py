@@ -180,6 +180,19 @@ _CONTRACTIONS = frozenset(
 )
 
 
+def _exact_integers(torch, t):
+    """True when ``t`` holds integers whose sums are exact in its dtype.
+
+    Every value is an integer and the sum of their magnitudes is below
+    ``2^(mantissa bits)``: any sum or product-free contraction of them
+    (``cumsum`` of a 0/1 mask) rounds nowhere.
+    """
+    if not bool(torch.all(t == torch.round(t))):
+        return False
+    total = float(t.detach().abs().double().sum())
+    return total < 2.0 / torch.finfo(t.dtype).eps
+
+
 def _jitter(torch, seed):
     """A dispatch mode that moves every rounded floating result by one ulp, random sign.
 
@@ -195,7 +208,7 @@ def _jitter(torch, seed):
     random state is untouched.
     """
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_map
+    from torch.utils._pytree import tree_leaves, tree_map
 
     generator = torch.Generator().manual_seed(int(seed))
 
@@ -215,19 +228,31 @@ def _jitter(torch, seed):
     def move(t):
         return t * factor(t) if wanted(t) else t
 
+    def move_inexact(t):
+        # Small integers (a 0/1 mask counted by cumsum, an index scaled to float) sum exactly:
+        # they are not rounded inside, and moving them breaks exact comparisons downstream.
+        if wanted(t) and _exact_integers(torch, t):
+            return t
+        return move(t)
+
     class Jitter(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             name = func.overloadpacket.__name__
             returns = func._schema.returns
             aliased = any(r.alias_info is not None for r in returns)
+            exact = False
             if not aliased and (name in _CONTRACTIONS or func.namespace != "aten"):
                 # Sums inside one op (a matmul, a fused kernel) round many times: as a
                 # backward-stable op does, take them as roundings of its inputs.
-                args, kwargs = tree_map(move, args), tree_map(move, kwargs)
+                floating = [t for t in tree_leaves((args, kwargs)) if wanted(t)]
+                exact = all(_exact_integers(torch, t) for t in floating)
+                args, kwargs = tree_map(move_inexact, args), tree_map(move_inexact, kwargs)
             out = func(*args, **kwargs)
             if name in _EXACT_OPS:
                 return out
+            if exact and all(_exact_integers(torch, t) for t in tree_leaves(out) if wanted(t)):
+                return out  # small integers in, small integers out: nothing rounded
             if aliased:
                 if any(r.alias_info is not None and r.alias_info.is_write for r in returns):
                     for t in out if isinstance(out, (tuple, list)) else [out]:

@@ -202,9 +202,7 @@ class Exhaustive:
         if not isinstance(self.screen, bool):
             raise InvalidArgumentType(f"screen must be True or False, got {self.screen!r}")
         if not isinstance(self.vectorized, bool):
-            raise InvalidArgumentType(
-                f"vectorized must be True or False, got {self.vectorized!r}"
-            )
+            raise InvalidArgumentType(f"vectorized must be True or False, got {self.vectorized!r}")
         if self.chunk_size is not None and (
             isinstance(self.chunk_size, bool)
             or not isinstance(self.chunk_size, (int, np.integer))
@@ -846,6 +844,10 @@ def _truncation(h, c, model):
         return TRUNCATION_SAFETY * h * h * np.minimum(big_c, rel)
 
 
+#: A sample whose ladder chose a step this far below the samples' median is left out of the model.
+OUTLIER_STEP = 2.0**-6
+
+
 def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     """Screen step and truncation model for input ``i`` from a few full ladders.
 
@@ -891,12 +893,17 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     usable = usable_of(ladder)
     best = None
     if np.any(usable):
+        # Steps around the ones the ladders chose (the geometric median), never above T0.
+        center = 2.0 ** float(np.round(np.median(np.log2(chosen[usable]))))
+        # A sample whose ladder went far below the others' steps (a kink near it, not at it:
+        # abs(x - c) with c 1e-6 away) does not follow the h^2 model at the screen's steps;
+        # in the model it would widen every element's bound to its kink. Left out, the
+        # screen is only stricter (an element like it fails the screen and gets the ladder).
+        usable &= chosen >= center * OUTLIER_STEP
         v = ladder["value"][usable]
         v_err = ladder["error"][usable]
         scales = objective.scales[i].reshape(-1)[sample[usable]]
         nz = np.abs(v) > 0
-        # Steps around the ones the ladders chose (the geometric median), never above T0.
-        center = 2.0 ** float(np.round(np.median(np.log2(chosen[usable]))))
         candidates = sorted({min(T0, center * f) for f in SCREEN_STEPS}, reverse=True)
         for r in candidates:
             c, noise, nonfinite = _screen(objective, i, sample[usable], r, how)
@@ -1066,9 +1073,7 @@ def exhaustive_partials(
             # Near misses get a second look (4 evaluations) before the ladder (about 40).
             near = ~ok & ~nonfinite & np.isfinite(value)
             with np.errstate(invalid="ignore", over="ignore"):
-                near &= np.abs(a - value) <= RECHECK_WITHIN * (
-                    atol + rtol * np.abs(value) + err
-                )
+                near &= np.abs(a - value) <= RECHECK_WITHIN * (atol + rtol * np.abs(value) + err)
             if np.any(near):
                 rechecks.append((i, pos[near], value[near], noise[near], err[near]))
             if not np.all(ok | near):

@@ -113,7 +113,7 @@ PROBE_HALF = 4
 #: No element's relative noise is taken below this quantile of the elements' (see measure_noise).
 FLOOR_QUANTILE = 0.25
 
-#: Second differences of a kink: one spike, every other at most this fraction of it.
+#: Second differences of a kink: one spike (or two adjacent), every other at most this fraction.
 SPIKE_RATIO = 1e-3
 
 #: Widest span of a few values (relative to the largest) that may be a quantized staircase.
@@ -446,6 +446,36 @@ def _ecnoise(values):
     return np.ldexp(sigma, e), rough, np.ldexp(levels[0], e), np.ldexp(levels[1], e)
 
 
+def _kinked(d2):
+    """Columns of second differences ``d2`` (down axis 0) that a kink made, not noise.
+
+    A kink at one of the points is one spike, the others at most
+    :data:`SPIKE_RATIO` of it; a kink between two points is two adjacent
+    spikes of the same sign (their sum is the jump in slope times the step).
+    A jump in value (a staircase's quantum) gives adjacent spikes of opposite
+    signs, and noise gives many.
+
+    Examples
+    --------
+    >>> h = 2.0 ** -10
+    >>> t = h * np.arange(-4.0, 5.0)
+    >>> kinks = [np.abs(t), np.abs(t - 0.3 * h), np.abs(t - 2.5 * h), np.sin(t)]
+    >>> _kinked(np.diff(np.stack(kinks, axis=1), 2, axis=0)).tolist()
+    [True, True, True, False]
+    >>> _kinked(np.diff(np.array([[0.0], [0], [0], [1], [1], [1], [1], [1], [1]]), 2, axis=0))
+    array([False])
+    """
+    a = np.abs(d2)
+    order = np.argsort(a, axis=0)
+    cols = np.arange(a.shape[1])
+    i1, i2 = order[-1], order[-2]
+    a1, a2, a3 = a[i1, cols], a[i2, cols], a[order[-3], cols]
+    alone = a2 <= SPIKE_RATIO * a1
+    pair = (np.abs(i1 - i2) == 1) & (np.sign(d2[i1, cols]) == np.sign(d2[i2, cols]))
+    pair &= a3 <= SPIKE_RATIO * a1
+    return (a1 > 0) & (alone | pair)
+
+
 def _confirmed(estimates):
     """The noise of each element over the probe steps so far, and which still need confirming.
 
@@ -599,12 +629,11 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
             sigma, rough, first, second = _ecnoise(values)
             # A kink within the probe's points (max-pool over tied pixels: the
-            # probe's direction breaks the tie) is one spike among the second
-            # differences, the rest rounding; ECnoise would take it for noise
-            # of the size of the kink times the step. Noise, and a float32
-            # staircase, give many.
-            d2 = np.sort(np.abs(np.diff(values, 2, axis=0)), axis=0)
-            spike = (d2[-1] > 0) & (d2[-2] <= SPIKE_RATIO * d2[-1])
+            # probe's direction breaks the tie; abs(x - c) with c between two
+            # points) is a spike among the second differences, the rest
+            # rounding; ECnoise would take it for noise of the size of the kink
+            # times the step. Noise, and a float32 staircase, give many.
+            spike = _kinked(np.diff(values, 2, axis=0))
             sigma = np.where(spike, np.nan, sigma)
             # Moved at a larger step, not at all at this one, and no noise seen
             # at either (a float32 sum: smooth at 6e-5, below its resolution at
