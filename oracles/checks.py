@@ -310,10 +310,13 @@ def _kink_where_ties_untie(objective, i, idx, rng):
             value = float(np.vdot(cot, change))
 
             def noise():
-                return sum(
-                    objective.rung_noise(f[k], f0, np.zeros(f0.shape, dtype=bool))
-                    for k in plus + minus
-                ) / t
+                return (
+                    sum(
+                        objective.rung_noise(f[k], f0, np.zeros(f0.shape, dtype=bool))
+                        for k in plus + minus
+                    )
+                    / t
+                )
 
             return abs(value) / t, noise
 
@@ -322,8 +325,7 @@ def _kink_where_ties_untie(objective, i, idx, rng):
         )
     big, small = defects
     return any(
-        not (d <= 0.5 * b or d <= 0.5 * b + n())
-        for (b, _), (d, n) in zip(big, small, strict=True)
+        not (d <= 0.5 * b or d <= 0.5 * b + n()) for (b, _), (d, n) in zip(big, small, strict=True)
     )
 
 
