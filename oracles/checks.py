@@ -75,7 +75,8 @@ def _backend(oracle):
 
 
 def _vjp_numeric(r):
-    objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+    # fn at the point is known already (the pipeline's forward stage): one call less.
+    objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
     safe = [g if np.isfinite(g).all() else np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
     n = sum(x.size for x in r.xs)
     refs, method, evaluations, notes = resolve_mode(r.mode, n).reference(
