@@ -203,6 +203,8 @@ DIRECTION_BITS = 16
 DIRECTION_MAX = 64.0
 #: Elements per chunk of the loops over a whole input (no temporaries the size of an input).
 CHUNK = 1 << 16
+#: Outputs of ``fn`` up to this size are kept for reuse along the calibration's direction.
+KEEP_OUTPUTS = 1 << 12
 
 # Central differences q at the steps 2t, t, t/2, t/4 (errors r + a t^2 + b t^4 +
 # c t^6 + ...). R2 = (q(t) - 20 q(t/2) + 64 q(t/4)) / 45 removes the t^2 and
@@ -579,7 +581,27 @@ class _Space:
         """The inputs with ``s * values`` added (scratch arrays), ``<analytic, step>``, floor."""
         return self._inputs(parts, s)
 
-    def quotient(self, parts, t, mask):
+    def evaluate(self, parts, s, points=None):
+        """``(fn(x + s u), <analytic, step>, its rounding floor)``, evaluated once per ``s``.
+
+        ``points`` (a dict, optional) holds the evaluations made along this
+        direction so far: one at the same ``s`` is reused (the same inputs,
+        built by the same code, give the same output: the noise samples'
+        points ``8 h`` and ``4 h`` are rungs of the calibration), and a new
+        one is recorded (its output only where it is small:
+        :data:`KEEP_OUTPUTS`).
+        """
+        if points is not None and s in points and points[s][1] is not None:
+            _, f, lin, lin_abs = points[s]
+            return f, lin, lin_abs
+        xs, lin, lin_abs = self._inputs(parts, s)
+        f = self.call(xs)
+        if points is not None:
+            psi = float(np.vdot(self.cot, f - self.objective.base_output)) - lin
+            points[s] = (psi, f if f.size <= KEEP_OUTPUTS else None, lin, lin_abs)
+        return f, lin, lin_abs
+
+    def quotient(self, parts, t, mask, points=None):
         """The residual's central-difference quotient at step ``t`` and its rounding floor.
 
         ``(phi(x + t u) - phi(x - t u) - <analytic, (x + t u) - (x - t u)>) / 2t``,
@@ -589,12 +611,11 @@ class _Space:
         second difference ``phi(x + t u) - 2 phi(x) + phi(x - t u)`` (minus
         its analytic part, which cancels for steps symmetric up to
         rounding): at a kink it shrinks like ``t``, elsewhere like ``t^2``.
-        ``mask`` accumulates the outputs that changed.
+        ``mask`` accumulates the outputs that changed. ``points``: see
+        :meth:`evaluate`.
         """
-        xp, lp, ap = self._inputs(parts, t)
-        fp = self.call(xp)
-        xm, lm, am = self._inputs(parts, -t)
-        fm = self.call(xm)
+        fp, lp, ap = self.evaluate(parts, t, points)
+        fm, lm, am = self.evaluate(parts, -t, points)
         if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
             return np.nan, np.inf, np.inf, np.nan
         diff = fp - fm
@@ -669,25 +690,36 @@ class _Prober:
 
     # --- noise --------------------------------------------------------------------------------
 
-    def _psi_samples(self, parts, h):
+    def _psi_samples(self, parts, h, points=None):
         """``psi(i h) - psi(0)`` for ``i = 0 .. 2 NOISE_POINTS`` (``h`` may be negative).
 
         One-sided, so that a kink at ``x`` itself (ReLU at 0) is at the end
         of the samples, not inside them: differences of order two and more
-        see only the noise and the smooth part of one branch.
+        see only the noise and the smooth part of one branch. ``points``
+        (see :meth:`_Space.evaluate`): the samples at steps evaluated along
+        this direction already (a rung of the calibration at ``8 h``) are
+        reused, and the new ones recorded for the rungs below.
         """
         sp = self.space
         f0 = sp.objective.base_output
         vals = [0.0]
         for i in range(1, 2 * NOISE_POINTS + 1):
-            xs, lin, _ = sp.perturbed(parts, i * h)
-            f = sp.call(xs)
+            s = i * h
+            if points is not None and s in points:
+                psi, f = points[s][0], points[s][1]
+                if f is not None and not np.all(np.isfinite(f)):
+                    return None
+                if not np.isfinite(psi):
+                    return None
+                vals.append(psi)
+                continue
+            f, lin, _ = sp.evaluate(parts, s, points)
             if not np.all(np.isfinite(f)):
                 return None
             vals.append(float(np.vdot(sp.cot, f - f0)) - lin)
         return np.array(vals)
 
-    def _measure_noise(self, parts, h):
+    def _measure_noise(self, parts, h, points=None):
         """Noise of the residual along ``parts`` near spacing ``h`` (ECnoise-like).
 
         Nine samples hold only a few degrees of freedom of noise (one
@@ -704,7 +736,7 @@ class _Prober:
         while spacings and tries < 5:
             s = spacings.pop(0)
             tries += 1
-            v = self._psi_samples(parts, s)
+            v = self._psi_samples(parts, s, points)
             if v is None:  # fn not finite out there: stay closer to x
                 spacings.append(s / 16.0)
                 continue
@@ -796,7 +828,7 @@ class _Prober:
     def _quotient(self, parts, s, cache):
         if s not in cache:
             m = np.zeros(self.space.cot.shape, dtype=bool)
-            q, r, model, second = self.space.quotient(parts, s, m)
+            q, r, model, second = self.space.quotient(parts, s, m, cache.get("points"))
             cache[s] = (q, r, m, model, second)
         return cache[s]
 
@@ -882,8 +914,8 @@ class _Prober:
             f0 = self.space.objective.base_output
             moved = np.zeros(self.space.cot.shape, dtype=bool)
             for sign in (1.0, -1.0):
-                xs, _, _ = self.space.perturbed(parts, sign * far)
-                f = self.space.call(xs)
+                # Along the calibration's direction, its first rung (reused where kept).
+                f, _, _ = self.space.evaluate(parts, sign * far, cache.get("points"))
                 if not np.all(np.isfinite(f)):
                     moved = None
                     break
@@ -962,7 +994,8 @@ class _Prober:
         while the best is the last one.
         """
         self.unorm = norm
-        cache = {}
+        # The evaluations along this direction, for the noise samples and the rungs to share.
+        cache = {"points": {}}
         self.sigma = 0.0  # the model noise decides the descent
 
         def rung(k):
@@ -1008,7 +1041,7 @@ class _Prober:
                 worse = 0
 
         # The noise, measured below the smallest step so far.
-        self.sigma, dof = self._measure_noise(parts, T0 * 2.0 ** -(n - 1) / 8.0)
+        self.sigma, dof = self._measure_noise(parts, T0 * 2.0 ** -(n - 1) / 8.0, cache["points"])
         self._prior, self._samples = (self.sigma, dof), []
         refined = False
 
