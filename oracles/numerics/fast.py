@@ -205,6 +205,8 @@ DIRECTION_MAX = 64.0
 CHUNK = 1 << 16
 #: Outputs of ``fn`` up to this size are kept for reuse along the calibration's direction.
 KEEP_OUTPUTS = 1 << 12
+#: Directions of up to this many elements stay in memory between rounds (4 MB).
+KEEP_DIRECTION = 1 << 20
 
 # Central differences q at the steps 2t, t, t/2, t/4 (errors r + a t^2 + b t^4 +
 # c t^6 + ...). R2 = (q(t) - 20 q(t/2) + 64 q(t/4)) / 45 removes the t^2 and
@@ -397,6 +399,33 @@ def _gaussian(rng, n):
         np.clip(np.rint(z * scale) / scale, -DIRECTION_MAX, DIRECTION_MAX, out=z)
         out[k : k + z.size] = z
     return out
+
+
+class _Direction:
+    """A Gaussian direction of the check (:func:`_gaussian`), kept or drawn again on demand.
+
+    Its values stay in memory while it is measured or searched; afterwards only
+    directions of up to :data:`KEEP_DIRECTION` elements keep them, larger ones
+    keep the generator's state and draw the same values again when a later
+    round needs them (no extra copies of a large input's size between rounds).
+    """
+
+    def __init__(self, rng, n):
+        self._kind = type(rng.bit_generator)
+        self._state = rng.bit_generator.state
+        self.n = int(n)
+        self._values = _gaussian(rng, self.n)
+
+    def values(self):
+        if self._values is None:
+            again = np.random.Generator(self._kind())
+            again.bit_generator.state = self._state
+            return _gaussian(again, self.n)
+        return self._values
+
+    def release(self):
+        if self.n > KEEP_DIRECTION:
+            self._values = None
 
 
 def _norm(v):
@@ -1341,6 +1370,15 @@ def _failing(results, grads, i, idx, atol, rtol):
     return cmp.n_failed
 
 
+def _clarity(value, error):
+    """How clearly a failing projection shows its residual: ``|value| / error`` (-1 if NaN)."""
+    if not np.isfinite(value):
+        return -1.0
+    if not error > 0:
+        return math.inf
+    return abs(float(value)) / float(error)
+
+
 def _explained(previous, active, space, grads, results):
     """The residual of a measured direction once the elements judged since are taken out.
 
@@ -1551,7 +1589,10 @@ def fast_partials(
         n_exhaustive += sum(rest[i].size for i in later)
 
     barren = 0
-    explained = None
+    # Every direction measured so far, for the rounds after it: (elements then active, the
+    # direction, residual, error). Its residual over the elements still active is the
+    # measured one minus that of the elements judged one by one since (_explained).
+    measured = []
     for _ in range(MAX_ROUNDS):
         if not any(r["checked"].any() or g.any() for r, g in zip(results, given_up, strict=True)):
             active = _All(space.n)  # every element: no index array
@@ -1565,18 +1606,24 @@ def fast_partials(
         if active.size == 0:
             passed = True
             break
-        this_round, failing = [], None
-        if explained is not None:
-            # The last round's failing direction, over what is left of its elements: its
-            # residual minus that of the elements since judged one by one. Where that is
-            # within its error, the direction passes without being measured again.
-            p = _explained(explained, active, space, grads, results)
+        this_round, failing, kept = [], [], []
+        for before, d, value, error in measured:
+            if len(this_round) == directions:
+                break
+            # An earlier round's direction, over what is left of its elements: its residual
+            # minus that of the elements since judged one by one. Where that is within its
+            # error, the direction passes without being measured again (it was drawn
+            # independently of the errors like a fresh one; the search only chose which
+            # elements to judge).
+            p = _explained((before, d.values(), value, error), active, space, grads, results)
             if p is not None and p.passed:
                 this_round.append(p)
-            explained = None
+                kept.append((before, d, value, error))
+        measured = kept
         while len(this_round) < directions:
             u = m = None  # the last direction (and the views of it) go before the next is drawn
-            u = _gaussian(rng, active.size)
+            d = _Direction(rng, active.size)
+            u = d.values()
             m = prober.measure(active, u)
             if np.isfinite(m.value):
                 # Every projection adds a sample of the noise at the working scale (two
@@ -1597,18 +1644,28 @@ def fast_partials(
                 n_elements=int(active.size), residual=value, error=error, tolerance=error
             )
             this_round.append(p)
-            if not p.passed:
-                index = np.int32 if active.size < 2**31 else np.int64
-                failing = (u, _Node(np.arange(active.size, dtype=index), m.value, m.error))
-                break
+            if p.passed:
+                measured.append((active, d, value, error))
+                d.release()
+            else:
+                # The round goes on: its other directions are needed after the search
+                # anyway (a round passes only when all pass), and the search follows the
+                # one that shows the wrong elements the most clearly.
+                failing.append((_clarity(m.value, m.error), d, m.value, m.error))
         projections += this_round
-        if failing is None:
+        if not failing:
             passed = True
             break
-        u, root = failing
+        failing.sort(key=lambda f: -f[0])
+        measured += [(active, d, value, error) for _, d, value, error in failing]
+        _, d, value, error = failing[0]
+        for _, other, _, _ in failing[1:]:
+            other.release()
+        index = np.int32 if active.size < 2**31 else np.int64
+        u = m = None
+        u = d.values()
+        root = _Node(np.arange(active.size, dtype=index), value, error)
         leaves, blocks = _search(prober, active, u, root, max_named)
-        if not blocks and leaves:
-            explained = (active, u, root.value, root.error)
         elements = []
         for leaf in leaves:
             g = int(active[leaf.pos[0]])
@@ -1617,6 +1674,7 @@ def fast_partials(
         undecided = _confirm(prober, active, u, leaves, grads, results, atol, rtol)
         _check_elements(objective, grads, results, undecided)
         localized += elements
+        d.release()
         if blocks:
             everywhere(blocks, active)
         barren = 0 if (elements or blocks) else barren + 1

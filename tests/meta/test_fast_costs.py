@@ -119,3 +119,79 @@ def test_the_decision_is_the_one_with_every_defects_noise(fn, scale):
         # Defects of the order of the rounding (at the other scales the output does not
         # move at all, or saturates): the smooth verdict needed the noise model, mostly.
         assert noise_path >= 2
+
+
+# --- the directions of a failing round serve the next one ------------------------------------
+
+
+def _planted_fast(n, scale, seed, plants):
+    """``scale * sum(sin(x) * w[k % m])`` (two inputs, ``w`` shared): ``fast_partials``."""
+    from oracles.numerics import fast
+
+    rng = np.random.default_rng(seed)
+    x, w = rng.uniform(-2.0, 2.0, size=n), rng.uniform(0.5, 1.5, size=n // 3)
+    k = np.arange(n) % w.size
+
+    def fn(x, w):
+        return np.array(scale * np.sum(np.sin(x) * w[k]))
+
+    gx = scale * np.cos(x) * w[k]
+    gw = np.bincount(k, weights=scale * np.sin(x), minlength=w.size)
+    grads = [gx, gw]
+    for i, j, rel in plants:
+        grads[i][j] *= 1.0 + rel
+    return fast.fast_partials(ScalarObjective(fn, (x, w), np.array(1.0)), grads, seed=seed)
+
+
+PLANTS = [
+    [(0, 123, 1e-6)],
+    [(1, 7, -1e-5)],
+    [(0, 5, 1e-6), (0, 2900, -1e-6)],
+    [(0, 99, 1e-4), (1, 300, 1e-6)],
+]
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1.0, 1e8])
+@pytest.mark.parametrize("n", [3000, 20000])
+@pytest.mark.parametrize("plants", PLANTS, ids=["one", "one in w", "two in x", "x and w"])
+def test_planted_errors_are_named_and_the_last_round_passes(plants, n, scale):
+    for seed in (n % 7, n % 5):
+        res = _planted_fast(n, scale, seed, plants)
+        assert sorted(res.localized) == sorted((i, j) for i, j, _ in plants), (seed, res.method)
+        assert not res.fallback_all
+        last = res.projections[-3:]
+        assert len(last) == 3 and all(p.passed for p in last), res.projections
+        # A round measures all its directions; the search follows one, and the others (and
+        # it) pass the next round once the named elements are taken out: no round measures
+        # more directions than it needs.
+        assert len(res.projections) <= 3 * (1 + len(plants)), res.projections
+
+
+@pytest.mark.parametrize("plants", PLANTS[:3], ids=["one", "one in w", "two in x"])
+def test_directions_drawn_again_are_the_same(plants, monkeypatch):
+    """Large directions are not kept between rounds but drawn again: the same search."""
+    from oracles.numerics import fast
+
+    kept = _planted_fast(20000, 1.0, 1, plants)
+    monkeypatch.setattr(fast, "KEEP_DIRECTION", 16)
+    again = _planted_fast(20000, 1.0, 1, plants)
+    assert again.localized == kept.localized
+    assert [(p.residual, p.error) for p in again.projections] == [
+        (p.residual, p.error) for p in kept.projections
+    ]
+    assert again.evaluations == kept.evaluations
+
+
+def test_a_direction_drawn_again_from_its_state_is_bitwise_the_same():
+    from oracles.numerics import fast
+
+    for n in (1, 1000, fast.CHUNK + 17, 3 * fast.CHUNK):
+        rng = np.random.default_rng(n)
+        rng.standard_normal(5)
+        d = fast._Direction(rng, n)
+        first = d.values().copy()
+        rng.standard_normal(3)  # the check's generator moves on
+        state = rng.bit_generator.state
+        d._values = None  # as a large direction between rounds
+        assert np.array_equal(d.values(), first)
+        assert rng.bit_generator.state == state  # drawing again leaves the check's generator
