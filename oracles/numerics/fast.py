@@ -1379,23 +1379,24 @@ def _clarity(value, error):
     return abs(float(value)) / float(error)
 
 
-def _explained(previous, active, space, grads, results):
+def _explained(previous, inactive, n_active, space, grads, results):
     """The residual of a measured direction once the elements judged since are taken out.
 
-    ``previous = (active, u, residual, error)`` of the last round. Returns a
-    Projection over ``active`` (which must be the previous elements minus
-    some that are now checked individually), or ``None`` when one of those
-    has no finite reference.
+    ``previous = (active, u, residual, error)`` of an earlier round;
+    ``inactive`` (bool, one per element of the flat index space) marks the
+    elements no longer active: those of ``previous``'s ``active`` among them
+    must now be checked individually. Returns a Projection over the
+    ``n_active`` elements active now, or ``None`` when one of those taken out
+    has no finite reference (or was given up).
     """
     before, u, value, error = previous
     if isinstance(before, _All):
-        before = np.arange(before.size)
-    if isinstance(active, _All):
-        gone = np.zeros(before.size, dtype=bool)
+        gone = np.flatnonzero(inactive)  # positions into before are global indices
+        gidx = gone
     else:
-        at = np.minimum(np.searchsorted(active, before), max(active.size - 1, 0))
-        gone = active[at] != before if active.size else np.ones(before.size, dtype=bool)
-    for g, uj in zip(before[gone], u[gone], strict=True):
+        gone = np.flatnonzero(inactive[before])
+        gidx = before[gone]
+    for g, uj in zip(gidx, u[gone], strict=True):
         i = int(space.input_of(g))
         j = int(g) - int(space.offsets[i])
         r = results[i]
@@ -1406,7 +1407,7 @@ def _explained(previous, active, space, grads, results):
             return None
         value -= float(uj) * (ref - float(grads[i].reshape(-1)[j]))
         error += abs(float(uj)) * e
-    return Projection(n_elements=int(active.size), residual=value, error=error, tolerance=error)
+    return Projection(n_elements=int(n_active), residual=value, error=error, tolerance=error)
 
 
 def fast_partials(
@@ -1594,15 +1595,14 @@ def fast_partials(
     # measured one minus that of the elements judged one by one since (_explained).
     measured = []
     for _ in range(MAX_ROUNDS):
+        inactive = None  # the elements judged one by one or given up, over all inputs
         if not any(r["checked"].any() or g.any() for r, g in zip(results, given_up, strict=True)):
             active = _All(space.n)  # every element: no index array
         else:
-            active = np.concatenate(
-                [
-                    np.flatnonzero(~(r["checked"] | g)) + space.offsets[i]
-                    for i, (r, g) in enumerate(zip(results, given_up, strict=True))
-                ]
-            ).astype(np.int64)
+            inactive = np.concatenate(
+                [r["checked"] | g for r, g in zip(results, given_up, strict=True)]
+            )
+            active = np.flatnonzero(~inactive).astype(np.int64)
         if active.size == 0:
             passed = True
             break
@@ -1615,7 +1615,12 @@ def fast_partials(
             # error, the direction passes without being measured again (it was drawn
             # independently of the errors like a fresh one; the search only chose which
             # elements to judge).
-            p = _explained((before, d.values(), value, error), active, space, grads, results)
+            if inactive is None:  # nothing judged since: the measurement as it was
+                p = Projection(int(active.size), value, error, error)
+            else:
+                p = _explained(
+                    (before, d.values(), value, error), inactive, active.size, space, grads, results
+                )
             if p is not None and p.passed:
                 this_round.append(p)
                 kept.append((before, d, value, error))
