@@ -1196,6 +1196,9 @@ def _ramp(prober, active, u, node):
 
 #: A block is located by a ramp when its residual is this many times its error.
 RAMP_SNR = 8.0
+#: A failing projection whose residual is this many times its error ends its round: the
+#: search follows it (fainter ones let the round measure its other directions first).
+CLEAR = 4.0 * RAMP_SNR
 
 
 def _search(prober, active, u, root, max_named):
@@ -1653,10 +1656,14 @@ def fast_partials(
                 measured.append((active, d, value, error))
                 d.release()
             else:
-                # The round goes on: its other directions are needed after the search
-                # anyway (a round passes only when all pass), and the search follows the
-                # one that shows the wrong elements the most clearly.
+                # The round goes on while the failing directions show the wrong elements
+                # only faintly: its other directions are needed after the search anyway
+                # (a round passes only when all pass), and the search follows the one that
+                # shows them the most clearly. One clear enough ends it (errors everywhere
+                # would fail every direction of every round).
                 failing.append((_clarity(m.value, m.error), d, m.value, m.error))
+                if failing[-1][0] >= CLEAR:
+                    break
         projections += this_round
         if not failing:
             passed = True
