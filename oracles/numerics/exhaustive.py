@@ -80,9 +80,12 @@ __all__ = ["Exhaustive", "exhaustive_partials", "sharp_partials"]
 #: Inputs with at most this many elements skip the screen (sampling would cost more).
 SCREEN_MIN = 32
 #: Elements per input whose full ladder calibrates the screen: the largest half, the rest random.
-#: (Samples cost a full ladder, about 0.3 ms of Python per rung; an element the model fitted on
+#: (Samples cost a full ladder, about 0.2 ms of Python per rung; an element the model fitted on
 #: them does not cover costs 4 evaluations in the second look, :func:`_second_look`.)
 N_SAMPLE = 4
+#: Elements nearest the median magnitude whose full ladder's error is reported as the ladder's
+#: threshold at a typical element (:func:`_typical`).
+TYPICAL_SAMPLES = 4
 #: Further random samples when fewer than ``MIN_USABLE`` were usable (kinks, not finite).
 MORE_SAMPLES = 4
 MIN_USABLE = 3
@@ -234,10 +237,30 @@ class Exhaustive:
             vectorized=self.vectorized,
         )
         out = [
-            Reference(**{k: v.reshape(x.shape) for k, v in est[i].items()})
+            _ScreenedReference(
+                **{k: v.reshape(x.shape) for k, v in est[i].items()},
+                typical=info["typical"][i],
+            )
             for i, x in enumerate(objective.work)
         ]
         return out, info["method"], info["evaluations"], info["notes"]
+
+
+@dataclass
+class _ScreenedReference(Reference):
+    """A :class:`~oracles.compare.Reference` of the exhaustive mode, with the ladder's threshold.
+
+    ``typical``: ``(flat indices, errors)``, the full ladder's error
+    estimate at a few typical elements (nearest the median magnitude) of
+    this input, or ``None``. An element the screen flags gets the full
+    ladder, which decides; so the smallest error the check catches in a
+    typical element is the ladder's threshold wherever that is the larger
+    (the report's sensitivity, ``_ladder_thresholds`` in
+    :mod:`oracles._pipeline`). Measured on the calibration's own samples,
+    it costs no evaluation of its own.
+    """
+
+    typical: tuple | None = None
 
 
 # --- one chunk of work: runs here or on an executor ---------------------------------------------
@@ -846,6 +869,20 @@ def _truncation(h, c, model):
         return TRUNCATION_SAFETY * h * h * np.minimum(big_c, rel)
 
 
+def _smallest(keys, k):
+    """``np.argsort(keys, kind="stable")[:k]`` in O(n): the k smallest keys, ties by position."""
+    k = min(int(k), keys.size)
+    if k <= 0:
+        return np.zeros(0, dtype=np.intp)
+    if keys.size > 4 * k:
+        kth = keys[np.argpartition(keys, k - 1)[:k]].max()
+        below = np.flatnonzero(keys < kth)
+        chosen = np.concatenate([below, np.flatnonzero(keys == kth)[: k - below.size]])
+    else:
+        chosen = np.arange(keys.size)
+    return chosen[np.argsort(keys[chosen], kind="stable")][:k]
+
+
 def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     """Screen step and truncation model for input ``i`` from a few full ladders.
 
@@ -866,13 +903,18 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     screen (then every element of the input gets the ladder).
     """
     g = np.abs(np.asarray(grads[i], dtype=np.float64).reshape(-1)[flat_idx])
+    n = g.size
     n_big = N_SAMPLE // 2
-    largest = flat_idx[np.argsort(-g, kind="stable")[:n_big]]
-    rest = np.setdiff1d(flat_idx[g > 0], largest)
-    if rest.size < N_SAMPLE - n_big:
-        rest = np.setdiff1d(flat_idx, largest)
-    # Random samples in a random order: the first ones now, the others if too few are usable.
+    big = _smallest(-g, n_big)
+    rest = np.ones(n, dtype=bool)
+    rest[big] = False
+    # The others at random (nonzero gradients first), in a random order: the first ones now,
+    # the others if too few are usable.
+    pool = rest & (g > 0)
+    rest = np.flatnonzero(pool if np.count_nonzero(pool) >= N_SAMPLE - n_big else rest)
+    del pool
     spare = rng.choice(rest, size=min(N_SAMPLE - n_big + MORE_SAMPLES, rest.size), replace=False)
+    largest, spare = flat_idx[big], flat_idx[spare]
     sample = np.concatenate([largest, spare[: N_SAMPLE - n_big]])
     spare = spare[N_SAMPLE - n_big :]
     # The samples' ladders are their references too. The second, sharpening ladder of
@@ -995,7 +1037,7 @@ def exhaustive_partials(
     rng = np.random.default_rng(0)
     screens = screen and any(np.size(idx) > SCREEN_MIN for _, idx in indices)
     how = calling(objective, vectorized) if screens else "copies"
-    results, screen_of = {}, {}
+    results, screen_of, laddered = {}, {}, {}
     to_ladder = []  # (i, positions within indices[i])
     steps = {}
     n_total = sum(len(idx) for _, idx in indices)
@@ -1022,6 +1064,8 @@ def exhaustive_partials(
         sample_pos = order[np.searchsorted(idx, sample, sorter=order)]
         for key, arr in ladder.items():
             results[i][key][sample_pos] = arr
+        laddered[i] = [sample_pos]
+        del order
         rest = np.ones(n, dtype=bool)
         rest[sample_pos] = False
         if h is None:
@@ -1101,6 +1145,16 @@ def exhaustive_partials(
         for key, arr in res.items():
             results[i][key][pos] = arr
 
+    # The full ladder's threshold at typical elements (what the report says the check catches).
+    typical = {i: None for i, _ in indices}
+    if screen:
+        calls0 = objective.calls
+        for i, pos in to_ladder:
+            laddered.setdefault(i, []).append(pos)
+        for i, _ in indices:
+            done = np.concatenate(laddered.get(i, []) + [np.zeros(0, dtype=np.intp)])
+            typical[i] = _typical(objective, i, results[i], idx_of[i], done, grads)
+        runner.evaluations += objective.calls - calls0
     n_sampled = n_total - n_screened - n_ladder
     if screen:
         method = (
@@ -1119,7 +1173,44 @@ def exhaustive_partials(
         "second_look": n_rescreened,
         "laddered": n_ladder + n_sampled,
         "steps": steps,
+        "typical": typical,
     }
+
+
+def _typical(objective, i, res, idx, laddered, grads):
+    """The full ladder's error at typical elements of input ``i``: ``(flat indices, errors)``.
+
+    An element the screen flags gets the full ladder, which decides; so the
+    smallest error the check catches in a typical element is the ladder's
+    threshold wherever that is the larger (the report's sensitivity). It is
+    measured at the :data:`TYPICAL_SAMPLES` elements nearest the median
+    magnitude of the references (finite, nonzero, not at a kink), in this
+    run's objective (its noise model measured once). Where the reference of
+    such an element is the ladder's already (``laddered``: positions within
+    ``idx``), that is its error; elsewhere the first ladder runs, and the
+    second, sharpening one (:func:`sharp_partials`) only where the first is
+    less sharp than the element's own reference: a threshold at or below
+    that one cannot raise the figure above the element's own. ``(empty,
+    empty)`` for inputs of at most :data:`TYPICAL_SAMPLES` such elements.
+    """
+    value = res["value"]
+    mag = np.abs(np.where(np.isfinite(value), value, 0.0))
+    mag[res["kink"]] = 0.0
+    nz = np.flatnonzero(mag > 0)
+    if nz.size <= TYPICAL_SAMPLES:
+        return idx[:0], np.zeros(0)
+    m = float(np.median(mag[nz]))
+    pos = nz[_smallest(np.abs(mag[nz] - m), TYPICAL_SAMPLES)]
+    del mag, nz
+    error = res["error"][pos].copy()
+    todo = ~np.isin(pos, laddered)
+    if np.any(todo):
+        flat = idx[pos[todo]]
+        lad = _ladder(objective, i, flat, grads, sharpen=False, steps=True)
+        elements = [(i, int(j)) for j in flat]
+        _sharpen(objective, elements, grads, lad, lad["step"], ~(lad["error"] <= error[todo]))
+        error[todo] = lad["error"]
+    return idx[pos], error
 
 
 def _second_look(
