@@ -11,7 +11,12 @@ what rounding explains. So the exhaustive check runs in two stages:
    relative step times its own scale, as in the ladder) is compared with the
    ladder's value; that fits a truncation model ``T_j`` (the tighter of an
    absolute and a relative bound in ``h_j^2``, :func:`_calibrate`) and picks
-   the step with the smallest typical relative error bound. Then every
+   the step with the smallest typical relative error bound. The samples
+   are the largest gradients (their ladders are their references) and the
+   ones nearest the median magnitude, which are screened like every other
+   element (their ladders decide only where the screen flags them) and
+   whose ladders' errors are the full ladder's threshold at a typical
+   element, for the report's sensitivity (:func:`_typical`). Then every
    element gets one central difference ``c`` at that step, with the error
    estimate ``noise(c) + T_j`` (``noise`` from the measured noise of the
    changed outputs, :meth:`oracles.numerics.objective.ScalarObjective.rung_noise`).
@@ -128,9 +133,13 @@ class Exhaustive:
         ``(B,) + x_k.shape``, ``fn`` returns shape ``(B,) + out.shape``,
         and row ``b`` of the result is ``fn`` of row ``b`` of the inputs
         (NumPy broadcasting gives that for free in ``np.tanh(x @ W)``). The
-        screen then evaluates up to 1024 perturbed points per call
-        (fewer for large inputs: a batch holds at most about 2^18 floats
-        of an input). Inputs that are not perturbed in a batch are passed
+        screen then evaluates up to 1024 perturbed points per call, as
+        many as fit in about 2^17 floats (1 MB) of inputs and outputs: a
+        larger batch runs out of the processor's cache, and for a function
+        whose cost is its arithmetic (not Python's per-call overhead)
+        batching gains little (0.8-1.0x the time of one point per call on
+        ``tanh(x @ W)`` at 2,000-6,000 elements). Inputs that are not
+        perturbed in a batch are passed
         as read-only broadcast views: ``fn`` must not write into its
         arguments. The convention is that of ``scipy.differentiate``'s
         batched evaluation, with the batch axis first. Checked once on two
@@ -275,10 +284,10 @@ PROBE_STEP = 2.0**-12
 BLOCK_FLOATS = 2**18
 #: Most rows of one batched call of a vectorized ``fn`` (:attr:`Exhaustive.vectorized`).
 MAX_BATCH = 1024
-#: Most floats of inputs and outputs in one batched call (``2^16``: 512 KB, the size of a core's
-#: L2 cache here): on ``tanh(x @ W)`` with 2,000 inputs and 1,600 outputs, batches of 262 rows
-#: (7 MB) ran at 0.6-0.7x the speed of single calls, out of cache.
-BATCH_FLOATS = 2**16
+#: Most floats of inputs and outputs in one batched call (``2^17``: 1 MB). On ``tanh(x @ W)`` with
+#: 2,000 inputs and 1,600 outputs, the screen of an input in batches of 2^19 floats took 1.15-1.3x
+#: the time of one point per call, 2^16 .. 2^17 floats 0.9-0.97x, 2^13 1.4x (more calls).
+BATCH_FLOATS = 2**17
 
 
 def _raw(fn):
@@ -981,10 +990,17 @@ class _Pending:
         self.flat, self.ladder, self.chosen = flat, ladder, chosen
         self.sharpened, self.grads, self.i = sharpened, grads, i
 
+    def _at(self, flat):
+        order = np.argsort(self.flat, kind="stable")
+        return order[np.searchsorted(self.flat, flat, sorter=order)]
+
+    def errors(self, flat):
+        """The ladders' error estimates at the flat indices ``flat`` (among ``self.flat``)."""
+        return self.ladder["error"][self._at(flat)]
+
     def take(self, objective, flat):
         """The completed ladders at the flat indices ``flat`` (all of them among ``self.flat``)."""
-        order = np.argsort(self.flat, kind="stable")
-        at = order[np.searchsorted(self.flat, flat, sorter=order)]
+        at = self._at(flat)
         todo = at[~self.sharpened[at]]
         if todo.size:
             sub = {k: a[todo] for k, a in self.ladder.items()}
@@ -1363,9 +1379,12 @@ def _typical(objective, i, res, idx, laddered, grads, pending=None):
     if pending is not None and pending.flat.size:
         ran = np.isin(idx[pos], pending.flat)
         if np.any(ran):
-            order = np.argsort(pending.flat, kind="stable")
-            at = order[np.searchsorted(pending.flat, idx[pos[ran]], sorter=order)]
-            error[ran] = pending.ladder["error"][at]
+            flat = idx[pos[ran]]
+            # The sharpening ladder where the first is less sharp than the element's reference.
+            blunt = pending.errors(flat) > error[ran]
+            if np.any(blunt):
+                pending.take(objective, flat[blunt])
+            error[ran] = pending.errors(flat)
             todo &= ~ran
     if np.any(todo):
         flat = idx[pos[todo]]
