@@ -1511,8 +1511,12 @@ def _ladder_thresholds(r, results):
     an element the screen flags gets the full ladder, which decides. So the
     smallest error it catches is the *ladder's* threshold wherever that is
     the larger: a planted error above the screen's tolerance but below the
-    ladder's passes. The ladder is run (about 20 evaluations each) at the
-    elements nearest the median magnitude, which stand for a typical one.
+    ladder's passes. The exhaustive mode measures it on its own calibration
+    samples nearest the median magnitude (``typical`` of its references, no
+    evaluation of its own); for a piece whose reference does not carry it
+    (rebuilt by a later stage), the ladder is run here (about 20 evaluations
+    each) at the elements nearest the median magnitude, which stand for a
+    typical one.
     """
     if "numeric" not in results or not r.spec.uses_mode or not r.spec.on_output:
         return None
@@ -1523,8 +1527,14 @@ def _ladder_thresholds(r, results):
     if not (isinstance(mode, Exhaustive) and mode.screen):
         return None
     refs = results["numeric"].refs
+    out = [None] * len(refs)
     elements = []
     for k, ref in enumerate(refs):
+        known = getattr(ref, "typical", None)
+        if known is not None:
+            if len(known[0]):
+                out[k] = [(int(j), float(e)) for j, e in zip(*known, strict=True)]
+            continue
         value = np.asarray(ref.value, dtype=np.float64).reshape(-1)
         mag = np.abs(np.where(np.isfinite(value), value, 0.0))
         if ref.kink is not None:
@@ -1535,19 +1545,17 @@ def _ladder_thresholds(r, results):
         m = float(np.median(mag[nz]))
         picks = nz[np.argsort(np.abs(mag[nz] - m), kind="stable")[:LADDER_SAMPLES]]
         elements += [(k, int(j)) for j in picks]
-    if not elements:
-        return None
-    safe = [np.where(np.isfinite(a), a, 0.0) for a in r.analytic]
-    try:
-        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
-        est = sharp_partials(objective, elements, safe)
-    except (UserFunctionError, ValueError, ArithmeticError):
-        return None
-    out = [None] * len(refs)
-    for p, (k, j) in enumerate(elements):
-        out[k] = [] if out[k] is None else out[k]
-        out[k].append((j, float(est["error"][p])))
-    return out
+    if elements:
+        safe = [np.where(np.isfinite(a), a, 0.0) for a in r.analytic]
+        try:
+            objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
+            est = sharp_partials(objective, elements, safe)
+        except (UserFunctionError, ValueError, ArithmeticError):
+            return None
+        for p, (k, j) in enumerate(elements):
+            out[k] = [] if out[k] is None else out[k]
+            out[k].append((j, float(est["error"][p])))
+    return out if any(o for o in out) else None
 
 
 def _coverage(r, k, name, ladder=None):

@@ -11,7 +11,12 @@ what rounding explains. So the exhaustive check runs in two stages:
    relative step times its own scale, as in the ladder) is compared with the
    ladder's value; that fits a truncation model ``T_j`` (the tighter of an
    absolute and a relative bound in ``h_j^2``, :func:`_calibrate`) and picks
-   the step with the smallest typical relative error bound. Then every
+   the step with the smallest typical relative error bound. The samples
+   are the largest gradients (their ladders are their references) and the
+   ones nearest the median magnitude, which are screened like every other
+   element (their ladders decide only where the screen flags them) and
+   whose ladders' errors are the full ladder's threshold at a typical
+   element, for the report's sensitivity (:func:`_typical`). Then every
    element gets one central difference ``c`` at that step, with the error
    estimate ``noise(c) + T_j`` (``noise`` from the measured noise of the
    changed outputs, :meth:`oracles.numerics.objective.ScalarObjective.rung_noise`).
@@ -79,10 +84,16 @@ __all__ = ["Exhaustive", "exhaustive_partials", "sharp_partials"]
 
 #: Inputs with at most this many elements skip the screen (sampling would cost more).
 SCREEN_MIN = 32
-#: Elements per input whose full ladder calibrates the screen: the largest half, the rest random.
-#: (Samples cost a full ladder, about 0.3 ms of Python per rung; an element the model fitted on
+#: Elements nearest the median magnitude whose full ladder's error is reported as the ladder's
+#: threshold at a typical element (:func:`_typical`); in a screened input they are calibration
+#: samples too, screened like every other element (:class:`_Pending`).
+TYPICAL_SAMPLES = 4
+#: Calibration samples of the largest gradients, whose ladders are their references.
+N_LARGEST = 2
+#: Elements per input whose full ladder calibrates the screen: the largest, and typical ones.
+#: (Samples cost a full ladder, about 0.2 ms of Python per rung; an element the model fitted on
 #: them does not cover costs 4 evaluations in the second look, :func:`_second_look`.)
-N_SAMPLE = 4
+N_SAMPLE = N_LARGEST + TYPICAL_SAMPLES
 #: Further random samples when fewer than ``MIN_USABLE`` were usable (kinks, not finite).
 MORE_SAMPLES = 4
 MIN_USABLE = 3
@@ -122,9 +133,13 @@ class Exhaustive:
         ``(B,) + x_k.shape``, ``fn`` returns shape ``(B,) + out.shape``,
         and row ``b`` of the result is ``fn`` of row ``b`` of the inputs
         (NumPy broadcasting gives that for free in ``np.tanh(x @ W)``). The
-        screen then evaluates up to 1024 perturbed points per call
-        (fewer for large inputs: a batch holds at most about 2^18 floats
-        of an input). Inputs that are not perturbed in a batch are passed
+        screen then evaluates up to 1024 perturbed points per call, as
+        many as fit in about 2^17 floats (1 MB) of inputs and outputs: a
+        larger batch runs out of the processor's cache, and for a function
+        whose cost is its arithmetic (not Python's per-call overhead)
+        batching gains little (0.8-1.0x the time of one point per call on
+        ``tanh(x @ W)`` at 2,000-6,000 elements). Inputs that are not
+        perturbed in a batch are passed
         as read-only broadcast views: ``fn`` must not write into its
         arguments. The convention is that of ``scipy.differentiate``'s
         batched evaluation, with the batch axis first. Checked once on two
@@ -232,10 +247,30 @@ class Exhaustive:
             vectorized=self.vectorized,
         )
         out = [
-            Reference(**{k: v.reshape(x.shape) for k, v in est[i].items()})
+            _ScreenedReference(
+                **{k: v.reshape(x.shape) for k, v in est[i].items()},
+                typical=info["typical"][i],
+            )
             for i, x in enumerate(objective.work)
         ]
         return out, info["method"], info["evaluations"], info["notes"]
+
+
+@dataclass
+class _ScreenedReference(Reference):
+    """A :class:`~oracles.compare.Reference` of the exhaustive mode, with the ladder's threshold.
+
+    ``typical``: ``(flat indices, errors)``, the full ladder's error
+    estimate at a few typical elements (nearest the median magnitude) of
+    this input, or ``None``. An element the screen flags gets the full
+    ladder, which decides; so the smallest error the check catches in a
+    typical element is the ladder's threshold wherever that is the larger
+    (the report's sensitivity, ``_ladder_thresholds`` in
+    :mod:`oracles._pipeline`). Measured on the calibration's own samples,
+    it costs no evaluation of its own.
+    """
+
+    typical: tuple | None = None
 
 
 # --- one chunk of work: runs here or on an executor ---------------------------------------------
@@ -247,6 +282,10 @@ PROBE_STEP = 2.0**-12
 BLOCK_FLOATS = 2**18
 #: Most rows of one batched call of a vectorized ``fn`` (:attr:`Exhaustive.vectorized`).
 MAX_BATCH = 1024
+#: Most floats of inputs and outputs in one batched call (``2^17``: 1 MB). On ``tanh(x @ W)`` with
+#: 2,000 inputs and 1,600 outputs, the screen of an input in batches of 2^19 floats took 1.15-1.3x
+#: the time of one point per call, 2^16 .. 2^17 floats 0.9-0.97x, 2^13 1.4x (more calls).
+BATCH_FLOATS = 2**17
 
 
 def _raw(fn):
@@ -378,7 +417,8 @@ def _batched_call(objective, stacked, rows):
 def _screen(objective, i, flat_idx, r, how="copies"):
     """One central difference at relative step ``r`` per element of input ``i``.
 
-    Element ``j`` is stepped by ``r * s_j`` (its scale). Returns ``(value,
+    Element ``j`` is stepped by ``r * s_j`` (its scale; ``r`` a float, or
+    one per element of ``flat_idx``, which may repeat one). Returns ``(value,
     noise, nonfinite)``: the quotient divided by the step actually taken, and
     its rounding-noise estimate (the measured noise of the changed outputs,
     the off-centre term when ``x +- h`` round unequally, and the rounding of
@@ -400,15 +440,14 @@ def _screen(objective, i, flat_idx, r, how="copies"):
     m = max(1, objective.base_output.size)
     size = max(1, objective.work[i].size)
     rows = max(1, BLOCK_FLOATS // m)
-    if how == "vectorized":
-        rows = max(1, min(rows, MAX_BATCH, BLOCK_FLOATS // size))
-    bufs = None
-    if how != "vectorized":
-        bufs = _row_buffers(objective, min(rows, n), objective.base_output.size)
+    bufs = _row_buffers(objective, min(rows, n), objective.base_output.size)
     for s in range(0, n, rows):
         part = slice(s, min(n, s + rows))
         if how == "vectorized":
-            fp, fm = _rows_batched(objective, i, flat_idx[part], xp[part], xm[part])
+            # Calls of at most BATCH_FLOATS floats of inputs and outputs (a cache's worth),
+            # into the rows of one block.
+            batch = max(1, min(MAX_BATCH, BATCH_FLOATS // (2 * (size + m))))
+            fp, fm = _rows_batched(objective, i, flat_idx[part], xp[part], xm[part], bufs, batch)
             order = None
         else:
             fp, fm, order = _rows(
@@ -437,8 +476,9 @@ def _layout(out):
 def _row_buffers(objective, rows, m):
     """``(rows, m)`` buffers for :func:`_rows` and :func:`_block_stats`, kept and reused.
 
-    Two of float64 (the outputs on either side) and two of bool (where they
-    changed), kept on the objective.
+    Two of float64 (the outputs on either side), two of bool (where they
+    changed), and ``f(x)`` repeated on every row (per output order, made
+    when first needed: :func:`_base_rows`), kept on the objective.
 
     A fresh 2 MB block per call of :func:`_rows` is fresh memory from the
     operating system each time, and touching it costs page faults: on
@@ -453,9 +493,27 @@ def _row_buffers(objective, rows, m):
             np.empty((rows, m)),
             np.empty((rows, m), dtype=bool),
             np.empty((rows, m), dtype=bool),
+            {},
         )
         objective.__dict__["_exhaustive_rows"] = have
     return have
+
+
+def _base_rows(bufs, f0, order, b):
+    """``f(x)`` (flat, in the outputs' order ``order``) on each of ``b`` rows, kept in ``bufs``.
+
+    Comparing a block of rows with one stored block of ``f(x)`` is twice as
+    fast as comparing it with ``f(x)`` broadcast along the rows (0.6 against
+    1.2 ns an output).
+    """
+    key = None if order is None else order.tobytes()
+    tiles = bufs[4]
+    tile = tiles.get(key)
+    if tile is None or tile.shape[0] < b:
+        tiles.clear()  # one order per check in practice: never more than one tile
+        tile = np.tile(f0, (max(b, bufs[0].shape[0]), 1))
+        tiles[key] = tile
+    return tile[:b]
 
 
 def _rows(objective, i, idx, xp, xm, direct, bufs=None):
@@ -469,20 +527,23 @@ def _rows(objective, i, idx, xp, xm, direct, bufs=None):
     order of ``fn``'s first output (:func:`_layout`); ``order[k]`` is the
     C-order position of column ``k`` (``None``: C order). ``bufs``: buffers
     to write them into (:func:`_row_buffers`; the rows returned are views of
-    them, valid until the next call).
+    them, valid until the next call). The loop around the calls does what
+    the plain loop does (set the element, call, copy the output) and
+    nothing else: everything that can be is decided before it.
     """
     from oracles._guards import Guarded
 
     work = objective.work
     flat = work[i].reshape(-1)
     shape = objective.base_output.shape
+    m = objective.base_output.size
     guard = objective.fn if isinstance(objective.fn, Guarded) else None
     raw = _raw(objective.fn)
     f64 = np.dtype(np.float64)
     ndarray = np.ndarray
     b = idx.size
-    fp = fm = None
-    perm = None
+    if b == 0:
+        return np.empty((0, m)), np.empty((0, m)), None
 
     def slow(xs, out=None, failed=False):
         if guard is None:
@@ -500,31 +561,64 @@ def _rows(objective, i, idx, xp, xm, direct, bufs=None):
             return out
         return slow(xs, out)
 
+    idx_l, xp_l, xm_l = idx.tolist(), xp.tolist(), xm.tolist()
+    j = idx_l[0]
+    x0 = flat[j]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        for p, (j, a, z) in enumerate(zip(idx.tolist(), xp.tolist(), xm.tolist(), strict=True)):
-            x0 = flat[j]
-            try:
-                flat[j] = a
-                out = call()
-                if fp is None:
-                    perm = _layout(out)
-                    rows_shape = (b,) + (shape if perm is None else out.transpose(perm).shape)
-                    if bufs is not None and bufs[0].shape[0] >= b:
-                        fp = bufs[0][:b].reshape(rows_shape)
-                        fm = bufs[1][:b].reshape(rows_shape)
-                    else:
-                        fp, fm = np.empty(rows_shape), np.empty(rows_shape)
-                # Copied at once: fn's output may be a view of its input, or a buffer it reuses.
-                fp[p] = out if perm is None else out.transpose(perm)
-                flat[j] = z
-                out = call()
-                fm[p] = out if perm is None else out.transpose(perm)
-            finally:
-                flat[j] = x0
+        try:
+            # The first element: the outputs' memory order, and the rows laid out in it.
+            flat[j] = xp_l[0]
+            out = call()
+            perm = _layout(out)
+            rows_shape = (b,) + (shape if perm is None else out.transpose(perm).shape)
+            if bufs is not None and bufs[0].shape[0] >= b:
+                fp = bufs[0][:b].reshape(rows_shape)
+                fm = bufs[1][:b].reshape(rows_shape)
+            else:
+                fp, fm = np.empty(rows_shape), np.empty(rows_shape)
+            # Copied at once: fn's output may be a view of its input, or a buffer it reuses.
+            fp[0] = out if perm is None else out.transpose(perm)
+            flat[j] = xm_l[0]
+            out = call()
+            fm[0] = out if perm is None else out.transpose(perm)
+            flat[j] = x0
+            if direct and perm is None:
+                # The common case, as lean as the plain loop (a failure, or an output of
+                # another type or shape, takes the guarded path of call()).
+                for p in range(1, b):
+                    j = idx_l[p]
+                    x0 = flat[j]
+                    flat[j] = xp_l[p]
+                    try:
+                        out = raw(*work)
+                    except Exception:  # noqa: BLE001 - the guard calls it again, names it
+                        out = slow(work, failed=True)
+                    if type(out) is not ndarray or out.dtype is not f64 or out.shape != shape:
+                        out = slow(work, out)
+                    fp[p] = out
+                    flat[j] = xm_l[p]
+                    try:
+                        out = raw(*work)
+                    except Exception:  # noqa: BLE001 - as above
+                        out = slow(work, failed=True)
+                    if type(out) is not ndarray or out.dtype is not f64 or out.shape != shape:
+                        out = slow(work, out)
+                    fm[p] = out
+                    flat[j] = x0
+            else:
+                for p in range(1, b):
+                    j = idx_l[p]
+                    x0 = flat[j]
+                    flat[j] = xp_l[p]
+                    out = call()
+                    fp[p] = out if perm is None else out.transpose(perm)
+                    flat[j] = xm_l[p]
+                    out = call()
+                    fm[p] = out if perm is None else out.transpose(perm)
+                    flat[j] = x0
+        finally:
+            flat[j] = x0
     objective.calls += 2 * b
-    m = objective.base_output.size
-    if fp is None:
-        return np.empty((0, m)), np.empty((0, m)), None
     order = None
     if perm is not None:
         order = np.arange(m).reshape(shape).transpose(perm).reshape(-1)
@@ -541,20 +635,39 @@ def _checked(out, shape):
     return out
 
 
-def _rows_batched(objective, i, idx, xp, xm):
-    """The same as :func:`_rows` in one call of a vectorized ``fn`` (``2 b`` rows)."""
+def _rows_batched(objective, i, idx, xp, xm, bufs=None, batch=MAX_BATCH):
+    """The same as :func:`_rows` in calls of a vectorized ``fn`` of ``2 batch`` rows each.
+
+    The perturbed copies of input ``i`` are written into one kept buffer
+    (copied afresh from the input before every call: ``fn`` may not write
+    into them, but if it does, no later call sees it); the others are
+    passed as read-only broadcast views.
+    """
     work = objective.work
     b = idx.size
-    rows = 2 * b
-    x = np.repeat(work[i].reshape(1, -1), rows, axis=0)
-    x[np.arange(b), idx] = xp
-    x[np.arange(b, rows), idx] = xm
-    stacked = [
-        x.reshape((rows,) + w.shape) if k == i else np.broadcast_to(w, (rows,) + w.shape)
-        for k, w in enumerate(work)
-    ]
-    out = _batched_call(objective, stacked, rows).reshape(rows, -1)
-    return out[:b], out[b:]
+    m = objective.base_output.size
+    if bufs is not None and bufs[0].shape[0] >= b:
+        fp, fm = bufs[0][:b], bufs[1][:b]
+    else:
+        fp, fm = np.empty((b, m)), np.empty((b, m))
+    batch = max(1, min(batch, b))
+    base = work[i].reshape(1, -1)
+    x = np.empty((2 * batch, base.shape[1]))
+    for s in range(0, b, batch):
+        k = min(batch, b - s)
+        rows = 2 * k
+        xs = x[:rows]
+        np.copyto(xs, base)
+        xs[np.arange(k), idx[s : s + k]] = xp[s : s + k]
+        xs[np.arange(k, rows), idx[s : s + k]] = xm[s : s + k]
+        stacked = [
+            xs.reshape((rows,) + w.shape) if q == i else np.broadcast_to(w, (rows,) + w.shape)
+            for q, w in enumerate(work)
+        ]
+        out = _batched_call(objective, stacked, rows).reshape(rows, -1)
+        fp[s : s + k] = out[:k]
+        fm[s : s + k] = out[k:]
+    return fp, fm
 
 
 def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
@@ -583,8 +696,9 @@ def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
     # np.nonzero of a 2-D mask is 10-20x slower.
     if bufs is not None and bufs[2].shape[0] >= b and bufs[2].shape[1] == m:
         changed, other = bufs[2][:b], bufs[3][:b]
-        np.not_equal(fp, f0, out=changed)
-        np.not_equal(fm, f0, out=other)
+        base = _base_rows(bufs, f0, order, b)
+        np.not_equal(fp, base, out=changed)
+        np.not_equal(fm, base, out=other)
         changed |= other
     else:
         changed = fp != f0
@@ -848,6 +962,58 @@ def _truncation(h, c, model):
 OUTLIER_STEP = 2.0**-6
 
 
+def _smallest(keys, k):
+    """``np.argsort(keys, kind="stable")[:k]`` in O(n): the k smallest keys, ties by position."""
+    k = min(int(k), keys.size)
+    if k <= 0:
+        return np.zeros(0, dtype=np.intp)
+    if keys.size > 4 * k:
+        kth = keys[np.argpartition(keys, k - 1)[:k]].max()
+        below = np.flatnonzero(keys < kth)
+        chosen = np.concatenate([below, np.flatnonzero(keys == kth)[: k - below.size]])
+    else:
+        chosen = np.arange(keys.size)
+    return chosen[np.argsort(keys[chosen], kind="stable")][:k]
+
+
+class _Pending:
+    """Full ladders run at calibration on typical samples, used only if the screen flags them.
+
+    A typical element (of the median magnitude) that is a calibration sample
+    is screened like any other: its reference is the screen's unless the
+    screen (and the second look) flag it, and then the ladder already run
+    decides, completed with the sharpening ladder where that did not run
+    (:meth:`take`), exactly as the ladder of stage 2 would have. Its
+    ladder's error is the full ladder's threshold at a typical element
+    either way (:func:`_typical`).
+    """
+
+    def __init__(self, flat, ladder, chosen, sharpened, grads, i):
+        self.flat, self.ladder, self.chosen = flat, ladder, chosen
+        self.sharpened, self.grads, self.i = sharpened, grads, i
+
+    def _at(self, flat):
+        order = np.argsort(self.flat, kind="stable")
+        return order[np.searchsorted(self.flat, flat, sorter=order)]
+
+    def errors(self, flat):
+        """The ladders' error estimates at the flat indices ``flat`` (among ``self.flat``)."""
+        return self.ladder["error"][self._at(flat)]
+
+    def take(self, objective, flat):
+        """The completed ladders at the flat indices ``flat`` (all of them among ``self.flat``)."""
+        at = self._at(flat)
+        todo = at[~self.sharpened[at]]
+        if todo.size:
+            sub = {k: a[todo] for k, a in self.ladder.items()}
+            elements = [(self.i, int(j)) for j in self.flat[todo]]
+            _sharpen(objective, elements, self.grads, sub, self.chosen[todo], True)
+            for k, a in sub.items():
+                self.ladder[k][todo] = a
+            self.sharpened[todo] = True
+        return {k: a[at] for k, a in self.ladder.items() if k != "step"}
+
+
 def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     """Screen step and truncation model for input ``i`` from a few full ladders.
 
@@ -863,23 +1029,44 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     only costs time). The relative step that minimizes the third quartile of
     the samples' relative error bounds is kept.
 
-    Returns ``(step, model, sample_idx, sample_result)``; ``step`` (relative
-    to each element's scale) is ``None`` when no candidate step gave a usable
-    screen (then every element of the input gets the ladder).
+    Returns ``(step, model, sample_idx, sample_result, pending)``: the
+    samples whose ladders are their references and those results; ``pending``
+    (:class:`_Pending`) the typical samples, to be screened like any other
+    element. ``step`` (relative to each element's scale) is ``None`` when
+    no candidate step gave a usable screen (then every element of the input
+    gets the ladder, and every sample's ladder is its reference).
     """
     g = np.abs(np.asarray(grads[i], dtype=np.float64).reshape(-1)[flat_idx])
-    n_big = N_SAMPLE // 2
-    largest = flat_idx[np.argsort(-g, kind="stable")[:n_big]]
-    rest = np.setdiff1d(flat_idx[g > 0], largest)
-    if rest.size < N_SAMPLE - n_big:
-        rest = np.setdiff1d(flat_idx, largest)
-    # Random samples in a random order: the first ones now, the others if too few are usable.
-    spare = rng.choice(rest, size=min(N_SAMPLE - n_big + MORE_SAMPLES, rest.size), replace=False)
-    sample = np.concatenate([largest, spare[: N_SAMPLE - n_big]])
-    spare = spare[N_SAMPLE - n_big :]
-    # The samples' ladders are their references too. The second, sharpening ladder of
-    # sharp_partials runs only where it can matter: at samples the screen could not have
-    # judged as sharply (see the end).
+    n = g.size
+    n_big = N_LARGEST
+    big = _smallest(-g, n_big)
+    rest = np.ones(n, dtype=bool)
+    rest[big] = False
+    # The others of the median magnitude (nonzero where possible): typical elements.
+    n_typ = N_SAMPLE - n_big
+    pool = rest & (g > 0)
+    if np.count_nonzero(pool) < n_typ:
+        pool = rest
+    nonzero = g[g > 0]
+    m = float(np.median(nonzero)) if nonzero.size else 0.0
+    del nonzero
+    far = np.abs(g - m)
+    far[~pool] = np.inf
+    typ = _smallest(far, min(n_typ, int(np.count_nonzero(pool))))
+    del far
+    rest[typ] = False
+    # Random spares (nonzero gradients first) in a random order, if too few are usable.
+    pool = rest & (g > 0)
+    rest = np.flatnonzero(pool if np.count_nonzero(pool) >= MORE_SAMPLES else rest)
+    del pool
+    spare = flat_idx[rng.choice(rest, size=min(MORE_SAMPLES, rest.size), replace=False)]
+    sample = np.concatenate([flat_idx[big], flat_idx[typ]])
+    typical = np.zeros(sample.size, dtype=bool)
+    typical[big.size :] = True
+    # The ladders of the largest samples (and spares) are their references too; the typical
+    # samples are screened like every other element, and their ladders decide only if the
+    # screen flags them. The second, sharpening ladder of sharp_partials runs only where it
+    # can matter: at samples the screen could not have judged as sharply (see the end).
     ladder = _ladder(objective, i, sample, grads, sharpen=False, steps=True)
 
     def usable_of(lad):
@@ -888,6 +1075,7 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     if np.count_nonzero(usable_of(ladder)) < MIN_USABLE and spare.size:
         more = _ladder(objective, i, spare, grads, sharpen=False, steps=True)
         sample = np.concatenate([sample, spare])
+        typical = np.concatenate([typical, np.zeros(spare.size, dtype=bool)])
         ladder = {key: np.concatenate([ladder[key], more[key]]) for key in ladder}
     chosen = ladder["step"].copy()
     usable = usable_of(ladder)
@@ -905,8 +1093,14 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
         scales = objective.scales[i].reshape(-1)[sample[usable]]
         nz = np.abs(v) > 0
         candidates = sorted({min(T0, center * f) for f in SCREEN_STEPS}, reverse=True)
-        for r in candidates:
-            c, noise, nonfinite = _screen(objective, i, sample[usable], r, how)
+        # Every candidate step in one screen (one block of rows, not one per step).
+        k = int(np.count_nonzero(usable))
+        screened = _screen(
+            objective, i, np.tile(sample[usable], len(candidates)),
+            np.repeat(np.asarray(candidates), k), how,
+        )  # fmt: skip
+        for q, r in enumerate(candidates):
+            c, noise, nonfinite = (a[q * k : (q + 1) * k] for a in screened)
             if np.any(nonfinite) or not np.all(np.isfinite(c)):
                 continue
             h = r * scales
@@ -931,12 +1125,20 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     sharpen = np.ones(sample.size, dtype=bool)
     if best is not None:
         sharpen[usable] = ~(ladder["error"][usable] <= best[3])
+    if best is None:
+        typical[:] = False  # nothing is screened: every sample's ladder is its reference
     elements = [(i, int(j)) for j in sample]
-    _sharpen(objective, elements, grads, ladder, chosen, sharpen)
+    _sharpen(objective, elements, grads, ladder, chosen, sharpen & ~typical)
+    # A typical sample the screen flags gets the rest of the ladder then (:func:`_Pending`).
+    pending = _Pending(sample[typical], {k: a[typical] for k, a in ladder.items()},
+                       chosen[typical], sharpen[typical], grads, i)  # fmt: skip
+    keep = ~typical
+    sample = sample[keep]
+    ladder = {k: a[keep] for k, a in ladder.items()}
     ladder.pop("step")
     if best is None:
-        return None, None, sample, ladder
-    return best[1], best[2], sample, ladder
+        return None, None, sample, ladder, pending
+    return best[1], best[2], sample, ladder, pending
 
 
 def exhaustive_partials(
@@ -1002,7 +1204,7 @@ def exhaustive_partials(
     rng = np.random.default_rng(0)
     screens = screen and any(np.size(idx) > SCREEN_MIN for _, idx in indices)
     how = calling(objective, vectorized) if screens else "copies"
-    results, screen_of = {}, {}
+    results, screen_of, laddered, pending = {}, {}, {}, {}
     to_ladder = []  # (i, positions within indices[i])
     steps = {}
     n_total = sum(len(idx) for _, idx in indices)
@@ -1022,13 +1224,15 @@ def exhaustive_partials(
             steps[i] = None
             to_ladder.append((i, np.arange(n)))
             continue
-        h, model, sample, ladder = _calibrate(objective, i, idx, grads, rng, how)
+        h, model, sample, ladder, pending[i] = _calibrate(objective, i, idx, grads, rng, how)
         steps[i] = h
         # Positions of the samples within idx (a dict of every element costs 12x the input).
         order = np.argsort(idx, kind="stable")
         sample_pos = order[np.searchsorted(idx, sample, sorter=order)]
         for key, arr in ladder.items():
             results[i][key][sample_pos] = arr
+        laddered[i] = [sample_pos]
+        del order
         rest = np.ones(n, dtype=bool)
         rest[sample_pos] = False
         if h is None:
@@ -1088,13 +1292,23 @@ def exhaustive_partials(
         )  # fmt: skip
     n_screened += n_rescreened
 
-    # Stage 2: the ladder for whatever the screen could not settle.
+    # Stage 2: the ladder for whatever the screen could not settle (typical samples: their own).
     chunks, owners = [], []
     lsize = max(1, size // 8)
+    calls0, n_pending = objective.calls, 0
     for i, pos in to_ladder:
+        laddered.setdefault(i, []).append(pos)
+        if i in pending and pending[i].flat.size:
+            hit = np.isin(idx_of[i][pos], pending[i].flat)
+            if np.any(hit):
+                for key, arr in pending[i].take(objective, idx_of[i][pos[hit]]).items():
+                    results[i][key][pos[hit]] = arr
+                n_pending += int(np.count_nonzero(hit))
+                pos = pos[~hit]
         for c in _chunks(i, pos, lsize):
             chunks.append((i, idx_of[i][c[1]]))
             owners.append((i, c[1]))
+    runner.evaluations += objective.calls - calls0
     n_ladder = sum(len(c[1]) for c in chunks)
     bar = _progress_bar(progress, per_eval * 16 * n_ladder, n_ladder)
     try:
@@ -1106,6 +1320,17 @@ def exhaustive_partials(
         for key, arr in res.items():
             results[i][key][pos] = arr
 
+    # The full ladder's threshold at typical elements (what the report says the check catches).
+    typical = {i: None for i, _ in indices}
+    if screen:
+        calls0 = objective.calls
+        for i, _ in indices:
+            done = np.concatenate(laddered.get(i, []) + [np.zeros(0, dtype=np.intp)])
+            typical[i] = _typical(
+                objective, i, results[i], idx_of[i], done, grads, pending.get(i)
+            )
+        runner.evaluations += objective.calls - calls0
+    n_ladder += n_pending
     n_sampled = n_total - n_screened - n_ladder
     if screen:
         method = (
@@ -1124,7 +1349,55 @@ def exhaustive_partials(
         "second_look": n_rescreened,
         "laddered": n_ladder + n_sampled,
         "steps": steps,
+        "typical": typical,
     }
+
+
+def _typical(objective, i, res, idx, laddered, grads, pending=None):
+    """The full ladder's error at typical elements of input ``i``: ``(flat indices, errors)``.
+
+    An element the screen flags gets the full ladder, which decides; so the
+    smallest error the check catches in a typical element is the ladder's
+    threshold wherever that is the larger (the report's sensitivity). It is
+    measured at the :data:`TYPICAL_SAMPLES` elements nearest the median
+    magnitude of the references (finite, nonzero, not at a kink), in this
+    run's objective (its noise model measured once). Where the ladder ran
+    at such an element already (a typical calibration sample, ``pending``;
+    or its reference is the ladder's, ``laddered``: positions within
+    ``idx``), that is its error; elsewhere the first ladder runs, and the
+    second, sharpening one (:func:`sharp_partials`) only where the first is
+    less sharp than the element's own reference: a threshold at or below
+    that one cannot raise the figure above the element's own. ``(empty,
+    empty)`` for inputs of at most :data:`TYPICAL_SAMPLES` such elements.
+    """
+    value = res["value"]
+    mag = np.abs(np.where(np.isfinite(value), value, 0.0))
+    mag[res["kink"]] = 0.0
+    nz = np.flatnonzero(mag > 0)
+    if nz.size <= TYPICAL_SAMPLES:
+        return idx[:0], np.zeros(0)
+    m = float(np.median(mag[nz]))
+    pos = nz[_smallest(np.abs(mag[nz] - m), TYPICAL_SAMPLES)]
+    del mag, nz
+    error = res["error"][pos].copy()
+    todo = ~np.isin(pos, laddered)
+    if pending is not None and pending.flat.size:
+        ran = np.isin(idx[pos], pending.flat)
+        if np.any(ran):
+            flat = idx[pos[ran]]
+            # The sharpening ladder where the first is less sharp than the element's reference.
+            blunt = pending.errors(flat) > error[ran]
+            if np.any(blunt):
+                pending.take(objective, flat[blunt])
+            error[ran] = pending.errors(flat)
+            todo &= ~ran
+    if np.any(todo):
+        flat = idx[pos[todo]]
+        lad = _ladder(objective, i, flat, grads, sharpen=False, steps=True)
+        elements = [(i, int(j)) for j in flat]
+        _sharpen(objective, elements, grads, lad, lad["step"], ~(lad["error"] <= error[todo]))
+        error[todo] = lad["error"]
+    return idx[pos], error
 
 
 def _second_look(

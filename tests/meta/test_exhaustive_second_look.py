@@ -163,19 +163,35 @@ def test_kinks_within_the_second_looks_steps_go_to_the_ladder(seed, monkeypatch)
             assert abs(grads[0][j] - res[0]["value"][j]) > res[0]["error"][j]
 
 
-def test_fewer_usable_samples_draw_more(monkeypatch):
+def _calibration_picks(g):
+    """The samples the calibration takes (its documented rule): the largest, then typical."""
+    largest = np.argsort(-g, kind="stable")[: exhaustive.N_LARGEST]
+    m = float(np.median(g[g > 0]))
+    far = np.abs(g - m)
+    far[largest] = np.inf
+    typical = np.argsort(far, kind="stable")[: exhaustive.TYPICAL_SAMPLES]
+    return largest, typical
+
+
+@pytest.mark.parametrize("n", [200, 400, 1500])
+def test_fewer_usable_samples_draw_more(monkeypatch, n):
     """Samples at kinks are not usable: more random ones are drawn (the screen stays on)."""
-    x = np.linspace(-3.0, 3.0, 400)
-    at_kink = np.array([17, 250])
-    x[at_kink] = 0.0
-    scale = np.ones_like(x)
-    scale[at_kink] = 10.0  # the largest gradients (the first samples) sit at relu kinks
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    w = rng.uniform(-0.9, 0.9, size=n)
+    g = 1.0 + w  # the gradient below, under an all-ones cotangent
+    largest, typical = _calibration_picks(g)
+    # The largest samples and all typical ones but one sit at ReLU kinks: one usable sample.
+    # (Linear beside the kinks: one-sided slopes without truncation, exactly w and 1 + w.)
+    at_kink = np.concatenate([largest, typical[1:]])
+    c = np.full(n, -100.0)
+    c[at_kink] = x[at_kink]
 
     def fn(x):
-        return scale * np.maximum(x, 0.0) + np.sin(x)
+        return np.maximum(x - c, 0.0) + w * x
 
     def vjp(g, x):
-        return g * (scale * (x >= 0) + np.cos(x))
+        return g * ((x - c >= 0) + w)
 
     calls = []
     original = exhaustive._ladder
@@ -186,10 +202,14 @@ def test_fewer_usable_samples_draw_more(monkeypatch):
 
     monkeypatch.setattr(exhaustive, "_ladder", spy)
     (res, info), grads, _ = _partials(fn, vjp, x, cot=np.ones(x.shape))
+    assert np.array_equal(np.abs(grads[0]), g)
     assert calls[:2] == [exhaustive.N_SAMPLE, exhaustive.MORE_SAMPLES], calls
     assert info["steps"][0] is not None
     assert np.all(res[0]["kink"][at_kink])
-    assert info["laddered"] == exhaustive.N_SAMPLE + exhaustive.MORE_SAMPLES, info
+    # The ladder decides at the largest samples, the spares, and the typical samples the
+    # screen flags (those at kinks); the usable typical sample passes the screen.
+    want = exhaustive.N_LARGEST + exhaustive.MORE_SAMPLES + typical.size - 1
+    assert info["laddered"] == want, info
     assert oracles.check_vjp(fn, vjp, (x,), direction=np.ones(x.shape), mode="exhaustive").ok
 
 
