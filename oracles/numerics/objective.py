@@ -116,6 +116,9 @@ FLOOR_QUANTILE = 0.25
 #: Second differences of a kink: one spike (or two adjacent), every other at most this fraction.
 SPIKE_RATIO = 1e-3
 
+#: Most spikes (of one sign) among a probe's second differences that are kinks, not noise.
+MAX_SPIKES = 3
+
 #: Widest span of a few values (relative to the largest) that may be a quantized staircase.
 QUANTUM_SPAN = 2.0**-3
 
@@ -446,14 +449,19 @@ def _ecnoise(values):
     return np.ldexp(sigma, e), rough, np.ldexp(levels[0], e), np.ldexp(levels[1], e)
 
 
-def _kinked(d2):
-    """Columns of second differences ``d2`` (down axis 0) that a kink made, not noise.
+def _kinked(d2, coarse=None):
+    """Columns of second differences ``d2`` (down axis 0) that kinks made, not noise.
 
     A kink at one of the points is one spike, the others at most
     :data:`SPIKE_RATIO` of it; a kink between two points is two adjacent
     spikes of the same sign (their sum is the jump in slope times the step).
-    A jump in value (a staircase's quantum) gives adjacent spikes of opposite
-    signs, and noise gives many.
+    Several kinks along the probe's line (a max-pool window of tied values
+    that the probe's direction unties one by one) are a few spikes, all of
+    one sign where the pieces meet convexly (a max) or concavely (a min). A
+    jump in value (a staircase's quantum) gives adjacent spikes of opposite
+    signs, and noise gives many, of both signs. ``coarse``: per column, its
+    values are all values of float32 (or coarser), where only one kink (one
+    spike, or an adjacent pair) is told from a staircase.
 
     Examples
     --------
@@ -473,7 +481,14 @@ def _kinked(d2):
     alone = a2 <= SPIKE_RATIO * a1
     pair = (np.abs(i1 - i2) == 1) & (np.sign(d2[i1, cols]) == np.sign(d2[i2, cols]))
     pair &= a3 <= SPIKE_RATIO * a1
-    return (a1 > 0) & (alone | pair)
+    big = a > SPIKE_RATIO * a1
+    n_big = np.count_nonzero(big, axis=0)
+    one_sign = np.all(~big | (d2 > 0), axis=0) | np.all(~big | (d2 < 0), axis=0)
+    several = (n_big <= MAX_SPIKES) & one_sign
+    if coarse is not None:
+        # A staircase of a reduced type can show a few jumps of one sign: only one kink there.
+        several &= ~np.asarray(coarse, dtype=bool)
+    return (a1 > 0) & (alone | pair | several)
 
 
 def _confirmed(estimates):
@@ -633,7 +648,9 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             # points) is a spike among the second differences, the rest
             # rounding; ECnoise would take it for noise of the size of the kink
             # times the step. Noise, and a float32 staircase, give many.
-            spike = _kinked(np.diff(values, 2, axis=0))
+            with np.errstate(over="ignore", invalid="ignore"):
+                reduced = np.all(values.astype(np.float32) == values, axis=0)
+            spike = _kinked(np.diff(values, 2, axis=0), coarse=reduced)
             sigma = np.where(spike, np.nan, sigma)
             # Moved at a larger step, not at all at this one, and no noise seen
             # at either (a float32 sum: smooth at 6e-5, below its resolution at
