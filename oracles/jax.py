@@ -189,8 +189,10 @@ def _jittered(jax, jnp, fun, args, rng, n):
                     # Sums inside one primitive round many times: as a backward-stable
                     # sum does, take them as roundings of its inputs (not small integers,
                     # a 0/1 mask counted by cumsum: their sums are exact).
-                    exact = all(_exact_integers(v) for v in invals if moved(v) is not None)
-                    invals = [v if _exact_integers(v) else jitter(v) for v in invals]
+                    rounded = [moved(v) is not None for v in invals]
+                    kept = [r and _exact_integers(v) for v, r in zip(invals, rounded, strict=True)]
+                    exact = kept == rounded
+                    invals = [v if k else jitter(v) for v, k in zip(invals, kept, strict=True)]
                 outs = eqn.primitive.bind(*invals, **eqn.params)
                 outs = list(outs) if eqn.primitive.multiple_results else [outs]
                 name = eqn.primitive.name

@@ -228,12 +228,6 @@ def _jitter(torch, seed):
     def move(t):
         return t * factor(t) if wanted(t) else t
 
-    def move_inexact(t):
-        # Small integers (a 0/1 mask counted by cumsum, an index scaled to float) sum exactly:
-        # they are not rounded inside, and moving them breaks exact comparisons downstream.
-        if wanted(t) and _exact_integers(torch, t):
-            return t
-        return move(t)
 
     class Jitter(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -245,8 +239,17 @@ def _jitter(torch, seed):
             if not aliased and (name in _CONTRACTIONS or func.namespace != "aten"):
                 # Sums inside one op (a matmul, a fused kernel) round many times: as a
                 # backward-stable op does, take them as roundings of its inputs.
-                floating = [t for t in tree_leaves((args, kwargs)) if wanted(t)]
-                exact = all(_exact_integers(torch, t) for t in floating)
+                # Small integers (a 0/1 mask counted by cumsum) sum exactly: they are not
+                # rounded inside, and moving them breaks exact comparisons downstream.
+                kept = {
+                    id(t) for t in tree_leaves((args, kwargs))
+                    if wanted(t) and _exact_integers(torch, t)
+                }  # fmt: skip
+                exact = all(id(t) in kept for t in tree_leaves((args, kwargs)) if wanted(t))
+
+                def move_inexact(t):
+                    return t if id(t) in kept else move(t)
+
                 args, kwargs = tree_map(move_inexact, args), tree_map(move_inexact, kwargs)
             out = func(*args, **kwargs)
             if name in _EXACT_OPS:

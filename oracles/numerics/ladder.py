@@ -361,15 +361,14 @@ def kink_test(evals, k_best):
             # each is extrapolated over halving steps (where the rungs halve).
             # Their own error (t^2 times the third derivative over 6) is bounded by the change
             # between the last two.
+            raw = [v for k in later for v in evals[k][:2]]
             pairs = [(c, d) for c, d in zip(later, later[1:], strict=False) if d == c + 1]
             if not pairs:
-                slopes = [v for k in later for v in evals[k][:2]]
-                return True, min(slopes), max(slopes)
+                return True, min(raw), max(raw)
             ext = [[2.0 * evals[d][side] - evals[c][side] for c, d in pairs] for side in (0, 1)]
             margin = max(abs(e[-1] - e[-2]) if len(e) > 1 else 0.0 for e in ext)
-            slopes = ext[0] + ext[1]
-            raw = [v for k in later for v in evals[k][:2]]
-            return True, min(min(slopes) - margin, *raw), max(max(slopes) + margin, *raw)
+            ext = ext[0] + ext[1]
+            return True, min(min(ext) - margin, *raw), max(max(ext) + margin, *raw)
     return False, np.nan, np.nan
 
 

@@ -15,15 +15,14 @@ float32 (one in float64, the control).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="oracles.torch needs torch (CI installs it)")
-jax = pytest.importorskip("jax", reason="oracles.jax needs jax (CI installs it)")
-import jax.numpy as jnp  # noqa: E402
-
-import oracles.jax as oj  # noqa: E402
-import oracles.torch as ot  # noqa: E402
+import oracles.jax as oj
+import oracles.torch as ot
 
 ROUTES = ("first", "every", "none")
 

@@ -39,6 +39,23 @@ def test_cross_entropy_that_rounds_to_exactly_zero():
 _C = np.sqrt(2 / np.pi)
 
 
+def gelu_sum(x):
+    return float((0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3)))).sum())
+
+
+def gelu_grad(x):
+    t = np.tanh(_C * (x + 0.044715 * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
+
+
+def gelu_hvp(v, x):
+    t = np.tanh(_C * (x + 0.044715 * x**3))
+    s = 1 - t * t
+    du = _C * (1 + 3 * 0.044715 * x * x)
+    d2u = _C * 6 * 0.044715 * x
+    return (s * du + 0.5 * x * (-2 * t * s * du * du + s * d2u)) * v
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known limit (README): the HVP's directional ladder at a GELU whose derivative is "
@@ -46,20 +63,6 @@ _C = np.sqrt(2 / np.pi)
     "error estimate does not cover that",
 )
 def test_gelu_hvp_at_inputs_of_scale_1e3():
-    def gelu_sum(x):
-        return float((0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3)))).sum())
-
-    def gelu_grad(x):
-        t = np.tanh(_C * (x + 0.044715 * x**3))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
-
-    def gelu_hvp(v, x):
-        t = np.tanh(_C * (x + 0.044715 * x**3))
-        s = 1 - t * t
-        du = _C * (1 + 3 * 0.044715 * x * x)
-        d2u = _C * 6 * 0.044715 * x
-        return (s * du + 0.5 * x * (-2 * t * s * du * du + s * d2u)) * v
-
     x = np.random.default_rng(25).normal(size=(5, 7)) * 1e3
     r = check_hvp(gelu_sum, gelu_hvp, (x,), seed=2, grad=gelu_grad)
     assert r.status != "failed", str(r)
@@ -73,19 +76,6 @@ def test_gelu_hvp_at_inputs_of_scale_1e3():
     "4e-26 against a true HVP of -7e-14 (the correct analytic one is off by 20% by rounding)",
 )
 def test_gelu_hvp_where_the_gradient_is_rounding():
-    def gelu_sum(x):
-        return float((0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3)))).sum())
-
-    def gelu_grad(x):
-        t = np.tanh(_C * (x + 0.044715 * x**3))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
-
-    def gelu_hvp(v, x):
-        t = np.tanh(_C * (x + 0.044715 * x**3))
-        s = 1 - t * t
-        du = _C * (1 + 3 * 0.044715 * x * x)
-        return (s * du + 0.5 * x * (-2 * t * s * du * du + s * _C * 6 * 0.044715 * x)) * v
-
     x = np.random.default_rng(26).normal(size=(5, 7)) * 30
     r = check_hvp(gelu_sum, gelu_hvp, (x,), seed=1, grad=gelu_grad)
     assert r.status != "failed", str(r)
