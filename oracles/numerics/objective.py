@@ -474,21 +474,18 @@ def _kinked(d2, coarse=None):
     array([False])
     """
     a = np.abs(d2)
-    order = np.argsort(a, axis=0)
-    cols = np.arange(a.shape[1])
-    i1, i2 = order[-1], order[-2]
-    a1, a2, a3 = a[i1, cols], a[i2, cols], a[order[-3], cols]
-    alone = a2 <= SPIKE_RATIO * a1
-    pair = (np.abs(i1 - i2) == 1) & (np.sign(d2[i1, cols]) == np.sign(d2[i2, cols]))
-    pair &= a3 <= SPIKE_RATIO * a1
-    big = a > SPIKE_RATIO * a1
+    top = np.max(a, axis=0)
+    big = a > SPIKE_RATIO * top
     n_big = np.count_nonzero(big, axis=0)
     one_sign = np.all(~big | (d2 > 0), axis=0) | np.all(~big | (d2 < 0), axis=0)
-    several = (n_big <= MAX_SPIKES) & one_sign
+    first = np.argmax(big, axis=0)
+    last = big.shape[0] - 1 - np.argmax(big[::-1], axis=0)
+    one_kink = (n_big == 1) | ((n_big == 2) & (last - first == 1))
+    allowed = n_big <= MAX_SPIKES
     if coarse is not None:
         # A staircase of a reduced type can show a few jumps of one sign: only one kink there.
-        several &= ~np.asarray(coarse, dtype=bool)
-    return (a1 > 0) & (alone | pair | several)
+        allowed = np.where(coarse, one_kink, allowed)
+    return (top > 0) & one_sign & allowed
 
 
 def _confirmed(estimates):
