@@ -172,7 +172,7 @@ from oracles._validation import check_seed
 from oracles.compare import Reference, compare
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
 from oracles.numerics.exhaustive import Exhaustive, exhaustive_partials, sharp_partials
-from oracles.numerics.objective import N_RUNGS, T0, changed_noise
+from oracles.numerics.objective import N_RUNGS, T0, changed_noise, derivative_jumps
 
 __all__ = [
     "Fast",
@@ -187,8 +187,14 @@ _EPS = float(np.finfo(np.float64).eps)
 NOISE_SIGMAS = 3.5
 #: Safety factor on a measurement's own truncation estimate, ``|R3 - R2|``.
 TRUNCATION_SAFETY = 1.0
+#: Central differences whose last two changes fall less than this converge like ``t``, not ``t^2``.
+FIRST_ORDER_RATIO = 3.0
 #: Points of the noise measurement on each side of ``x`` (``2 * NOISE_POINTS`` evaluations).
 NOISE_POINTS = 4
+#: Spacing (relative, as the steps) of the second noise measurement: float32 parts resolve it.
+COARSE_NOISE_SPACING = 2.0**-14
+#: Noise seen there, this many times that at the small spacing, is the function's (a staircase).
+COARSE_NOISE_ABOVE = 64.0
 #: A projection whose |residual| is at most this many times its error is measured again.
 MARGINAL = 3.0
 #: Rounds of "project, localize, confirm" that may end without naming any element.
@@ -473,9 +479,10 @@ def _noise_from_differences(values):
 
     Returns ``(sigma, status)``: ``status`` is ``"ok"`` (also for samples
     that lie exactly on a line: no noise), ``"smooth"`` (no two consecutive
-    orders agree: the spacing is too large; ``sigma`` is then the smallest
-    estimate, an upper bound) or ``"flat"`` (most samples are equal: the
-    spacing is too small for the function's resolution).
+    orders agree, or a derivative jumps between the samples: the spacing is
+    too large; ``sigma`` is then the smallest estimate, an upper bound) or
+    ``"flat"`` (most samples are equal: the spacing is too small for the
+    function's resolution).
     """
     v = np.asarray(values, dtype=np.float64)
     first = np.diff(v)
@@ -494,9 +501,12 @@ def _noise_from_differences(values):
         d = np.diff(d)
         gamma = math.factorial(k) ** 2 / math.factorial(2 * k)
         sigmas.append((k, math.ldexp(math.sqrt(gamma * float(np.mean(d * d))), e), d))
+    # A kink, or a jump in f'' or f''', between the samples (relu(r)^2 of one element at
+    # r = 0) makes differences that look like noise of h^2 times the jump: no noise seen.
+    jumps = derivative_jumps(v[:, None])[0]
     for (_, s, d), (_, s_next, _) in zip(sigmas[1:], sigmas[2:], strict=False):
         both_signs = np.any(d > 0) and np.any(d < 0)
-        if both_signs and s <= 4.0 * s_next and s_next <= 4.0 * s:
+        if both_signs and s <= 4.0 * s_next and s_next <= 4.0 * s and not jumps:
             return max(s, s_next), "ok"
     return min(s for _, s, _ in sigmas[1:]), "smooth"
 
@@ -755,6 +765,37 @@ class _Prober:
             vals.append(float(np.vdot(sp.cot, f - f0)) - lin)
         return np.array(vals)
 
+    def _model_noise(self):
+        """The noise of ``psi`` from the objective's measured noise model (9 to 41 calls)."""
+        sigma = np.asarray(self.space.objective.noise.sigma, dtype=np.float64).reshape(-1)
+        c = np.asarray(self.space.cot, dtype=np.float64).reshape(-1)
+        terms = np.abs(c) * sigma
+        top = float(np.max(terms)) if terms.size else 0.0
+        if not (top > 0 and np.isfinite(top)):
+            return 0.0
+        return top * float(np.sqrt(np.sum((terms / top) ** 2)))
+
+    def _coarse_noise(self, parts, points=None):
+        """The noise at the spacing :data:`COARSE_NOISE_SPACING` (0 where none shows there).
+
+        Below it, a part of ``fn`` that computes in float32 under a float64 term
+        (``w * float32(x + 1e3)`` next to ``sin(x)``) is a staircase that does
+        not move: samples there see the float64 term's rounding only, every
+        stencil at such steps misses the float32 part's derivative alike (a
+        backward that forgets it passed), and the calibration, which prefers
+        the smallest error, settles there. At this spacing (the objective's
+        first probe step) the staircase shows as noise; where it shows far more
+        than the small spacings did, the objective's noise model is measured,
+        and the steps chosen are ones it resolves. Eight calls at most (the
+        calibration's rungs at ``2``, ``4`` and ``8`` times the spacing are
+        reused).
+        """
+        v = self._psi_samples(parts, COARSE_NOISE_SPACING, points)
+        if v is None:
+            return 0.0
+        sigma, status = _noise_from_differences(v)
+        return sigma if status == "ok" else 0.0
+
     def _measure_noise(self, parts, h, points=None):
         """Noise of the residual along ``parts`` near spacing ``h`` (ECnoise-like).
 
@@ -893,6 +934,23 @@ class _Prober:
             return "at x", 0.0
         return "inside", 2.0 * max(abs(g[a] - 2.0 * g[b]) for a, b in pairs[1:])
 
+    def _first_order(self, q, rows, t):
+        """A bound on R3's truncation where the central differences converge like ``t``.
+
+        Where ``phi`` is C1 but not C2 along the direction (a Huber loss at
+        ``|r| = delta``, ``relu(r)^2`` or an ELU at 0), ``q(s) = phi' + a s +
+        ...``: the differences between neighbouring quotients halve with the
+        step instead of falling 4x. The extrapolation in even powers then
+        leaves ``0.15 a t``, of which ``|R3 - R2|`` sees a sixtieth; the
+        bound is ``|q(t/2) - q(t/4)| = a t / 4``. 0 where the last two
+        differences fall at least 3x (``t^2`` convergence) or are noise.
+        """
+        near, last = abs(q[1] - q[2]), abs(q[2] - q[3])
+        noise = NOISE_SIGMAS * self.noise_of(t / 4.0, factor=1.2) + rows[2][1] + rows[3][1]
+        if last > noise and near < FIRST_ORDER_RATIO * last:
+            return last
+        return 0.0
+
     def stencil(self, parts, t, cache):
         """``(value, error, truncation and kink part, kink state)`` from ``2t, t, t/2, t/4``.
 
@@ -913,6 +971,7 @@ class _Prober:
         mask = rows[0][2] | rows[1][2] | rows[2][2] | rows[3][2]
         value = float(_R3 @ q)
         trunc = TRUNCATION_SAFETY * abs(value - float(_R2_LOW @ q))
+        trunc = max(trunc, self._first_order(q, rows, t))
         state, kink = self.kink_state(rows, t)
         if state == "at x":
             # Kinks within the steps can mimic one at x by chance: a kink at x shows the
@@ -1076,8 +1135,16 @@ class _Prober:
             else:
                 worse = 0
 
-        # The noise, measured below the smallest step so far.
+        # The noise, measured below the smallest step so far, and at a coarse spacing.
         self.sigma, dof = self._measure_noise(parts, T0 * 2.0 ** -(n - 1) / 8.0, cache["points"])
+        coarse = self._coarse_noise(parts, cache["points"])
+        if coarse > COARSE_NOISE_ABOVE * self.sigma:
+            # A staircase that the small spacings do not resolve, or kinks that the
+            # coarse one crosses: the objective's noise probe (which tells kinks from
+            # noise, and confirms what it sees at smaller steps) decides.
+            model = self._model_noise()
+            if model > self.sigma:
+                self.sigma, dof = model, 3
         self._prior, self._samples = (self.sigma, dof), []
         refined = False
 
@@ -1249,7 +1316,8 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
 
     The measurement (the same 4-step stencil, 8 calls) is conclusive when it
     agrees with the search's residual for that element (two independent
-    measurements of the same error), the second differences show no kink
+    measurements of the same error) and with itself at half the step (two
+    calls more: no term odd in the step), the second differences show no kink
     (the jump between the one-sided slopes, extrapolated to step 0, is
     within the noise plus the margin below), and it fails by more than
     ``CONCLUSIVE`` times its error plus the tolerance, or passes with its
@@ -1284,6 +1352,14 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         fails = abs(r) > CONCLUSIVE * (e + tol)
         passes = abs(r) + e <= tol
         if not (agrees and state == "none" and (fails or passes)):
+            undecided.append((i, j))
+            continue
+        # The search measured with the same stencil, so agreeing with it does not rule out
+        # a bias both share: a term odd in the step (phi C1 but not C2 at x, relu(r)^2 at
+        # 0, hidden under a larger t^2 term) survives the extrapolation in even powers,
+        # and halves with the step. Half the step must give the same value (two calls).
+        value, error = prober.again(m)
+        if not abs(value - m.value) <= error + m.error:
             undecided.append((i, j))
             continue
         _store(

@@ -119,6 +119,21 @@ SPIKE_RATIO = 1e-3
 #: Most spikes (of one sign) among a probe's second differences that are kinks, not noise.
 MAX_SPIKES = 3
 
+#: Kinks of both signs: the entries that do not stand out vary by at most this fraction of those
+#: that do (see ``_mixed_kinks``).
+BACKGROUND_RATIO = 0.1
+
+#: ... and stand this many float64 units of the column's largest ``|f|`` above 0.
+MIXED_ABOVE_ROUNDING = 1e5
+
+#: Kinks of both signs are told from noise at probe steps down to this one only.
+MIXED_STEP = 2.0**-20
+
+#: Third and fourth differences of a jump in the second or third derivative: every other at most
+#: this fraction of the spike (the smooth rest is ``h`` times the next derivative, and ``h`` need
+#: not be small on the scale on which ``fn`` varies: an ELU at inputs of scale 1e3, probed at 0.06).
+SMOOTHER_SPIKE_RATIO = 0.2
+
 #: Widest span of a few values (relative to the largest) that may be a quantized staircase.
 QUANTUM_SPAN = 2.0**-3
 
@@ -449,7 +464,7 @@ def _ecnoise(values):
     return np.ldexp(sigma, e), rough, np.ldexp(levels[0], e), np.ldexp(levels[1], e)
 
 
-def _kinked(d2, coarse=None):
+def _kinked(d2, coarse=None, ratio=SPIKE_RATIO, level=None, single=False):
     """Columns of second differences ``d2`` (down axis 0) that kinks made, not noise.
 
     A kink at one of the points is one spike, the others at most
@@ -475,17 +490,104 @@ def _kinked(d2, coarse=None):
     """
     a = np.abs(d2)
     top = np.max(a, axis=0)
-    big = a > SPIKE_RATIO * top
+    big = a > ratio * top
     n_big = np.count_nonzero(big, axis=0)
     one_sign = np.all(~big | (d2 > 0), axis=0) | np.all(~big | (d2 < 0), axis=0)
     first = np.argmax(big, axis=0)
     last = big.shape[0] - 1 - np.argmax(big[::-1], axis=0)
     one_kink = (n_big == 1) | ((n_big == 2) & (last - first == 1))
-    allowed = n_big <= MAX_SPIKES
+    allowed = one_kink if single else n_big <= MAX_SPIKES
     if coarse is not None:
         # A staircase of a reduced type can show a few jumps of one sign: only one kink there.
         allowed = np.where(coarse, one_kink, allowed)
-    return (top > 0) & one_sign & allowed
+    kinks = (top > 0) & one_sign & allowed
+    if level is not None and d2.shape[0] >= MAX_SPIKES + 4:
+        # Column by column in chunks (an elementwise fn of 1e7 elements has as many columns).
+        todo = np.flatnonzero(~kinks & (top > 0) & (True if coarse is None else ~coarse))
+        for k in range(0, todo.size, CHUNK):
+            cols = todo[k : k + CHUNK]
+            kinks[cols] = _mixed_kinks(d2[:, cols], level[cols])
+    return kinks
+
+
+def _mixed_kinks(d2, level):
+    """Columns of ``d2`` that are a few kinks of both signs on a smooth background.
+
+    Along a direction that moves many inputs, kinks of both signs sit next to
+    each other: a max-pool window of tied pixels unties at ``x`` (one sign),
+    a ReLU a little way off switches (the other), and the curvature between
+    them is small but not 0. Up to :data:`MAX_SPIKES` entries stand out from
+    the median; the others (at least four) vary by at most
+    :data:`BACKGROUND_RATIO` of the smallest of those: noise spreads evenly
+    (0.1% of columns of white noise pass). The spikes stand
+    :data:`MIXED_ABOVE_ROUNDING` float64 units of ``level`` (the largest
+    ``|f|`` of the column) above 0: rounding on a grid of a few quanta (``sin(1e3
+    x)``, whose argument rounds in steps of ``1e-13``) repeats values exactly,
+    and a few that differ by a quantum look the same. A jump in value (two
+    adjacent spikes of opposite signs that cancel: a staircase's quantum) is
+    noise, not a kink.
+
+    Examples
+    --------
+    >>> d2 = np.array([[1.4e-8, 1.4e-8, 1.4e-8, -9e-6, 5.8e-7, 2.5e-7, -7e-10]]).T
+    >>> jump = np.array([[1e-9, 1e-9, 1e-9, 1e-6, -1e-6, 1e-9, 1e-9]]).T
+    >>> quantized = 4.4e-13 * np.array([[-1.0, 1, -1, 1, -1, 1, -1]]).T
+    >>> _mixed_kinks(np.hstack([d2, jump, quantized]), np.array([2.9, 1.0, 1.0])).tolist()
+    [True, False, False]
+    """
+    dev = np.abs(d2 - np.median(d2, axis=0))
+    order = np.argsort(-dev, axis=0)
+    dev = np.take_along_axis(dev, order, axis=0)
+    values = np.take_along_axis(d2, order, axis=0)
+    out = np.zeros(d2.shape[1], dtype=bool)
+    for k in range(1, MAX_SPIKES + 1):
+        rest = values[k:]
+        spread = np.max(rest, axis=0) - np.min(rest, axis=0)
+        smooth = (dev[k - 1] > MIXED_ABOVE_ROUNDING * EPS * level) & (
+            spread <= BACKGROUND_RATIO * dev[k - 1]
+        )
+        # A jump in value among the spikes: two adjacent ones of opposite signs that cancel.
+        spikes = np.zeros(d2.shape, dtype=bool)
+        np.put_along_axis(spikes, order[:k], True, axis=0)
+        pair = spikes[:-1] & spikes[1:] & (d2[:-1] * d2[1:] < 0)
+        pair &= np.abs(d2[:-1] + d2[1:]) <= 0.5 * np.maximum(np.abs(d2[:-1]), np.abs(d2[1:]))
+        out |= smooth & ~np.any(pair, axis=0)
+    return out
+
+
+def derivative_jumps(values, coarse=None, mixed=True):
+    """Columns of equally spaced ``values`` (down axis 0) that a jump in a derivative made rough.
+
+    A kink (a jump in ``f'``) is a spike among the second differences
+    (:func:`_kinked`); a point where ``f`` is C1 but not C2 (a Huber loss at
+    ``|r| = delta``, ``relu(r)^2`` or an ELU at 0), or C2 but not C3
+    (``relu(r)^3``), is the same among the third or fourth differences.
+    ECnoise would take any of them for noise (``h^2`` times the jump in
+    ``f''``, far above rounding at the probe's larger steps). ``coarse``: as
+    for :func:`_kinked`. ``mixed``: also tell kinks of both signs
+    (:func:`_mixed_kinks`); at small steps a probe crosses few kinks, and
+    rounding on a grid of quanta can look the same.
+
+    Examples
+    --------
+    >>> t = np.arange(-4.0, 5.0) - 0.3
+    >>> pieces = [np.abs(t), np.maximum(t, 0) ** 2, np.maximum(t, 0) ** 3, np.sin(t)]
+    >>> derivative_jumps(np.stack(pieces, axis=1)).tolist()
+    [True, True, True, False]
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        level = np.max(np.abs(values), axis=0)
+        d2 = np.diff(values, 2, axis=0)
+        jumps = _kinked(d2, coarse=coarse, level=level if mixed else None)
+        # One jump in f'' or f''' (one spike, or two adjacent ones) inside the line: a value
+        # off by a quantum at an end (rounding on a grid of quanta) is a spike at the end.
+        d = d2
+        for _ in range(2):
+            d = np.diff(d, axis=0)
+            inner = np.argmax(np.abs(d), axis=0)
+            inner = (inner > 0) & (inner < d.shape[0] - 1)
+            jumps |= inner & _kinked(d, coarse=coarse, ratio=SMOOTHER_SPIKE_RATIO, single=True)
+    return jumps
 
 
 def _confirmed(estimates):
@@ -647,7 +749,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             # times the step. Noise, and a float32 staircase, give many.
             with np.errstate(over="ignore", invalid="ignore"):
                 reduced = np.all(values.astype(np.float32) == values, axis=0)
-            spike = _kinked(np.diff(values, 2, axis=0), coarse=reduced)
+            spike = derivative_jumps(values, coarse=reduced, mixed=h >= MIXED_STEP)
             sigma = np.where(spike, np.nan, sigma)
             # Moved at a larger step, not at all at this one, and no noise seen
             # at either (a float32 sum: smooth at 6e-5, below its resolution at
