@@ -187,13 +187,12 @@ _EPS = float(np.finfo(np.float64).eps)
 NOISE_SIGMAS = 3.5
 #: Safety factor on a measurement's own truncation estimate, ``|R3 - R2|``.
 TRUNCATION_SAFETY = 1.0
-#: Central differences whose last two changes fall less than this converge like ``t``, not ``t^2``.
-FIRST_ORDER_RATIO = 3.0
 #: Points of the noise measurement on each side of ``x`` (``2 * NOISE_POINTS`` evaluations).
 NOISE_POINTS = 4
 #: Spacing (relative, as the steps) of the second noise measurement: float32 parts resolve it.
 COARSE_NOISE_SPACING = 2.0**-14
-#: Noise seen there, this many times that at the small spacing, is the function's (a staircase).
+#: Noise seen there, this many times that at the small spacing, calls for the objective's noise
+#: model, which is taken where it is this many times larger too (a staircase).
 COARSE_NOISE_ABOVE = 64.0
 #: A projection whose |residual| is at most this many times its error is measured again.
 MARGINAL = 3.0
@@ -934,23 +933,6 @@ class _Prober:
             return "at x", 0.0
         return "inside", 2.0 * max(abs(g[a] - 2.0 * g[b]) for a, b in pairs[1:])
 
-    def _first_order(self, q, rows, t):
-        """A bound on R3's truncation where the central differences converge like ``t``.
-
-        Where ``phi`` is C1 but not C2 along the direction (a Huber loss at
-        ``|r| = delta``, ``relu(r)^2`` or an ELU at 0), ``q(s) = phi' + a s +
-        ...``: the differences between neighbouring quotients halve with the
-        step instead of falling 4x. The extrapolation in even powers then
-        leaves ``0.15 a t``, of which ``|R3 - R2|`` sees a sixtieth; the
-        bound is ``|q(t/2) - q(t/4)| = a t / 4``. 0 where the last two
-        differences fall at least 3x (``t^2`` convergence) or are noise.
-        """
-        near, last = abs(q[1] - q[2]), abs(q[2] - q[3])
-        noise = NOISE_SIGMAS * self.noise_of(t / 4.0, factor=1.2) + rows[2][1] + rows[3][1]
-        if last > noise and near < FIRST_ORDER_RATIO * last:
-            return last
-        return 0.0
-
     def stencil(self, parts, t, cache):
         """``(value, error, truncation and kink part, kink state)`` from ``2t, t, t/2, t/4``.
 
@@ -971,7 +953,6 @@ class _Prober:
         mask = rows[0][2] | rows[1][2] | rows[2][2] | rows[3][2]
         value = float(_R3 @ q)
         trunc = TRUNCATION_SAFETY * abs(value - float(_R2_LOW @ q))
-        trunc = max(trunc, self._first_order(q, rows, t))
         state, kink = self.kink_state(rows, t)
         if state == "at x":
             # Kinks within the steps can mimic one at x by chance: a kink at x shows the
@@ -1142,8 +1123,11 @@ class _Prober:
             # A staircase that the small spacings do not resolve, or kinks that the
             # coarse one crosses: the objective's noise probe (which tells kinks from
             # noise, and confirms what it sees at smaller steps) decides.
+            # Only a model far above the small spacings' noise is taken: float64 rounding
+            # measured two ways differs by a few times, and the calibration's choice of
+            # step (and with it where the projections cross kinks) follows the noise.
             model = self._model_noise()
-            if model > self.sigma:
+            if model > COARSE_NOISE_ABOVE * self.sigma:
                 self.sigma, dof = model, 3
         self._prior, self._samples = (self.sigma, dof), []
         refined = False
