@@ -473,7 +473,7 @@ class _All:
         return np.asarray(key)
 
 
-def _noise_from_differences(values):
+def _noise_from_differences(values, mixed=False):
     """Noise level (standard deviation) of equally spaced samples, or ``None``.
 
     Returns ``(sigma, status)``: ``status`` is ``"ok"`` (also for samples
@@ -481,7 +481,9 @@ def _noise_from_differences(values):
     orders agree, or a derivative jumps between the samples: the spacing is
     too large; ``sigma`` is then the smallest estimate, an upper bound) or
     ``"flat"`` (most samples are equal: the spacing is too small for the
-    function's resolution).
+    function's resolution). ``mixed``: kinks of both signs count too
+    (:func:`~oracles.numerics.objective.derivative_jumps`; at coarse spacings
+    only: at fine ones rounding on a grid of quanta looks the same).
     """
     v = np.asarray(values, dtype=np.float64)
     first = np.diff(v)
@@ -502,7 +504,7 @@ def _noise_from_differences(values):
         sigmas.append((k, math.ldexp(math.sqrt(gamma * float(np.mean(d * d))), e), d))
     # A kink, or a jump in f'' or f''', between the samples (relu(r)^2 of one element at
     # r = 0) makes differences that look like noise of h^2 times the jump: no noise seen.
-    jumps = derivative_jumps(v[:, None])[0]
+    jumps = derivative_jumps(v[:, None], mixed=mixed)[0]
     for (_, s, d), (_, s_next, _) in zip(sigmas[1:], sigmas[2:], strict=False):
         both_signs = np.any(d > 0) and np.any(d < 0)
         if both_signs and s <= 4.0 * s_next and s_next <= 4.0 * s and not jumps:
@@ -792,7 +794,7 @@ class _Prober:
         v = self._psi_samples(parts, COARSE_NOISE_SPACING, points)
         if v is None:
             return 0.0
-        sigma, status = _noise_from_differences(v)
+        sigma, status = _noise_from_differences(v, mixed=True)
         return sigma if status == "ok" else 0.0
 
     def _measure_noise(self, parts, h, points=None):
