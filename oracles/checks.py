@@ -23,6 +23,7 @@ The calling convention, the same for every check and every derivative
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -133,13 +134,17 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
         if kink0 is not None and ref.left is not None and ref.right is not None:
             ends0 = [np.asarray(e, dtype=np.float64).reshape(-1) for e in (ref.left, ref.right)]
 
-    coarse = objective.noise.kind is not None
+    @functools.cache
+    def is_coarse():
+        # fn computes in a coarse type: the noise model, measured on first need only (mode
+        # fast has none of its own, and most groups never ask).
+        return objective.noise.kind is not None
 
     def disagrees(j):
         if value0 is None:
             return False
         slack = r.atol + r.rtol * abs(value0[j]) + error0[j]
-        if ends0 is not None and kink0[j] and not coarse:
+        if ends0 is not None and kink0[j] and not is_coarse():
             # At a kink of its own ladder, any value between its one-sided slopes passes
             # already: wider limiting slopes could only accept more (a zero pixel of a
             # digit under a convolution and a max-pool of tied windows). Not where fn
@@ -158,7 +163,7 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
         which = [
             p
             for p, j in enumerate(idx)
-            if disagrees(j) and (coarse or (kink0 is not None and kink0[j]))
+            if disagrees(j) and (is_coarse() or (kink0 is not None and kink0[j]))
         ]
         if not which:
             return 0
