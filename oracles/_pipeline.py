@@ -1643,6 +1643,17 @@ def _coverage(r, k, name, ladder=None):
     # -100), and the thresholds of elements 1e40 larger say nothing about an
     # element of the median size.
     near = nonzero & (mag <= TYPICAL_SPAN * m) & (mag >= m / TYPICAL_SPAN)
+    # An element with no reference of its own (covered by mode fast's projections)
+    # whose analytic value is of a typical size but below its error is typical
+    # too, and unresolved, not 0 to within its error: projections that cover most
+    # of an input at 20 times the gradient's size (hard sigmoids at a scale of
+    # 1e-3, steps across their kinks) must not leave the sensitivity to the few
+    # elements compared one by one. (An element whose analytic value is 0 or tiny
+    # stays one that is 0 to within its error.)
+    with np.errstate(invalid="ignore"):
+        unresolved = base & ~nonzero & ~np.isfinite(best.value)
+        unresolved &= (mag <= TYPICAL_SPAN * m) & (mag >= m / TYPICAL_SPAN)
+    near |= unresolved
     floors = []
     if ladder:
         # Where the numeric oracle is the sharpest at a sampled element, its
@@ -1683,11 +1694,11 @@ def _coverage(r, k, name, ladder=None):
     loose = base & (sigma > LOOSE_FACTOR * relative)
     n_loose = int(loose.sum())
     loose_relative = float(np.max(sigma[loose])) if n_loose else math.nan
-    zeros = base & ~nonzero & ~loose
+    zeros = base & ~nonzero & ~loose & ~unresolved
     return Coverage(
         relative=relative,
         own=own,
-        elements=int(nonzero.sum()),
+        elements=int(nonzero.sum() + unresolved.sum()),
         loose=n_loose,
         loose_relative=loose_relative,
         zeros=int(zeros.sum()),

@@ -163,6 +163,7 @@ with a value of its own.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -185,6 +186,9 @@ _EPS = float(np.finfo(np.float64).eps)
 
 #: A projection's threshold allows this many estimated standard deviations of noise.
 NOISE_SIGMAS = 3.5
+
+#: The least noise of mode fast, as a share of the outputs' rounding (see _Prober.rounding_floor).
+ROUNDING_SHARE = 0.25
 #: Safety factor on a measurement's own truncation estimate, ``|R3 - R2|``.
 TRUNCATION_SAFETY = 1.0
 #: Points of the noise measurement on each side of ``x`` (``2 * NOISE_POINTS`` evaluations).
@@ -766,6 +770,31 @@ class _Prober:
             vals.append(float(np.vdot(sp.cot, f - f0)) - lin)
         return np.array(vals)
 
+    @functools.cached_property
+    def rounding_floor(self):
+        """The least noise of ``psi``: each output rounded to float64 at every call.
+
+        Rounding to float64 puts each output off by up to half a unit in its
+        last place (``u_i``, a standard deviation of ``u_i / sqrt(12)``). The
+        samples of :meth:`_measure_noise` see about that where the rounding
+        is random, but can show far less, and even none, where it is the same
+        at nearby points (a loss near ``2e4`` whose moving part is linear:
+        every change is a whole number of units, exactly proportional to the
+        step, and a term of ``1.6e-8`` times the step is lost below them: the
+        samples saw ``8.5e-21`` against a rounding of ``1e-12``). The
+        difference quotients carry that rounding as a bias, so no noise below
+        :data:`ROUNDING_SHARE` of it is taken.
+        """
+        f0 = np.abs(np.asarray(self.space.objective.base_output, dtype=np.float64)).reshape(-1)
+        c = np.abs(np.asarray(self.space.cot, dtype=np.float64)).reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms = c * np.spacing(f0)
+        top = float(np.max(terms)) if terms.size else 0.0
+        if not (top > 0 and np.isfinite(top)):
+            return 0.0
+        std = top * float(np.sqrt(np.sum((terms / top) ** 2))) / math.sqrt(12.0)
+        return ROUNDING_SHARE * std
+
     def _model_noise(self):
         """The noise of ``psi`` from the objective's measured noise model (9 to 41 calls)."""
         sigma = np.asarray(self.space.objective.noise.sigma, dtype=np.float64).reshape(-1)
@@ -895,6 +924,7 @@ class _Prober:
                 self.sigma = top * math.sqrt(total / (dof + n))
             else:
                 self.sigma = 0.0
+        self.sigma = max(self.sigma, self.rounding_floor)
 
     # --- measurements ---------------------------------------------------------------------------
 
@@ -927,10 +957,24 @@ class _Prober:
         g = [r[4] / h for r, h in zip(rows, steps, strict=True)]
         n = [NOISE_SIGMAS * math.sqrt(6.0) * sigma / h for h in steps]
         pairs = list(zip(range(len(g) - 1), range(1, len(g)), strict=True))
-        if all(abs(g[a] - 2.0 * g[b]) <= 0.3 * abs(g[a]) + n[a] + 2.0 * n[b] for a, b in pairs):
+        # g(s) - 2 g(s/2) is 0.75 B s^3 where phi is smooth: it falls 8x per halving
+        # (half of that at least, up to the noise). A kink at x keeps it at -J: under a
+        # curvature A s far above J (a clip's bound 3e-8 away, on a sine of scale 1e-3:
+        # J = 2e-3, A = 82), the jump is a small part of g and hides below 0.3 |g|.
+        d = [g[a] - 2.0 * g[b] for a, b in pairs]
+        dn = [n[a] + 2.0 * n[b] for a, b in pairs]
+        # (Below 2% of g, d is the rounding of the differences: before the calibration
+        # has measured the noise, n is 0.)
+        falls = all(
+            abs(d[k + 1]) <= 0.5 * abs(d[k]) + dn[k] + dn[k + 1] + 0.02 * abs(g[k + 1])
+            for k in range(len(d) - 1)
+        )
+        if falls and all(abs(d[k]) <= 0.3 * abs(g[a]) + dn[k] for k, (a, _) in enumerate(pairs)):
             return "none", 0.0
-        if abs(g[-1]) > n[-1] and all(
-            abs(g[a] - g[b]) <= 0.2 * max(abs(g[a]), abs(g[b])) + n[a] + n[b] for a, b in pairs
+        # At x: the same jump at every step (g itself is that jump plus the curvature's A s).
+        if abs(d[-1]) > dn[-1] and all(
+            abs(d[k] - d[k + 1]) <= 0.2 * max(abs(d[k]), abs(d[k + 1])) + dn[k] + dn[k + 1]
+            for k in range(len(d) - 1)
         ):
             return "at x", 0.0
         return "inside", 2.0 * max(abs(g[a] - 2.0 * g[b]) for a, b in pairs[1:])
@@ -1131,6 +1175,7 @@ class _Prober:
             model = self._model_noise()
             if model > COARSE_NOISE_ABOVE * self.sigma:
                 self.sigma, dof = model, 3
+        self.sigma = max(self.sigma, self.rounding_floor)
         self._prior, self._samples = (self.sigma, dof), []
         refined = False
 

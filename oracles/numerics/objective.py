@@ -137,6 +137,9 @@ SMOOTHER_SPIKE_RATIO = 0.2
 #: Widest span of a few values (relative to the largest) that may be a quantized staircase.
 QUANTUM_SPAN = 2.0**-3
 
+#: How far (relative) a change may be from a whole number of quanta (see _whole_multiples).
+WHOLE_TOLERANCE = 1e-3
+
 #: Fewest distinct values among the probe's points for a noise estimate (ECnoise's "h too small").
 MIN_DISTINCT = 6
 
@@ -464,6 +467,27 @@ def _ecnoise(values):
     return np.ldexp(sigma, e), rough, np.ldexp(levels[0], e), np.ldexp(levels[1], e)
 
 
+def _whole_multiples(gaps):
+    """Columns whose finite ``gaps`` (inf where none) are whole multiples of their smallest.
+
+    Values on a grid of quanta (a float32 or float16 output, rescaled in
+    float64 or not) differ by whole numbers of quanta; the values of a
+    smooth function sampled where it turns constant do not.
+
+    Examples
+    --------
+    >>> q = 2.0 ** -23
+    >>> gaps = np.array([[q, 0.0315], [2 * q, 0.032], [np.inf, 0.0088]])
+    >>> _whole_multiples(gaps).tolist()
+    [True, False]
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ratio = gaps / np.min(gaps, axis=0)
+        off = np.abs(ratio - np.round(ratio))
+        ok = ~np.isfinite(ratio) | (off <= WHOLE_TOLERANCE * np.maximum(ratio, 1.0))
+    return np.all(ok, axis=0)
+
+
 def _kinked(d2, coarse=None, ratio=SPIKE_RATIO, level=None, single=False):
     """Columns of second differences ``d2`` (down axis 0) that kinks made, not noise.
 
@@ -738,9 +762,6 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             # overtake (logits near 1e6, one 500 above its row) is not known to
             # only 0.25.
             top = np.max(np.abs(values), axis=0)
-            few = finite & (distinct < MIN_DISTINCT)
-            few &= np.ptp(values, axis=0) <= QUANTUM_SPAN * top
-            quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
             sigma, rough, first, second = _ecnoise(values)
             # A kink within the probe's points (max-pool over tied pixels: the
             # probe's direction breaks the tie; abs(x - c) with c between two
@@ -750,6 +771,20 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             with np.errstate(over="ignore", invalid="ignore"):
                 reduced = np.all(values.astype(np.float32) == values, axis=0)
             spike = derivative_jumps(values, coarse=reduced, mixed=h >= MIXED_STEP)
+            few = finite & (distinct < MIN_DISTINCT)
+            few &= np.ptp(values, axis=0) <= QUANTUM_SPAN * top
+            # A few values are a staircase of quanta only where they differ by whole
+            # multiples of the smallest change and show no kink. A line that crosses
+            # where fn turns constant (a dead ReLU, a clip's bound 1e-2 away: values
+            # 0.895, 0.927, 0.959, 0.991, then 1.0 five times) is not known to 0.004.
+            few &= (distinct < 3) | (_whole_multiples(gaps) & ~spike)
+            if coarse:
+                # Here for the outputs that never moved at the usual steps: two values,
+                # one of them at a single end point, are as often a bound crossed by the
+                # farthest point (a clip 1.2e-2 away) as a coarse type's quantum, whose
+                # values are those of the type (float16 and bfloat16 are float32 values).
+                few &= (distinct >= 3) | reduced
+            quantum = np.where(few, np.minimum(quantum, np.min(gaps, axis=0)), quantum)
             sigma = np.where(spike, np.nan, sigma)
             # Moved at a larger step, not at all at this one, and no noise seen
             # at either (a float32 sum: smooth at 6e-5, below its resolution at
