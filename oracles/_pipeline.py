@@ -1642,7 +1642,8 @@ def _coverage(r, k, name, ladder=None):
     # the gradients of one input can span many decades (sigmoid at 0 and at
     # -100), and the thresholds of elements 1e40 larger say nothing about an
     # element of the median size.
-    near = nonzero & (mag <= TYPICAL_SPAN * m) & (mag >= m / TYPICAL_SPAN)
+    typical_size = (mag <= TYPICAL_SPAN * m) & (mag >= m / TYPICAL_SPAN)
+    near = nonzero & typical_size
     # An element with no reference of its own (covered by mode fast's projections)
     # whose analytic value is of a typical size but below its error is typical
     # too, and unresolved, not 0 to within its error: projections that cover most
@@ -1650,9 +1651,8 @@ def _coverage(r, k, name, ladder=None):
     # 1e-3, steps across their kinks) must not leave the sensitivity to the few
     # elements compared one by one. (An element whose analytic value is 0 or tiny
     # stays one that is 0 to within its error.)
-    with np.errstate(invalid="ignore"):
-        unresolved = base & ~nonzero & ~np.isfinite(best.value)
-        unresolved &= (mag <= TYPICAL_SPAN * m) & (mag >= m / TYPICAL_SPAN)
+    unresolved = base & ~nonzero & ~np.isfinite(best.value) & typical_size
+    del typical_size
     near |= unresolved
     floors = []
     if ladder:

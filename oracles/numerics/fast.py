@@ -785,25 +785,27 @@ class _Prober:
         difference quotients carry that rounding as a bias, so no noise below
         :data:`ROUNDING_SHARE` of it is taken.
         """
-        f0 = np.abs(np.asarray(self.space.objective.base_output, dtype=np.float64)).reshape(-1)
-        c = np.abs(np.asarray(self.space.cot, dtype=np.float64)).reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            terms = c * np.spacing(f0)
-        top = float(np.max(terms)) if terms.size else 0.0
-        if not (top > 0 and np.isfinite(top)):
-            return 0.0
-        std = top * float(np.sqrt(np.sum((terms / top) ** 2))) / math.sqrt(12.0)
-        return ROUNDING_SHARE * std
+        f0 = np.asarray(self.space.objective.base_output, dtype=np.float64).reshape(-1)
+        return ROUNDING_SHARE * self._contracted(np.spacing(np.abs(f0))) / math.sqrt(12.0)
 
-    def _model_noise(self):
-        """The noise of ``psi`` from the objective's measured noise model (9 to 41 calls)."""
-        sigma = np.asarray(self.space.objective.noise.sigma, dtype=np.float64).reshape(-1)
+    def _contracted(self, per_output):
+        """``sqrt(sum (|c_i| s_i)^2)``: the noise of ``psi`` from independent output noises ``s_i``.
+
+        Scaled by the largest term (no overflow near 1e200, no underflow near
+        1e-200); 0 where that is not finite and positive.
+        """
+        s = np.asarray(per_output, dtype=np.float64).reshape(-1)
         c = np.asarray(self.space.cot, dtype=np.float64).reshape(-1)
-        terms = np.abs(c) * sigma
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms = np.abs(c) * s
         top = float(np.max(terms)) if terms.size else 0.0
         if not (top > 0 and np.isfinite(top)):
             return 0.0
         return top * float(np.sqrt(np.sum((terms / top) ** 2)))
+
+    def _model_noise(self):
+        """The noise of ``psi`` from the objective's measured noise model (9 to 41 calls)."""
+        return self._contracted(self.space.objective.noise.sigma)
 
     def _coarse_noise(self, parts, points=None):
         """The noise at the spacing :data:`COARSE_NOISE_SPACING` (0 where none shows there).
@@ -977,7 +979,7 @@ class _Prober:
             for k in range(len(d) - 1)
         ):
             return "at x", 0.0
-        return "inside", 2.0 * max(abs(g[a] - 2.0 * g[b]) for a, b in pairs[1:])
+        return "inside", 2.0 * max(abs(v) for v in d[1:])
 
     def stencil(self, parts, t, cache):
         """``(value, error, truncation and kink part, kink state)`` from ``2t, t, t/2, t/4``.
