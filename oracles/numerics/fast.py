@@ -173,7 +173,7 @@ from oracles._validation import check_seed
 from oracles.compare import Reference, compare
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
 from oracles.numerics.exhaustive import Exhaustive, exhaustive_partials, sharp_partials
-from oracles.numerics.objective import N_RUNGS, T0, changed_noise, derivative_jumps
+from oracles.numerics.objective import N_RUNGS, T0, _rms, changed_noise, derivative_jumps
 
 __all__ = [
     "Fast",
@@ -210,6 +210,10 @@ EXHAUSTIVE_AT_ONCE = 256
 SAMPLE = 16
 #: Smaller blocks are measured with steps up to this many times larger than ``t*``.
 STEP_GROWTH_MAX = 64.0
+#: Inputs of root-mean-square below ``2^UNIT_ABOVE`` are stepped in their own units (the
+#: calibration's descent from ``T0`` reaches the small ones); larger ones in units of
+#: ``2^(floor(log2 rms) - UNIT_ABOVE)``, so that the steps follow the input's scale.
+UNIT_ABOVE = 4
 #: The error reported as the resolution of covered elements escapes with this probability.
 MISS = 0.01
 #: Resolution of the Gaussian directions (see :func:`_gaussian`).
@@ -444,6 +448,31 @@ class _Direction:
             self._values = None
 
 
+def _units(xs):
+    """Per input, the power of two that a direction's values on it are multiplied by.
+
+    The largest input (by root-mean-square ``R``) gets 1 when ``R`` is
+    below ``2^UNIT_ABOVE``, else ``2^(floor(log2 R) - UNIT_ABOVE)``: the
+    calibration's steps, from ``T0``, are then relative to its scale (an
+    input of scale 1e9 stepped by at most 1/8 sees its fn change by
+    rounding only: every measurement was inconclusive). Every other input
+    gets that unit times the power of two between its scale and ``R``, so
+    that one step resolves all of them (an input of scale 1e-3 beside one
+    of 1e9 forced steps at which the large one's errors of 1e-7 were
+    lost); an input that is 0 everywhere gets the largest one's. Powers of
+    two keep ``t u`` exact.
+
+    Examples
+    --------
+    >>> _units([np.ones(3), np.zeros(2)]), _units([np.full(4, 1e9), np.full(4, 1e-3)])
+    ([1.0, 1.0], [33554432.0, 6.103515625e-05])
+    """
+    exps = [math.frexp(r)[1] - 1 if np.isfinite(r) and r > 0 else None for r in map(_rms, xs)]
+    top = max((e for e in exps if e is not None), default=0)
+    base = max(0, top - UNIT_ABOVE)
+    return [math.ldexp(1.0, base + (0 if e is None else e - top)) for e in exps]
+
+
 def _norm(v):
     """Euclidean norm of ``v`` in float64, chunk by chunk."""
     total = 0.0
@@ -534,6 +563,8 @@ class _Space:
         self.vector = self.cot.size > 1
         self.tests = 0
         self._step = np.empty(CHUNK)
+        #: Per input, the power of two its direction's values are multiplied by (:func:`_units`).
+        self.unit = _units(self.work)
 
     def input_of(self, gidx):
         """Input number of each global flat index."""
@@ -551,7 +582,7 @@ class _Space:
                 a, b = int(self.offsets[i]), int(self.offsets[i + 1])
                 if a == b:
                     continue
-                v = vals[a:b]
+                v = self._scaled(i, vals[a:b])
                 out.append((i, slice(0, b - a), v, _abs_dot(self.grads[i], v)))
             return out
         cuts = np.searchsorted(gidx, self.offsets)
@@ -566,9 +597,19 @@ class _Space:
                 loc = slice(first, last + 1)
             else:
                 loc = np.asarray(gidx[a:b], dtype=np.int64) - off
-            v = vals[a:b]
+            v = self._scaled(i, vals[a:b])
             out.append((i, loc, v, _abs_dot(self.grads[i][loc], v)))
         return out
+
+    def _scaled(self, i, v):
+        """Direction values ``v`` on input ``i`` in that input's units (exact: powers of two)."""
+        unit = self.unit[i]
+        return v if unit == 1.0 else np.multiply(v, unit, dtype=np.float64)
+
+    @staticmethod
+    def norm(parts):
+        """Euclidean norm of a direction split into :meth:`parts` (in the inputs' units)."""
+        return math.sqrt(sum(_norm(v) ** 2 for _, _, v, _ in parts))
 
     def call(self, xs):
         self.objective.calls += 1
@@ -1070,7 +1111,7 @@ class _Prober:
         """
         self.space.tests += 1
         parts = self.space.parts(gidx, vals)
-        norm = _norm(vals)
+        norm = self.space.norm(parts)
         if not self.calibrated:
             value, error, cache = self.calibrate(parts, norm)
             return _Measurement(value, error, parts, self.t_star, cache, norm)
@@ -1367,11 +1408,11 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         if leaf.meas is not None and leaf.prior is not None:
             # Measured directly along u_p e_p (a ramp's window), with the parent's
             # residual as the independent estimate.
-            m, scale = leaf.meas, float(u[p])
+            m, scale = leaf.meas, float(u[p]) * space.unit[i]
             agrees = abs(leaf.prior[0] - m.value) <= leaf.prior[1] + m.error
         else:
             axis = np.array([g], dtype=np.int64)
-            m, scale = prober.measure(axis, np.array([1.0])), 1.0
+            m, scale = prober.measure(axis, np.array([1.0])), space.unit[i]
             up = float(u[p])
             agrees = abs(leaf.value - up * m.value) <= leaf.error + abs(up) * m.error
         rows = [m.cache.get(m.t * 2.0 ** (1 - k)) for k in range(4)]
@@ -1524,8 +1565,9 @@ def _explained(previous, inactive, n_active, space, grads, results):
         ref, e = float(r["value"][j]), float(r["error"][j])
         if not (np.isfinite(ref) and np.isfinite(e)):
             return None
-        value -= float(uj) * (ref - float(grads[i].reshape(-1)[j]))
-        error += abs(float(uj)) * e
+        uj = float(uj) * space.unit[i]
+        value -= uj * (ref - float(grads[i].reshape(-1)[j]))
+        error += abs(uj) * e
     return Projection(n_elements=int(n_active), residual=value, error=error, tolerance=error)
 
 
@@ -1832,8 +1874,8 @@ def fast_partials(
         # The resolution of the covered elements: an error this large escapes all
         # the last round's directions with probability at most MISS (module notes).
         resolution = 0.8 * max(p.tolerance for p in last) / MISS ** (1.0 / directions)
-    for r, g in zip(results, given_up, strict=True):
-        _finish(r, g, resolution)
+    for r, g, unit in zip(results, given_up, space.unit, strict=True):
+        _finish(r, g, resolution / unit)  # the residuals are in the inputs' units
     objective.release()  # the scratch arrays: made again if anything evaluates later
     evaluations = objective.calls - calls0 + remote_evals
     n_individual = int(sum(np.count_nonzero(r["checked"]) for r in results))

@@ -219,3 +219,62 @@ def test_element_scales_follow_each_input():
     assert s_big[0] == 3e9 and s_big[2] == pytest.approx(np.sqrt(np.mean(big**2)))
     assert s_tiny[1] == pytest.approx(np.sqrt(2e-18))
     assert np.all(s_zero == s_big[2])  # an all-zero input borrows the largest scale
+
+
+# --- mode fast: its projections step every input in that input's units ---------------------
+
+
+@pytest.mark.parametrize("s_out, s_in", [*SCALES, (1.0, 1e15), (1e-3, 1e30)])
+@pytest.mark.parametrize("name, n", [("sin", 300), ("softmax", 2000)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_mode_catches_1e8_at_every_input_scale(name, n, s_out, s_in, seed):
+    # Steps of at most 1/8 on inputs of scale 1e9 moved fn by rounding only: every
+    # measurement was inconclusive (a correct VJP, and one off by 1e-3).
+    g, vjp, x0 = _ops(np.random.default_rng(seed), n)[name]
+    fn, fn_vjp = _scaled(g, vjp, s_out, s_in)
+    x = x0 * s_in
+    right = check_vjp(fn, fn_vjp, (x,), mode="fast", seed=seed)
+    assert right.status == "passed", str(right)
+    j = _typical(g, vjp, x0)
+    wrong = check_vjp(fn, _planted(fn_vjp, j, 1e-8), (x,), mode="fast", seed=seed)
+    assert wrong.status == "failed", str(wrong)
+    assert tuple(int(i) for i in np.unravel_index(j, x.shape)) in _failed_at(wrong)
+
+
+def _two_inputs(s_a, s_b, seed, wrong=None):
+    """``f(a, b)``: ``sin(a / s_a + w) tanh(b_0 / s_b)`` and ``cos(b / s_b * v)``, and its VJP."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=300) * s_a, rng.normal(size=200) * s_b
+    w, v = rng.normal(size=300), rng.normal(size=200)
+
+    def fn(a, b):
+        return np.concatenate([np.sin(a / s_a + w) * np.tanh(b[:1] / s_b), np.cos(b / s_b * v)])
+
+    def fn_vjp(c, a, b):
+        t = np.tanh(b[0] / s_b)
+        ga = c[:300] * np.cos(a / s_a + w) / s_a * t
+        gb = -c[300:] * np.sin(b / s_b * v) * v / s_b
+        gb[0] += np.sum(c[:300] * np.sin(a / s_a + w)) * (1 - t * t) / s_b
+        if wrong == "a":
+            ga[7] *= 1 + 1e-7
+        if wrong == "b":
+            gb[11] *= 1 + 1e-7
+        return ga, gb
+
+    return fn, fn_vjp, (a, b)
+
+
+@pytest.mark.parametrize("s_a, s_b", [(1e9, 1e-3), (1e-3, 1e9), (1e12, 1.0), (1e20, 1e-20)])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("mode", ["fast", "exhaustive"])
+def test_inputs_of_very_different_scales_are_judged_each_in_its_own(s_a, s_b, seed, mode):
+    # One step for an input of scale 1e-3 beside one of 1e9 (mode fast stepped both in
+    # the same units) lost the large one's errors of 1e-7: they passed.
+    fn, fn_vjp, xs = _two_inputs(s_a, s_b, seed)
+    right = check_vjp(fn, fn_vjp, xs, mode=mode, seed=seed)
+    assert right.status == "passed", str(right)
+    for wrong, index in (("a", (7,)), ("b", (11,))):
+        fn, bad_vjp, xs = _two_inputs(s_a, s_b, seed, wrong)
+        report = check_vjp(fn, bad_vjp, xs, mode=mode, seed=seed)
+        assert report.status == "failed", str(report)
+        assert index in _failed_at(report), str(report)
