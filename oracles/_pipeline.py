@@ -108,8 +108,8 @@ EXACT_ZERO = 1e-300
 #: Elements within this factor of the median magnitude count as typical for the sensitivity.
 TYPICAL_SPAN = 100.0
 
-#: Above this magnitude the largest step of the numeric ladder (2^-3) is below
-#: half an ulp of the input: x + t rounds back to x.
+#: Above this magnitude float64 inputs are 1/4 apart or more: the steps (relative to the
+#: element, in both modes) cannot resolve a fn that varies on a scale of 1 there.
 STEP_LIMIT = 2.0**50
 
 #: Elements per chunk of the loops over a whole piece (no temporaries the size of a piece).
@@ -913,9 +913,10 @@ def _step_limit(r):
     for x, name in zip(r.xs, r.names, strict=True):
         if x.size and float(np.max(np.abs(x))) >= STEP_LIMIT:
             notes.append(
-                f"{name} has elements of magnitude >= {STEP_LIMIT:.3g}, where the numeric "
-                "oracle's absolute steps (<= 0.125) vanish in rounding: those elements cannot "
-                "be judged numerically. Rescale the input, or check against torch or jax"
+                f"{name} has elements of magnitude >= {STEP_LIMIT:.3g}, where float64 inputs "
+                "are 1/4 apart or more: a fn that varies on a scale of 1 there (sin, a "
+                "softmax of such logits) cannot be judged numerically, its steps follow the "
+                "magnitude. Rescale the input, or check against torch or jax"
             )
     return notes
 
