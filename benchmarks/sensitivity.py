@@ -333,6 +333,20 @@ def scale_cases():
     return out
 
 
+#: Mode fast in other units: a softmax of this many rows of 5 (2,000 elements).
+FAST_UNITS_ROWS = 400
+
+
+def fast_units_cases():
+    """``{name: (fn, vjp, inputs)}``: a 400 x 5 softmax in other units, for ``mode="fast"``."""
+    z = np.random.default_rng(1).normal(size=(FAST_UNITS_ROWS, 5)) * 3
+    out = {}
+    for s_out, s_in in ((1.0, 1e-9), (1.0, 1.0), (1.0, 1e9), (1e-12, 1e9), (1e12, 1e-9)):
+        fn, vjp = _scaled_softmax(s_out, s_in)
+        out[f"fast, output {s_out:.0e}, input {s_in:.0e}"] = (fn, vjp, (z * s_in,))
+    return out
+
+
 def float32_cases():
     """``{name: (fn, vjp, inputs)}``: functions that compute in float32 inside."""
     f32 = np.float32
@@ -619,8 +633,9 @@ def run(*, tools=TOOLS, verbose=True, groups=None):
         "float32": {},
         "ties": {},
         "fast_mode": {},
+        "fast_units": {},
     }
-    groups = groups or ("ops", "scales", "float32", "ties", "fast_mode")
+    groups = groups or ("ops", "scales", "fast_units", "float32", "ties", "fast_mode")
     for name, (fn, vjp, inputs) in (cases() if "ops" in groups else {}).items():
         element = _median_element(fn, vjp, inputs)
         entry = {"element": {"input": element[0], "flat_index": element[1]}}
@@ -651,6 +666,11 @@ def run(*, tools=TOOLS, verbose=True, groups=None):
     if "scales" in groups:
         for name, (fn, vjp, inputs) in scale_cases().items():
             results["scales"][name] = _row(name, fn, vjp, inputs, tools, SIZES, verbose)
+    if "fast_units" in groups:
+        for name, (fn, vjp, inputs) in fast_units_cases().items():
+            results["fast_units"][name] = _row(
+                name, fn, vjp, inputs, tools, SIZES, verbose, options={"mode": "fast"}
+            )
     if "float32" in groups:
         for name, (fn, vjp, inputs) in float32_cases().items():
             results["float32"][name] = _row(name, fn, vjp, inputs, tools, SIZES_32, verbose)
@@ -695,8 +715,12 @@ def _cell(row):
 def markdown(results, tools=TOOLS):
     """The README tables: smallest planted relative error caught, and false alarms."""
     lines = [_markdown_ops(results, tools)] if results["ops"] else []
-    for group, title in (("scales", "units"), ("float32", "float32 inside")):
-        if not results[group]:
+    for group, title in (
+        ("scales", "units"),
+        ("fast_units", f"units, mode fast ({FAST_UNITS_ROWS} x 5 softmax)"),
+        ("float32", "float32 inside"),
+    ):
+        if not results.get(group):
             continue
         lines += ["", f"| {title}: one element / everywhere | " + " | ".join(tools) + " |"]
         lines.append("|" + "---|" * (len(tools) + 1))
@@ -754,8 +778,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     parser.add_argument(
         "--groups",
-        default="ops,scales,float32,ties,fast_mode",
-        help="comma-separated groups of rows: ops, scales, float32, ties, fast_mode",
+        default="ops,scales,fast_units,float32,ties,fast_mode",
+        help="comma-separated groups of rows: ops, scales, fast_units, float32, ties, fast_mode",
     )
     args = parser.parse_args(argv)
     results = run(groups=tuple(g.strip() for g in args.groups.split(",") if g.strip()))
