@@ -202,7 +202,7 @@ def _snap(values, reduced):
         return np.asarray(values).astype(reduced).astype(np.float64)
 
 
-def _line_noise(objective, i, idx, reduced, q):
+def _line_noise(objective, i, idx, reduced, q, far=np.inf):
     """Per-output noise along the group's all-ones direction at exact steps, as a level function.
 
     ``fn`` at ``x + k q d`` (``k = -4 .. 4``, every point a value of
@@ -213,14 +213,18 @@ def _line_noise(objective, i, idx, reduced, q):
     the reduced type (every output is rounded to it once; float64's for an
     output that moved exactly linearly along the line, as a sort's does) and
     the noise measured along this line (cached on the objective: measured
-    once per group).
+    once per group). ``far``: a distance the group can move and stay tied
+    without crossing another value; two calls at ``+-far`` tell the outputs
+    that do not move along the line because they do not depend on the group
+    (a sort's other positions: exact) from those whose change was below
+    their unit (a float32 sum of a max-pool's outputs and 1e3: rounded).
     """
     cache = objective.__dict__.setdefault("_tie_line_noise", {})
-    key = (i, idx.tobytes(), q)
+    key = (i, idx.tobytes(), q, far)
     if key not in cache:
         flat = objective.work[i].reshape(-1)
         x0 = flat[idx].copy()
-        rows = []
+        rows, ends = [], []
         try:
             for k in range(-4, 5):
                 if k == 0:
@@ -228,6 +232,10 @@ def _line_noise(objective, i, idx, reduced, q):
                     continue
                 flat[idx] = _snap(x0 + k * q, reduced)
                 rows.append(np.asarray(objective.output(objective.work)).reshape(-1))
+            if np.isfinite(far) and far > 4.0 * q:
+                for sign in (1.0, -1.0):
+                    flat[idx] = _snap(x0 + sign * far, reduced)
+                    ends.append(np.asarray(objective.output(objective.work)).reshape(-1))
         finally:
             flat[idx] = x0
         size = objective.base_output.size
@@ -239,8 +247,15 @@ def _line_noise(objective, i, idx, reduced, q):
             sigma, *_ = _ecnoise(values)
             sigma = np.where(np.isfinite(sigma), sigma, 0.0)
             # An output that moves exactly linearly along the line (a sort's,
-            # a max-pool's: its values are inputs) is not rounded at all.
-            linear = np.all(np.diff(values, 2, axis=0) == 0, axis=0)
+            # a max-pool's: its values are inputs) is not rounded at all. One that
+            # did not move along it but moves farther out is a rounded one whose
+            # change was below its unit (a float32 sum of a max-pool's outputs and 1e3).
+            still = np.all(values == values[4], axis=0)
+            for end in ends:
+                if end.size == size:
+                    still &= ~((end != values[4]) & np.isfinite(end))
+            moved_far = np.all(values == values[4], axis=0) & ~still
+            linear = np.all(np.diff(values, 2, axis=0) == 0, axis=0) & ~moved_far
             floor = np.where(linear, EPS, max(EPS, unit))
         shape = objective.base_output.shape
         cache[key] = (sigma.reshape(shape), floor.reshape(shape))
@@ -298,14 +313,20 @@ def _spacing(values, reduced):
         return float(np.max(np.abs(np.spacing(v).astype(np.float64))))
 
 
-def _line_step(x0, reduced, room):
-    """A step for :func:`_line_noise`: 64 units of ``reduced`` at the group value, within ``room``.
+def _line_step(x0, reduced, room, scale):
+    """A step for :func:`_line_noise`: 64 units of ``reduced`` at the group, within ``room``.
 
-    A power of two, so that ``x0 + k q`` are values of ``reduced`` wherever
+    The units are those at the group value or at its scale (``scale``,
+    :func:`_group_scale`), whichever are larger: at a tie of 0 the units of
+    float32 are subnormal, and a line 64 of them long left a float32 loss
+    bitwise unchanged; it read as exact float64 (no rounding at all), and a
+    correct max-pool over ReLU zeros failed with error estimates of 3e-12. A
+    power of two, so that ``x0 + k q`` are values of ``reduced`` wherever
     ``x0`` is one and ``q`` is at least its unit there.
     """
     spacing = _spacing(x0, reduced)
-    q = 2.0 ** np.ceil(np.log2(64.0 * spacing))
+    unit = max(spacing, _spacing(np.array([scale]), reduced))
+    q = 2.0 ** np.ceil(np.log2(64.0 * unit))
     while q > spacing and 4.0 * q > room:
         q /= 2.0
     return float(q)
@@ -356,10 +377,12 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     line = None
     if reduced is not None:
         room = 0.5 * _nearest(flat, float(x0[0]))
-        line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, room))
+        q = _line_step(x0, reduced, room, _group_scale(objective, i, idx))
+        line = _line_noise(objective, i, idx, reduced, q, far=room)
 
     def rung(k):
-        """``(quotient, noise, k)`` at step ``t0 s 2^-k``: None below resolution, () non-finite."""
+        """``(quotient, noise, k, unchanged)`` at step ``t0 s 2^-k``: None below resolution, ()
+        non-finite; ``unchanged``: every output bitwise what it was at ``x``."""
         t = t0 * s * 2.0**-k
         with np.errstate(over="ignore", invalid="ignore"):
             moved = _snap(x0 + sign * t, reduced)
@@ -379,15 +402,23 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         noise = _rounding(objective, fp, f0, mask, line)
         with np.errstate(over="ignore", invalid="ignore"):
             terms[0] = max(terms[0], float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
-        return (num / t, noise / t, k)
+        return (num / t, noise / t, k, bool(np.array_equal(fp, f0)))
 
-    quotients = []
+    quotients, changed = [], False
     for k in range(n_rungs):
         q = rung(k)
         if q is None:
             break
         if q:
-            quotients.append(q)
+            # fn bitwise unchanged although a larger step changed it (by more than its
+            # rounding: a slope of 0 moves fn by rounding only): the step fell below
+            # fn's resolution (a float32 loss near 5 at steps below 2e-7 on tied values of
+            # 0, which float32 represents exactly), not a zero slope; this and smaller
+            # rungs are left out (their exact zeros agree with each other perfectly).
+            if changed and q[3]:
+                break
+            changed |= not q[3] and abs(q[0]) > q[1]  # a change above its rounding
+            quotients.append(q[:3])
     best = _extrapolate(quotients)
     room = 0.5 * _gap(flat, float(x0[0]), sign)
     top = 0
@@ -401,7 +432,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         q = rung(top)
         if not q:
             break
-        quotients.insert(0, q)
+        quotients.insert(0, q[:3])
         best = _extrapolate(quotients)
     best = best[:2]
     value, err = best
@@ -582,7 +613,8 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
         sep, small, h = layout
         h_small = h
         smooth_test = small <= 0.5 * sep
-        line = _line_noise(objective, i, idx, reduced, _line_step(x0, reduced, 0.5 * gap))
+        q = _line_step(x0, reduced, 0.5 * gap, _group_scale(objective, i, idx))
+        line = _line_noise(objective, i, idx, reduced, q, far=0.5 * gap)
     orders = _orders(m, n_orders, rng)
     extra = {"reduced": reduced, "line": line}
     lo1, hi1, n1 = _sampled_slopes(objective, i, idx, which, orders, sep, h, **extra)
