@@ -210,9 +210,9 @@ EXHAUSTIVE_AT_ONCE = 256
 SAMPLE = 16
 #: Smaller blocks are measured with steps up to this many times larger than ``t*``.
 STEP_GROWTH_MAX = 64.0
-#: Inputs of root-mean-square below ``2^UNIT_ABOVE`` are stepped in their own units (the
-#: calibration's descent from ``T0`` reaches the small ones); larger ones in units of
-#: ``2^(floor(log2 rms) - UNIT_ABOVE)``, so that the steps follow the input's scale.
+#: The largest input, where its root-mean-square is above ``2^UNIT_ABOVE``, is stepped in
+#: units of ``2^(floor(log2 rms) - UNIT_ABOVE)``, and the others in proportion (:func:`_units`);
+#: below, in its own units (the calibration's descent from ``T0`` reaches small scales).
 UNIT_ABOVE = 4
 #: The error reported as the resolution of covered elements escapes with this probability.
 MISS = 0.01
