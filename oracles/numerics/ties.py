@@ -202,28 +202,30 @@ def _snap(values, reduced):
         return np.asarray(values).astype(reduced).astype(np.float64)
 
 
-def _line_noise(objective, i, idx, reduced, q, far=np.inf):
+def _line_noise(objective, i, idx, reduced, room):
     """Per-output noise along the group's all-ones direction at exact steps, as a level function.
 
-    ``fn`` at ``x + k q d`` (``k = -4 .. 4``, every point a value of
-    ``reduced``): the group stays tied, crosses no other value, and no input
+    ``fn`` at ``x + k q d`` (``k = -4 .. 4``, ``q`` from :func:`_line_step`
+    within ``room``, a distance the group can move without crossing another
+    value; every point a value of ``reduced``): the group stays tied, crosses
+    no other value, and no input
     is rounded, so what ECnoise finds in the outputs is the rounding of
     ``fn``'s own arithmetic (none for a sort or a max-pool, whose outputs are
     inputs). Returns ``level(f) = max(u |f|, sigma)``: the roundoff ``u`` of
     the reduced type (every output is rounded to it once; float64's for an
     output that moved exactly linearly along the line, as a sort's does) and
     the noise measured along this line (cached on the objective: measured
-    once per group). ``far``: a distance the group can move and stay tied
-    without crossing another value; two calls at ``+-far`` tell the outputs
-    that do not move along the line because they do not depend on the group
-    (a sort's other positions: exact) from those whose change was below
-    their unit (a float32 sum of a max-pool's outputs and 1e3: rounded).
+    once per group). Two calls at ``+-room`` tell the outputs that do not
+    move along the line because they do not depend on the group (a sort's
+    other positions: exact) from those whose change was below their unit (a
+    float32 sum of a max-pool's outputs and 1e3: rounded).
     """
     cache = objective.__dict__.setdefault("_tie_line_noise", {})
-    key = (i, idx.tobytes(), q, far)
+    key = (i, idx.tobytes(), room)
     if key not in cache:
         flat = objective.work[i].reshape(-1)
         x0 = flat[idx].copy()
+        q = _line_step(x0, reduced, room, _group_scale(objective, i, idx))
         rows, ends = [], []
         try:
             for k in range(-4, 5):
@@ -232,9 +234,9 @@ def _line_noise(objective, i, idx, reduced, q, far=np.inf):
                     continue
                 flat[idx] = _snap(x0 + k * q, reduced)
                 rows.append(np.asarray(objective.output(objective.work)).reshape(-1))
-            if np.isfinite(far) and far > 4.0 * q:
+            if np.isfinite(room) and room > 4.0 * q:
                 for sign in (1.0, -1.0):
-                    flat[idx] = _snap(x0 + sign * far, reduced)
+                    flat[idx] = _snap(x0 + sign * room, reduced)
                     ends.append(np.asarray(objective.output(objective.work)).reshape(-1))
         finally:
             flat[idx] = x0
@@ -250,11 +252,11 @@ def _line_noise(objective, i, idx, reduced, q, far=np.inf):
             # a max-pool's: its values are inputs) is not rounded at all. One that
             # did not move along it but moves farther out is a rounded one whose
             # change was below its unit (a float32 sum of a max-pool's outputs and 1e3).
-            still = np.all(values == values[4], axis=0)
+            moved_far = np.zeros(size, dtype=bool)
             for end in ends:
                 if end.size == size:
-                    still &= ~((end != values[4]) & np.isfinite(end))
-            moved_far = np.all(values == values[4], axis=0) & ~still
+                    moved_far |= (end != values[4]) & np.isfinite(end)
+            moved_far &= np.all(values == values[4], axis=0)
             linear = np.all(np.diff(values, 2, axis=0) == 0, axis=0) & ~moved_far
             floor = np.where(linear, EPS, max(EPS, unit))
         shape = objective.base_output.shape
@@ -377,8 +379,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     line = None
     if reduced is not None:
         room = 0.5 * _nearest(flat, float(x0[0]))
-        q = _line_step(x0, reduced, room, _group_scale(objective, i, idx))
-        line = _line_noise(objective, i, idx, reduced, q, far=room)
+        line = _line_noise(objective, i, idx, reduced, room)
 
     def rung(k):
         """``(quotient, noise, k, unchanged)`` at step ``t0 s 2^-k``: None below resolution, ()
@@ -613,8 +614,7 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
         sep, small, h = layout
         h_small = h
         smooth_test = small <= 0.5 * sep
-        q = _line_step(x0, reduced, 0.5 * gap, _group_scale(objective, i, idx))
-        line = _line_noise(objective, i, idx, reduced, q, far=0.5 * gap)
+        line = _line_noise(objective, i, idx, reduced, 0.5 * gap)
     orders = _orders(m, n_orders, rng)
     extra = {"reduced": reduced, "line": line}
     lo1, hi1, n1 = _sampled_slopes(objective, i, idx, which, orders, sep, h, **extra)

@@ -29,7 +29,12 @@ def _svm(n_rows, seed, scale):
     """CS231n's vectorized SVM loss at integer scores (ties, margins of 0), in float32."""
     rng = np.random.default_rng(seed)
     x = np.round(rng.normal(size=(n_rows, 5)) * 2) * scale
-    y = rng.integers(0, 5, n_rows)
+    return _svm_at(x, rng.integers(0, 5, n_rows), scale)
+
+
+def _svm_at(x, y, scale=1.0):
+    """``(loss, vjp, x)``: the SVM loss of scores ``x`` with labels ``y``, margin ``scale``."""
+    n_rows = len(y)
     rows = np.arange(n_rows)
 
     def loss(x):
@@ -67,20 +72,7 @@ def test_float32_svm_loss_at_ties_of_zero(n_rows, seed, scale, mode):
 
 def test_the_case_found():
     x = np.array([[0.0, 0.0, 1.0, 0.0, -1.0], [1.0, 3.0, 2.0, -1.0, -3.0]])
-    y = np.array([1, 4])
-
-    def loss(x):
-        x = x.astype(np.float32)
-        m = np.maximum(0, x - x[[0, 1], y][:, None] + 1)
-        m[[0, 1], y] = 0
-        return np.float64(m.sum() / 2)
-
-    def vjp(g, x):
-        b = (x - x[[0, 1], y][:, None] + 1 > 0).astype(float)
-        b[[0, 1], y] = 0
-        b[[0, 1], y] = -b.sum(1)
-        return g * b / 2
-
+    loss, vjp, x = _svm_at(x, np.array([1, 4]))
     report = check_vjp(loss, vjp, (x,), seed=100)
     assert report.status == "passed", str(report)
 
