@@ -524,8 +524,15 @@ class _Session:
 
     def settle_randomness(self):
         """The output at the inputs; re-seed before every forward if that makes it repeatable."""
-        first, second = (self.forward(self.fresh()[0], self.xs()) for _ in range(2))
-        if differs(first, second)[0]:
+        # Drawing from NumPy's global generator is randomness even where two draws happened
+        # to agree (a dropout mask over 6 elements repeats one time in 64): the state it
+        # leaves differs from call to call (a forward that seeds it itself, CS231n's
+        # dropout with a seed, leaves the same state each time, and is deterministic).
+        first = self.forward(self.fresh()[0], self.xs())
+        after_first = np.random.get_state()  # noqa: NPY002
+        second = self.forward(self.fresh()[0], self.xs())
+        drew = _moved(after_first, np.random.get_state())  # noqa: NPY002
+        if drew or differs(first, second)[0]:
             self.reseed = True
             first, second = (self.forward(self.fresh()[0], self.xs()) for _ in range(2))
             if differs(first, second)[0]:
@@ -891,6 +898,14 @@ def _flatten_direction(direction, shapes):
             )
         parts.append(np.asarray(d, dtype=np.float64).ravel())
     return np.concatenate(parts)
+
+
+def _moved(before, after):
+    """True where NumPy's global random state ``after`` is not the state ``before``."""
+    return any(
+        not np.array_equal(a, b) if isinstance(a, np.ndarray) else a != b
+        for a, b in zip(before, after, strict=True)
+    )
 
 
 def _decide_loss(session, out, direction):

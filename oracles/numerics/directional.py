@@ -341,17 +341,10 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
     right = np.full(m, np.nan)
     nonfinite = np.zeros(m, dtype=bool)
     l0_all = noise.level(f0)
-    # Where the noise probe saw an output vary wildly over steps of ``h`` (of
-    # the inputs' scales), rungs above ``4 h`` are meaningless for it.
-    # Where it looked smooth at a smaller probe step, the ladder starts at
-    # most 4 times that one (between the two, fn may oscillate: sin(1e3 x) at
-    # x ~ 1e4, stepped by 1e-2 of its scale).
-    limit = np.where(np.isfinite(noise.varies) & (noise.calm > 0), noise.calm, noise.varies)
-    # And at most where it turns by about a radian (sin(1e4 x) at steps of
-    # 7e-5 turns by 0.33 radian: at the largest rungs it aliases).
-    limit = np.minimum(4.0 * limit, noise.reach)
+    # Where the noise probe saw an output vary on a smaller scale than the
+    # largest rungs, they are meaningless for it (NoiseModel.start_limit).
     with np.errstate(divide="ignore"):
-        skip = np.ceil(np.log2(T0 / limit))
+        skip = np.ceil(np.log2(T0 / noise.start_limit()))
     first = np.where(np.isfinite(skip), np.clip(skip, 0, n_rungs // 2), 0).astype(int)
 
     def solve(i):

@@ -214,6 +214,11 @@ STEP_GROWTH_MAX = 64.0
 #: units of ``2^(floor(log2 rms) - UNIT_ABOVE)``, and the others in proportion (:func:`_units`);
 #: below, in its own units (the calibration's descent from ``T0`` reaches small scales).
 UNIT_ABOVE = 4
+
+#: Inputs of at most this many elements get the objective's noise probe before the
+#: calibration, to find where fn oscillates (:meth:`_Prober._largest_step`): the size
+#: below which the default mode is exhaustive, which runs the probe anyway.
+PROBE_AT_MOST = 5000
 #: The error reported as the resolution of covered elements escapes with this probability.
 MISS = 0.01
 #: Resolution of the Gaussian directions (see :func:`_gaussian`).
@@ -775,6 +780,7 @@ class _Prober:
         self.space = space
         self.calibrated = False
         self.t_star = np.nan
+        self.top = T0  # the calibration's largest step (:meth:`_largest_step`)
         self.sigma = np.nan  # measured noise of one evaluation of the residual
         self.unorm = np.nan  # norm of the calibration direction
         self._prior = (0.0, 0)  # the closely spaced samples' noise and degrees of freedom
@@ -1072,7 +1078,7 @@ class _Prober:
         ``T``; the others keep the bound over ``2t``. ``inf`` when ``fn`` is
         not finite out there (the bound over ``2t`` stands).
         """
-        far = T0  # no farther: the calibration's first rung moved every element that far
+        far = self.top  # no farther: the calibration's first rung moved every element that far
         if far < 4.0 * t:
             return np.inf
         if "far" not in cache:
@@ -1097,7 +1103,7 @@ class _Prober:
         """Step for a direction of norm ``norm``: the calibrated perturbation size."""
         if not (norm > 0) or not np.isfinite(self.unorm):
             return self.t_star
-        growth = min(STEP_GROWTH_MAX, self.unorm / norm, T0 / (2.0 * self.t_star))
+        growth = min(STEP_GROWTH_MAX, self.unorm / norm, self.top / (2.0 * self.t_star))
         return self.t_star * 2.0 ** math.floor(math.log2(max(growth, 1.0)))
 
     def measure(self, gidx, vals, adapt=True, target=None):
@@ -1144,6 +1150,37 @@ class _Prober:
 
     # --- calibration ------------------------------------------------------------------------------
 
+    def _largest_step(self, parts):
+        """``T0``, or less where the noise probe saw fn oscillate on a smaller scale.
+
+        The probe runs for this on inputs of at most :data:`PROBE_AT_MOST`
+        elements (larger ones use it where it ran already: its points and
+        scales cost memory the size of the inputs).
+
+        The probe's :meth:`~oracles.numerics.objective.NoiseModel.start_limit`
+        (``turns=False``: where it oscillated) is relative to each element's
+        scale; along ``parts`` an element moves by ``t |u_j|``. Above the limit
+        the central differences alias and can agree on about 0 (``sin`` at
+        inputs near 1e9: one unit of its direction is ``2^25``).
+        """
+        objective = self.space.objective
+        noise = objective.measured_noise
+        if noise is None and sum(x.size for x in objective.point) <= PROBE_AT_MOST:
+            noise = objective.noise  # a few dozen calls: what mode exhaustive spends anyway
+        limit = None if noise is None else noise.start_limit(turns=False)
+        limit = float(np.min(limit)) if limit is not None and limit.size else np.inf
+        if not (np.isfinite(limit) and limit > 0):
+            return T0
+        rel = 0.0
+        for i, loc, v, _ in parts:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = np.abs(v) / np.asarray(objective.scales[i]).reshape(-1)[loc]
+            r = r[np.isfinite(r)]
+            rel = max(rel, float(np.max(r, initial=0.0)))
+        if not (rel > 0 and T0 * rel > limit):
+            return T0
+        return T0 * 2.0 ** -math.ceil(math.log2(T0 * rel / limit))
+
     def calibrate(self, parts, norm):
         """Choose the step and measure the noise along the first direction.
 
@@ -1163,12 +1200,14 @@ class _Prober:
         cache = {"points": {}}
         self.sigma = 0.0  # the model noise decides the descent
 
+        top = self.top = self._largest_step(parts)
+
         def rung(k):
-            return self._quotient(parts, T0 * 2.0**-k, cache)
+            return self._quotient(parts, top * 2.0**-k, cache)
 
         def info(j):
-            """``(value, error, truncation + kink, state)`` of the stencil at ``T0 2^-j``."""
-            value, error, tk, state = self.stencil(parts, T0 * 2.0**-j, cache)
+            """``(value, error, truncation + kink, state)`` of the stencil at ``top 2^-j``."""
+            value, error, tk, state = self.stencil(parts, top * 2.0**-j, cache)
             if self.sigma == 0.0:  # before the noise is measured: the model noise
                 model = max(rung(k)[3] for k in range(j - 1, j + 3))
                 error = error + NOISE_SIGMAS * _NOISE_FACTOR * model
@@ -1206,7 +1245,7 @@ class _Prober:
                 worse = 0
 
         # The noise, measured below the smallest step so far, and at a coarse spacing.
-        self.sigma, dof = self._measure_noise(parts, T0 * 2.0 ** -(n - 1) / 8.0, cache["points"])
+        self.sigma, dof = self._measure_noise(parts, top * 2.0 ** -(n - 1) / 8.0, cache["points"])
         coarse = self._coarse_noise(parts, cache["points"])
         if coarse > COARSE_NOISE_ABOVE * self.sigma:
             # A staircase that the small spacings do not resolve, or kinks that the
@@ -1241,7 +1280,7 @@ class _Prober:
                     # The noise at the working scale, whatever the gradient: neighbouring
                     # stencils along the same direction see the same residual.
                     for j in (best, best + 1):
-                        self.learn(parts, cache, T0 * 2.0**-j)
+                        self.learn(parts, cache, top * 2.0**-j)
                     refined = True
                     continue
             if n >= N_RUNGS:
@@ -1250,9 +1289,9 @@ class _Prober:
             n += 1
         self.calibrated = True
         if best is None:
-            self.t_star = T0 * 2.0 ** -max(1, n - 3)
+            self.t_star = top * 2.0 ** -max(1, n - 3)
             return np.nan, np.inf, cache
-        self.t_star = T0 * 2.0**-best
+        self.t_star = top * 2.0**-best
         value, error, _, _ = self.stencil(parts, self.t_star, cache)
         return value, error, cache
 

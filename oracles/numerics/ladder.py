@@ -216,7 +216,7 @@ def _past_kink(jumps):
     return None
 
 
-def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0):
+def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceiling=None):
     """Run the step ladder on one probe.
 
     ``quotient(k) -> (c, delta, noise_c)``: the central-difference quotient
@@ -236,7 +236,8 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0):
     ``t``): the ladder proper starts where they settled. In the usual case
     they settle at once and the coarse rungs are rungs of the ladder. The
     descent starts at rung ``first`` (0 unless the caller knows that larger
-    steps are meaningless, e.g. from the noise probe).
+    steps are meaningless, e.g. from the noise probe), and the ladder never
+    climbs above rung ``ceiling`` (``None``: up to :data:`MAX_UP` rungs).
 
     The error estimate of rung ``k`` is the larger of the last two changes
     between successive extrapolants (one change can be small by
@@ -295,7 +296,7 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0):
     if climb and results:
         # Too small for the scale on which fn varies: climb while the top rung is
         # the best and its estimate is rounding.
-        while top > start - MAX_UP:
+        while top > start - MAX_UP and (ceiling is None or top > ceiling):
             value, err, k_best, noise_e = min(results, key=lambda r: r[1])
             first = results[0][2]
             if k_best > first + 1 or 2.0 * noise_e < err or err <= CLIMB_ABOVE * abs(value):
@@ -314,7 +315,9 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0):
         # (and a kink at x that the nearer one hid); the ladder runs again from there.
         # Where nothing settles below it (a jump that only looked like a kink's: sin(1e4 x)
         # at x ~ 1e3 aliases at large steps), the whole ladder's result stands.
-        again = ladder(quotient, n_rungs=n_rungs, climb=False, coarse=coarse, first=past)
+        again = ladder(
+            quotient, n_rungs=n_rungs, climb=False, coarse=coarse, first=past, ceiling=ceiling
+        )
         if again[2] is not None:
             return again
     if not results:
@@ -563,6 +566,40 @@ def _saturation_bound(objective, value, error, still):
     return error
 
 
+#: Rungs a ladder keeps below where the noise probe says it may start at most.
+MIN_LADDER = 8
+
+
+def _start(noise, mask, quotient):
+    """``(first, ceiling)`` of an element's ladder from what the noise probe saw.
+
+    The outputs the element moves are those that changed at the largest step
+    (``quotient(0)`` fills ``mask``). Where the probe saw them vary on a smaller
+    scale (:meth:`~oracles.numerics.objective.NoiseModel.start_limit`), larger
+    steps are meaningless: the ladder starts below it and does not climb to
+    where they oscillated (``sin`` at ``x ~ 1e15``, spaced by 1/8: quotients
+    over steps of ``1e20`` are about 0, agree with each other, and their
+    rounding is tiny).
+    """
+    limits = noise.start_limit(turns=False)
+    if limits is None:
+        return 0, None
+    if not mask.any():
+        quotient(0)
+    if not mask.any():
+        return 0, None
+    moved = mask.reshape(-1)
+    limit = float(np.min(limits[moved]))
+    if not (np.isfinite(limit) and limit > 0):
+        return 0, None
+    first = int(np.clip(np.ceil(np.log2(T0 / limit)), 0, MAX_RUNGS - MIN_LADDER))
+    # The climb may go up to half the smallest step at which it oscillated: between
+    # there and where it looked calm the probe does not know (a softmax of logits near
+    # 1e8, calm at steps of 1e-4 and wild at 0.7, is best resolved near 1e-2).
+    wavy = float(np.min(noise.wavy[moved]))
+    return first, int(np.ceil(np.log2(T0 / (0.5 * wavy))))
+
+
 def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     """The ladder of one element at scale ``s``: a dict of its results.
 
@@ -656,7 +693,8 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     for _ in range(4):
         seen = int(mask.sum())
-        out = ladder(quotient, n_rungs=n_rungs)
+        first, ceiling = _start(objective.noise, mask, quotient)
+        out = ladder(quotient, n_rungs=n_rungs, first=first, ceiling=ceiling)
         if int(mask.sum()) == seen:
             break
     v, e, k_best, _, nf = out

@@ -93,6 +93,14 @@ SCALE_FLOOR = 1.0
 #: Relative step sizes of the noise probe (times each element's scale).
 PROBE_STEPS = (2.0**-14, 2.0**-27, 2.0**-40)
 
+#: Where an output oscillates at the smallest probe step, the probe goes on at this
+#: fraction of it ...
+FINER_PROBE = 2.0**-3
+
+#: ... down to this relative step (the probe's increments of at least half the step
+#: times the scale are then two to four units of an element's spacing).
+FINEST_PROBE = 2.0**-49
+
 #: Steps between those, for the elements that moved but showed no noise at them: along one line
 #: at one step the rounding errors of a nearly linear output can repeat a pattern that looks
 #: smooth (a sigmoid output of 9e-10, rounded in steps of 5.5e-17 through ``1 + tanh``, showed
@@ -294,6 +302,11 @@ class NoiseModel:
         looked like a smooth curve plus noise (0 where it never did): below a
         step where it varied wildly, ladders start at most ``4 calm`` (``sin(1e3
         x)`` at ``x ~ 1e4`` is wild at steps of ``0.6`` and smooth at ``7e-5``).
+    wavy : ndarray, optional
+        Per output element, the smallest relative probe step over which it
+        varied wildly with no kink among the probe's points (``inf`` where it
+        never did): it oscillates on a scale below that step. ``None`` where
+        no output did.
     reach : ndarray, optional
         Per output element, the relative step at which it turns by about a
         radian, judged from its second differences next to its first where
@@ -315,6 +328,7 @@ class NoiseModel:
     kind: str | None = None
     calm: np.ndarray | None = None
     reach: np.ndarray | None = None
+    wavy: np.ndarray | None = None
 
     def __post_init__(self):
         self.sigma = np.asarray(self.sigma, dtype=np.float64).reshape(-1)
@@ -345,6 +359,32 @@ class NoiseModel:
             return np.maximum(
                 np.maximum(self.sigma[at], QUANTUM), self.relative[at] * np.abs(values)
             )
+
+    def start_limit(self, turns=True):
+        """Per output element, the largest relative step a ladder should start at.
+
+        Where the probe saw the output vary wildly over steps of ``h`` (of the
+        inputs' scales), larger steps are meaningless for it; where it looked
+        smooth at a smaller probe step, ladders start at most 4 times that one
+        (between the two, fn may oscillate: ``sin(1e3 x)`` at ``x ~ 1e4``,
+        stepped by 1e-2 of its scale); and at most where it turns by about a
+        radian (``sin(1e4 x)`` at steps of 7e-5 turns by 0.33 radian: at larger
+        steps it aliases). ``turns=False`` counts only where it oscillated
+        (:attr:`wavy`): a kink between the probe's points also makes its values
+        wild and bends them. ``inf`` where nothing limits it.
+        """
+        if not turns:
+            # Where it oscillated (wild, no kink seen) only; None where no output did.
+            wavy = self.wavy
+            if wavy is None:
+                return None
+            if getattr(self, "_wavy_limit", None) is None:  # once: ladders ask per element
+                self._wavy_limit = 4.0 * np.where(
+                    np.isfinite(wavy) & (self.calm > 0), self.calm, wavy
+                )
+            return self._wavy_limit
+        limit = np.where(np.isfinite(self.varies) & (self.calm > 0), self.calm, self.varies)
+        return np.minimum(4.0 * limit, self.reach)
 
     @property
     def coarse(self):
@@ -704,6 +744,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     varies = np.full(m, np.inf)  # the smallest probe step over which f_i varied wildly
     calm = np.zeros(m)  # the largest probe step at which f_i looked smooth plus noise
     moved = np.zeros(m, dtype=bool)  # f_i took two values at some probe step
+    wavy = np.full(m, np.inf)  # the smallest probe step over which f_i varied wildly, no kink
     seen = [f0]
     # One record per probe step, largest step first: the step, the plausible noise per
     # element (NaN elsewhere), the largest |f_i|, where f_i looked smooth, its first
@@ -713,9 +754,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     suspect = np.zeros(m, dtype=bool)
     between = [b for b in BETWEEN_STEPS if min(steps) < b < max(steps)]
     queue = list(steps) + between + [COARSE_PROBE_STEP]
+    finer = set()  # steps below the smallest of ``steps``, probed where fn oscillated there
+    wild_level = np.zeros(m)  # the first differences' level where f_i oscillated
     while queue:
         h = queue.pop(0)
-        if np.all(np.isfinite(best)) and not (suspect.any() and h != COARSE_PROBE_STEP):
+        if (
+            h not in finer
+            and np.all(np.isfinite(best))
+            and not (suspect.any() and h != COARSE_PROBE_STEP)
+        ):
             # Every element's noise was seen: smaller steps would only see
             # less, unless it is large enough to need confirming.
             break
@@ -805,6 +852,23 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             wild = finite & (distinct >= MIN_DISTINCT) & (large | (np.isnan(sigma) & rough))
             plausible = finite & (distinct >= MIN_DISTINCT) & np.isfinite(sigma) & ~wild
             varies = np.where(wild, np.minimum(varies, h), varies)
+            # Wild without a kink: fn oscillates at this step, so a larger one that
+            # looks calm aliases (sin at x ~ 1e14, stepped by 1e6 x 2^-14: a calm
+            # progression of phases modulo 2 pi).
+            if not coarse:
+                # Not among values of a reduced type: their rounding is wild too (a float16
+                # sort near 0), and says nothing of where fn varies.
+                osc = wild & ~spike & ~reduced
+                wavy = np.where(osc, np.minimum(wavy, h), wavy)
+                wild_level = np.where(osc & (wavy == h), first, wild_level)
+            if not coarse and h <= min(steps) and np.any(wavy == h):
+                # Still oscillating at the smallest step: probe finer, down to a few
+                # units of the inputs' spacing, to find the scale on which fn varies
+                # (sin at x ~ 1e14 varies on a scale of 1: 2^-48 of the input).
+                nxt = h * FINER_PROBE
+                if nxt >= FINEST_PROBE:
+                    finer.add(nxt)
+                    queue.insert(0, nxt)
             tame = finite & (distinct >= MIN_DISTINCT) & ~wild
             # First differences that the slope, not the noise, makes: strictly
             # monotone values (a float32 staircase at steps below its
@@ -841,8 +905,16 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         for h_small, *_, first_small in estimates[p + 1 :]:
             with np.errstate(invalid="ignore", over="ignore"):
                 refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
+        refuted |= h > wavy
         calm = np.where(tame & ~refuted, np.maximum(calm, h), calm)
         varies = np.where(refuted, np.minimum(varies, h), varies)
+    # Oscillating even at the finest probe step, a few units of the inputs' spacing
+    # (sin at x ~ 1e16, spaced by 2): fn varies on the scale of that spacing, and no
+    # step resolves it. The size of its oscillation there is its noise.
+    finest = min([e[0] for e in estimates if e[0] != COARSE_PROBE_STEP], default=np.inf)
+    unresolved = (wavy <= finest) & (finest * FINER_PROBE < FINEST_PROBE)
+    if unresolved.any():
+        best = np.where(unresolved, np.fmax(best, wild_level), best)
     detected = np.isfinite(best)
     absf = np.abs(f0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -891,6 +963,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         calm=calm,
         reach=reach,
         kind=kind,
+        wavy=wavy if np.isfinite(wavy).any() else None,
     )
 
 
@@ -987,6 +1060,11 @@ class ScalarObjective:
     def release(self):
         """Free the scratch arrays (they are made again when needed)."""
         self._scratch = None
+
+    @property
+    def measured_noise(self):
+        """:attr:`noise` where it was measured already, else ``None`` (measuring costs calls)."""
+        return self._noise
 
     @property
     def noise(self):

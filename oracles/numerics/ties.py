@@ -405,9 +405,21 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             terms[0] = max(terms[0], float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
         return (num / t, noise / t, k, bool(np.array_equal(fp, f0)))
 
+    # Where the noise probe saw the outputs the group moves (those that changed at
+    # the largest step) vary on a smaller scale than the largest steps, start below
+    # it (sin at tied values near 1e14 varies on a scale of 1: one-sided differences
+    # over steps of 1e5 and more are all about 0, and agree with each other).
+    first = 0
+    q0 = rung(0)
+    limits = objective.noise.start_limit(turns=False)
+    if q0 and limits is not None and mask.any():
+        with np.errstate(divide="ignore"):
+            skip = np.log2(t0 / np.min(limits[mask.reshape(-1)]))
+        if np.isfinite(skip) and skip > 0:
+            first = int(np.ceil(skip))
     quotients, changed = [], False
-    for k in range(n_rungs):
-        q = rung(k)
+    for k in range(first, first + n_rungs):
+        q = q0 if k == 0 else rung(k)
         if q is None:
             break
         if q:
@@ -422,7 +434,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             quotients.append(q[:3])
     best = _extrapolate(quotients)
     room = 0.5 * _gap(flat, float(x0[0]), sign)
-    top = 0
+    top = first
     while top > -MAX_CLIMB and quotients and best[2] is not None:
         value, err, k_best, noise_e = best
         if k_best > quotients[0][2] + 3 or 2.0 * noise_e < err:
@@ -594,6 +606,12 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
     value = float(x0[0])
     gap = _nearest(flat, value)
     delta = min(2.0**-12 * _group_scale(objective, i, idx), gap / 16.0)
+    # Not beyond the scale on which the outputs the group feeds vary (sin at tied
+    # values near 1e15 varies on a scale of 1: slopes sampled 1e11 apart alias).
+    limits = objective.noise.start_limit(turns=False)
+    near = _support(objective, i, int(idx[0])) if limits is not None else None
+    if near is not None and near.any():
+        delta = min(delta, float(np.min(limits[near])) * _group_scale(objective, i, idx))
     reduced = _exact_type(objective, x0)
     line = None
     half = 0.5 * max(m - 1, 1)
