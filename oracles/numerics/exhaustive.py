@@ -448,13 +448,13 @@ def _screen(objective, i, flat_idx, r, how="copies"):
             # into the rows of one block.
             batch = max(1, min(MAX_BATCH, BATCH_FLOATS // (2 * (size + m))))
             fp, fm = _rows_batched(objective, i, flat_idx[part], xp[part], xm[part], bufs, batch)
-            order = None
+            perm = None
         else:
-            fp, fm, order = _rows(
+            fp, fm, perm = _rows(
                 objective, i, flat_idx[part], xp[part], xm[part], how == "direct", bufs
             )
         value[part], noise[part], nonfinite[part] = _block_stats(
-            objective, fp, fm, x0[part], xp[part], xm[part], order, bufs
+            objective, fp, fm, x0[part], xp[part], xm[part], perm, bufs
         )
     return value, noise, nonfinite
 
@@ -477,8 +477,9 @@ def _row_buffers(objective, rows, m):
     """``(rows, m)`` buffers for :func:`_rows` and :func:`_block_stats`, kept and reused.
 
     Two of float64 (the outputs on either side), two of bool (where they
-    changed), and ``f(x)`` repeated on every row (per output order, made
-    when first needed: :func:`_base_rows`), kept on the objective.
+    changed), and per order of the outputs in memory what :func:`_block_stats`
+    reads in that order (:func:`_columns`, :func:`_base_rows`, made when first
+    needed), kept on the objective.
 
     A fresh 2 MB block per call of :func:`_rows` is fresh memory from the
     operating system each time, and touching it costs page faults: on
@@ -494,25 +495,54 @@ def _row_buffers(objective, rows, m):
             np.empty((rows, m), dtype=bool),
             np.empty((rows, m), dtype=bool),
             {},
+            {},
         )
         objective.__dict__["_exhaustive_rows"] = have
     return have
 
 
-def _base_rows(bufs, f0, order, b):
-    """``f(x)`` (flat, in the outputs' order ``order``) on each of ``b`` rows, kept in ``bufs``.
+def _columns(objective, perm, bufs=None):
+    """The cotangent, ``f(x)`` and the noise model's ``sigma`` and ``relative``, flat, in the
+    outputs' memory order ``perm`` (:func:`_layout`; ``None``: C order), and that order.
+
+    Returns ``(order, cot, f0, sigma, rel)``; ``order[k]`` is the C-order
+    position of column ``k`` (``None``: C order). Kept in ``bufs``
+    (:func:`_row_buffers`): gathering four arrays of 15,488 outputs in the
+    order of a transposed output took 6 us a row when done for every block
+    of 16 rows.
+    """
+    cache = bufs[4] if bufs is not None else {}
+    got = cache.get(perm)
+    if got is None:
+        model = objective.noise
+        cot = objective.cotangent.reshape(-1)
+        f0 = objective.base_output.reshape(-1)
+        sigma, rel = model.sigma.reshape(-1), model.relative.reshape(-1)
+        order = None
+        if perm is not None:
+            shape = objective.base_output.shape
+            order = np.arange(f0.size).reshape(shape).transpose(perm).reshape(-1)
+            cot, f0, sigma, rel = cot[order], f0[order], sigma[order], rel[order]
+        got = (order, cot, f0, sigma, rel)
+        if bufs is not None:
+            cache.clear()  # one order per check in practice
+            cache[perm] = got
+    return got
+
+
+def _base_rows(bufs, f0, perm, b):
+    """``f(x)`` (flat, in the outputs' order ``perm``) on each of ``b`` rows, kept in ``bufs``.
 
     Comparing a block of rows with one stored block of ``f(x)`` is twice as
     fast as comparing it with ``f(x)`` broadcast along the rows (0.6 against
     1.2 ns an output).
     """
-    key = None if order is None else order.tobytes()
-    tiles = bufs[4]
-    tile = tiles.get(key)
+    tiles = bufs[5]
+    tile = tiles.get(perm)
     if tile is None or tile.shape[0] < b:
         tiles.clear()  # one order per check in practice: never more than one tile
         tile = np.tile(f0, (max(b, bufs[0].shape[0]), 1))
-        tiles[key] = tile
+        tiles[perm] = tile
     return tile[:b]
 
 
@@ -523,9 +553,9 @@ def _rows(objective, i, idx, xp, xm, direct, bufs=None):
     directly, and a float64 array of the right shape is taken as it is;
     anything else (an exception, another type or shape) goes through the
     guard, which converts it or raises the error that names the perturbed
-    element. Returns ``(fp, fm, order)``: rows of ``(b, m)``, in the memory
-    order of ``fn``'s first output (:func:`_layout`); ``order[k]`` is the
-    C-order position of column ``k`` (``None``: C order). ``bufs``: buffers
+    element. Returns ``(fp, fm, perm)``: rows of ``(b, m)``, in the memory
+    order ``perm`` of ``fn``'s first output (:func:`_layout`; ``None``: C
+    order; :func:`_columns` gives the position of each column). ``bufs``: buffers
     to write them into (:func:`_row_buffers`; the rows returned are views of
     them, valid until the next call). The loop around the calls does what
     the plain loop does (set the element, call, copy the output) and
@@ -619,10 +649,7 @@ def _rows(objective, i, idx, xp, xm, direct, bufs=None):
         finally:
             flat[j] = x0
     objective.calls += 2 * b
-    order = None
-    if perm is not None:
-        order = np.arange(m).reshape(shape).transpose(perm).reshape(-1)
-    return fp.reshape(b, -1), fm.reshape(b, -1), order
+    return fp.reshape(b, -1), fm.reshape(b, -1), perm
 
 
 def _checked(out, shape):
@@ -670,7 +697,7 @@ def _rows_batched(objective, i, idx, xp, xm, bufs=None, batch=MAX_BATCH):
     return fp, fm
 
 
-def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
+def _block_stats(objective, fp, fm, x0, xp, xm, perm=None, bufs=None):
     """Quotients, noise and non-finiteness of a block of central differences (rows).
 
     Everything runs over the outputs that changed only (their flat positions
@@ -679,15 +706,10 @@ def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
     output equal to ``f(x)`` on both sides contributes exactly 0 to the
     difference, to the one-sided differences and to the noise. Beyond the
     calls, a row costs two comparisons with ``f(x)`` and the gathers.
-    ``order`` (from :func:`_rows`): the C-order position of each column;
+    ``perm`` (from :func:`_rows`): the order of the columns (:func:`_columns`);
     ``bufs``: scratch masks (:func:`_row_buffers`).
     """
-    cot = objective.cotangent.reshape(-1)
-    f0 = objective.base_output.reshape(-1)
-    model = objective.noise
-    sigma, rel = model.sigma.reshape(-1), model.relative.reshape(-1)
-    if order is not None:
-        cot, f0, sigma, rel = cot[order], f0[order], sigma[order], rel[order]
+    _, cot, f0, sigma, rel = _columns(objective, perm, bufs)
     b, m = fp.shape
     hp, hm = xp - x0, x0 - xm
     delta = xp - xm
@@ -696,7 +718,7 @@ def _block_stats(objective, fp, fm, x0, xp, xm, order=None, bufs=None):
     # np.nonzero of a 2-D mask is 10-20x slower.
     if bufs is not None and bufs[2].shape[0] >= b and bufs[2].shape[1] == m:
         changed, other = bufs[2][:b], bufs[3][:b]
-        base = _base_rows(bufs, f0, order, b)
+        base = _base_rows(bufs, f0, perm, b)
         np.not_equal(fp, base, out=changed)
         np.not_equal(fm, base, out=other)
         changed |= other
