@@ -1031,6 +1031,29 @@ def _smallest(keys, k):
     return chosen[np.argsort(keys[chosen], kind="stable")][:k]
 
 
+def _upper_quartile(values):
+    """``float(np.quantile(values, 0.75))`` (NumPy's default, linear method), for a few values.
+
+    NumPy's own steps (the same partition of a copy, NaN if the largest is
+    NaN, its ``_lerp`` between the order statistics around ``0.75 (n - 1)``)
+    without the 80 us of Python it spends per call: the calibration scores
+    every candidate step of every input with it.
+    """
+    arr = np.array(values, dtype=np.float64).reshape(-1)
+    n = arr.size
+    if n == 0:
+        return float(np.quantile(arr, 0.75))
+    virtual = (n - 1) * 0.75
+    below, above = (-1, -1) if virtual >= n - 1 else (math.floor(virtual), math.floor(virtual) + 1)
+    arr.partition(np.unique(np.array([0, -1, below, above], dtype=np.intp)))
+    if math.isnan(arr[-1]):
+        return float(arr[-1])
+    gamma = virtual - below
+    a, b = float(arr[below]), float(arr[above])
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
 class _Pending:
     """Full ladders run at calibration on typical samples, used only if the screen flags them.
 
@@ -1172,7 +1195,7 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
             )
             bound = noise + _truncation(h, v, model)
             rel = bound[nz] / np.abs(v[nz]) if nz.any() else bound
-            score = float(np.quantile(rel, 0.75))
+            score = _upper_quartile(rel)
             if best is None or score < best[0]:
                 best = (score, r, model, bound)
     # A sample whose first ladder is already as sharp as the screen's bound there needs no

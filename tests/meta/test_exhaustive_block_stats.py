@@ -84,3 +84,21 @@ def test_block_sums_are_the_per_element_sums(rows, how, monkeypatch):
                 skews.append((x0 + s) - x0 != x0 - (x0 - s))
         if r == 3e-5:
             assert any(skews) and not all(skews)  # both kinds of row were exercised
+
+
+def test_the_upper_quartile_is_numpys_bitwise():
+    """The calibration's score (exhaustive._upper_quartile) is ``np.quantile(values, 0.75)``."""
+    rng = np.random.default_rng(5)
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 5e-324, 1.7e308]
+    for t in range(3000):
+        n = int(rng.integers(1, 14))
+        v = rng.standard_normal(n) * 10.0 ** rng.uniform(-300, 300, n)
+        if t % 3 == 0:
+            k = int(rng.integers(1, n + 1))
+            v[rng.choice(n, k, replace=False)] = rng.choice(specials, k)
+        with np.errstate(invalid="ignore"):
+            want = float(np.quantile(v, 0.75))
+        got = exhaustive._upper_quartile(v)
+        assert np.array(got).tobytes() == np.array(want).tobytes() or (
+            np.isnan(got) and np.isnan(want)
+        ), (v, got, want)
