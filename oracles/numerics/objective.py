@@ -1121,11 +1121,16 @@ class ScalarObjective:
             return 0.0
         noise = self.noise
         c = np.abs(self.cotangent.reshape(-1)[at])
-        level = noise.level_at(fp.reshape(-1)[at], at) + noise.level_at(fm.reshape(-1)[at], at)
         with np.errstate(over="ignore", invalid="ignore"):
+            # NoiseModel.level_at of both sides, the per-output terms gathered once (the ladder
+            # calls this three times a rung; the same arithmetic, in a third of the time).
+            floor = np.maximum(noise.sigma[at], QUANTUM)
+            rel = noise.relative[at]
+            level = np.maximum(floor, rel * np.abs(fp.reshape(-1)[at]))
+            level += np.maximum(floor, rel * np.abs(fm.reshape(-1)[at]))
             # Each product c_i (fp_i - fm_i) is rounded to at least one quantum:
             # at subnormal magnitudes (steps of 1e-318) that is its whole error.
-            return NOISE_SAFETY * (float(np.sum(c * level)) + c.size * QUANTUM)
+            return NOISE_SAFETY * (float(np.add.reduce(c * level)) + c.size * QUANTUM)
 
     def difference(self, xs_plus, xs_minus, mask):
         """``phi(xs_plus) - phi(xs_minus)`` and its rounding noise.
