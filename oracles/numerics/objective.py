@@ -689,6 +689,52 @@ def _confirmed(estimates):
     return best, suspect
 
 
+#: A value whose mantissa ends in this many zero bits lies on a grid far coarser than its
+#: own spacing (a random value does so with probability 2^-10) ...
+GRID_BITS = 10
+
+#: ... and an output lies on such a grid where this many of one probe step's points do.
+GRID_COUNT = 4
+
+
+def _cancellation_grid(rows_by_step, half):
+    """Per output, the grid its values lie on far above their own spacing (0 where none).
+
+    ``rows_by_step``: the probe's values, one ``(2 half + 1, m)`` array per
+    step (row ``half`` is the base point, left out). At one step,
+    :data:`GRID_COUNT` points or more whose mantissas end in at least
+    :data:`GRID_BITS` zero bits are a grid (the smallest such spacing among
+    them); the result is the largest grid over the steps.
+
+    Examples
+    --------
+    >>> h = 1.37e-3 * np.arange(-4, 5)
+    >>> rows = np.stack([np.expm1(h), np.exp(h) - 1.0], axis=1)  # the second cancels
+    >>> g = _cancellation_grid([rows], 4)
+    >>> bool(g[0] == 0.0), bool(2.0**-53 <= g[1] <= 2.0**-50)
+    (True, True)
+    """
+    grid = None
+    for values in rows_by_step:
+        count, finest = None, None
+        for k, row in enumerate(values):
+            if k == half:
+                continue
+            with np.errstate(over="ignore", invalid="ignore"):
+                mant, e = np.frexp(np.where(np.isfinite(row), row, 0.0))
+            whole = np.ldexp(mant, 53).astype(np.int64)
+            low = whole & -whole  # the lowest set bit of the 53-bit mantissa (0 for 0)
+            on = low >= (1 << GRID_BITS)
+            spacing = np.where(on, np.ldexp(low.astype(np.float64), e - 53), np.inf)
+            count = on.astype(np.int64) if count is None else count + on
+            finest = spacing if finest is None else np.minimum(finest, spacing)
+        if count is None:
+            continue
+        step_grid = np.where(count >= GRID_COUNT, finest, 0.0)
+        grid = step_grid if grid is None else np.maximum(grid, step_grid)
+    return grid if grid is not None else 0.0
+
+
 def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE_HALF, f0=None):
     """Measure the noise of every output element of ``evaluate`` at ``xs`` (ECnoise).
 
@@ -953,6 +999,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     sigma = np.where(detected, best, floor)
     with np.errstate(over="ignore"):
         sigma = np.maximum(sigma, relative * absf)
+    zero = f0 == 0.0
+    if kind is None and zero.any():
+        # An output exactly 0 at x has no magnitude to be rounded relative to; where it
+        # is computed by cancellation against a larger intermediate (ELU's exp(x) - 1 at
+        # x = 0: multiples of 2^-53 for values of 1e-12) its values lie on that
+        # intermediate's grid, and are known to half of it, whether or not the probe saw
+        # that as noise (a C1 point whose other side is exact reads as a kink).
+        grid = _cancellation_grid([v[:, zero] for v in seen[1:]], half)
+        sigma[zero] = np.maximum(sigma[zero], 0.5 * grid)
     return NoiseModel(
         sigma=sigma,
         relative=relative,
