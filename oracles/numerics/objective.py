@@ -693,8 +693,11 @@ def _confirmed(estimates):
 #: own spacing (a random value does so with probability 2^-10) ...
 GRID_BITS = 10
 
-#: ... and an output lies on such a grid where this many of one probe step's points do.
+#: ... and an output lies on such a grid where this many of one probe step's points do,
 GRID_COUNT = 4
+
+#: ... and the grid is at most this fraction of the largest of those values.
+GRID_BELOW = 2.0**-20
 
 
 def _cancellation_grid(rows_by_step, half):
@@ -704,7 +707,8 @@ def _cancellation_grid(rows_by_step, half):
     step (row ``half`` is the base point, left out). At one step,
     :data:`GRID_COUNT` points or more whose mantissas end in at least
     :data:`GRID_BITS` zero bits are a grid (the smallest such spacing among
-    them); the result is the largest grid over the steps.
+    them), where it is at most :data:`GRID_BELOW` of the largest value; the
+    result is the largest grid over the steps.
 
     Examples
     --------
@@ -730,7 +734,12 @@ def _cancellation_grid(rows_by_step, half):
             finest = spacing if finest is None else np.minimum(finest, spacing)
         if count is None:
             continue
-        step_grid = np.where(count >= GRID_COUNT, finest, 0.0)
+        # Far below the values themselves too: points that are exact small multiples of
+        # the probe's own step (sin(t) = t at x = 0, a direction component clamped to 1/2)
+        # lie on a grid near their size, which is no cancellation.
+        with np.errstate(invalid="ignore"):
+            far = finest <= GRID_BELOW * np.max(np.abs(values), axis=0)
+        step_grid = np.where((count >= GRID_COUNT) & far, finest, 0.0)
         grid = step_grid if grid is None else np.maximum(grid, step_grid)
     return grid if grid is not None else 0.0
 
