@@ -1167,19 +1167,15 @@ class _Prober:
         noise = objective.measured_noise
         if noise is None and sum(x.size for x in objective.point) <= PROBE_AT_MOST:
             noise = objective.noise  # a few dozen calls: what mode exhaustive spends anyway
-        limit = None if noise is None else noise.start_limit(turns=False)
-        limit = float(np.min(limit)) if limit is not None and limit.size else np.inf
-        if not (np.isfinite(limit) and limit > 0):
+        if noise is None or noise.wavy is None:
             return T0
-        rel = 0.0
+        rel = 0.0  # the largest relative move of an element per unit step
         for i, loc, v, _ in parts:
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = np.abs(v) / np.asarray(objective.scales[i]).reshape(-1)[loc]
             r = r[np.isfinite(r)]
             rel = max(rel, float(np.max(r, initial=0.0)))
-        if not (rel > 0 and T0 * rel > limit):
-            return T0
-        return T0 * 2.0 ** -math.ceil(math.log2(T0 * rel / limit))
+        return T0 * 2.0 ** -noise.first_rung(t0=T0 * rel) if rel > 0 else T0
 
     def calibrate(self, parts, norm):
         """Choose the step and measure the noise along the first direction.

@@ -581,18 +581,15 @@ def _start(noise, mask, quotient):
     over steps of ``1e20`` are about 0, agree with each other, and their
     rounding is tiny).
     """
-    limits = noise.start_limit(turns=False)
-    if limits is None:
+    if noise.wavy is None:
         return 0, None
     if not mask.any():
         quotient(0)
-    if not mask.any():
-        return 0, None
     moved = mask.reshape(-1)
-    limit = float(np.min(limits[moved]))
-    if not (np.isfinite(limit) and limit > 0):
+    first = noise.first_rung(moved)
+    if not first:
         return 0, None
-    first = int(np.clip(np.ceil(np.log2(T0 / limit)), 0, MAX_RUNGS - MIN_LADDER))
+    first = min(first, MAX_RUNGS - MIN_LADDER)
     # The climb may go up to half the smallest step at which it oscillated: between
     # there and where it looked calm the probe does not know (a softmax of logits near
     # 1e8, calm at steps of 1e-4 and wild at 0.7, is best resolved near 1e-2).

@@ -40,7 +40,7 @@ with far steps).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import factorial
+from math import ceil, factorial, log2
 
 import numpy as np
 
@@ -385,6 +385,23 @@ class NoiseModel:
             return self._wavy_limit
         limit = np.where(np.isfinite(self.varies) & (self.calm > 0), self.calm, self.varies)
         return np.minimum(4.0 * limit, self.reach)
+
+    def first_rung(self, moved=None, t0=T0):
+        """The first rung ``k`` (step ``t0 2^-k``) of a ladder that moves the outputs ``moved``.
+
+        0 unless the probe saw one of them oscillate (:meth:`start_limit`
+        with ``turns=False``) on a scale below ``t0``; ``moved``: a boolean
+        mask over the outputs (``None``: all of them).
+        """
+        limits = self.start_limit(turns=False)
+        if limits is None:
+            return 0
+        if moved is not None:
+            limits = limits[np.asarray(moved).reshape(-1)]
+        limit = float(np.min(limits)) if limits.size else np.inf
+        if not (np.isfinite(limit) and limit > 0 and t0 > limit):
+            return 0
+        return ceil(log2(t0 / limit))
 
     @property
     def coarse(self):
@@ -916,12 +933,11 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
                 osc = wild & ~spike & ~reduced
                 wavy = np.where(osc, np.minimum(wavy, h), wavy)
                 wild_level = np.where(osc & (wavy == h), first, wild_level)
-            if not coarse and h <= min(steps) and np.any(wavy == h):
-                # Still oscillating at the smallest step: probe finer, down to a few
-                # units of the inputs' spacing, to find the scale on which fn varies
-                # (sin at x ~ 1e14 varies on a scale of 1: 2^-48 of the input).
                 nxt = h * FINER_PROBE
-                if nxt >= FINEST_PROBE:
+                if h <= min(steps) and nxt >= FINEST_PROBE and np.any(wavy == h):
+                    # Still oscillating at the smallest step: probe finer, down to a few
+                    # units of the inputs' spacing, to find the scale on which fn varies
+                    # (sin at x ~ 1e14 varies on a scale of 1: 2^-48 of the input).
                     finer.add(nxt)
                     queue.insert(0, nxt)
             tame = finite & (distinct >= MIN_DISTINCT) & ~wild

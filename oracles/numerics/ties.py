@@ -409,14 +409,8 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     # the largest step) vary on a smaller scale than the largest steps, start below
     # it (sin at tied values near 1e14 varies on a scale of 1: one-sided differences
     # over steps of 1e5 and more are all about 0, and agree with each other).
-    first = 0
     q0 = rung(0)
-    limits = objective.noise.start_limit(turns=False)
-    if q0 and limits is not None and mask.any():
-        with np.errstate(divide="ignore"):
-            skip = np.log2(t0 / np.min(limits[mask.reshape(-1)]))
-        if np.isfinite(skip) and skip > 0:
-            first = int(np.ceil(skip))
+    first = objective.noise.first_rung(mask, t0) if q0 and mask.any() else 0
     quotients, changed = [], False
     for k in range(first, first + n_rungs):
         q = q0 if k == 0 else rung(k)
