@@ -313,6 +313,16 @@ def _blame_tie_group(r, refs, grads, tie):
     value, error = flat(ref.value, np.nan), flat(ref.error, np.inf)
     kink = flat(ref.kink, False, bool)
     checked = None if ref.checked is None else flat(ref.checked, False, bool)
+    if kink[idx].any():
+        # The elements at a kink of their own carry the blame: a tied value
+        # whose gradient is defined alone (a zero that is no window's maximum)
+        # was judged by its own reference.
+        idx = idx[kink[idx]]
+    newly = 0
+    if checked is not None:
+        # Elements the search had given up on (no resolution) are covered now.
+        old_error = error[idx]
+        newly = int(np.count_nonzero(~checked[idx] & ~np.isfinite(old_error)))
     value[idx] = g[idx] + (target - tie.value) / idx.size
     error[idx] = tie.error / idx.size
     kink[idx] = False
@@ -326,7 +336,7 @@ def _blame_tie_group(r, refs, grads, tie):
         right=ref.right,
         nonfinite=ref.nonfinite,
         checked=None if checked is None else checked.reshape(shape),
-        covered=ref.covered,
+        covered=None if ref.covered is None else ref.covered + newly,
     )
 
 

@@ -732,7 +732,7 @@ def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0, found
     ``found``: what :func:`tie_groups` returned for ``objective.work`` and
     ``kinks``, when the caller has it already.
 
-    A group along whose direction ``phi`` kinks is split into the parts that
+    A group along whose direction ``phi`` kinks, or that fails, is split into the parts that
     share no output (:func:`_components`), and each part of two or more
     elements is tested alone (a part of one is the per-element kink
     test's): tied zeros of a ReLU in different max-pool windows kink
@@ -748,14 +748,20 @@ def check_ties(objective, grads, names, *, kinks=None, atol=0.0, rtol=0.0, found
     out = []
     for i, idx in groups:
         whole = _joint(objective, grads, names, i, idx, atol, rtol)
-        if idx.size < 2 or not abs(whole.left - whole.right) > whole.error:
+        smooth = not abs(whole.left - whole.right) > whole.error
+        if idx.size < 2 or (smooth and whole.passed):
             # phi is smooth along the group's direction: its derivative there is the
             # sum of the parts' (each stays tied, a sort's positions stay put).
             out.append(whole)
             continue
         parts = _components(objective, i, idx)
-        if len(parts) == 1:
+        checks = [_joint(objective, grads, names, i, p, atol, rtol) for p in parts if p.size > 1]
+        if len(parts) == 1 or (smooth and all(c.passed for c in checks)):
+            # One part, or a smooth group whose parts each pass (the sum is wrong
+            # where no part shows it): the group is judged whole.
             out.append(whole)
             continue
-        out += [_joint(objective, grads, names, i, p, atol, rtol) for p in parts if p.size > 1]
+        # A failing smooth group (equal values in many max-pool windows, moved
+        # together: each window's maximum moves along) names the windows wrong.
+        out += checks
     return out, n_found, objective.calls - calls0
