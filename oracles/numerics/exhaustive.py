@@ -860,6 +860,19 @@ def _sharpen(objective, elements, grads, out, chosen, which=True):
             t0=T0 * 2.0**-drop,
             n_rungs=max(6, MAX_RUNGS - drop),
         )
+        q = 0.0 if again.quantum is None else float(again.quantum[0])
+        if q > 0.0 and np.isfinite(step) and again.scale is not None:
+            # The second ladder measured a rounding of phi's values that the first
+            # did not see: it applies to the first's step too (GELU's tanh form at
+            # x ~ -6.6, whose quanta the first ladder's rungs happened to straddle
+            # evenly, read as a slope known to 1e-17).
+            out["error"][p] = max(out["error"][p], 2.0 * q / (step * float(again.scale[0])))
+        if out["kink"][p] and not again.kink[0]:
+            # A kink at the chosen step is one at x (its jump held there, and the
+            # second ladder's steps start above it): where the second saw none, its
+            # smaller steps met fn's resolution (SELU at 0, whose slopes below
+            # 1e-13 step with the quanta of exp(-t) near 1), not a smooth point.
+            continue
         if again.error[0] < out["error"][p]:
             for key in out:
                 out[key][p] = getattr(again, key)[0]

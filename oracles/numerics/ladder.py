@@ -352,9 +352,16 @@ def kink_test(evals, k_best):
             # derivatives; a jump that keeps growing as the step shrinks is
             # noise in fn (rounding staircase, hidden randomness), not a kink.
             later = [k for k in ks if k >= a]
-            growing = any(
-                abs(jumps[d][0]) > 1.5 * abs(jumps[c][0]) and abs(jumps[d][0]) > 4.0 * jumps[d][1]
-                for c, d in zip(later, later[1:], strict=False)
+            # Growth at one halving only is the rounding floor met at the last rungs
+            # (SELU at 0: lambda alpha (exp(-t) - 1) at t near 2^-52 rounds to a whole
+            # unit of exp's), not noise that keeps growing.
+            growing = (
+                sum(
+                    abs(jumps[d][0]) > 1.5 * abs(jumps[c][0])
+                    and abs(jumps[d][0]) > 4.0 * jumps[d][1]
+                    for c, d in zip(later, later[1:], strict=False)
+                )
+                >= 2
             )
             if growing:
                 return False, np.nan, np.nan
@@ -597,6 +604,160 @@ def _start(noise, mask, quotient):
     return first, int(np.ceil(np.log2(T0 / (0.5 * wavy))))
 
 
+#: A side whose slope shrank to this fraction of its value three rungs up was reaching 0.
+SHRUNK = 0.6
+
+
+def _one_side_frozen(k, fwd, bwd, fp, fm, f0, raw):
+    """True where one side of rung ``k`` fell below ``fn``'s resolution.
+
+    That side's outputs are bitwise those at ``x`` (its slope exactly 0)
+    while the other side's moved, and at the larger steps that side's slope
+    was non-zero without shrinking towards 0: an intermediate of magnitude 1
+    absorbed the step (SELU at 0: ``lambda alpha (exp(-t) - 1)`` is 0 once
+    ``exp(-t)`` rounds to 1, with ``fn`` itself of size ``t``; before that
+    its slopes step up and down with the quanta of ``exp``). A piece that is
+    really constant beyond a nearby kink (a ReLU a distance ``d`` from its
+    kink) reaches 0 through slopes that shrink at every halving, like
+    ``1 - d / t``, to below :data:`SHRUNK` of theirs three rungs up.
+    """
+    sides = []
+    if bwd == 0.0 and fwd != 0.0 and np.array_equal(fm, f0):
+        sides.append("bwd")
+    if fwd == 0.0 and bwd != 0.0 and np.array_equal(fp, f0):
+        sides.append("fwd")
+    if not sides:
+        return False
+    above = sorted(r for r in raw if r < k and isinstance(raw[r], dict) and "fwd" in raw[r])[-4:]
+    if len(above) < 4:
+        return False
+    for side in sides:
+        slopes = np.abs([raw[r][side] for r in above])
+        if not np.all(slopes > 0.0):
+            continue
+        shrinking = np.all(np.diff(slopes) < 0.0) and slopes[-1] < SHRUNK * slopes[0]
+        if not shrinking:
+            return True
+    return False
+
+
+#: Measured rounding counts where it exceeds the noise model's by this factor: a
+#: gross miss (an intermediate near 1 under values of size t: 1e8 and more), not the
+#: model's usual spread (a float32 staircase: a few times).
+UNSEEN_NOISE = 1e3
+
+
+def _measured_quantum(raw, scale):
+    """The rounding of a side's values that its slopes show and the noise model does not.
+
+    A one-sided slope converges smoothly, ``s + c t``: its changes between
+    halvings keep their sign (a kink crossed by the larger steps turns them
+    once, or a few times while they cross several, and then they shrink).
+    Rounding of ``q`` in that side's values adds ``q / t`` of either sign,
+    growing as the step shrinks: where three successive changes alternate
+    and the last is the larger of the outer two, the smallest of them,
+    times the step, measures ``q`` (SELU at 0: the intermediate ``exp(-t)``
+    near 1 rounds to ``2^-53``, ``fn`` itself is of size ``t``, and its
+    slopes below ``t ~ 1e-11`` step with those quanta). Counted only where it
+    exceeds :data:`UNSEEN_NOISE` times the noise model's rounding of those
+    values.
+    """
+    rungs = sorted(k for k, g in raw.items() if isinstance(g, dict) and "fwd" in g)
+    have = set(rungs)
+    q = 0.0
+    for k in rungs:
+        if not all(k + d in have for d in (1, 2, 3)):
+            continue
+        run = [raw[k + d] for d in range(4)]
+        for side in ("fwd", "bwd"):
+            diffs = np.diff([g[side] for g in run])
+            turns = np.sign(diffs[1:]) * np.sign(diffs[:-1])
+            if not np.all(np.isfinite(diffs)) or np.any(turns >= 0):
+                continue
+            if abs(diffs[-1]) < abs(diffs[0]):
+                continue  # shrinking: the larger steps crossed kinks, and then it settled
+            measured = float(np.min(np.abs(diffs))) * run[-1]["h"] / 2.0
+            if measured > UNSEEN_NOISE * run[-1]["side"]:
+                q = max(q, measured)
+    return max(q, _jump(raw, rungs, scale))
+
+
+#: A jump counts as rounding where the steps that straddle it are at most this
+#: fraction of the element's scale (a step function's own jumps, ``round(x)`` at
+#: 0.3, lie at distances like the scale) ...
+JUMP_STEP = 2.0**-6
+#: ... and it exceeds the noise model's rounding of the values by this factor.
+JUMP_NOISE = 4.0
+
+
+def _above_drops(raw):
+    """Rungs just above a drop of a side's slope to a tenth that were not evaluated.
+
+    The ladder's coarse descent skips rungs; where a slope drops between two
+    evaluated rungs, the one above the upper tells whether it had settled
+    (:func:`_jump`).
+    """
+    rungs = sorted(k for k, g in raw.items() if isinstance(g, dict) and "fwd" in g)
+    out = []
+    for a, b in zip(rungs, rungs[1:], strict=False):
+        if a - 1 in raw or a == rungs[0]:
+            continue
+        ga, gb = raw[a], raw[b]
+        if any(
+            np.isfinite(ga[side]) and abs(gb[side]) < 0.1 * abs(ga[side])
+            for side in ("fwd", "bwd", "mid")
+        ):
+            out.append(a - 1)
+    return out
+
+
+def _jump(raw, rungs, scale):
+    """The size of a step in ``fn``'s values that the larger steps straddled, else 0.
+
+    A side whose change stays ``J`` while the step halves (its slope
+    doubling) straddles a jump of ``J``; below it the slope is that of the
+    piece between jumps. Where that slope times the step is far below ``J``,
+    ``fn`` is a staircase there (GELU's tanh form at ``x ~ -7``: ``0.5 x (1 +
+    tanh(u))`` with ``1 + tanh(u)`` a few units of ``2^-53``, constant
+    between its jumps), and its rounding is ``J``, which the noise model,
+    rounding values of size ``|f|``, does not know. A kink with a constant
+    piece beyond it (a clip a distance ``d`` away) changes by ``s d`` above
+    ``d`` and keeps slope ``s`` below: ``s t`` is not far below ``s d``.
+    """
+    q = 0.0
+    for side, change in (("fwd", "dp"), ("bwd", "dm"), ("mid", "dc")):
+        for a, b in zip(rungs, rungs[1:], strict=False):
+            ga, gb = raw[a], raw[b]
+            j = ga[change]
+            if not (np.isfinite(j) and j != 0.0 and abs(gb[change] - j) <= 0.05 * abs(j)):
+                continue
+            if not (abs(j) > JUMP_NOISE * ga["side"] and gb["h"] <= JUMP_STEP * scale):
+                continue
+            below = [raw[c][side] for c in rungs if c > b]
+            if below and all(abs(v) * gb["h"] < 0.25 * abs(j) for v in below):
+                q = max(q, abs(j))
+        # A slope settled over two halvings that drops to a tenth within the next
+        # one, and stays there: no kink does that (through one at a distance d the
+        # slope moves like d / t, by a quarter or more over the halving before),
+        # a staircase does where the step falls inside one stair (both sides of
+        # GELU's tanh form at x ~ -6.9 move by 4, 2, 1 quanta, then by none).
+        for k in range(2, len(rungs)):
+            top, after = rungs[k - 2 : k], rungs[k:]
+            if any(b != a + 1 for a, b in zip(top, top[1:] + [rungs[k]], strict=False)):
+                continue
+            s_top = np.array([raw[c][side] for c in top])
+            if not (np.all(np.isfinite(s_top)) and np.all(s_top != 0.0)):
+                continue
+            if np.ptp(s_top) > 0.1 * np.min(np.abs(s_top)):
+                continue
+            last = raw[top[-1]]
+            if not abs(last[change]) > JUMP_NOISE * last["side"]:
+                continue
+            if all(abs(raw[c][side]) < 0.1 * abs(s_top[-1]) for c in after):
+                q = max(q, abs(last[change]))
+    return q
+
+
 def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     """The ladder of one element at scale ``s``: a dict of its results.
 
@@ -618,6 +779,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     first_seen = np.full(cot.shape, np.inf)  # order of the rung where each output first changed
     frozen = []  # steps at which fn no longer changed at all
     closest = [np.inf]  # fewest resolution units fn has moved by at any rung so far
+    quantum = [0.0]  # a side's smallest change before it froze (:func:`_one_side_frozen`)
     level0 = objective.noise.level(f0)
     with np.errstate(over="ignore", invalid="ignore"):
         late_weight = 2.0 * NOISE_SAFETY * np.abs(cot) * level0
@@ -650,6 +812,16 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         hp, hm = xp - x0, x0 - xm
         fwd = float(np.vdot(cot, fp - f0)) / hp
         bwd = float(np.vdot(cot, f0 - fm)) / hm
+        if _one_side_frozen(k, fwd, bwd, fp, fm, f0, raw):
+            # Every rung carries the rounding of that side's values, whose quantum
+            # is the smallest change it showed before it froze (the noise model,
+            # which rounds values of size t, does not see an intermediate near 1).
+            side = "dm" if bwd == 0.0 else "dp"
+            moved = [abs(g[side]) for g in raw.values() if isinstance(g, dict) and g.get(side)]
+            if moved:
+                quantum[0] = max(quantum[0], min(moved))
+            frozen.append(t)
+            return None
         side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
         num = float(np.vdot(cot, fp - fm))
         # Rounding x +- t can leave the two steps unequal: the difference
@@ -662,6 +834,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         return {
             "fwd": fwd, "bwd": bwd, "side": side, "num": num, "center": center,
             "noise": noise, "delta": delta, "h": min(hp, hm),
+            "dp": fwd * hp, "dm": bwd * hm, "mid": num / delta, "dc": num,
         }  # fmt: skip
 
     def late(k):
@@ -679,7 +852,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             return None
         if "nonfinite" in got:
             return np.nan, got["nonfinite"], np.inf
-        extra = late(k)
+        extra = late(k) + quantum[0]
         side = (got["side"] + extra) / got["h"]
         evals[k] = (got["fwd"], got["bwd"], side)
         noise = (got["noise"] + extra) / got["delta"]
@@ -689,14 +862,17 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         )  # fmt: skip
 
     for _ in range(4):
-        seen = int(mask.sum())
+        seen, q0 = int(mask.sum()), quantum[0]
         first, ceiling = _start(objective.noise, mask, quotient)
         out = ladder(quotient, n_rungs=n_rungs, first=first, ceiling=ceiling)
-        if int(mask.sum()) == seen:
+        for k in _above_drops(raw):
+            quotient(k)  # the rung above a drop, to tell a staircase from a kink
+        quantum[0] = max(quantum[0], _measured_quantum(raw, s))
+        if int(mask.sum()) == seen and quantum[0] == q0:
             break
     v, e, k_best, _, nf = out
     evals = {  # every finite rung, with the noise of every output seen to change
-        k: (got["fwd"], got["bwd"], (got["side"] + late(k)) / got["h"])
+        k: (got["fwd"], got["bwd"], (got["side"] + late(k) + quantum[0]) / got["h"])
         for k, got in raw.items()
         if got is not None and "nonfinite" not in got
     }
@@ -721,6 +897,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         "evals": evals,
         "top": min([k for k in evals] + [0]),
         "closest": closest[0],
+        "quantum": quantum[0],
     }
 
 
@@ -762,6 +939,7 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
     error = np.full(m, np.inf)
     step = np.full(m, np.nan)
     scale = np.full(m, np.nan)
+    quanta = np.zeros(m)
     kink = np.zeros(m, dtype=bool)
     left = np.full(m, np.nan)
     right = np.full(m, np.nan)
@@ -808,6 +986,7 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
             moves = coupled(objective, flat, j, s, ~mask)
             hidden = objective.hidden_noise(~moves, largest)
         value[p], error[p] = v, err + hidden
+        quanta[p] = run.get("quantum", 0.0)
         nonfinite[p] = run["nonfinite"] or not np.isfinite(v)
         scale[p] = s
         if k_best is not None:
@@ -825,4 +1004,5 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
         evaluations=objective.calls - calls0,
         notes=list(objective.notes),
         scale=scale,
+        quantum=quanta,
     )

@@ -191,6 +191,10 @@ class Estimate:
     notes : list of str
     scale : ndarray, optional
         The scale the steps are relative to (absolute step = ``step * scale``).
+    quantum : ndarray, optional
+        Per probe, the rounding of ``phi``'s values its ladder measured beyond
+        the noise model's (0 where none; see
+        :func:`oracles.numerics.ladder._measured_quantum`).
     """
 
     value: np.ndarray
@@ -203,6 +207,7 @@ class Estimate:
     evaluations: int = 0
     notes: list = field(default_factory=list)
     scale: np.ndarray | None = None
+    quantum: np.ndarray | None = None
 
 
 def _as_point(x):
@@ -524,6 +529,30 @@ def _ecnoise(values):
     return np.ldexp(sigma, e), rough, np.ldexp(levels[0], e), np.ldexp(levels[1], e)
 
 
+#: Smallest probe step at which lone jumps count as rounding (:func:`_lone_jumps`).
+LONE_JUMP_STEP = 2.0**-20
+#: Largest lone jump that counts as rounding, in units of roundoff of the inputs' magnitude.
+LONE_JUMP_UNITS = 64.0
+
+
+def _lone_jumps(values):
+    """Per column, the smallest of one or two jumps among otherwise smooth values, else 0.
+
+    ``values``: the probe's points down axis 0. A jump is a first difference
+    more than 16 times the median one; the others must stay within an
+    eighth of it.
+    """
+    d1 = np.abs(np.diff(values, axis=0))
+    with np.errstate(invalid="ignore"):
+        med = np.median(d1, axis=0)
+        big = d1 > 16.0 * med
+        count = np.count_nonzero(big, axis=0)
+        jump = np.min(np.where(big, d1, np.inf), axis=0)
+        rest = np.max(np.where(big, 0.0, d1), axis=0)
+        lone = (count >= 1) & (count <= 2) & (rest <= 0.125 * jump) & np.isfinite(jump)
+    return np.where(lone, jump, 0.0)
+
+
 def _whole_multiples(gaps):
     """Columns whose finite ``gaps`` (inf where none) are whole multiples of their smallest.
 
@@ -828,6 +857,9 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     queue = list(steps) + between + [COARSE_PROBE_STEP]
     finer = set()  # steps below the smallest of ``steps``, probed where fn oscillated there
     wild_level = np.zeros(m)  # the first differences' level where f_i oscillated
+    jump_level = np.zeros(m)  # half the smallest lone jump seen among smooth values
+    magnitude = max([1.0] + [float(np.max(np.abs(x), initial=0.0)) for x in xs])
+    lone_limit = LONE_JUMP_UNITS * EPS * magnitude if np.isfinite(magnitude) else 0.0
     while queue:
         h = queue.pop(0)
         if (
@@ -922,6 +954,21 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             with np.errstate(invalid="ignore"):
                 large = sigma > MAX_RELATIVE_NOISE * np.max(np.abs(values), axis=0)
             wild = finite & (distinct >= MIN_DISTINCT) & (large | (np.isnan(sigma) & rough))
+            # Wild by one or two jumps among values that otherwise lie on a smooth
+            # curve: fn rounds an intermediate far larger than its value (GELU's tanh
+            # form at x ~ -6.9: 0.5 x (1 + tanh(u)) with 1 + tanh(u) a few units of
+            # 2^-53 moves in jumps of 0.5 |x| 2^-53, 9% of its value), and that
+            # jump is its resolution. It does not oscillate (sin at x ~ 1e14 jumps
+            # between every pair of points).
+            jumps = _lone_jumps(values)
+            # Only at the larger probe steps: at the smaller ones the inputs' own
+            # rounding makes jumps too (logits near 1e6, 1.2e-10 apart, probed at 1e-6).
+            # And only as large as a few units of roundoff of the largest magnitude
+            # about (the inputs, 1): a softmax output that drops from 1.0 to 0.5 where
+            # a logit near 1e6 overtakes another is a jump of fn, not of its rounding.
+            lone = wild & (jumps > 0) & (h >= LONE_JUMP_STEP) & (jumps <= lone_limit)
+            wild &= ~lone
+            jump_level = np.where(lone, np.fmax(jump_level, 0.5 * jumps), jump_level)
             plausible = finite & (distinct >= MIN_DISTINCT) & np.isfinite(sigma) & ~wild
             varies = np.where(wild, np.minimum(varies, h), varies)
             # Wild without a kink: fn oscillates at this step, so a larger one that
@@ -986,6 +1033,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     unresolved = (wavy <= finest) & (finest * FINER_PROBE < FINEST_PROBE)
     if unresolved.any():
         best = np.where(unresolved, np.fmax(best, wild_level), best)
+    best = np.where(jump_level > 0, np.fmax(best, jump_level), best)
     detected = np.isfinite(best)
     absf = np.abs(f0)
     with np.errstate(divide="ignore", invalid="ignore"):
