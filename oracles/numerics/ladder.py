@@ -622,6 +622,9 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     with np.errstate(over="ignore", invalid="ignore"):
         late_weight = 2.0 * NOISE_SAFETY * np.abs(cot) * level0
 
+    abs_cot = np.abs(cot)
+    late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
+
     def evaluate(k):
         t = t0 * s * 2.0**-k
         xp, xm, delta = _perturbed(x0, t)
@@ -634,9 +637,10 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             fm = objective.output(work)
         finally:
             flat[j] = x0
-        if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+        if not (np.isfinite(fp).all() and np.isfinite(fm).all()):
             return {"nonfinite": delta}
-        still = np.array_equal(fp, f0) and np.array_equal(fm, f0)
+        # np.array_equal, without its Python wrapper (a rung is a few us of NumPy calls).
+        still = fp.shape == f0.shape and bool((fp == f0).all()) and bool((fm == f0).all())
         if still and mask.any() and closest[0] <= FROZEN_LEVELS:
             # Below fn's resolution: larger steps changed it by a few quanta,
             # this one not at all (float32 inside). After macroscopic changes
@@ -644,21 +648,27 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             # unchanged fn is locally constant, and 0 is its derivative.
             frozen.append(t)
             return None
+        up, down = fp - f0, f0 - fm
         if not still:
-            closest[0] = min(closest[0], _moved(fp, fm, f0, level0))
+            # _moved(fp, fm, f0, level0), on the differences computed once.
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                d = np.maximum(np.abs(up), np.abs(down)) / level0
+            d = d[np.isfinite(d) & (d > 0)]
+            closest[0] = min(closest[0], float(np.max(d)) if d.size else np.inf)
         before = mask.copy()
         hp, hm = xp - x0, x0 - xm
-        fwd = float(np.vdot(cot, fp - f0)) / hp
-        bwd = float(np.vdot(cot, f0 - fm)) / hm
-        side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
-        num = float(np.vdot(cot, fp - fm))
+        fwd = float(np.vdot(cot, up)) / hp
+        bwd = float(np.vdot(cot, down)) / hm
+        # The noise of both one-sided differences (the larger) and of the central one.
+        side, noise = objective.rung_noises(fp, fm, f0, mask)
+        both = fp - fm
+        num = float(np.vdot(cot, both))
         # Rounding x +- t can leave the two steps unequal: the difference
         # is then centred at x + (hp - hm) / 2, off by curvature * that.
         center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
-        noise = objective.rung_noise(fp, fm, mask)
         first_seen[mask & ~before] = len(order)
         order[k] = len(order)
-        terms[k] = float(np.vdot(np.abs(cot), np.abs(fp - fm))) / delta
+        terms[k] = float(np.vdot(abs_cot, np.abs(both))) / delta
         return {
             "fwd": fwd, "bwd": bwd, "side": side, "num": num, "center": center,
             "noise": noise, "delta": delta, "h": min(hp, hm),
@@ -666,10 +676,18 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     def late(k):
         """Noise of the outputs first seen to change after rung ``k`` was evaluated."""
-        later = first_seen > order[k]
-        if not later.any():
-            return 0.0
-        return float(np.sum(late_weight[later & np.isfinite(first_seen)]))
+        if order[k] == len(order) - 1:
+            return 0.0  # the latest rung: no output was first seen after it
+        key = (len(order), order[k])
+        got = late_sums.get(key)
+        if got is None:
+            later = first_seen > order[k]
+            if not later.any():
+                got = 0.0
+            else:
+                got = float(np.sum(late_weight[later & np.isfinite(first_seen)]))
+            late_sums[key] = got
+        return got
 
     def quotient(k):
         if k not in raw:
@@ -680,6 +698,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         if "nonfinite" in got:
             return np.nan, got["nonfinite"], np.inf
         extra = late(k)
+        used.append((k, extra))
         side = (got["side"] + extra) / got["h"]
         evals[k] = (got["fwd"], got["bwd"], side)
         noise = (got["noise"] + extra) / got["delta"]
@@ -688,9 +707,19 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             got["fwd"] - got["bwd"], 2.0 * side,
         )  # fmt: skip
 
+    used = []  # (k, late(k)) of every quotient the last ladder was given
+    out = start = None
     for _ in range(4):
         seen = int(mask.sum())
         first, ceiling = _start(objective.noise, mask, quotient)
+        if out is not None and (first, ceiling) == start and all(late(k) == x for k, x in used):
+            # The ladder would run again on the same quotients (the rungs it chose are
+            # cached, the noise of late outputs did not change for any of them): the same
+            # result, and the mask would not grow. (A smooth fn moves every output it
+            # moves at the first, largest step.)
+            break
+        used.clear()
+        start = (first, ceiling)
         out = ladder(quotient, n_rungs=n_rungs, first=first, ceiling=ceiling)
         if int(mask.sum()) == seen:
             break
