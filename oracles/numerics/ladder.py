@@ -623,6 +623,18 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         late_weight = 2.0 * NOISE_SAFETY * np.abs(cot) * level0
 
     abs_cot = np.abs(cot)
+    unmeasured = []  # (fp - f0, f0 - fm) of rungs that changed fn, not yet in closest
+    gathered = {}  # rung_noises' terms of the outputs in mask, by their count (mask only grows)
+
+    def nearest():
+        """``closest[0]`` over every rung evaluated: ``_moved`` of each, on its differences."""
+        for up, down in unmeasured:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                d = np.maximum(np.abs(up), np.abs(down)) / level0
+            d = d[np.isfinite(d) & (d > 0)]
+            closest[0] = min(closest[0], float(np.max(d)) if d.size else np.inf)
+        unmeasured.clear()
+        return closest[0]
     late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
 
     def evaluate(k):
@@ -641,7 +653,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             return {"nonfinite": delta}
         # np.array_equal, without its Python wrapper (a rung is a few us of NumPy calls).
         still = fp.shape == f0.shape and bool((fp == f0).all()) and bool((fm == f0).all())
-        if still and mask.any() and closest[0] <= FROZEN_LEVELS:
+        if still and mask.any() and nearest() <= FROZEN_LEVELS:
             # Below fn's resolution: larger steps changed it by a few quanta,
             # this one not at all (float32 inside). After macroscopic changes
             # only (a dead ReLU whose kink is within the largest steps) an
@@ -650,17 +662,13 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             return None
         up, down = fp - f0, f0 - fm
         if not still:
-            # _moved(fp, fm, f0, level0), on the differences computed once.
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                d = np.maximum(np.abs(up), np.abs(down)) / level0
-            d = d[np.isfinite(d) & (d > 0)]
-            closest[0] = min(closest[0], float(np.max(d)) if d.size else np.inf)
+            unmeasured.append((up, down))  # how far fn moved: measured when first needed
         before = mask.copy()
         hp, hm = xp - x0, x0 - xm
         fwd = float(np.vdot(cot, up)) / hp
         bwd = float(np.vdot(cot, down)) / hm
         # The noise of both one-sided differences (the larger) and of the central one.
-        side, noise = objective.rung_noises(fp, fm, f0, mask)
+        side, noise = objective.rung_noises(fp, fm, f0, mask, gathered)
         both = fp - fm
         num = float(np.vdot(cot, both))
         # Rounding x +- t can leave the two steps unequal: the difference
@@ -749,7 +757,6 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         "mask": mask,
         "evals": evals,
         "top": min([k for k in evals] + [0]),
-        "closest": closest[0],
     }
 
 

@@ -1212,7 +1212,7 @@ class ScalarObjective:
             # at subnormal magnitudes (steps of 1e-318) that is its whole error.
             return NOISE_SAFETY * (float(np.add.reduce(c * level)) + c.size * QUANTUM)
 
-    def rung_noises(self, fp, fm, f0, mask):
+    def rung_noises(self, fp, fm, f0, mask, cache=None):
         """``(max(rung_noise(fp, f0), rung_noise(f0, fm)), rung_noise(fp, fm))``, in one pass.
 
         The three calls of :meth:`rung_noise` a ladder rung makes (each
@@ -1224,6 +1224,10 @@ class ScalarObjective:
         ``fm`` both equal ``f0`` they equal each other. On ``tanh(x @ W)``
         a rung of the ladder spent a third of its Python time in the three
         calls.
+
+        ``cache``: a dict kept over the rungs of one probe whose ``mask`` only
+        grows (a mask of the same count is the same mask then), for the terms
+        that depend on the changed outputs and ``f0`` only.
         """
         mask |= fp != f0
         first = np.flatnonzero(mask)
@@ -1231,14 +1235,20 @@ class ScalarObjective:
         at = np.flatnonzero(mask)
         if not at.size:
             return 0.0, 0.0
-        noise = self.noise
-        c = np.abs(self.cotangent.reshape(-1)[at])
+        got = None if cache is None else cache.get(at.size)
         with np.errstate(over="ignore", invalid="ignore"):
-            floor = np.maximum(noise.sigma[at], QUANTUM)
-            rel = noise.relative[at]
+            if got is None:
+                noise = self.noise
+                c = np.abs(self.cotangent.reshape(-1)[at])
+                floor = np.maximum(noise.sigma[at], QUANTUM)
+                rel = noise.relative[at]
+                l0 = np.maximum(floor, rel * np.abs(f0.reshape(-1)[at]))
+                if cache is not None:
+                    cache[at.size] = (c, floor, rel, l0)
+            else:
+                c, floor, rel, l0 = got
             lp = np.maximum(floor, rel * np.abs(fp.reshape(-1)[at]))
             lm = np.maximum(floor, rel * np.abs(fm.reshape(-1)[at]))
-            l0 = np.maximum(floor, rel * np.abs(f0.reshape(-1)[at]))
             if first.size == at.size:
                 fwd = NOISE_SAFETY * (float(np.add.reduce(c * (lp + l0))) + c.size * QUANTUM)
             elif not first.size:
