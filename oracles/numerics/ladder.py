@@ -635,6 +635,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             closest[0] = min(closest[0], float(np.max(d)) if d.size else np.inf)
         unmeasured.clear()
         return closest[0]
+
     late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
 
     def evaluate(k):
