@@ -624,6 +624,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     abs_cot = np.abs(cot)
     unmeasured = []  # (fp - f0, f0 - fm) of rungs that changed fn, not yet in closest
+    count = [0]  # outputs in mask
     gathered = {}  # rung_noises' terms of the outputs in mask, by their count (mask only grows)
 
     def nearest():
@@ -640,7 +641,11 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     def evaluate(k):
         t = t0 * s * 2.0**-k
-        xp, xm, delta = _perturbed(x0, t)
+        if t < 1e300 and -1e300 < x0 < 1e300:
+            xp, xm = x0 + t, x0 - t  # _perturbed, where nothing can overflow
+            delta = xp - xm
+        else:
+            xp, xm, delta = _perturbed(x0, t)
         if not (xm < x0 < xp) or not np.isfinite(delta):
             return None  # the step no longer moves x (or leaves the float64 range)
         try:
@@ -675,7 +680,10 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         # Rounding x +- t can leave the two steps unequal: the difference
         # is then centred at x + (hp - hm) / 2, off by curvature * that.
         center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
-        first_seen[mask & ~before] = len(order)
+        grown = int(np.count_nonzero(mask))
+        if grown != count[0]:
+            count[0] = grown
+            first_seen[mask & ~before] = len(order)
         order[k] = len(order)
         terms[k] = float(np.vdot(abs_cot, np.abs(both))) / delta
         return {
