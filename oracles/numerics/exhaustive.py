@@ -1061,6 +1061,49 @@ def _upper_quartile(values):
     return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
+def _best_step(candidates, screened, v, v_err, scales, nz):
+    """The candidate screen step whose samples' relative error bounds are the smallest.
+
+    ``screened``: :func:`_screen` of the ``k`` usable samples at every step of
+    ``candidates`` (step-major), ``v`` and ``v_err`` their ladders' values and
+    errors, ``scales`` their scales, ``nz`` where ``v`` is nonzero. Returns
+    ``(score, step, model, bound)`` of the first candidate with the smallest
+    third quartile of ``bound / |v|`` (``model``: ``(C, D)`` of
+    :func:`_truncation`, ``bound``: noise plus truncation per sample), or
+    ``None`` when no candidate screened finitely. Every candidate is a row of
+    one array: the arithmetic of one candidate at a time, elementwise, in the
+    time of one (the calibration's Python was a tenth of the check on
+    ``tanh(x @ W)`` with 2,000 inputs).
+    """
+    n = len(candidates)
+    c, noise, nonfinite = (np.asarray(a).reshape(n, -1) for a in screened)
+    scored = ~np.any(nonfinite, axis=1) & np.all(np.isfinite(c), axis=1)
+    r = np.asarray(candidates, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        h = r * scales
+        # All of the deviation may be truncation (below the noise, the
+        # samples only bound it): h^2 grows faster than noise shrinks
+        # over the elements' steps.
+        excess = np.maximum(np.abs(c - v) - v_err, 0.0)
+        # h^2 underflows to 0 at inputs near 1e-170; no deviation means no model.
+        per_c = np.where(excess > 0, excess / (h * h), 0.0)
+        big_c = np.max(per_c, axis=1)
+        if nz.any():
+            big_d = np.max(per_c[:, nz] / np.abs(v[nz]), axis=1)
+        else:
+            big_d = np.full(n, np.inf)
+        bound = noise + _truncation(h, v, (big_c[:, None], big_d[:, None]))
+        rel = bound[:, nz] / np.abs(v[nz]) if nz.any() else bound
+    best = None
+    for q, step in enumerate(candidates):
+        if not scored[q]:
+            continue
+        score = _upper_quartile(rel[q])
+        if best is None or score < best[0]:
+            best = (score, step, (float(big_c[q]), float(big_d[q])), bound[q])
+    return best
+
+
 class _Pending:
     """Full ladders run at calibration on typical samples, used only if the screen flags them.
 
@@ -1184,31 +1227,7 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
             objective, i, np.tile(sample[usable], len(candidates)),
             np.repeat(np.asarray(candidates), k), how,
         )  # fmt: skip
-        # Every candidate at once, a row each (the arithmetic of one candidate, row by row;
-        # a candidate with a non-finite screen is not scored).
-        c, noise, nonfinite = (a.reshape(len(candidates), k) for a in screened)
-        scored = ~np.any(nonfinite, axis=1) & np.all(np.isfinite(c), axis=1)
-        r = np.asarray(candidates)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            h = r * scales
-            # All of the deviation may be truncation (below the noise, the
-            # samples only bound it): h^2 grows faster than noise shrinks
-            # over the elements' steps.
-            excess = np.maximum(np.abs(c - v) - v_err, 0.0)
-            # h^2 underflows to 0 at inputs near 1e-170; no deviation means no model.
-            per_c = np.where(excess > 0, excess / (h * h), 0.0)
-            big_c = np.max(per_c, axis=1)
-            big_d = np.max(per_c[:, nz] / np.abs(v[nz]), axis=1) if nz.any() else None
-            if big_d is None:
-                big_d = np.full(len(candidates), np.inf)
-            bound = noise + _truncation(h, v, (big_c[:, None], big_d[:, None]))
-            rel = bound[:, nz] / np.abs(v[nz]) if nz.any() else bound
-        for q, step in enumerate(candidates):
-            if not scored[q]:
-                continue
-            score = _upper_quartile(rel[q])
-            if best is None or score < best[0]:
-                best = (score, step, (float(big_c[q]), float(big_d[q])), bound[q])
+        best = _best_step(candidates, screened, v, v_err, scales, nz)
     # A sample whose first ladder is already as sharp as the screen's bound there needs no
     # second ladder; every other one (kinks, unusable samples, an input left unscreened) gets it.
     sharpen = np.ones(sample.size, dtype=bool)
