@@ -658,7 +658,9 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         if not (np.isfinite(fp).all() and np.isfinite(fm).all()):
             return {"nonfinite": delta}
         # np.array_equal, without its Python wrapper (a rung is a few us of NumPy calls).
-        still = fp.shape == f0.shape and bool((fp == f0).all()) and bool((fm == f0).all())
+        still = (
+            fp.shape == f0.shape == fm.shape and bool((fp == f0).all()) and bool((fm == f0).all())
+        )
         if still and mask.any() and nearest() <= FROZEN_LEVELS:
             # Below fn's resolution: larger steps changed it by a few quanta,
             # this one not at all (float32 inside). After macroscopic changes
