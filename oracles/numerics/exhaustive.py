@@ -772,13 +772,18 @@ def _block_stats(objective, fp, fm, x0, xp, xm, perm=None, bufs=None):
     if skew.any():
         # Rounding x +- h left the two steps unequal: the difference is centred
         # off x, by curvature times half the difference of the steps. Summed over
-        # the rows that need it only (each row's sum is the same either way).
-        g0 = np.take(f0, cols, out=t4, mode="clip")
-        fwd_w = np.multiply(w, np.subtract(a, g0, out=t5), out=t5)  # w (a - g0)
-        bwd_w = np.multiply(w, np.subtract(g0, z, out=t6), out=t6)  # w (g0 - z)
-        if not skew.all():
-            sel = skew[rows]
-            rows, fwd_w, bwd_w = rows[sel], fwd_w[sel], bwd_w[sel]
+        # the rows that need it only (each row's sum is the same either way), and
+        # computed on their outputs only (about 1% of the rows of tanh(x @ W)).
+        if skew.all():
+            g0 = np.take(f0, cols, out=t4, mode="clip")
+            fwd_w = np.multiply(w, np.subtract(a, g0, out=t5), out=t5)  # w (a - g0)
+            bwd_w = np.multiply(w, np.subtract(g0, z, out=t6), out=t6)  # w (g0 - z)
+        else:
+            sel = np.flatnonzero(skew[rows])
+            rows, w_s = rows[sel], w[sel]
+            g0 = f0[cols[sel]]
+            fwd_w = w_s * (a[sel] - g0)  # w (a - g0)
+            bwd_w = w_s * (g0 - z[sel])  # w (g0 - z)
         fwd = np.bincount(rows, weights=fwd_w, minlength=b)
         bwd = np.bincount(rows, weights=bwd_w, minlength=b)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -789,9 +794,11 @@ def _block_stats(objective, fp, fm, x0, xp, xm, perm=None, bufs=None):
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         value = num / delta
         noise = NOISE_SAFETY * level / delta + center + analytic_rounding(terms / delta)
+    stuck = ~(delta > 0)  # the step does not move x (or left the float64 range)
+    if finite.all() and not stuck.any():
+        return value, noise, np.zeros(b, dtype=bool)
     value[~finite] = np.nan
     noise[~finite] = np.inf
-    stuck = ~(delta > 0)  # the step does not move x (or left the float64 range)
     value[stuck] = np.nan
     noise[stuck] = np.inf
     return value, noise, ~finite & ~stuck
@@ -1067,6 +1074,49 @@ def _upper_quartile(values):
     return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
+def _best_step(candidates, screened, v, v_err, scales, nz):
+    """The candidate screen step whose samples' relative error bounds are the smallest.
+
+    ``screened``: :func:`_screen` of the ``k`` usable samples at every step of
+    ``candidates`` (step-major), ``v`` and ``v_err`` their ladders' values and
+    errors, ``scales`` their scales, ``nz`` where ``v`` is nonzero. Returns
+    ``(score, step, model, bound)`` of the first candidate with the smallest
+    third quartile of ``bound / |v|`` (``model``: ``(C, D)`` of
+    :func:`_truncation`, ``bound``: noise plus truncation per sample), or
+    ``None`` when no candidate screened finitely. Every candidate is a row of
+    one array: the arithmetic of one candidate at a time, elementwise, in the
+    time of one (the calibration's Python was a tenth of the check on
+    ``tanh(x @ W)`` with 2,000 inputs).
+    """
+    n = len(candidates)
+    c, noise, nonfinite = (np.asarray(a).reshape(n, -1) for a in screened)
+    scored = ~np.any(nonfinite, axis=1) & np.all(np.isfinite(c), axis=1)
+    r = np.asarray(candidates, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        h = r * scales
+        # All of the deviation may be truncation (below the noise, the
+        # samples only bound it): h^2 grows faster than noise shrinks
+        # over the elements' steps.
+        excess = np.maximum(np.abs(c - v) - v_err, 0.0)
+        # h^2 underflows to 0 at inputs near 1e-170; no deviation means no model.
+        per_c = np.where(excess > 0, excess / (h * h), 0.0)
+        big_c = np.max(per_c, axis=1)
+        if nz.any():
+            big_d = np.max(per_c[:, nz] / np.abs(v[nz]), axis=1)
+        else:
+            big_d = np.full(n, np.inf)
+        bound = noise + _truncation(h, v, (big_c[:, None], big_d[:, None]))
+        rel = bound[:, nz] / np.abs(v[nz]) if nz.any() else bound
+    best = None
+    for q, step in enumerate(candidates):
+        if not scored[q]:
+            continue
+        score = _upper_quartile(rel[q])
+        if best is None or score < best[0]:
+            best = (score, step, (float(big_c[q]), float(big_d[q])), bound[q])
+    return best
+
+
 class _Pending:
     """Full ladders run at calibration on typical samples, used only if the screen flags them.
 
@@ -1190,27 +1240,7 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
             objective, i, np.tile(sample[usable], len(candidates)),
             np.repeat(np.asarray(candidates), k), how,
         )  # fmt: skip
-        for q, r in enumerate(candidates):
-            c, noise, nonfinite = (a[q * k : (q + 1) * k] for a in screened)
-            if np.any(nonfinite) or not np.all(np.isfinite(c)):
-                continue
-            h = r * scales
-            # All of the deviation may be truncation (below the noise, the
-            # samples only bound it): h^2 grows faster than noise shrinks
-            # over the elements' steps.
-            excess = np.maximum(np.abs(c - v) - v_err, 0.0)
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                # h^2 underflows to 0 at inputs near 1e-170; no deviation means no model.
-                per_c = np.where(excess > 0, excess / (h * h), 0.0)
-            model = (
-                float(np.max(per_c)),
-                float(np.max(per_c[nz] / np.abs(v[nz]))) if nz.any() else np.inf,
-            )
-            bound = noise + _truncation(h, v, model)
-            rel = bound[nz] / np.abs(v[nz]) if nz.any() else bound
-            score = _upper_quartile(rel)
-            if best is None or score < best[0]:
-                best = (score, r, model, bound)
+        best = _best_step(candidates, screened, v, v_err, scales, nz)
     # A sample whose first ladder is already as sharp as the screen's bound there needs no
     # second ladder; every other one (kinks, unusable samples, an input left unscreened) gets it.
     sharpen = np.ones(sample.size, dtype=bool)

@@ -784,9 +784,30 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
     with np.errstate(over="ignore", invalid="ignore"):
         late_weight = 2.0 * NOISE_SAFETY * np.abs(cot) * level0
 
+    abs_cot = np.abs(cot)
+    unmeasured = []  # (fp - f0, f0 - fm) of rungs that changed fn, not yet in closest
+    count = [0]  # outputs in mask
+    gathered = {}  # rung_noises' terms of the outputs in mask, by their count (mask only grows)
+
+    def nearest():
+        """``closest[0]`` over every rung evaluated: ``_moved`` of each, on its differences."""
+        for up, down in unmeasured:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                d = np.maximum(np.abs(up), np.abs(down)) / level0
+            d = d[np.isfinite(d) & (d > 0)]
+            closest[0] = min(closest[0], float(np.max(d)) if d.size else np.inf)
+        unmeasured.clear()
+        return closest[0]
+
+    late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
+
     def evaluate(k):
         t = t0 * s * 2.0**-k
-        xp, xm, delta = _perturbed(x0, t)
+        if t < 1e300 and -1e300 < x0 < 1e300:
+            xp, xm = x0 + t, x0 - t  # _perturbed, where nothing can overflow
+            delta = xp - xm
+        else:
+            xp, xm, delta = _perturbed(x0, t)
         if not (xm < x0 < xp) or not np.isfinite(delta):
             return None  # the step no longer moves x (or leaves the float64 range)
         try:
@@ -796,22 +817,26 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             fm = objective.output(work)
         finally:
             flat[j] = x0
-        if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+        if not (np.isfinite(fp).all() and np.isfinite(fm).all()):
             return {"nonfinite": delta}
-        still = np.array_equal(fp, f0) and np.array_equal(fm, f0)
-        if still and mask.any() and closest[0] <= FROZEN_LEVELS:
+        # np.array_equal, without its Python wrapper (a rung is a few us of NumPy calls).
+        still = (
+            fp.shape == f0.shape == fm.shape and bool((fp == f0).all()) and bool((fm == f0).all())
+        )
+        if still and mask.any() and nearest() <= FROZEN_LEVELS:
             # Below fn's resolution: larger steps changed it by a few quanta,
             # this one not at all (float32 inside). After macroscopic changes
             # only (a dead ReLU whose kink is within the largest steps) an
             # unchanged fn is locally constant, and 0 is its derivative.
             frozen.append(t)
             return None
+        up, down = fp - f0, f0 - fm
         if not still:
-            closest[0] = min(closest[0], _moved(fp, fm, f0, level0))
+            unmeasured.append((up, down))  # how far fn moved: measured when first needed
         before = mask.copy()
         hp, hm = xp - x0, x0 - xm
-        fwd = float(np.vdot(cot, fp - f0)) / hp
-        bwd = float(np.vdot(cot, f0 - fm)) / hm
+        fwd = float(np.vdot(cot, up)) / hp
+        bwd = float(np.vdot(cot, down)) / hm
         if _one_side_frozen(k, fwd, bwd, fp, fm, f0, raw):
             # Every rung carries the rounding of that side's values, whose quantum
             # is the smallest change it showed before it froze (the noise model,
@@ -822,15 +847,19 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
                 quantum[0] = max(quantum[0], min(moved))
             frozen.append(t)
             return None
-        side = max(objective.rung_noise(fp, f0, mask), objective.rung_noise(f0, fm, mask))
-        num = float(np.vdot(cot, fp - fm))
+        # The noise of both one-sided differences (the larger) and of the central one.
+        side, noise = objective.rung_noises(fp, fm, f0, mask, gathered)
+        both = fp - fm
+        num = float(np.vdot(cot, both))
         # Rounding x +- t can leave the two steps unequal: the difference
         # is then centred at x + (hp - hm) / 2, off by curvature * that.
         center = abs(fwd - bwd) / (0.5 * (hp + hm)) * abs(hp - hm)
-        noise = objective.rung_noise(fp, fm, mask)
-        first_seen[mask & ~before] = len(order)
+        grown = int(np.count_nonzero(mask))
+        if grown != count[0]:
+            count[0] = grown
+            first_seen[mask & ~before] = len(order)
         order[k] = len(order)
-        terms[k] = float(np.vdot(np.abs(cot), np.abs(fp - fm))) / delta
+        terms[k] = float(np.vdot(abs_cot, np.abs(both))) / delta
         return {
             "fwd": fwd, "bwd": bwd, "side": side, "num": num, "center": center,
             "noise": noise, "delta": delta, "h": min(hp, hm),
@@ -839,10 +868,18 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     def late(k):
         """Noise of the outputs first seen to change after rung ``k`` was evaluated."""
-        later = first_seen > order[k]
-        if not later.any():
-            return 0.0
-        return float(np.sum(late_weight[later & np.isfinite(first_seen)]))
+        if order[k] == len(order) - 1:
+            return 0.0  # the latest rung: no output was first seen after it
+        key = (len(order), order[k])
+        got = late_sums.get(key)
+        if got is None:
+            later = first_seen > order[k]
+            if not later.any():
+                got = 0.0
+            else:
+                got = float(np.sum(late_weight[later & np.isfinite(first_seen)]))
+            late_sums[key] = got
+        return got
 
     def quotient(k):
         if k not in raw:
@@ -852,7 +889,9 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             return None
         if "nonfinite" in got:
             return np.nan, got["nonfinite"], np.inf
-        extra = late(k) + quantum[0]
+        late_k = late(k)
+        used.append((k, late_k))
+        extra = late_k + quantum[0]
         side = (got["side"] + extra) / got["h"]
         evals[k] = (got["fwd"], got["bwd"], side)
         noise = (got["noise"] + extra) / got["delta"]
@@ -861,9 +900,24 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             got["fwd"] - got["bwd"], 2.0 * side,
         )  # fmt: skip
 
+    used = []  # (k, late(k)) of every quotient the last ladder was given
+    out = start = q_run = None
     for _ in range(4):
         seen, q0 = int(mask.sum()), quantum[0]
         first, ceiling = _start(objective.noise, mask, quotient)
+        if (
+            out is not None
+            and (first, ceiling) == start
+            and quantum[0] == q_run
+            and all(late(k) == x for k, x in used)
+        ):
+            # The ladder would run again on the same quotients (the rungs it chose are
+            # cached, the noise of late outputs did not change for any of them): the same
+            # result, and the mask would not grow. (A smooth fn moves every output it
+            # moves at the first, largest step.)
+            break
+        used.clear()
+        start, q_run = (first, ceiling), quantum[0]
         out = ladder(quotient, n_rungs=n_rungs, first=first, ceiling=ceiling)
         for k in _above_drops(raw):
             quotient(k)  # the rung above a drop, to tell a staircase from a kink
@@ -896,7 +950,6 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         "mask": mask,
         "evals": evals,
         "top": min([k for k in evals] + [0]),
-        "closest": closest[0],
         "quantum": quantum[0],
     }
 

@@ -1260,6 +1260,57 @@ class ScalarObjective:
             # at subnormal magnitudes (steps of 1e-318) that is its whole error.
             return NOISE_SAFETY * (float(np.add.reduce(c * level)) + c.size * QUANTUM)
 
+    def rung_noises(self, fp, fm, f0, mask, cache=None):
+        """``(max(rung_noise(fp, f0), rung_noise(f0, fm)), rung_noise(fp, fm))``, in one pass.
+
+        The three calls of :meth:`rung_noise` a ladder rung makes (each
+        one-sided difference and the central one, ``mask`` accumulating in
+        that order), bitwise: the per-output terms are gathered once over
+        the outputs of the last two calls, and the first call's outputs
+        (``mask`` after its own update) are a subset of them, in the same
+        order. The third call adds nothing to ``mask``: where ``fp`` and
+        ``fm`` both equal ``f0`` they equal each other. On ``tanh(x @ W)``
+        a rung of the ladder spent a third of its Python time in the three
+        calls.
+
+        ``cache``: a dict kept over the rungs of one probe whose ``mask`` only
+        grows (a mask of the same count is the same mask then), for the terms
+        that depend on the changed outputs and ``f0`` only.
+        """
+        mask |= fp != f0
+        first = np.flatnonzero(mask)
+        mask |= fm != f0
+        at = np.flatnonzero(mask)
+        if not at.size:
+            return 0.0, 0.0
+        got = None if cache is None else cache.get(at.size)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if got is None:
+                noise = self.noise
+                c = np.abs(self.cotangent.reshape(-1)[at])
+                floor = np.maximum(noise.sigma[at], QUANTUM)
+                rel = noise.relative[at]
+                l0 = np.maximum(floor, rel * np.abs(f0.reshape(-1)[at]))
+                if cache is not None:
+                    cache[at.size] = (c, floor, rel, l0)
+            else:
+                c, floor, rel, l0 = got
+            lp = np.maximum(floor, rel * np.abs(fp.reshape(-1)[at]))
+            lm = np.maximum(floor, rel * np.abs(fm.reshape(-1)[at]))
+            if first.size == at.size:
+                fwd = NOISE_SAFETY * (float(np.add.reduce(c * (lp + l0))) + c.size * QUANTUM)
+            elif not first.size:
+                fwd = 0.0
+            else:
+                sel = np.searchsorted(at, first)
+                c1 = c[sel]
+                fwd = NOISE_SAFETY * (
+                    float(np.add.reduce(c1 * (lp[sel] + l0[sel]))) + c1.size * QUANTUM
+                )
+            bwd = NOISE_SAFETY * (float(np.add.reduce(c * (l0 + lm))) + c.size * QUANTUM)
+            central = NOISE_SAFETY * (float(np.add.reduce(c * (lp + lm))) + c.size * QUANTUM)
+        return max(fwd, bwd), central
+
     def difference(self, xs_plus, xs_minus, mask):
         """``phi(xs_plus) - phi(xs_minus)`` and its rounding noise.
 
