@@ -56,14 +56,23 @@ def gelu_hvp(v, x):
     return (s * du + 0.5 * x * (-2 * t * s * du * du + s * d2u)) * v
 
 
+@pytest.mark.parametrize("seed", range(20, 30))
+def test_gelu_hvp_at_inputs_of_scale_1e3(seed):
+    """Round 12 fixed this known limit at 1e3 (1 of 20 seeds failed before; none now)."""
+    x = np.random.default_rng(seed).normal(size=(5, 7)) * 1e3
+    for s in (1, 2):
+        r = check_hvp(gelu_sum, gelu_hvp, (x,), seed=s, grad=gelu_grad)
+        assert r.status != "failed", str(r)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known limit (README): the HVP's directional ladder at a GELU whose derivative is "
-    "exactly 1 within steps of 10 (inputs of scale 1e3) reaches where it drops to 0, and its "
-    "error estimate does not cover that",
+    "exactly 1 within steps of 100 (inputs of scale 1e4) reaches where it drops to 0, and its "
+    "error estimate does not cover that (1 of 20 seeds)",
 )
-def test_gelu_hvp_at_inputs_of_scale_1e3():
-    x = np.random.default_rng(25).normal(size=(5, 7)) * 1e3
+def test_gelu_hvp_at_inputs_of_scale_1e4():
+    x = np.random.default_rng(21).normal(size=(5, 7)) * 1e4
     r = check_hvp(gelu_sum, gelu_hvp, (x,), seed=2, grad=gelu_grad)
     assert r.status != "failed", str(r)
 
