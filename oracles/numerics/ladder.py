@@ -94,7 +94,7 @@ CLIMB_ABOVE = 1e-10
 #: fell 10% short of the true error of a softmax JVP element of 1e-192 (logits 437.5 apart).
 TRUNCATION_SAFETY = 1.25
 
-#: Rungs of exact zeros after which the ladder stops.
+#: Rungs of exact zeros, or of quotients flat within their noise, after which the ladder stops.
 PATIENCE = 8
 
 #: Stride of the coarse descent that finds where the central differences settle.
@@ -140,6 +140,34 @@ class _Rungs:
         err = TRUNCATION_SAFETY * max(abs(e2 - e1), abs(e1 - e0)) + noise_e
         self.results.append((e, err, k, noise_e))
         return err, noise_e
+
+
+def _flat(a, b):
+    """Two consecutive rungs' quotients (and jumps, where given) equal within their noise."""
+    if not (np.isfinite(a[0]) and np.isfinite(b[0])) or abs(a[0] - b[0]) > a[2] + b[2]:
+        return False
+    if len(a) > 4 and len(b) > 4 and (np.isfinite(a[3]) or np.isfinite(b[3])):
+        return bool(abs(a[3] - b[3]) <= a[4] + b[4])
+    return True
+
+
+#: Consecutive rungs whose quotients agree within their noise before the far rung is tried.
+FLAT_RUNGS = 6
+
+#: Halvings below a flat run where its quotient must still hold for the ladder to stop. A
+#: rounding staircase can be flat too: SELU at 0 computes lambda alpha (exp(-t) - 1), whose
+#: quanta of exp's near 1 halve exactly with t over 9 rungs there, a constant bias of 7e-6
+#: in the slope; 2^24 times smaller steps change it (or freeze that side).
+FAR_DROP = 24
+
+
+def _far_agrees(q, k, res, n_rungs):
+    """The rung ``FAR_DROP`` below ``k`` agrees with ``k``'s ``res`` within their noise."""
+    far = min(n_rungs - 1, k + FAR_DROP)
+    if far <= k + FLAT_RUNGS:
+        return False
+    got = q(far)
+    return got is not None and _flat(res, got)
 
 
 def _analyse(cache, ks):
@@ -274,6 +302,7 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceil
     best_err, k_at = np.inf, start
     rungs = _Rungs()
     last = start - 1
+    flat, before = 0, None
     for k in range(start, n_rungs):
         res = q(k)
         if res is None:
@@ -281,6 +310,8 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceil
         last = k
         if not np.isfinite(res[0]):
             nonfinite = True
+        flat = flat + 1 if before is not None and _flat(before, res) else 0
+        before = res
         out = rungs.add(k, *res[:3])
         if out is None:
             continue
@@ -291,6 +322,13 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceil
             break
         if best_err == 0.0 and k - k_at >= PATIENCE:
             break  # exact zeros for a while: fn does not move with this probe
+        if flat >= FLAT_RUNGS and _far_agrees(q, k, before, n_rungs):
+            # The quotients (and the jumps between the one-sided slopes) have not moved
+            # beyond their noise over FLAT_RUNGS halvings, nor at a step FAR_DROP halvings
+            # smaller: no truncation is left to remove, and the noise does not shrink with
+            # the step (it stays put where the outputs moved are about t: fn piecewise
+            # linear through 0, a max-pool of zeros, which descended every rung).
+            break
     results = rungs.results
     top = start
     if climb and results:
