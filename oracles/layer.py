@@ -1385,6 +1385,10 @@ def _accumulation(s, obj, first, dout):
 def _second_forward(s, out, first, dout):
     """Forward with another input, then with the inputs: the same as on a fresh layer?"""
     accumulating = any(k[0] == "accumulates" for k in s.problems)
+    # The output to compare with, from a fresh layer as the attempts make it: ``out`` was
+    # computed before the parameters were found, in their own dtype, and the attempts run
+    # with float64 copies of them (a float32 layer's two outputs differ by its rounding).
+    out = s.forward(s.fresh()[0], s.xs()) if s.params else out
 
     def attempt(state_reset):
         obj = s.fresh()[0]

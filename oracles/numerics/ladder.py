@@ -161,12 +161,19 @@ FLAT_RUNGS = 6
 FAR_DROP = 24
 
 
-def _far_agrees(q, k, res, n_rungs):
-    """The rung ``FAR_DROP`` below ``k`` agrees with ``k``'s ``res`` within their noise."""
+def _far_agrees(peek, k, res, n_rungs):
+    """The rung ``FAR_DROP`` below ``k`` agrees with ``k``'s ``res`` within their noise.
+
+    ``peek`` evaluates it without recording it: a rung that far below, out of
+    the ladder's order, can land where ``fn`` no longer resolves the step (a
+    ReLU in float16, whose output underflows to 0 on both sides of a zero),
+    which the descent, reaching it rung by rung, tells from a constant piece.
+    ``peek`` returns ``None`` there (nothing moved, or not finite).
+    """
     far = min(n_rungs - 1, k + FAR_DROP)
     if far <= k + FLAT_RUNGS:
         return False
-    got = q(far)
+    got = peek(far)
     return got is not None and _flat(res, got)
 
 
@@ -244,7 +251,9 @@ def _past_kink(jumps):
     return None
 
 
-def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceiling=None):
+def ladder(
+    quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceiling=None, peek=None
+):
     """Run the step ladder on one probe.
 
     ``quotient(k) -> (c, delta, noise_c)``: the central-difference quotient
@@ -266,6 +275,10 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceil
     descent starts at rung ``first`` (0 unless the caller knows that larger
     steps are meaningless, e.g. from the noise probe), and the ladder never
     climbs above rung ``ceiling`` (``None``: up to :data:`MAX_UP` rungs).
+    ``peek(k)``, optional, is ``quotient(k)`` without its side effects (nothing
+    recorded): with it, a run of :data:`FLAT_RUNGS` rungs flat within their
+    noise ends the descent where a rung :data:`FAR_DROP` halvings below agrees
+    (:func:`_far_agrees`).
 
     The error estimate of rung ``k`` is the larger of the last two changes
     between successive extrapolants (one change can be small by
@@ -322,7 +335,7 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceil
             break
         if best_err == 0.0 and k - k_at >= PATIENCE:
             break  # exact zeros for a while: fn does not move with this probe
-        if flat >= FLAT_RUNGS and _far_agrees(q, k, before, n_rungs):
+        if peek is not None and flat >= FLAT_RUNGS and _far_agrees(peek, k, before, n_rungs):
             # The quotients (and the jumps between the one-sided slopes) have not moved
             # beyond their noise over FLAT_RUNGS halvings, nor at a step FAR_DROP halvings
             # smaller: no truncation is left to remove, and the noise does not shrink with
@@ -354,8 +367,9 @@ def ladder(quotient, n_rungs=MAX_RUNGS, climb=True, coarse=COARSE, first=0, ceil
         # Where nothing settles below it (a jump that only looked like a kink's: sin(1e4 x)
         # at x ~ 1e3 aliases at large steps), the whole ladder's result stands.
         again = ladder(
-            quotient, n_rungs=n_rungs, climb=False, coarse=coarse, first=past, ceiling=ceiling
-        )
+            quotient, n_rungs=n_rungs, climb=False, coarse=coarse, first=past, ceiling=ceiling,
+            peek=peek,
+        )  # fmt: skip
         if again[2] is not None:
             return again
     if not results:
@@ -679,6 +693,13 @@ def _one_side_frozen(k, fwd, bwd, fp, fm, f0, raw):
     return False
 
 
+#: A quantum measured in a ladder (:func:`_one_side_frozen`, :func:`_measured_quantum`,
+#: :func:`_jump`) is rounding only up to this many units of ``EPS`` times the largest input or
+#: output (``ScalarObjective.magnitude``) per unit of cotangent on the outputs moved: a loss
+#: whose saturated tanh units flip over the larger steps (inputs of scale 1e4) changes by
+#: about 2 while the step halves and then not at all, a jump of fn, not its rounding.
+ROUNDING_UNITS = 2.0**10
+
 #: Measured rounding counts where it exceeds the noise model's by this factor: a
 #: gross miss (an intermediate near 1 under values of size t: 1e8 and more), not the
 #: model's usual spread (a float32 staircase: a few times).
@@ -839,6 +860,14 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
 
+    def rounding(q):
+        """``q`` where it can be rounding of ``fn``, else 0 (:data:`ROUNDING_UNITS`)."""
+        if q <= 0.0:
+            return 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            reach = ROUNDING_UNITS * EPS * objective.magnitude * float(np.sum(abs_cot[mask]))
+        return q if q <= reach else 0.0
+
     def evaluate(k):
         t = t0 * s * 2.0**-k
         if t < 1e300 and -1e300 < x0 < 1e300:
@@ -882,7 +911,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             side = "dm" if bwd == 0.0 else "dp"
             moved = [abs(g[side]) for g in raw.values() if isinstance(g, dict) and g.get(side)]
             if moved:
-                quantum[0] = max(quantum[0], min(moved))
+                quantum[0] = max(quantum[0], rounding(min(moved)))
             frozen.append(t)
             return None
         # The noise of both one-sided differences (the larger) and of the central one.
@@ -938,6 +967,36 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             got["fwd"] - got["bwd"], 2.0 * side,
         )  # fmt: skip
 
+    def peek(k):
+        """``quotient(k)`` recording nothing (no rung, mask or order); None where fn is still."""
+        t = t0 * s * 2.0**-k
+        xp, xm, delta = _perturbed(x0, t)
+        if not (xm < x0 < xp) or not np.isfinite(delta):
+            return None
+        try:
+            flat[j] = xp
+            fp = objective.output(work)
+            flat[j] = xm
+            fm = objective.output(work)
+        finally:
+            flat[j] = x0
+        if not (np.isfinite(fp).all() and np.isfinite(fm).all()):
+            return None
+        if fp.shape != f0.shape or fm.shape != f0.shape:
+            return None
+        if bool((fp == f0).all()) and bool((fm == f0).all()):
+            return None  # still: the descent tells a constant piece from the step rounding away
+        hp, hm = xp - x0, x0 - xm
+        side, noise = objective.rung_noises(fp, fm, f0, mask.copy())
+        extra = quantum[0]
+        fwd = float(np.vdot(cot, fp - f0)) / hp
+        bwd = float(np.vdot(cot, f0 - fm)) / hm
+        num = float(np.vdot(cot, fp - fm))
+        return (
+            num / delta, delta, (noise + extra) / delta, fwd - bwd,
+            2.0 * (side + extra) / min(hp, hm),
+        )  # fmt: skip
+
     used = []  # (k, late(k)) of every quotient the last ladder was given
     out = start = q_run = None
     for _ in range(4):
@@ -956,10 +1015,10 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             break
         used.clear()
         start, q_run = (first, ceiling), quantum[0]
-        out = ladder(quotient, n_rungs=n_rungs, first=first, ceiling=ceiling)
+        out = ladder(quotient, n_rungs=n_rungs, first=first, ceiling=ceiling, peek=peek)
         for k in _above_drops(raw):
             quotient(k)  # the rung above a drop, to tell a staircase from a kink
-        quantum[0] = max(quantum[0], _measured_quantum(raw, s))
+        quantum[0] = max(quantum[0], rounding(_measured_quantum(raw, s)))
         if int(mask.sum()) == seen and quantum[0] == q0:
             break
     v, e, k_best, _, nf = out

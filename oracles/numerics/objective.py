@@ -160,6 +160,15 @@ CONFIRM_ABOVE = 1e3 * float(np.finfo(np.float64).eps)
 #: A smaller probe step that measures this many times less noise refutes a larger step's.
 REFUTE_RATIO = 1e3
 
+#: Noise relative to the largest input or output above which a smaller step's distinct values
+#: spread over :data:`REFUTE_RATIO` times less refute it. A part of ``fn`` that computes in
+#: float32 can be below its resolution at the smaller step while a float64 part moves, and a
+#: cancellation can make its noise a large part of a small output (GELU's tanh form below -6:
+#: 10%), but rounding is never far above the unit of float32 (2^-24) times the magnitudes
+#: about, with a cancellation of up to 4096 (float16 inside is a 16th of this, and is known by
+#: its values, :attr:`NoiseModel.kind`).
+SPREAD_REFUTES = 2.0**-12
+
 #: ``(k!)^2 / (2k)!``: the variance of the k-th difference of unit white noise is ``1 / gamma_k``.
 _GAMMA = np.array([factorial(k) ** 2 / factorial(2 * k) for k in range(2 * PROBE_HALF + 1)])
 
@@ -700,7 +709,7 @@ def derivative_jumps(values, coarse=None, mixed=True):
     return jumps
 
 
-def _confirmed(estimates):
+def _confirmed(estimates, magnitude=np.inf):
     """The noise of each element over the probe steps so far, and which still need confirming.
 
     Noise does not depend on the step that shows it; a smooth function that
@@ -716,6 +725,11 @@ def _confirmed(estimates):
     (``tanh(float32(x)) + 0.1 x`` is a staircase plus a smooth float64 term
     at steps of 1e-8).
 
+    An estimate far above any rounding (more than :data:`SPREAD_REFUTES` of
+    ``magnitude``, the largest input or output) made of no jump is refuted
+    too by a smaller step whose values all differ yet spread over
+    :data:`REFUTE_RATIO` times less: noise of that size would have spread them.
+
     Returns ``(best, suspect)``: the largest estimate not refuted (NaN where
     none), and the elements whose estimate came from the smallest step
     probed so far and is large enough to need confirming.
@@ -723,12 +737,23 @@ def _confirmed(estimates):
     m = estimates[0][1].size
     best = np.full(m, np.nan)
     smallest_below = np.full(m, np.inf)
-    for _, sigma, top, *_ in reversed(estimates):  # smallest step first
+    spread_below = np.full(m, np.inf)
+    for _, sigma, top, *_, (spread, jumpless) in reversed(estimates):  # smallest step first
         with np.errstate(invalid="ignore"):
             refuted = sigma > REFUTE_RATIO * smallest_below
             resolved = sigma > CONFIRM_ABOVE * top
+            # Far coarser than float32's rounding, and a smaller step's values all differ
+            # yet spread over far less than it: not noise (a loss whose tanh units
+            # saturate over the probe's larger step, inputs of scale 1e4, "measured"
+            # 3e-3 where it is smooth to 1e-16 at the next).
+            refuted |= (
+                jumpless
+                & (sigma > SPREAD_REFUTES * magnitude)
+                & (sigma > REFUTE_RATIO * spread_below)
+            )
         best = np.fmax(best, np.where(refuted, np.nan, sigma))
         smallest_below = np.fmin(smallest_below, np.where(resolved, sigma, np.nan))
+        spread_below = np.fmin(spread_below, spread)
     _, last, top, *_ = estimates[-1]
     with np.errstate(invalid="ignore"):
         suspect = np.isfinite(last) & (last > CONFIRM_ABOVE * top) & (last >= best)
@@ -1006,13 +1031,19 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
                 bent = sloped & (second > floor)
                 turn = np.where(bent, 0.5 * h * first / second, np.inf)
             reach = np.fmin(reach, turn)
+            # How far values that all differ spread: noise of sigma would spread them by
+            # about sigma at any step that resolves it (:func:`_confirmed`).
+            # Only an estimate made of no jump can be refuted so (a staircase's jumps, GELU's
+            # tanh form below -6, are its noise, and the pieces between them are smooth).
+            spread = np.where(finite & (distinct >= MIN_DISTINCT), np.ptp(values, axis=0), np.nan)
             estimates.append(
                 (h, np.where(plausible, sigma, np.nan), top, tame, first,
-                 np.where(sloped, first, np.nan))
+                 np.where(sloped, first, np.nan), (spread, jumps == 0))
             )  # fmt: skip
             estimates.sort(key=lambda e: -e[0])
-            best, suspect = _confirmed(estimates)
-    for p, (h, sigma, _, tame, first, _) in enumerate(estimates):
+            largest = max(magnitude, float(np.max(np.abs(f0), initial=0.0)))
+            best, suspect = _confirmed(estimates, largest)
+    for p, (h, sigma, _, tame, first, *_) in enumerate(estimates):
         # Smooth at this step: noise that was not refuted, or no noise seen
         # among values that got smoother with the order of differences, and
         # not aliased: where fn is smooth, its first differences grow with
@@ -1020,7 +1051,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         # periods and 0.05 radian from point to point, and looks as smooth
         # as at steps of 7e-5, with first differences no larger.
         refuted = np.isfinite(sigma) & ~(sigma <= best)
-        for h_small, *_, first_small in estimates[p + 1 :]:
+        for h_small, *_, first_small, _ in estimates[p + 1 :]:
             with np.errstate(invalid="ignore", over="ignore"):
                 refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
         refuted |= h > wavy
@@ -1138,6 +1169,7 @@ class ScalarObjective:
         self.point = [_as_point(x) for x in inputs]
         self._work = None
         self._scales = None
+        self._magnitude = None
         self._scratch = None
         self.cotangent = np.array(cotangent, dtype=np.float64, copy=True)
         self.calls = 0
@@ -1168,6 +1200,24 @@ class ScalarObjective:
         if self._work is None:
             self._work = [np.array(x, dtype=np.float64, order="C", copy=True) for x in self.point]
         return self._work
+
+    @property
+    def magnitude(self):
+        """``max(1, |x|, |f(x)|)`` over the inputs and outputs (finite ones), on first use.
+
+        The size of the intermediates a rounding quantum of ``fn`` can come from,
+        as far as the point and the output tell: ``fn``'s own rounding is a few
+        units of ``EPS`` times that.
+        """
+        if self._magnitude is None:
+            m = 1.0
+            for a in [*self.point, self.base_output]:
+                a = np.abs(a.reshape(-1))
+                a = a[np.isfinite(a)]
+                if a.size:
+                    m = max(m, float(a.max()))
+            self._magnitude = m
+        return self._magnitude
 
     @property
     def scales(self):
