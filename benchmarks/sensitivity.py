@@ -447,6 +447,10 @@ def tie_cases():
     many = np.round(rng.uniform(-1.0, 1.0, 40) * 8) / 8
     many[rng.choice(40, 12, replace=False)] = 0.3
     integers = rng.integers(0, 5, 30).astype(np.float64)
+    pairs = np.random.default_rng(6)  # its own stream: the other rows' draws stay as they were
+    pair_a = pairs.integers(0, 3, 24).astype(np.float64)
+    pair_b = pairs.integers(0, 3, 24).astype(np.float64)
+    pair_cot = pairs.standard_normal(24)
     pixels = np.array([[3.0, 3.0, 1.0, 2.0], [0.0, 1.0, 2.0, 2.0], [5.0, 4.0, 0.0, 0.0],
                        [5.0, 5.0, 0.0, 0.0]])  # fmt: skip
     return {
@@ -473,6 +477,16 @@ def tie_cases():
             {"to a duplicate": _sort_duplicated(np.float64)},
             (many,),
             rng.standard_normal(40),
+        ),
+        "maximum(a, b) of integers 0..2, ties across the two inputs": (
+            np.maximum,
+            lambda g, a, b: (g * (a >= b), g * (a < b)),
+            {
+                "to both": lambda g, a, b: (g * (a >= b), g * (b >= a)),
+                "to neither": lambda g, a, b: (g * (a > b), g * (b > a)),
+            },
+            (pair_a, pair_b),
+            pair_cot,
         ),
         "sort of 30 integers 0..4, in float32": (
             _sort_in(np.float32),

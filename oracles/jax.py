@@ -55,7 +55,12 @@ from oracles._dropin import (
 from oracles._guards import call_user
 from oracles._pipeline import raise_unless_passed, run
 from oracles._validation import check_callable, check_tolerance
-from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
+from oracles.errors import (
+    InvalidArgument,
+    InvalidArgumentType,
+    NonDeterministicFunction,
+    UserFunctionError,
+)
 from oracles.report import Report
 
 __all__ = ["check", "check_grads"]
@@ -506,12 +511,33 @@ class _Session:
             scale = np.abs(b) + float(np.max(np.abs(b), initial=0.0))
             if not np.all(np.abs(a - b) <= 8 * self.precision.eps * scale + 1e-300):
                 gap = float(np.max(np.abs(a - b)))
+                self._repeatable(gap)
                 where = "" if len(out) == 1 else f" (output leaf {k})"
                 rule = "custom_vjp's fwd" if self.ad == "rev" else "custom_jvp's rule"
                 self.problems.append(
                     f"the primal output of {who}{where} differs from f's own output by up to "
                     f"{gap:.3g}: a {rule} must return the same primal output as the function"
                 )
+
+    def _repeatable(self, gap):
+        """Raise where ``f`` itself returns other outputs at the same arguments.
+
+        Its primal output differing from ``jax.vjp``'s is a custom rule's bug only
+        where ``f`` agrees with itself (``sin(x) + 1e-12 * rng.normal(...)`` has
+        no rule, and differs from call to call).
+        """
+        again, _ = self._out_leaves(self._call(self.f, self._leaves(self.arrays), "f"))
+        worst = max(
+            float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b), initial=0.0))
+            for a, b in zip(again, self.primal, strict=True)
+        )
+        if worst > 0.0:
+            raise NonDeterministicFunction(
+                f"f is not deterministic: two calls at the same arguments returned outputs "
+                f"{worst:.3g} apart (its output and jax's primal output, {gap:.3g}). A "
+                "derivative can only be checked against a function that repeats itself: fix "
+                "its random key or seed, or remove the noise"
+            )
 
     # --- reduced precision -----------------------------------------------------------------------
 

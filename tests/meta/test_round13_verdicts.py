@@ -203,3 +203,35 @@ def test_torch_dropin_takes_a_func_that_differentiates_its_inputs():
 
 def test_oracles_namespace_is_unchanged():
     assert "default_directions" not in oracles.__all__
+
+
+# --- jax: a nondeterministic f is not a custom rule's bug ---------------------------------------
+
+
+def test_jax_dropin_names_a_nondeterministic_f():
+    import jax
+    import jax.numpy as jnp
+
+    import oracles.jax as oj
+    from oracles.backends.jax import x64_enabled
+    from oracles.errors import NonDeterministicFunction
+
+    x = np.random.default_rng(3).normal(size=(3, 4))
+    noise = np.random.default_rng(5)
+    with x64_enabled(jax):
+        with pytest.raises(NonDeterministicFunction, match="f is not deterministic"):
+            oj.check(lambda x: jnp.sin(x) + 1e-12 * noise.normal(size=x.shape), (x,))
+
+        @jax.custom_vjp
+        def shifted(x):
+            return jnp.sin(x)
+
+        def fwd(x):  # a rule whose primal output is not f's: still the rule's bug
+            return jnp.sin(x) + 1e-9, x
+
+        def bwd(x, g):
+            return (g * jnp.cos(x),)
+
+        shifted.defvjp(fwd, bwd)
+        r = oj.check(shifted, (x,))
+        assert r.status == "failed" and "primal output" in str(r), r
