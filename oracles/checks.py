@@ -89,6 +89,7 @@ def _vjp_numeric(r):
         must_check=[~np.isfinite(g) for g in r.analytic],
     )
     evaluations += _joint_ties(r, objective, safe, refs, notes)
+    evaluations += _cross_input_ties(r, objective, safe, refs, notes)
     return OracleResult(refs, method, evaluations, notes)
 
 
@@ -512,6 +513,89 @@ def _joint_ties(r, objective, grads, refs, notes):
     notes.append(
         f"{n_found} group(s) of tied (equal) input values{capped} were also checked jointly"
         f"{split}, along the direction that moves each together: {len(failed)} disagree"
+    )
+    return evaluations
+
+
+#: Most values at kinks of two or more inputs judged jointly across them.
+MAX_CROSS_GROUPS = 32
+
+
+def _cross_input_ties(r, objective, grads, refs, notes):
+    """Values at kinks of two or more inputs, judged jointly across them.
+
+    ``np.maximum(a, b)`` where ``a == b``, ``|p - t|`` where ``p == t``: each
+    element alone lies between its one-sided slopes, so a backward that routes
+    the gradient to both arguments, or to neither, passes element by element,
+    and each input's own tie groups (:func:`_joint_ties`) hold one of them
+    only. Here ``fn`` takes the inputs stacked into one array, and a group is
+    the elements at a kink, in two or more inputs, that hold one value:
+    along the direction that moves them together the gradient must sum to
+    the directional derivative (``maximum(a + t, b + t) = maximum(a, b) + t``;
+    ``|(p + t) - (t_ + t)|`` does not move), as it must when ``a`` and ``b``
+    are one input. Returns the calls of ``fn`` spent.
+    """
+    if len(r.xs) < 2 or any(ref.kink is None for ref in refs):
+        return 0
+    points = [np.asarray(x, dtype=np.float64).reshape(-1) for x in objective.point]
+    kinks = [np.asarray(ref.kink, dtype=bool).reshape(-1) for ref in refs]
+    if sum(bool(k.any()) for k in kinks) < 2:
+        return 0
+    held = [set(p[k].tolist()) for p, k in zip(points, kinks, strict=True)]
+    shared = set()
+    for a in range(len(held)):
+        for b in range(a + 1, len(held)):
+            shared |= held[a] & held[b]
+    if not shared:
+        return 0
+    offsets = np.cumsum([0] + [p.size for p in points])
+    z = np.concatenate(points)
+    kz = np.concatenate(kinks)
+    groups = []
+    for v in sorted(shared)[:MAX_CROSS_GROUPS]:
+        idx = np.flatnonzero(kz & (z == v))
+        owners = np.searchsorted(offsets, idx, side="right") - 1
+        if np.unique(owners).size >= 2:
+            groups.append((0, idx))
+    if not groups:
+        return 0
+    shapes = [np.shape(x) for x in objective.point]
+    fn = objective.fn
+
+    def stacked(zz):
+        return fn(*[zz[offsets[k] : offsets[k + 1]].reshape(s) for k, s in enumerate(shapes)])
+
+    obj = ScalarObjective(
+        stacked, [z], objective.cotangent, noise=objective.noise, base_output=objective.base_output
+    )
+    gz = np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
+    checks, _, evaluations = check_ties(
+        obj, [gz], ["+".join(r.names)], atol=r.atol, rtol=r.rtol, found=(groups, len(groups))
+    )
+    failed = [c for c in checks if not c.passed]
+    for c in failed:
+        where = []
+        for (p,) in c.indices[:6]:
+            k = int(np.searchsorted(offsets, p, side="right") - 1)
+            at = np.unravel_index(p - int(offsets[k]), shapes[k]) if shapes[k] else ()
+            where.append(f"{r.names[k]}[{', '.join(str(int(v)) for v in at)}]")
+        more = f", ... ({len(c.indices)} elements)" if len(c.indices) > 6 else ""
+        if abs(c.left - c.right) <= c.error:
+            slopes = f"the directional derivative is {c.right:.17g}"
+        else:
+            slopes = f"the one-sided slopes are {c.left:.17g} and {c.right:.17g}"
+        r.problems.append(
+            f"tied values across inputs (value {c.tied_value!r}: {', '.join(where)}{more}): "
+            f"along the direction that moves them together, the gradients sum to "
+            f"{c.value:.17g} but {slopes} (error estimate {c.error:.2g}). Where two "
+            "arguments tie (maximum(a, b) at a == b, |p - t| at p == t), a subgradient routes "
+            "the upstream gradient once, to one of them or split between them, never to both "
+            "or to neither"
+        )
+    notes.append(
+        f"{len(groups)} value(s) at kinks of two or more inputs were also checked jointly "
+        f"across the inputs, along the direction that moves each together: {len(failed)} "
+        "disagree"
     )
     return evaluations
 
