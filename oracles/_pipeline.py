@@ -1900,7 +1900,22 @@ def _report(r, kind, results, evaluations, started):
     return report
 
 
-def run(
+def run(spec, fn, user, inputs, **kwargs):
+    """Run one check of kind ``spec`` and return its :class:`~oracles.report.Report`.
+
+    NumPy's global random state is restored afterwards, bitwise, whatever the
+    user's ``fn`` or derivative drew from it over the check's many calls
+    (``check_layer`` does the same around its layer). See :func:`_run`.
+    """
+    __tracebackhide__ = True
+    state = np.random.get_state()  # noqa: NPY002 - restored, not used
+    try:
+        return _run(spec, fn, user, inputs, **kwargs)
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+
+
+def _run(
     spec,
     fn,
     user,

@@ -235,3 +235,32 @@ def test_jax_dropin_names_a_nondeterministic_f():
         shifted.defvjp(fwd, bwd)
         r = oj.check(shifted, (x,))
         assert r.status == "failed" and "primal output" in str(r), r
+
+
+# --- NumPy's global random state, whatever fn draws ---------------------------------------------
+
+
+def test_global_random_state_is_restored_after_every_check():
+    from oracles import check_hvp, check_jvp
+    from oracles.errors import NonDeterministicFunction
+
+    def noisy(x):
+        return np.sin(x) + 1e-3 * np.random.rand(*x.shape)  # noqa: NPY002
+
+    def reseeding(x):
+        np.random.seed(123)  # noqa: NPY002 - deterministic, but changes the global state
+        return np.sin(x) + 0.0 * np.random.rand(*x.shape)  # noqa: NPY002
+
+    x = np.linspace(-1.0, 1.0, 5)
+    np.random.seed(7)  # noqa: NPY002
+    before = np.random.get_state()  # noqa: NPY002
+    with pytest.raises(NonDeterministicFunction):
+        check_vjp(noisy, lambda g, x: g * np.cos(x), (x,))
+    with pytest.raises(NonDeterministicFunction):
+        check_jvp(noisy, lambda t, x: t * np.cos(x), (x,))
+    assert check_vjp(reseeding, lambda g, x: g * np.cos(x), (x,)).ok
+    assert check_hvp(lambda x: np.sum(np.sin(x)), lambda v, x: -np.sin(x) * v, (x,),
+                     grad=lambda x: np.cos(x)).ok  # fmt: skip
+    after = np.random.get_state()  # noqa: NPY002
+    assert before[0] == after[0] and np.array_equal(before[1], after[1])
+    assert before[2:] == after[2:]
