@@ -579,18 +579,10 @@ def _cross_input_ties(r, objective, grads, refs, notes):
             k = int(np.searchsorted(offsets, p, side="right") - 1)
             at = np.unravel_index(p - int(offsets[k]), shapes[k]) if shapes[k] else ()
             where.append(f"{r.names[k]}[{', '.join(str(int(v)) for v in at)}]")
-        more = f", ... ({len(c.indices)} elements)" if len(c.indices) > 6 else ""
-        if abs(c.left - c.right) <= c.error:
-            slopes = f"the directional derivative is {c.right:.17g}"
-        else:
-            slopes = f"the one-sided slopes are {c.left:.17g} and {c.right:.17g}"
         r.problems.append(
-            f"tied values across inputs (value {c.tied_value!r}: {', '.join(where)}{more}): "
-            f"along the direction that moves them together, the gradients sum to "
-            f"{c.value:.17g} but {slopes} (error estimate {c.error:.2g}). Where two "
-            "arguments tie (maximum(a, b) at a == b, |p - t| at p == t), a subgradient routes "
-            "the upstream gradient once, to one of them or split between them, never to both "
-            "or to neither"
+            c.describe("tied values across inputs", where) + ". Where two arguments tie "
+            "(maximum(a, b) at a == b, |p - t| at p == t), a subgradient routes the upstream "
+            "gradient once, to one of them or split between them, never to both or to neither"
         )
     notes.append(
         f"{len(groups)} value(s) at kinks of two or more inputs were also checked jointly "

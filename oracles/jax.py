@@ -52,13 +52,12 @@ from oracles._dropin import (
     rounding_tolerance,
     snap_subnormal,
 )
-from oracles._guards import call_user
+from oracles._guards import call_user, check_repeatable
 from oracles._pipeline import raise_unless_passed, run
 from oracles._validation import check_callable, check_tolerance
 from oracles.errors import (
     InvalidArgument,
     InvalidArgumentType,
-    NonDeterministicFunction,
     UserFunctionError,
 )
 from oracles.report import Report
@@ -69,6 +68,11 @@ __all__ = ["check", "check_grads"]
 ADS = ("rev", "fwd", "lin")
 
 _WHO = {"rev": "jax.vjp", "fwd": "jax.jvp", "lin": "jax.linearize"}
+
+_NONDETERMINISTIC_HINT = (
+    "A derivative can only be checked against a function that repeats itself: fix its random "
+    "key or seed, or remove the noise"
+)
 
 
 def _import():
@@ -511,7 +515,7 @@ class _Session:
             scale = np.abs(b) + float(np.max(np.abs(b), initial=0.0))
             if not np.all(np.abs(a - b) <= 8 * self.precision.eps * scale + 1e-300):
                 gap = float(np.max(np.abs(a - b)))
-                self._repeatable(gap)
+                self._repeatable()
                 where = "" if len(out) == 1 else f" (output leaf {k})"
                 rule = "custom_vjp's fwd" if self.ad == "rev" else "custom_jvp's rule"
                 self.problems.append(
@@ -519,25 +523,20 @@ class _Session:
                     f"{gap:.3g}: a {rule} must return the same primal output as the function"
                 )
 
-    def _repeatable(self, gap):
+    def _repeatable(self):
         """Raise where ``f`` itself returns other outputs at the same arguments.
 
         Its primal output differing from ``jax.vjp``'s is a custom rule's bug only
         where ``f`` agrees with itself (``sin(x) + 1e-12 * rng.normal(...)`` has
         no rule, and differs from call to call).
         """
-        again, _ = self._out_leaves(self._call(self.f, self._leaves(self.arrays), "f"))
-        worst = max(
-            float(np.max(np.abs(np.asarray(a, dtype=np.float64) - b), initial=0.0))
-            for a, b in zip(again, self.primal, strict=True)
-        )
-        if worst > 0.0:
-            raise NonDeterministicFunction(
-                f"f is not deterministic: two calls at the same arguments returned outputs "
-                f"{worst:.3g} apart (its output and jax's primal output, {gap:.3g}). A "
-                "derivative can only be checked against a function that repeats itself: fix "
-                "its random key or seed, or remove the noise"
-            )
+
+        def again():
+            out, _ = self._out_leaves(self._call(self.f, self._leaves(self.arrays), "f"))
+            return [np.asarray(o, dtype=np.float64) for o in out]
+
+        labels = ["outputs"] * len(self.primal)
+        check_repeatable(again, self.primal, "f", _NONDETERMINISTIC_HINT, labels, repeats=1)
 
     # --- reduced precision -----------------------------------------------------------------------
 

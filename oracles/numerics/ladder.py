@@ -868,7 +868,9 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             reach = ROUNDING_UNITS * EPS * objective.magnitude * float(np.sum(abs_cot[mask]))
         return q if q <= reach else 0.0
 
-    def evaluate(k):
+    def sides(k):
+        """``(t, xp, xm, delta, fp, fm)`` of rung ``k``, ``x`` restored; None where the step
+        no longer moves ``x`` (or leaves the float64 range)."""
         t = t0 * s * 2.0**-k
         if t < 1e300 and -1e300 < x0 < 1e300:
             xp, xm = x0 + t, x0 - t  # _perturbed, where nothing can overflow
@@ -876,7 +878,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         else:
             xp, xm, delta = _perturbed(x0, t)
         if not (xm < x0 < xp) or not np.isfinite(delta):
-            return None  # the step no longer moves x (or leaves the float64 range)
+            return None
         try:
             flat[j] = xp
             fp = objective.output(work)
@@ -884,6 +886,13 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
             fm = objective.output(work)
         finally:
             flat[j] = x0
+        return t, xp, xm, delta, fp, fm
+
+    def evaluate(k):
+        got = sides(k)
+        if got is None:
+            return None
+        t, xp, xm, delta, fp, fm = got
         if not (np.isfinite(fp).all() and np.isfinite(fm).all()):
             return {"nonfinite": delta}
         # np.array_equal, without its Python wrapper (a rung is a few us of NumPy calls).
@@ -969,17 +978,10 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     def peek(k):
         """``quotient(k)`` recording nothing (no rung, mask or order); None where fn is still."""
-        t = t0 * s * 2.0**-k
-        xp, xm, delta = _perturbed(x0, t)
-        if not (xm < x0 < xp) or not np.isfinite(delta):
+        got = sides(k)
+        if got is None:
             return None
-        try:
-            flat[j] = xp
-            fp = objective.output(work)
-            flat[j] = xm
-            fm = objective.output(work)
-        finally:
-            flat[j] = x0
+        _, xp, xm, delta, fp, fm = got
         if not (np.isfinite(fp).all() and np.isfinite(fm).all()):
             return None
         if fp.shape != f0.shape or fm.shape != f0.shape:

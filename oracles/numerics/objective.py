@@ -815,6 +815,17 @@ def _cancellation_grid(rows_by_step, half):
     return grid if grid is not None else 0.0
 
 
+def largest_magnitude(arrays):
+    """``max(1, |a|)`` over the finite elements of ``arrays``."""
+    m = 1.0
+    for a in arrays:
+        a = np.abs(np.asarray(a, dtype=np.float64).reshape(-1))
+        a = a[np.isfinite(a)]
+        if a.size:
+            m = max(m, float(a.max()))
+    return m
+
+
 def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE_HALF, f0=None):
     """Measure the noise of every output element of ``evaluate`` at ``xs`` (ECnoise).
 
@@ -883,8 +894,9 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     finer = set()  # steps below the smallest of ``steps``, probed where fn oscillated there
     wild_level = np.zeros(m)  # the first differences' level where f_i oscillated
     jump_level = np.zeros(m)  # half the smallest lone jump seen among smooth values
-    magnitude = max([1.0] + [float(np.max(np.abs(x), initial=0.0)) for x in xs])
+    magnitude = largest_magnitude(xs)
     lone_limit = LONE_JUMP_UNITS * EPS * magnitude if np.isfinite(magnitude) else 0.0
+    largest = max(magnitude, largest_magnitude([f0]))  # inputs and outputs
     while queue:
         h = queue.pop(0)
         if (
@@ -1041,7 +1053,6 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
                  np.where(sloped, first, np.nan), (spread, jumps == 0))
             )  # fmt: skip
             estimates.sort(key=lambda e: -e[0])
-            largest = max(magnitude, float(np.max(np.abs(f0), initial=0.0)))
             best, suspect = _confirmed(estimates, largest)
     for p, (h, sigma, _, tame, first, *_) in enumerate(estimates):
         # Smooth at this step: noise that was not refuted, or no noise seen
@@ -1210,13 +1221,7 @@ class ScalarObjective:
         units of ``EPS`` times that.
         """
         if self._magnitude is None:
-            m = 1.0
-            for a in [*self.point, self.base_output]:
-                a = np.abs(a.reshape(-1))
-                a = a[np.isfinite(a)]
-                if a.size:
-                    m = max(m, float(a.max()))
-            self._magnitude = m
+            self._magnitude = largest_magnitude([*self.point, self.base_output])
         return self._magnitude
 
     @property

@@ -105,15 +105,23 @@ class TieCheck:
         hi = max(self.left, self.right) + self.error + self.allowance
         return bool(np.isfinite(self.value) and lo <= self.value <= hi)
 
-    def describe(self):
-        shown = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in self.indices[:6])
+    def describe(self, what=None, labels=None):
+        """The group, its sum and its slopes, in words.
+
+        ``what`` names the group (default: ``tie group of <input>``), ``labels``
+        its elements (default: their indices).
+        """
+        if labels is None:
+            labels = ["[" + ", ".join(map(str, i)) + "]" for i in self.indices[:6]]
+        shown = ", ".join(labels[:6])
         more = f", ... ({len(self.indices)} elements)" if len(self.indices) > 6 else ""
         if abs(self.left - self.right) <= self.error:
             slopes = f"the directional derivative is {self.right:.17g}"
         else:
             slopes = f"the one-sided slopes are {self.left:.17g} and {self.right:.17g}"
         return (
-            f"tie group of {self.input_name} (value {self.tied_value!r}: {shown}{more}): along "
+            f"{what or 'tie group of ' + self.input_name} (value {self.tied_value!r}: "
+            f"{shown}{more}): along "
             f"the direction that moves them together, the gradient sums to {self.value:.17g} "
             f"but {slopes} (error estimate {self.error:.2g})"
         )
