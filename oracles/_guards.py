@@ -8,7 +8,8 @@ never as a traceback from inside the oracles:
 * :func:`call_user` turns an exception into :class:`UserFunctionError`;
 * :class:`Guarded` does the same at perturbed points, and names the element;
 * :func:`mutations` finds arguments written into in place;
-* :func:`differs` / :func:`check_repeatable` find non-determinism.
+* :func:`differs` / :func:`check_repeatable` find non-determinism;
+* :func:`own_stream` keeps the check's random draws apart from the user's data.
 """
 
 from __future__ import annotations
@@ -23,9 +24,29 @@ from oracles.errors import (
     UserFunctionError,
 )
 
-__all__ = ["Guarded", "call_user", "check_repeatable", "differs", "mutations"]
+__all__ = ["Guarded", "call_user", "check_repeatable", "differs", "mutations", "own_stream"]
 
 _EPS = float(np.finfo(np.float64).eps)
+
+#: One key per use, so that no two uses share a stream.
+_STREAMS = {"direction": 0x646972, "projection": 0x70726F}
+
+
+def own_stream(seed, use):
+    """The check's random generator for ``use``, from ``seed``, never ``default_rng(seed)``.
+
+    Users draw their test data from ``numpy.random.default_rng(seed)`` with the
+    same small seeds as ours. A direction drawn from that stream then equals
+    the user's input: with ``x`` and the cotangent both the first normal draw of
+    ``default_rng(0)``, ``<g, x>`` is what the check measures, and a transposed
+    weight gradient gives the same number. A spawn key keeps ours apart.
+
+    >>> a = np.random.default_rng(0).standard_normal(4)
+    >>> b = own_stream(0, "direction").standard_normal(4)
+    >>> bool(np.any(a == b))
+    False
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STREAMS[use],)))
 
 
 def call_user(func, args, what):

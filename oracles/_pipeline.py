@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from oracles._guards import Guarded, call_user, check_repeatable, mutations
+from oracles._guards import Guarded, call_user, check_repeatable, mutations, own_stream
 from oracles._validation import (
     as_cotangent,
     as_directions,
@@ -519,7 +519,7 @@ def _forward(r):
 def _direction(r):
     given = r.options.pop("direction")
     if given is None:
-        rng = np.random.default_rng(r.seed)
+        rng = own_stream(r.seed, "direction")
         shapes = [r.out.shape] if r.spec.on_output else [x.shape for x in r.xs]
         r.direction = [rng.standard_normal(s) for s in shapes]
         r.direction_desc = f"random normal (seed {r.seed})"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import call_user, differs, mutations
+from oracles._guards import call_user, differs, mutations, own_stream
 from oracles._layer_objects import (
     Copier,
     copy_with,
@@ -880,7 +880,7 @@ def _dout(session, out, direction):
         return None
     if direction is not None:
         return np.array(direction, dtype=np.float64)
-    return np.random.default_rng(session.seed).standard_normal(out.shape)
+    return own_stream(session.seed, "direction").standard_normal(out.shape)
 
 
 def _flatten_direction(direction, shapes):

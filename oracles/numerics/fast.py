@@ -169,6 +169,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from oracles._guards import own_stream
 from oracles._validation import check_seed
 from oracles.compare import Reference, compare
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
@@ -1656,7 +1657,7 @@ def fast_partials(
     ([(0, 4321)], True)
     """
     exhaustive = exhaustive or Exhaustive()
-    rng = np.random.default_rng(seed)
+    rng = own_stream(seed, "projection")
     grads = [np.asarray(g, dtype=np.float64) for g in grads]
     space = _Space(objective, grads)
     prober = _Prober(space)
