@@ -65,15 +65,7 @@ def _layer(kind):
     (3, 30, 10, 40.0),
 ])  # fmt: skip
 @pytest.mark.parametrize("seed", range(3))
-def test_saturated_layers_against_autodiff(request, backend, kind, n, d, h, scale, seed):
-    if (backend, kind, n, scale, seed) == ("jax", "tanh", 3, 40.0, 1):
-        # Known: units at pre-activations of 18-20, where both ``1 - tanh^2``
-        # round to 0 or to 2 ulp (exact: 9e-18), and XLA's tanh (3.5 ulp)
-        # differs from NumPy's by 1.6e-15 in the VJP; the size of the terms
-        # measured over steps up to 1/8 of the inputs' scale (5) is 7.5e-2,
-        # a bound of 1.1e-15. Steps large enough to leave the saturation
-        # (100) would also loosen exp(10 x) to 1e-3.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="XLA tanh at saturation"))
+def test_saturated_layers_against_autodiff(backend, kind, n, d, h, scale, seed):
     rng = np.random.default_rng(seed)
     if scale == 255.0:  # raw pixels
         x = rng.integers(0, 256, size=(n, d)).astype(np.float64)
