@@ -17,7 +17,16 @@ from __future__ import annotations
 import numpy as np
 
 from oracles.errors import UserFunctionError
-from oracles.numerics.ladder import FROZEN_LEVELS, _moved, kink_test, ladder, scale_search
+from oracles.numerics.ladder import (
+    FROZEN_LEVELS,
+    ROUNDING_UNITS,
+    UNSEEN_NOISE,
+    _measured_quantum,
+    _moved,
+    kink_test,
+    ladder,
+    scale_search,
+)
 from oracles.numerics.objective import (
     ANALYTIC_ROUNDING,
     EPS,
@@ -26,8 +35,10 @@ from oracles.numerics.objective import (
     T0,
     Estimate,
     _rms,
+    _whole_multiples,
     analytic_rounding,
     element_scales,
+    largest_magnitude,
     measure_noise,
 )
 
@@ -215,6 +226,40 @@ def _linear_rounding(linear, us, m):
     return ANALYTIC_ROUNDING * defect
 
 
+#: Rungs just above the one where an element froze whose changes measure its quantum.
+FROZE_RUNGS = 3
+
+
+def _froze_quantum(raw, level):
+    """The quantum of an element that moved by whole units of it, and then not at all.
+
+    ``raw``: the element's rungs (``dp = f(x + h u) - f(x)``, ``dm = f(x) - f(x - h
+    u)``, ``dc = dp + dm``), ``level``: the noise model's rounding of its value.
+    A function computed to its own precision stops changing (on both sides at
+    once) only where ``|f'| h`` falls below its rounding; one whose changes at
+    the :data:`FROZE_RUNGS` rungs above that were whole multiples of the
+    smallest, far above ``level`` (``UNSEEN_NOISE`` times), is a staircase whose
+    stairs the noise model did not see: ``log(1 + exp(x))`` at ``x = -36``
+    (``1 + 2e-16`` rounds to 1 or to ``1 + 2^-52``), ``-log(1 + 1e-15)`` at a
+    log-softmax row's maximum. Their smallest change is its rounding. A
+    function constant beyond a kink (a ReLU a distance ``d`` from it) moves
+    by ``s (h - d)``, no whole multiples of each other. 0 where neither holds.
+    """
+    still = [k for k, g in raw.items() if g["dp"] == 0.0 and g["dm"] == 0.0]
+    if not still:
+        return 0.0
+    above = sorted(k for k, g in raw.items() if k < min(still) and (g["dp"] or g["dm"]))
+    above = above[-FROZE_RUNGS:]
+    gaps = np.abs([raw[k][d] for k in above for d in ("dp", "dm", "dc")])
+    gaps = gaps[np.isfinite(gaps) & (gaps > 0.0)]
+    if gaps.size < 2:
+        return 0.0
+    q = float(np.min(gaps))
+    if q <= UNSEEN_NOISE * level or not _whole_multiples(gaps[:, None])[0]:
+        return 0.0
+    return q
+
+
 def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, notes=None):
     """Derivative of a vector function along ``us``, per output element, with error estimates.
 
@@ -305,7 +350,10 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
             side_noise = NOISE_SAFETY * (np.maximum(lp, lm) + l0) / h
         bad = ~(np.isfinite(fp) & np.isfinite(fm))
         c = np.where(bad, np.nan, c)
-        rungs[k] = (c, 2.0 * h, rnoise, fwd, bwd, side_noise, bad, frozen, np.abs(corr))
+        rungs[k] = (
+            c, 2.0 * h, rnoise, fwd, bwd, side_noise, bad, frozen, np.abs(corr),
+            fp - f0, f0 - fm, fp - fm,
+        )  # fmt: skip
         return rungs[k]
 
     if rung(0) is not None and not mask.any():
@@ -347,16 +395,78 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
         skip = np.ceil(np.log2(T0 / noise.start_limit()))
     first = np.where(np.isfinite(skip), np.clip(skip, 0, n_rungs // 2), 0).astype(int)
 
+    quantum = np.zeros(m)  # per element, a rounding quantum its rungs show (_element_quantum)
+    reach = ROUNDING_UNITS * EPS * largest_magnitude([*xs, f0])
+
+    def moved_by(i, k):
+        """How far element ``i`` moved at rung ``k`` (its largest change), None if unknown."""
+        r = rungs.get(k)
+        if r is None or r[6][i]:
+            return None
+        return max(abs(r[9][i]), abs(r[10][i]), abs(r[11][i]))
+
+    def _past_variation(i, k):
+        """True where the climb's rung ``k`` moved element ``i`` no farther than rung ``k + 1``.
+
+        Below the scale on which an element varies, doubling the step at least
+        doubles how far it moves (``|f'| h``, or more where it curves); where
+        it moves no farther, the step is past that scale: the element is
+        bounded there (a softmax-CE's label gradient ``(p_y - 1) / N`` with
+        ``p_y`` 1e-16, saturated at ``-1/N`` on both sides at steps 1e18 times
+        its logits), and its central differences, 0 within a noise that
+        halves with every rung, would claim any precision.
+        """
+        a, b = moved_by(i, k), moved_by(i, k + 1)
+        return a is not None and b is not None and a <= b
+
+    def _element_quantum(i):
+        """The rounding quantum element ``i``'s rungs show and the noise model does not.
+
+        The larger of :func:`_froze_quantum` and of the scalar ladder's measurement
+        (:func:`oracles.numerics.ladder._measured_quantum`) on this element's rungs: a
+        log-softmax at its row's maximum, ``-log(1 + 1e-15)``, moves in units of
+        ``2^-52`` (the rounding of the sum near 1), 1e15 times the rounding of a value
+        of its size. Counted up to ``ROUNDING_UNITS`` units of ``EPS`` times the largest
+        input or output, as there.
+        """
+        raw = {}
+        for k, r in rungs.items():
+            if r is None or r[6][i] or r[7][i]:
+                continue
+            h = 0.5 * r[1]
+            dp, dm, dc = float(r[9][i]), float(r[10][i]), float(r[11][i])
+            raw[k] = {
+                "fwd": dp / h, "bwd": dm / h, "side": float(r[5][i]) * h, "h": h,
+                "dp": dp, "dm": dm, "mid": dc / r[1], "dc": dc,
+            }  # fmt: skip
+        froze = _froze_quantum(raw, float(l0_all[i]))
+        # The slopes' signatures only below the top rung: above it (k < 0, a climb's) the
+        # steps exceed the inputs' scale, and slopes that turn there tell nothing about
+        # rounding (a softmax-CE's gradient of 1e-33 at steps of 60). A jump larger than
+        # reach is fn's own (GELU's gradient, 0 below its knee and 1 above, straddled by
+        # the largest steps): measured again without the largest rungs, until what is
+        # left is rounding.
+        for top in sorted(k for k in raw if k >= 0):
+            got = _measured_quantum({k: g for k, g in raw.items() if k >= top}, unit)
+            if got <= reach:
+                return max(got, froze if froze <= reach else 0.0)
+        return froze if froze <= reach else 0.0
+
     def solve(i):
         """Element ``i``'s ladder and kink test over the rungs (cached) it needs."""
+
+        q = quantum[i]
 
         def quotient(k):
             r = rung(k)
             if r is None or r[7][i]:
                 return None
+            if k < first[i] and _past_variation(i, k):
+                return None  # climbing beyond the scale on which element i varies
             c, delta, rn, fwd, bwd, side = r[:6]
-            noise_i = rn[i] if mask[i] else 0.0
-            return c[i], delta, noise_i, fwd[i] - bwd[i], 2.0 * side[i], 2.0 * r[8][i]
+            noise_i = rn[i] + q / delta if mask[i] else 0.0
+            side_i = side[i] + 2.0 * q / delta
+            return c[i], delta, noise_i, fwd[i] - bwd[i], 2.0 * side_i, 2.0 * r[8][i]
 
         v, e, k_best, n_eval, nf = ladder(quotient, n_rungs=n_rungs, first=int(first[i]))
         frozen = [k for k, r in rungs.items() if r is not None and r[7][i]]
@@ -364,7 +474,7 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
             # Changed at larger steps, not at all at these (saturated): 0 within
             # the element's resolution over the largest such step.
             v = 0.0
-            e = 4.0 * float(l0_all[i]) / (t0 * unit * 2.0 ** -min(frozen))
+            e = 4.0 * max(float(l0_all[i]), q) / (t0 * unit * 2.0 ** -min(frozen))
         value[i], error[i] = v, e
         nonfinite[i] = nf or not np.isfinite(v)
         used = {
@@ -373,7 +483,7 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
             if r is not None and k < n_eval and not r[6][i] and not r[7][i]
         }
         kb = k_best if k_best is not None else min(used, default=0)
-        evals = {k: (r[3][i], r[4][i], r[5][i]) for k, r in used.items()}
+        evals = {k: (r[3][i], r[4][i], r[5][i] + 2.0 * q / r[1]) for k, r in used.items()}
         kink[i], left[i], right[i] = kink_test(evals, kb)
         return bool(mask[i])
 
@@ -383,13 +493,20 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
     # runs again with that noise (the label's gradient -1/8 of a softmax-CE
     # whose label logit is 60 below its row's max moves by one ulp only at
     # the largest steps; without its noise the small rungs read 0 +- 0).
+    # An element whose rungs show a rounding quantum the noise model missed carries it
+    # at every rung too: it runs again with it (until its quantum no longer grows).
     ran_seen = np.array([solve(i) for i in range(m)], dtype=bool)
-    for _ in range(3):
-        redo = np.flatnonzero(mask & ~ran_seen)
-        if not redo.size:
+    for _ in range(4):
+        redo = set(np.flatnonzero(mask & ~ran_seen).tolist())
+        for i in np.flatnonzero(mask):
+            got = _element_quantum(int(i))
+            if got > quantum[i]:
+                quantum[i] = got
+                redo.add(int(i))
+        if not redo:
             break
-        for i in redo:
-            ran_seen[i] = solve(int(i))
+        for i in sorted(redo):
+            ran_seen[i] = solve(i)
     # An output element that never changed, even at the largest step, can still
     # depend on the direction by less than its own rounding: bound it.
     top = min([k for k in rungs] + [0])
