@@ -212,8 +212,9 @@ SAMPLE = 16
 #: Smaller blocks are measured with steps up to this many times larger than ``t*``.
 STEP_GROWTH_MAX = 64.0
 #: The largest input, where its root-mean-square is above ``2^UNIT_ABOVE``, is stepped in
-#: units of ``2^(floor(log2 rms) - UNIT_ABOVE)``, and the others in proportion (:func:`_units`);
-#: below, in its own units (the calibration's descent from ``T0`` reaches small scales).
+#: units of ``2^(floor(log2 rms) - UNIT_ABOVE)``, where it is below ``2^-UNIT_ABOVE``, in units
+#: of ``2^(floor(log2 rms) + UNIT_ABOVE)``, and the others in proportion (:func:`_units`);
+#: between, in its own units (the calibration's descent from ``T0`` covers that band).
 UNIT_ABOVE = 4
 
 #: Inputs of at most this many elements get the objective's noise probe before the
@@ -458,10 +459,17 @@ def _units(xs):
     """Per input, the power of two that a direction's values on it are multiplied by.
 
     The largest input (by root-mean-square ``R``) gets 1 when ``R`` is
-    below ``2^UNIT_ABOVE``, else ``2^(floor(log2 R) - UNIT_ABOVE)``: the
+    between ``2^-UNIT_ABOVE`` and ``2^UNIT_ABOVE``, ``2^(floor(log2 R) -
+    UNIT_ABOVE)`` above and ``2^(floor(log2 R) + UNIT_ABOVE)`` below: the
     calibration's steps, from ``T0``, are then relative to its scale (an
     input of scale 1e9 stepped by at most 1/8 sees its fn change by
-    rounding only: every measurement was inconclusive). Every other input
+    rounding only: every measurement was inconclusive; one of scale 1e-9
+    is 1e8 scales away at ``T0``, and the descent's 25 rungs end at
+    ``2^-27 ~ 7e-9``, still above it: ``softmax(x / 1e-9)`` saturated at
+    every rung, the stencils agreed on ``-<analytic, u>`` with an error of
+    1e-8 of it, and the check fell back to every element). Both ends are
+    continuous with the band between: its first step is 1/256 to 1/128 of
+    ``R`` above it and 1 to 2 times ``R`` below it, as at its edges. Every other input
     gets that unit times the power of two between its scale and ``R``, so
     that one step resolves all of them (an input of scale 1e-3 beside one
     of 1e9 forced steps at which the large one's errors of 1e-7 were
@@ -472,10 +480,12 @@ def _units(xs):
     --------
     >>> _units([np.ones(3), np.zeros(2)]), _units([np.full(4, 1e9), np.full(4, 1e-3)])
     ([1.0, 1.0], [33554432.0, 6.103515625e-05])
+    >>> _units([np.full(4, 1e-9)])
+    [1.4901161193847656e-08]
     """
     exps = [math.frexp(r)[1] - 1 if np.isfinite(r) and r > 0 else None for r in map(_rms, xs)]
     top = max((e for e in exps if e is not None), default=0)
-    base = max(0, top - UNIT_ABOVE)
+    base = max(0, top - UNIT_ABOVE) + min(0, top + UNIT_ABOVE)
     return [math.ldexp(1.0, base + (0 if e is None else e - top)) for e in exps]
 
 
