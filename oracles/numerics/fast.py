@@ -1527,6 +1527,63 @@ def _kink_search(prober, active, u, s, root):
     return sorted(named)
 
 
+def _own_axes(prober, gidx, results):
+    """Measure the elements the kink search named along their own axes; those left for the ladder.
+
+    An element whose own measurement (the prober's stencil, whose steps go
+    down past the kink) sees no kink and a residual within its error is
+    stored with that measurement, as a projection over it alone would pass
+    it; the others, ``(input, flat index)``, go to the per-element ladder,
+    which tells a kink from an error. The ladder alone is not asked first:
+    ``tanh(x - c)`` at ``c = 1e12`` (a transition narrower than all but its
+    last few steps) is a known false alarm of it, which the projections
+    never had.
+    """
+    space, ladder = prober.space, []
+    saved = prober.sigma
+    for g in gidx:
+        i = int(space.input_of(g))
+        j = g - int(space.offsets[i])
+        axis, one = np.array([g], dtype=np.int64), np.array([1.0])
+        # Its own noise (the outputs it moves, not all of them: the calibration's is that of
+        # every output, 2e-6 of the gradient at x_j among 3000), measured below its step.
+        parts = space.parts(axis, one)
+        sigma, _ = prober._measure_noise(parts, prober.step_for(space.norm(parts)) / 8.0)
+        f0 = np.abs(np.asarray(space.objective.base_output, dtype=np.float64))
+        try:
+            prober.sigma = sigma
+            m = prober.measure(axis, one)
+            rows = [m.cache.get(m.t * 2.0 ** (1 - k)) for k in range(4)]
+            if all(r is not None for r in rows):
+                moved = rows[0][2] | rows[1][2] | rows[2][2] | rows[3][2]
+                spacing = np.where(moved, np.spacing(f0), 0.0)
+                floor = ROUNDING_SHARE * prober._contracted(spacing) / math.sqrt(12.0)
+                if floor > sigma:  # outputs that round alike: no less than their rounding
+                    prober.sigma = floor
+                    m.value, m.error, _, _ = prober.stencil(m.parts, m.t, m.cache)
+        finally:
+            prober.sigma = saved
+        if (
+            not np.isfinite(m.value)
+            or any(r is None or not np.isfinite(r[4]) for r in rows)
+            or prober.kink_state(rows, m.t)[0] != "none"
+            or abs(m.value) > m.error
+        ):
+            ladder.append((i, j))
+            continue
+        unit = space.unit[i]
+        est = {
+            "value": np.array([float(space.grads[i][j]) + m.value / unit]),
+            "error": np.array([m.error / unit]),
+            "kink": np.array([False]),
+            "left": np.array([np.nan]),
+            "right": np.array([np.nan]),
+            "nonfinite": np.array([False]),
+        }
+        _store(results, i, [j], est)
+    return ladder
+
+
 #: A named element's own measurement decides when it misses by this many times its error.
 CONCLUSIVE = 10.0
 
@@ -1945,13 +2002,9 @@ def fast_partials(
                 kinks_searched = True
                 named = _kink_search(prober, active, u, prober.kink_step, m)
                 if named:
-                    pairs = []
-                    for p in named:
-                        g = int(active[p])
-                        i = int(space.input_of(g))
-                        pairs.append((i, g - int(space.offsets[i])))
-                    _check_elements(objective, grads, results, pairs)
-                    n_kinked += len(pairs)
+                    gidx = [int(active[p]) for p in named]
+                    _check_elements(objective, grads, results, _own_axes(prober, gidx, results))
+                    n_kinked += len(named)
                     prober.calibrated = False
                     restart = True
                     break
