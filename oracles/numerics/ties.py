@@ -100,10 +100,36 @@ class TieCheck:
     allowance: float
 
     @property
+    def resolved(self):
+        """Whether both one-sided slopes were measured (a ladder of two steps at least).
+
+        Not where no two steps fit between the tied value and the next other
+        value of the input (a float16 group one unit from its neighbours), or
+        ``fn`` is not finite along ``d``: the joint test then says nothing.
+        """
+        return bool(np.isfinite(self.left) and np.isfinite(self.right) and self.error < np.inf)
+
+    @property
     def passed(self):
+        """The sum lies between the one-sided slopes; True where they are not :attr:`resolved`
+        (nothing contradicts it: callers say the group could not be judged)."""
+        if not self.resolved:
+            return bool(np.isfinite(self.value))
         lo = min(self.left, self.right) - self.error - self.allowance
         hi = max(self.left, self.right) + self.error + self.allowance
         return bool(np.isfinite(self.value) and lo <= self.value <= hi)
+
+    def unresolved(self):
+        """Why the group could not be judged jointly, in words (see :attr:`resolved`)."""
+        shown = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in self.indices[:6])
+        more = f", ... ({len(self.indices)} elements)" if len(self.indices) > 6 else ""
+        return (
+            f"tie group of {self.input_name} (value {self.tied_value!r}: {shown}{more}) could "
+            "not be judged jointly: moving its elements together, fn gave no two steps it "
+            "resolves before the group reaches the next other value of the input (fn computes "
+            "in a coarse type and that value is a unit or so away) or fn was not finite there; "
+            "a backward that routes the gradient to every tied element, or to none, would pass"
+        )
 
     def describe(self, what=None, labels=None):
         """The group, its sum and its slopes, in words.
@@ -361,6 +387,36 @@ def _extrapolate(quotients):
     return best
 
 
+def _first_within(largest, gap):
+    """The first rung ``k`` whose step ``largest 2^-k`` is at most ``gap`` (0 when all are)."""
+    if not (np.isfinite(gap) and gap > 0 and largest > gap):
+        return 0
+    k = int(np.ceil(np.log2(largest / gap)))
+    return k + 1 if largest * 2.0**-k > gap else k
+
+
+def _short(quotients, n):
+    """``(value, error, rung, noise)`` from the ``n`` largest steps of ``quotients`` alone.
+
+    Where the next other value of the input limits the steps (a float16 sort
+    of values 2 units apart has room for two; a float32 max-pool plus 1e3
+    over ReLU zeros 0.04 from a positive value, for steps whose noise is 0.03
+    at the largest and 8 times that at the fourth), the three extrapolants of
+    :func:`_extrapolate` need steps whose noise buries the slope. The
+    quotient at the smallest of the ``n`` steps is the estimate, and its
+    error the largest change between consecutive ones (a first-order
+    truncation ``a t`` changes a one-sided difference by ``a t / 2`` from
+    ``t`` to ``t / 2``, as much as is left in it) plus twice their largest
+    noise. Unresolved (NaN) where the ``n`` largest are not consecutive rungs.
+    """
+    top = quotients[:n]
+    if len(top) < max(n, 2) or any(b[2] != a[2] + 1 for a, b in zip(top, top[1:], strict=False)):
+        return (np.nan, np.inf, None, np.inf)
+    change = max(abs(b[0] - a[0]) for a, b in zip(top, top[1:], strict=False))
+    noise = max(q[1] for q in top)
+    return (top[-1][0], change + 2.0 * noise, top[-1][2], noise)
+
+
 def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``.
 
@@ -413,15 +469,22 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             terms[0] = max(terms[0], float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
         return (num / t, noise / t, k, bool(np.array_equal(fp, f0)))
 
+    # No step carries the group past another value of its input: beyond the gap to
+    # it, phi along d is another piece (a sort's group moved above its neighbours
+    # takes their positions' cotangents), and one-sided differences there agree with
+    # each other on its slope (a float16 sort whose values are 2 units apart read
+    # 0.65 for a sum of 4.1, error estimate 2). At the gap the group ties the next
+    # value: still on its piece, phi being continuous there.
+    lowest = _first_within(t0 * s, _gap(flat, float(x0[0]), sign))
     # Where the noise probe saw the outputs the group moves (those that changed at
     # the largest step) vary on a smaller scale than the largest steps, start below
     # it (sin at tied values near 1e14 varies on a scale of 1: one-sided differences
     # over steps of 1e5 and more are all about 0, and agree with each other).
-    q0 = rung(0)
-    first = objective.noise.first_rung(mask, t0) if q0 and mask.any() else 0
+    q0 = rung(lowest)
+    first = max(lowest, objective.noise.first_rung(mask, t0)) if q0 and mask.any() else lowest
     quotients, changed = [], False
     for k in range(first, first + n_rungs):
-        q = q0 if k == 0 else rung(k)
+        q = q0 if k == lowest else rung(k)
         if q is None:
             break
         if q:
@@ -437,11 +500,13 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     best = _extrapolate(quotients)
     room = 0.5 * _gap(flat, float(x0[0]), sign)
     top = first
+    capped = lowest > 0  # the gap to the next other value set the largest step
     while top > -MAX_CLIMB and quotients and best[2] is not None:
         value, err, k_best, noise_e = best
         if k_best > quotients[0][2] + 3 or 2.0 * noise_e < err:
             break  # not at the largest steps, or not rounding-dominated
         if not t0 * s * 2.0 ** -(top - 1) <= room:
+            capped = True
             break
         top -= 1
         q = rung(top)
@@ -449,6 +514,12 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             break
         quotients.insert(0, q[:3])
         best = _extrapolate(quotients)
+    if capped:
+        # No larger steps to climb to: fewer of the largest ones, where they are less noisy.
+        for n in (2, 3):
+            short = _short(quotients, n)
+            if short[1] < best[1]:
+                best = short
     best = best[:2]
     value, err = best
     if not np.isfinite(value):
