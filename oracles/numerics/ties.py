@@ -98,16 +98,23 @@ class TieCheck:
     right: float
     error: float
     allowance: float
+    moves: bool = True
 
     @property
     def resolved(self):
-        """Whether both one-sided slopes were measured (a ladder of two steps at least).
+        """Whether the one-sided slopes were measured, to better than their size.
 
         Not where no two steps fit between the tied value and the next other
-        value of the input (a float16 group one unit from its neighbours), or
-        ``fn`` is not finite along ``d``: the joint test then says nothing.
+        value of the input, or ``fn`` is not finite along ``d``; nor where
+        ``fn`` moves along ``d`` (``moves``: some step changed an output) and
+        the error is as large as both slopes: then a routing to none of the
+        group (sum 0), or to every element, passes as well (a float16 max
+        at 1.0 whose next value is 2 units below: steps of 1 and 2 units, the
+        output's rounding over them an error of 25 for slopes of 0.78).
         """
-        return bool(np.isfinite(self.left) and np.isfinite(self.right) and self.error < np.inf)
+        if not (np.isfinite(self.left) and np.isfinite(self.right) and self.error < np.inf):
+            return False
+        return bool(not self.moves or self.error < max(abs(self.left), abs(self.right)))
 
     @property
     def passed(self):
@@ -125,10 +132,10 @@ class TieCheck:
         more = f", ... ({len(self.indices)} elements)" if len(self.indices) > 6 else ""
         return (
             f"tie group of {self.input_name} (value {self.tied_value!r}: {shown}{more}) could "
-            "not be judged jointly: moving its elements together, fn gave no two steps it "
-            "resolves before the group reaches the next other value of the input (fn computes "
-            "in a coarse type and that value is a unit or so away) or fn was not finite there; "
-            "a backward that routes the gradient to every tied element, or to none, would pass"
+            "not be judged jointly: moving its elements together, no steps short of the next "
+            "other value of the input resolve fn's slope (fn computes in a coarse type and that "
+            "value is a few of its units away), or fn was not finite there; a backward that "
+            "routes the gradient to every tied element, or to none, would pass"
         )
 
     def describe(self, what=None, labels=None):
@@ -427,6 +434,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     noise (a max-pool in float16), the ladder climbs to larger steps, by at
     most :data:`MAX_CLIMB` octaves and never by more than half the distance
     to the next other value of the input (the group would cross it there).
+    Returns ``(slope, error, moves)``: ``moves``, whether some step changed an output.
     """
     work = objective.work
     f0 = objective.base_output
@@ -482,7 +490,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     # over steps of 1e5 and more are all about 0, and agree with each other).
     q0 = rung(lowest)
     first = max(lowest, objective.noise.first_rung(mask, t0)) if q0 and mask.any() else lowest
-    quotients, changed = [], False
+    quotients, changed, kept = [], False, []
     for k in range(first, first + n_rungs):
         q = q0 if k == lowest else rung(k)
         if q is None:
@@ -497,6 +505,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
                 break
             changed |= not q[3] and abs(q[0]) > q[1]  # a change above its rounding
             quotients.append(q[:3])
+            kept.append(q)
     best = _extrapolate(quotients)
     room = 0.5 * _gap(flat, float(x0[0]), sign)
     top = first
@@ -513,6 +522,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         if not q:
             break
         quotients.insert(0, q[:3])
+        kept.append(q)
         best = _extrapolate(quotients)
     if capped:
         # No larger steps to climb to: fewer of the largest ones, where they are less noisy.
@@ -522,8 +532,9 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
                 best = short
     best = best[:2]
     value, err = best
+    moves = any(not q[3] for q in kept)
     if not np.isfinite(value):
-        return np.nan, np.inf
+        return np.nan, np.inf, moves
     # The analytic sum over the group carries the rounding of the terms it is
     # made of (softmax-CE at equal logits: 1/6 - 1/6 per element, summing to
     # 1e-18 where the directional derivative is exactly 0).
@@ -541,7 +552,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         level = _resolution(objective, f0) if line is None else line(f0)
         resolution = level[coupled] + QUANTUM
         hidden = 2.0 * float(np.sum(np.abs(cot[coupled]) * (resolution / largest)))
-    return sign * value, err + hidden
+    return sign * value, err + hidden, moves
 
 
 def element_slopes(objective, i, j, grads):
@@ -556,8 +567,8 @@ def element_slopes(objective, i, j, grads):
     (:func:`_one_sided`).
     """
     idx = np.array([j], dtype=np.intp)
-    right, err_r = _one_sided(objective, i, idx, grads, +1.0)
-    left, err_l = _one_sided(objective, i, idx, grads, -1.0)
+    right, err_r, _ = _one_sided(objective, i, idx, grads, +1.0)
+    left, err_l, _ = _one_sided(objective, i, idx, grads, -1.0)
     return left, right, max(err_l, err_r)
 
 
@@ -785,8 +796,8 @@ def _components(objective, i, idx):
 def _joint(objective, grads, names, i, idx, atol, rtol):
     """The :class:`TieCheck` of the group ``idx`` of input ``i`` (flat indices)."""
     g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
-    right, err_r = _one_sided(objective, i, idx, grads, +1.0)
-    left, err_l = _one_sided(objective, i, idx, grads, -1.0)
+    right, err_r, moves_r = _one_sided(objective, i, idx, grads, +1.0)
+    left, err_l, moves_l = _one_sided(objective, i, idx, grads, -1.0)
     shape = objective.work[i].shape
     indices = tuple(tuple(int(v) for v in np.unravel_index(int(j), shape)) for j in idx)
     return TieCheck(
@@ -801,6 +812,7 @@ def _joint(objective, grads, names, i, idx, atol, rtol):
         + NOISE_SAFETY * EPS * float(np.sum(np.abs(g)))
         + _natural_rounding(objective, i, idx),
         allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
+        moves=moves_r or moves_l,
     )
 
 
