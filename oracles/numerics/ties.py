@@ -99,22 +99,28 @@ class TieCheck:
     error: float
     allowance: float
     moves: bool = True
+    size: float = 0.0
 
     @property
     def resolved(self):
-        """Whether the one-sided slopes were measured, to better than their size.
+        """Whether the one-sided slopes were measured, to better than the sums at stake.
 
         Not where no two steps fit between the tied value and the next other
         value of the input, or ``fn`` is not finite along ``d``; nor where
         ``fn`` moves along ``d`` (``moves``: some step changed an output) and
-        the error is as large as both slopes: then a routing to none of the
-        group (sum 0), or to every element, passes as well (a float16 max
-        at 1.0 whose next value is 2 units below: steps of 1 and 2 units, the
-        output's rounding over them an error of 25 for slopes of 0.78).
+        the error is as large as both slopes and as the analytic gradient's
+        size over the group (``size``, ``sum |g_i|``): then a routing to none
+        of the group (sum 0), or to every element, passes as well (a float16
+        max at 1.0 whose next value is 2 units below: steps of 1 and 2 units,
+        the output's rounding over them an error of 25 for slopes of 0.78).
+        The size counts too because a shift-invariant ``fn`` (softmax-CE
+        along a bias of equal zeros) has slopes of exactly 0, moves by its
+        rounding only, and its gradient's sum is told from 0 at ``sum |g_i|``.
         """
         if not (np.isfinite(self.left) and np.isfinite(self.right) and self.error < np.inf):
             return False
-        return bool(not self.moves or self.error < max(abs(self.left), abs(self.right)))
+        at_stake = max(abs(self.left), abs(self.right), self.size)
+        return bool(not self.moves or self.error < at_stake)
 
     @property
     def passed(self):
@@ -813,6 +819,7 @@ def _joint(objective, grads, names, i, idx, atol, rtol):
         + _natural_rounding(objective, i, idx),
         allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
         moves=moves_r or moves_l,
+        size=float(np.sum(np.abs(g))),
     )
 
 
