@@ -120,8 +120,12 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
     compared one by one (``checked``), only jointly with its group, and the
     report says so.
 
-    Returns how many elements could not be judged alone.
+    Returns how many elements could not be judged alone. A group whose joint
+    test measured no slopes (:attr:`~oracles.numerics.ties.TieCheck.resolved`)
+    makes the check inconclusive.
     """
+    if not tie.resolved:
+        r.inconclusive.append(tie.unresolved())
     i = tie.input_number
     shape = r.xs[i].shape
     idx = np.array([np.ravel_multi_index(j, shape) if shape else 0 for j in tie.indices])

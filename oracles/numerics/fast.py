@@ -1628,7 +1628,13 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         tol = atol + rtol * abs(reference)
         fails = abs(r) > CONCLUSIVE * (e + tol)
         passes = abs(r) + e <= tol
-        if not (agrees and state == "none" and (fails or passes)):
+        # An output that changed at a larger step of the stencil (2t, t, t/2, t/4) but not
+        # at a smaller one: those fell below fn's resolution (a float32 loss near 1e4 at
+        # inputs near 3e3, whose float32 unit the steps reach at 2t only), and their
+        # quotients are minus the analytic value, with float64's rounding for an error.
+        masks = [row[2] for row in rows]
+        below = any(np.any(a & ~b) for a, b in zip(masks, masks[1:], strict=False))
+        if below or not (agrees and state == "none" and (fails or passes)):
             undecided.append((i, j))
             continue
         # The search measured with the same stencil, so agreeing with it does not rule out

@@ -98,12 +98,51 @@ class TieCheck:
     right: float
     error: float
     allowance: float
+    moves: bool = True
+    size: float = 0.0
+
+    @property
+    def resolved(self):
+        """Whether the one-sided slopes were measured, to better than the sums at stake.
+
+        Not where no two steps fit between the tied value and the next other
+        value of the input, or ``fn`` is not finite along ``d``; nor where
+        ``fn`` moves along ``d`` (``moves``: some step changed an output) and
+        the error is as large as both slopes and as the analytic gradient's
+        size over the group (``size``, ``sum |g_i|``): then a routing to none
+        of the group (sum 0), or to every element, passes as well (a float16
+        max at 1.0 whose next value is 2 units below: steps of 1 and 2 units,
+        the output's rounding over them an error of 25 for slopes of 0.78).
+        The size counts too because a shift-invariant ``fn`` (softmax-CE
+        along a bias of equal zeros) has slopes of exactly 0, moves by its
+        rounding only, and its gradient's sum is told from 0 at ``sum |g_i|``.
+        """
+        if not (np.isfinite(self.left) and np.isfinite(self.right) and self.error < np.inf):
+            return False
+        at_stake = max(abs(self.left), abs(self.right), self.size)
+        return bool(not self.moves or self.error < at_stake)
 
     @property
     def passed(self):
+        """The sum lies between the one-sided slopes; True where they are not :attr:`resolved`
+        (nothing contradicts it: callers say the group could not be judged)."""
+        if not self.resolved:
+            return bool(np.isfinite(self.value))
         lo = min(self.left, self.right) - self.error - self.allowance
         hi = max(self.left, self.right) + self.error + self.allowance
         return bool(np.isfinite(self.value) and lo <= self.value <= hi)
+
+    def unresolved(self):
+        """Why the group could not be judged jointly, in words (see :attr:`resolved`)."""
+        shown = ", ".join("[" + ", ".join(map(str, i)) + "]" for i in self.indices[:6])
+        more = f", ... ({len(self.indices)} elements)" if len(self.indices) > 6 else ""
+        return (
+            f"tie group of {self.input_name} (value {self.tied_value!r}: {shown}{more}) could "
+            "not be judged jointly: moving its elements together, no steps short of the next "
+            "other value of the input resolve fn's slope (fn computes in a coarse type and that "
+            "value is a few of its units away), or fn was not finite there; a backward that "
+            "routes the gradient to every tied element, or to none, would pass"
+        )
 
     def describe(self, what=None, labels=None):
         """The group, its sum and its slopes, in words.
@@ -361,6 +400,36 @@ def _extrapolate(quotients):
     return best
 
 
+def _first_within(largest, gap):
+    """The first rung ``k`` whose step ``largest 2^-k`` is at most ``gap`` (0 when all are)."""
+    if not (np.isfinite(gap) and gap > 0 and largest > gap):
+        return 0
+    k = int(np.ceil(np.log2(largest / gap)))
+    return k + 1 if largest * 2.0**-k > gap else k
+
+
+def _short(quotients, n):
+    """``(value, error, rung, noise)`` from the ``n`` largest steps of ``quotients`` alone.
+
+    Where the next other value of the input limits the steps (a float16 sort
+    of values 2 units apart has room for two; a float32 max-pool plus 1e3
+    over ReLU zeros 0.04 from a positive value, for steps whose noise is 0.03
+    at the largest and 8 times that at the fourth), the three extrapolants of
+    :func:`_extrapolate` need steps whose noise buries the slope. The
+    quotient at the smallest of the ``n`` steps is the estimate, and its
+    error the largest change between consecutive ones (a first-order
+    truncation ``a t`` changes a one-sided difference by ``a t / 2`` from
+    ``t`` to ``t / 2``, as much as is left in it) plus twice their largest
+    noise. Unresolved (NaN) where the ``n`` largest are not consecutive rungs.
+    """
+    top = quotients[:n]
+    if len(top) < max(n, 2) or any(b[2] != a[2] + 1 for a, b in zip(top, top[1:], strict=False)):
+        return (np.nan, np.inf, None, np.inf)
+    change = max(abs(b[0] - a[0]) for a, b in zip(top, top[1:], strict=False))
+    noise = max(q[1] for q in top)
+    return (top[-1][0], change + 2.0 * noise, top[-1][2], noise)
+
+
 def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     """``phi'(x; sign * d)`` along the all-ones direction ``d`` over ``idx`` of input ``i``.
 
@@ -371,6 +440,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     noise (a max-pool in float16), the ladder climbs to larger steps, by at
     most :data:`MAX_CLIMB` octaves and never by more than half the distance
     to the next other value of the input (the group would cross it there).
+    Returns ``(slope, error, moves)``: ``moves``, whether some step changed an output.
     """
     work = objective.work
     f0 = objective.base_output
@@ -413,15 +483,22 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
             terms[0] = max(terms[0], float(np.vdot(np.abs(cot), np.abs(fp - f0))) / t)
         return (num / t, noise / t, k, bool(np.array_equal(fp, f0)))
 
+    # No step carries the group past another value of its input: beyond the gap to
+    # it, phi along d is another piece (a sort's group moved above its neighbours
+    # takes their positions' cotangents), and one-sided differences there agree with
+    # each other on its slope (a float16 sort whose values are 2 units apart read
+    # 0.65 for a sum of 4.1, error estimate 2). At the gap the group ties the next
+    # value: still on its piece, phi being continuous there.
+    lowest = _first_within(t0 * s, _gap(flat, float(x0[0]), sign))
     # Where the noise probe saw the outputs the group moves (those that changed at
     # the largest step) vary on a smaller scale than the largest steps, start below
     # it (sin at tied values near 1e14 varies on a scale of 1: one-sided differences
     # over steps of 1e5 and more are all about 0, and agree with each other).
-    q0 = rung(0)
-    first = objective.noise.first_rung(mask, t0) if q0 and mask.any() else 0
-    quotients, changed = [], False
+    q0 = rung(lowest)
+    first = max(lowest, objective.noise.first_rung(mask, t0)) if q0 and mask.any() else lowest
+    quotients, changed, kept = [], False, []
     for k in range(first, first + n_rungs):
-        q = q0 if k == 0 else rung(k)
+        q = q0 if k == lowest else rung(k)
         if q is None:
             break
         if q:
@@ -434,25 +511,36 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
                 break
             changed |= not q[3] and abs(q[0]) > q[1]  # a change above its rounding
             quotients.append(q[:3])
+            kept.append(q)
     best = _extrapolate(quotients)
     room = 0.5 * _gap(flat, float(x0[0]), sign)
     top = first
+    capped = lowest > 0  # the gap to the next other value set the largest step
     while top > -MAX_CLIMB and quotients and best[2] is not None:
         value, err, k_best, noise_e = best
         if k_best > quotients[0][2] + 3 or 2.0 * noise_e < err:
             break  # not at the largest steps, or not rounding-dominated
         if not t0 * s * 2.0 ** -(top - 1) <= room:
+            capped = True
             break
         top -= 1
         q = rung(top)
         if not q:
             break
         quotients.insert(0, q[:3])
+        kept.append(q)
         best = _extrapolate(quotients)
+    if capped:
+        # No larger steps to climb to: fewer of the largest ones, where they are less noisy.
+        for n in (2, 3):
+            short = _short(quotients, n)
+            if short[1] < best[1]:
+                best = short
     best = best[:2]
     value, err = best
+    moves = any(not q[3] for q in kept)
     if not np.isfinite(value):
-        return np.nan, np.inf
+        return np.nan, np.inf, moves
     # The analytic sum over the group carries the rounding of the terms it is
     # made of (softmax-CE at equal logits: 1/6 - 1/6 per element, summing to
     # 1e-18 where the directional derivative is exactly 0).
@@ -470,7 +558,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
         level = _resolution(objective, f0) if line is None else line(f0)
         resolution = level[coupled] + QUANTUM
         hidden = 2.0 * float(np.sum(np.abs(cot[coupled]) * (resolution / largest)))
-    return sign * value, err + hidden
+    return sign * value, err + hidden, moves
 
 
 def element_slopes(objective, i, j, grads):
@@ -485,8 +573,8 @@ def element_slopes(objective, i, j, grads):
     (:func:`_one_sided`).
     """
     idx = np.array([j], dtype=np.intp)
-    right, err_r = _one_sided(objective, i, idx, grads, +1.0)
-    left, err_l = _one_sided(objective, i, idx, grads, -1.0)
+    right, err_r, _ = _one_sided(objective, i, idx, grads, +1.0)
+    left, err_l, _ = _one_sided(objective, i, idx, grads, -1.0)
     return left, right, max(err_l, err_r)
 
 
@@ -714,8 +802,8 @@ def _components(objective, i, idx):
 def _joint(objective, grads, names, i, idx, atol, rtol):
     """The :class:`TieCheck` of the group ``idx`` of input ``i`` (flat indices)."""
     g = np.asarray(grads[i], dtype=np.float64).reshape(-1)[idx]
-    right, err_r = _one_sided(objective, i, idx, grads, +1.0)
-    left, err_l = _one_sided(objective, i, idx, grads, -1.0)
+    right, err_r, moves_r = _one_sided(objective, i, idx, grads, +1.0)
+    left, err_l, moves_l = _one_sided(objective, i, idx, grads, -1.0)
     shape = objective.work[i].shape
     indices = tuple(tuple(int(v) for v in np.unravel_index(int(j), shape)) for j in idx)
     return TieCheck(
@@ -730,6 +818,8 @@ def _joint(objective, grads, names, i, idx, atol, rtol):
         + NOISE_SAFETY * EPS * float(np.sum(np.abs(g)))
         + _natural_rounding(objective, i, idx),
         allowance=atol * idx.size + rtol * float(np.sum(np.abs(g))),
+        moves=moves_r or moves_l,
+        size=float(np.sum(np.abs(g))),
     )
 
 
