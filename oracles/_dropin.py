@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oracles._pipeline import RESOLVE, OracleResult
-from oracles.checks import JVP, VJP, _joint_ties
+from oracles.checks import JVP, VJP, tie_stages
 from oracles.numerics.exhaustive import Exhaustive
 from oracles.numerics.modes import resolve_mode
 from oracles.numerics.objective import ScalarObjective
@@ -231,7 +231,7 @@ def _numeric(r, state):
     atol = r.atol
     r.atol = atol + slack
     try:
-        evaluations += _joint_ties(r, objective, safe, refs, notes)
+        evaluations += tie_stages(r, objective, safe, refs, notes)
     finally:
         r.atol = atol
     return OracleResult(refs, method, evaluations, notes)

@@ -29,7 +29,7 @@ __all__ = ["Guarded", "call_user", "check_repeatable", "differs", "mutations", "
 _EPS = float(np.finfo(np.float64).eps)
 
 #: One key per use, so that no two uses share a stream.
-_STREAMS = {"direction": 0x646972, "projection": 0x70726F}
+_STREAMS = {"direction": 0x646972, "projection": 0x70726F, "shift": 0x736866}
 
 
 def own_stream(seed, use):

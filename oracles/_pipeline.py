@@ -305,9 +305,12 @@ class Run:
         """``fn`` on fresh copies, as a float64 array (a fresh one)."""
         return as_output(call_user(self.fn, [x.copy() for x in (xs or self.xs)], "fn"))
 
-    def derivative(self, direction, record=False):
-        """The user's derivative along ``direction`` on fresh copies, as validated pieces."""
-        xs = self.copies()
+    def derivative(self, direction, record=False, xs=None):
+        """The user's derivative along ``direction`` on fresh copies, as validated pieces.
+
+        At ``xs`` when given (another point; not with ``record``), else at the inputs.
+        """
+        xs = self.copies() if xs is None else [np.array(x, dtype=np.float64) for x in xs]
         d = [np.array(u, dtype=np.float64, copy=True) for u in direction]
         raw = call_user(lambda *a: self.spec.call(self.user, d, xs), [], self.spec.derivative)
         if not record:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import call_user, check_repeatable, mutations
+from oracles._guards import Guarded, call_user, check_repeatable, mutations, own_stream
 from oracles._pipeline import (
     OracleResult,
     Spec,
@@ -46,8 +47,9 @@ from oracles._pipeline import (
 )
 from oracles._validation import as_output, normalize_gradients
 from oracles.compare import Reference, compare
-from oracles.errors import InvalidArgument, UserFunctionError
+from oracles.errors import InvalidArgument, OraclesError, UserFunctionError
 from oracles.numerics.directional import vector_ladder
+from oracles.numerics.ladder import partials
 from oracles.numerics.modes import resolve_mode
 from oracles.numerics.objective import ScalarObjective
 from oracles.numerics.ties import check_ties, element_slopes, limiting_slopes, tie_groups
@@ -88,9 +90,27 @@ def _vjp_numeric(r):
         seed=r.seed,
         must_check=[~np.isfinite(g) for g in r.analytic],
     )
-    evaluations += _joint_ties(r, objective, safe, refs, notes)
-    evaluations += _cross_input_ties(r, objective, safe, refs, notes)
+    evaluations += tie_stages(r, objective, safe, refs, notes)
     return OracleResult(refs, method, evaluations, notes)
+
+
+def tie_stages(r, objective, grads, refs, notes):
+    """What follows the per-element references of a VJP: tied values, judged jointly.
+
+    Tie groups of each input (:func:`_joint_ties`), values tied across
+    inputs (:func:`_cross_input_ties`), the groups that failed only where
+    ``fn`` kinks along them judged again nearby (:func:`_off_the_kinks`),
+    and what mode fast gave up on evidence the tie stages took back
+    (:func:`_given_up_on_retracted_evidence`). Updates ``refs``, ``notes``
+    and ``r.problems``; returns the calls of ``fn``.
+    """
+    failures, lost, given_up = [], [], [_not_compared(ref) for ref in refs]
+    calls = _joint_ties(r, objective, grads, refs, notes, failures, lost)
+    calls += _cross_input_ties(r, objective, grads, refs, notes, failures)
+    calls += _off_the_kinks(r, objective, grads, refs, notes, failures)
+    calls += _lost_elements_nearby(r, objective, lost)
+    _given_up_on_retracted_evidence(r, refs, grads, given_up)
+    return calls
 
 
 #: Above this share of an input's elements judged only jointly with their tie group
@@ -120,9 +140,10 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
     compared one by one (``checked``), only jointly with its group, and the
     report says so.
 
-    Returns how many elements could not be judged alone. A group whose joint
-    test measured no slopes (:attr:`~oracles.numerics.ties.TieCheck.resolved`)
-    makes the check inconclusive.
+    Returns the flat indices of the elements that could not be judged alone.
+    A group whose joint test measured no slopes
+    (:attr:`~oracles.numerics.ties.TieCheck.resolved`) makes the check
+    inconclusive.
     """
     if not tie.resolved:
         r.inconclusive.append(tie.unresolved())
@@ -171,7 +192,7 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
             if disagrees(j) and (is_coarse() or (kink0 is not None and kink0[j]))
         ]
         if not which:
-            return 0
+            return idx[:0]
     lo, hi, noise, resolved = limiting_slopes(objective, i, idx, which=which)
     blind = np.zeros(idx.size, dtype=bool)
     if value0 is not None:
@@ -252,7 +273,7 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
         checked=None if checked is None else checked.reshape(shape),
         covered=covered,
     )
-    return int(blind.sum())
+    return idx[blind]
 
 
 def _not_compared(ref):
@@ -271,7 +292,8 @@ def _given_up_on_retracted_evidence(r, refs, grads, given_up):
     Mode fast stops comparing an input whose errors are everywhere when a
     sample of them fails: a wrong formula. When the sampled failures sat at
     tied values and the tie stage then judged them with their group (or
-    accepted them as subgradients), that evidence is gone, and the elements
+    accepted them as subgradients), or they failed only at kinks and agreed
+    at nearby points (:func:`_off_the_kinks`), that evidence is gone, and the elements
     given up were never compared: the input could not have failed there.
     """
     for i, lost in enumerate(given_up):
@@ -380,6 +402,7 @@ def _kink_where_ties_untie(objective, i, idx, rng):
     u, v = rng.standard_normal(idx.size) * s, rng.standard_normal(idx.size) * s
     combos = {"+u": u, "-u": -u, "+v": v, "-v": -v, "+uv": u + v}
     defects = []  # per step: [(|D|, noise of D)] for J_u, J_v, L
+    seen = {}  # the outputs at the previous step
     for t in TIE_PROBE_STEPS:
         f = {}
         try:
@@ -393,6 +416,12 @@ def _kink_where_ties_untie(objective, i, idx, rng):
             flat[idx] = x0
         if any(a.shape != f0.shape or not np.all(np.isfinite(a)) for a in f.values()):
             return True
+        if defects and any(np.any((seen[k] != f0) & (f[k] == f0)) for k in f):
+            # An output moved at the larger step but not at this one: the step fell below
+            # fn's resolution (float16 at 100: a unit of 6e-4 relative, 2.5 times this
+            # step), where a kink's jump reads 0 as a smooth defect does. Cannot tell.
+            return True
+        seen = f
 
         def defect(plus, minus, t=t, f=f):
             change = sum(f[k] - f0 for k in plus) - sum(f[k] - f0 for k in minus)
@@ -424,7 +453,7 @@ def _has_equal(x):
     return bool(s.size > 1 and np.any(s[1:] == s[:-1]))
 
 
-def _joint_ties(r, objective, grads, refs, notes):
+def _joint_ties(r, objective, grads, refs, notes, failures, lost_elements):
     """Tied elements judged jointly (:mod:`oracles.numerics.ties`); failures are problems.
 
     The joint test (two one-sided ladders per group, about 50 evaluations)
@@ -434,7 +463,10 @@ def _joint_ties(r, objective, grads, refs, notes):
     or a group where :func:`_kink_where_ties_untie` sees one. Where ``fn``
     is smooth across every tie (zero-initialized biases of a sigmoid layer:
     equal values, not a kink), the per-element check covers the tied
-    elements like any others, and the joint test is not run.
+    elements like any others, and the joint test is not run. A group that
+    fails goes to ``failures`` (:class:`_TieFailure`), for
+    :func:`_off_the_kinks` to decide; elements judged with their group only
+    go to ``lost_elements`` (``(input, flat index)``).
     """
     kinks = [
         np.zeros(x.shape, dtype=bool) if ref.kink is None else np.asarray(ref.kink, dtype=bool)
@@ -475,18 +507,17 @@ def _joint_ties(r, objective, grads, refs, notes):
     checks, n_found, evaluations = check_ties(
         objective, grads, r.names, kinks=kinks, atol=r.atol, rtol=r.rtol, found=(groups, n_found)
     )
-    given_up = [_not_compared(ref) for ref in refs]
     evaluations += probed
     if not checks:
         return evaluations
     calls0 = objective.calls
     blind = {}
     for c in checks:
-        n_blind = _widen_to_limiting_slopes(r, objective, refs, c, grads)
-        if n_blind:
-            blind[c.input_number] = blind.get(c.input_number, 0) + n_blind
+        lost = _widen_to_limiting_slopes(r, objective, refs, c, grads)
+        if lost.size:
+            blind[c.input_number] = blind.get(c.input_number, 0) + lost.size
+            lost_elements += [(c.input_number, int(j)) for j in lost]
     evaluations += objective.calls - calls0
-    _given_up_on_retracted_evidence(r, refs, grads, given_up)
     for i, n_blind in blind.items():
         what = (
             f"{n_blind} of {r.xs[i].size} element(s) of {r.names[i]} in groups of tied values "
@@ -501,11 +532,16 @@ def _joint_ties(r, objective, grads, refs, notes):
             notes.append(what)
     failed = [c for c in checks if not c.passed]
     for c in failed:
-        _blame_tie_group(r, refs, grads, c)
-    for c in failed:
-        r.problems.append(
-            c.describe() + ". At tied values a subgradient routes the upstream gradient once "
-            "(to one tied element, or split among them), never to every tied element or to none"
+        shape = r.xs[c.input_number].shape
+        failures.append(
+            _TieFailure(
+                c,
+                c.describe() + ". At tied values a subgradient routes the upstream gradient "
+                "once (to one tied element, or split among them), never to every tied element "
+                "or to none",
+                [(c.input_number, _flat_index(j, shape)) for j in c.indices],
+                blame=True,
+            )
         )
     capped = f" ({len(groups)} of {n_found} checked)" if n_found > len(groups) else ""
     split = (
@@ -525,7 +561,7 @@ def _joint_ties(r, objective, grads, refs, notes):
 MAX_CROSS_GROUPS = 32
 
 
-def _cross_input_ties(r, objective, grads, refs, notes):
+def _cross_input_ties(r, objective, grads, refs, notes, failures):
     """Values at kinks of two or more inputs, judged jointly across them.
 
     ``np.maximum(a, b)`` where ``a == b``, ``|p - t|`` where ``p == t``: each
@@ -537,7 +573,8 @@ def _cross_input_ties(r, objective, grads, refs, notes):
     along the direction that moves them together the gradient must sum to
     the directional derivative (``maximum(a + t, b + t) = maximum(a, b) + t``;
     ``|(p + t) - (t_ + t)|`` does not move), as it must when ``a`` and ``b``
-    are one input. Returns the calls of ``fn`` spent.
+    are one input. A group that fails goes to ``failures``. Returns the calls
+    of ``fn`` spent.
     """
     if len(r.xs) < 2 or any(ref.kink is None for ref in refs):
         return 0
@@ -564,29 +601,30 @@ def _cross_input_ties(r, objective, grads, refs, notes):
     if not groups:
         return 0
     shapes = [np.shape(x) for x in objective.point]
-    fn = objective.fn
-
-    def stacked(zz):
-        return fn(*[zz[offsets[k] : offsets[k + 1]].reshape(s) for k, s in enumerate(shapes)])
-
-    obj = ScalarObjective(
-        stacked, [z], objective.cotangent, noise=objective.noise, base_output=objective.base_output
-    )
+    obj = _stacked(objective, noise=objective.noise, base_output=objective.base_output)
     gz = np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
     checks, _, evaluations = check_ties(
         obj, [gz], ["+".join(r.names)], atol=r.atol, rtol=r.rtol, found=(groups, len(groups))
     )
+    r.inconclusive += [c.unresolved() for c in checks if not c.resolved]
     failed = [c for c in checks if not c.passed]
     for c in failed:
-        where = []
-        for (p,) in c.indices[:6]:
+        where, elements = [], []
+        for (p,) in c.indices:
             k = int(np.searchsorted(offsets, p, side="right") - 1)
+            elements.append((k, int(p - offsets[k])))
             at = np.unravel_index(p - int(offsets[k]), shapes[k]) if shapes[k] else ()
             where.append(f"{r.names[k]}[{', '.join(str(int(v)) for v in at)}]")
-        r.problems.append(
-            c.describe("tied values across inputs", where) + ". Where two arguments tie "
-            "(maximum(a, b) at a == b, |p - t| at p == t), a subgradient routes the upstream "
-            "gradient once, to one of them or split between them, never to both or to neither"
+        failures.append(
+            _TieFailure(
+                c,
+                c.describe("tied values across inputs", where) + ". Where two arguments tie "
+                "(maximum(a, b) at a == b, |p - t| at p == t), a subgradient routes the "
+                "upstream gradient once, to one of them or split between them, never to both "
+                "or to neither",
+                elements,
+                blame=False,
+            )
         )
     notes.append(
         f"{len(groups)} value(s) at kinks of two or more inputs were also checked jointly "
@@ -594,6 +632,279 @@ def _cross_input_ties(r, objective, grads, refs, notes):
         "disagree"
     )
     return evaluations
+
+
+@dataclass
+class _TieFailure:
+    """A tie group that failed its joint test, its problem text and its elements.
+
+    ``elements``: ``(input number, flat index)`` of each tied element;
+    ``blame``: make its elements fail one by one if it stands
+    (:func:`_blame_tie_group`; a group of one input only).
+    """
+
+    check: Any
+    text: str
+    elements: list
+    blame: bool
+
+    @property
+    def smooth(self):
+        """``phi`` is differentiable along the group's direction: the failure is proof."""
+        return _smooth(self.check)
+
+
+def _smooth(tie):
+    return not abs(tie.left - tie.right) > tie.error
+
+
+def _flat_index(index, shape):
+    return int(np.ravel_multi_index(index, shape)) if shape else 0
+
+
+def _stacked(objective, **kwargs):
+    """``objective`` as a function of one input, its inputs flattened and concatenated."""
+    shapes = [np.shape(x) for x in objective.point]
+    offsets = np.cumsum([0] + [int(np.size(x)) for x in objective.point])
+    fn = objective.fn
+
+    def stacked(zz):
+        return fn(*[zz[offsets[k] : offsets[k + 1]].reshape(s) for k, s in enumerate(shapes)])
+
+    z = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in objective.point])
+    return ScalarObjective(stacked, [z], objective.cotangent, **kwargs)
+
+
+#: The shift of the second points of :func:`_off_the_kinks`, relative to each element's scale.
+#: Larger than the steps that resolve a kink-free derivative there (the ladders descend to
+#: 2^-28 of the scale), small enough to stay on the pieces that meet at the point.
+OFF_KINK_SHIFT = 2.0**-12
+
+
+def _tie_keeping_points(r, objective):
+    """``x + shift`` and ``x - shift``, one shift per value held: every tie stays tied.
+
+    Elements holding one value, in any input, move by the same amount: a
+    tie of a maximum stays a tie (so does ``maximum(a, b)`` at ``a == b``),
+    and a ReLU at exactly 0 (a zero bias on a zero pixel) leaves its kink,
+    on one side at one point and on the other at the other.
+    """
+    points = [np.asarray(x, dtype=np.float64).reshape(-1) for x in objective.point]
+    scales = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for s in objective.scales])
+    values = np.concatenate(points)
+    held, where = np.unique(values, return_inverse=True)
+    rng = own_stream(r.seed, "shift")
+    size = np.full(held.size, np.inf)
+    np.minimum.at(size, where, scales)
+    size = np.where(np.isfinite(size), size, 0.0)
+    sign = rng.choice([-1.0, 1.0], held.size)
+    shift = OFF_KINK_SHIFT * size * rng.uniform(0.5, 1.0, held.size) * sign
+    offsets = np.cumsum([0] + [p.size for p in points])
+    out = []
+    for sign in (1.0, -1.0):
+        moved = values + sign * shift[where]
+        out.append(
+            [
+                moved[offsets[k] : offsets[k + 1]].reshape(np.shape(x))
+                for k, x in enumerate(objective.point)
+            ]
+        )
+    return out
+
+
+def _judged_again(r, objective, xs, ties):
+    """The tie groups ``ties`` judged jointly at the point ``xs`` (or None).
+
+    Per group: True (passes), the failed :class:`~oracles.numerics.ties.TieCheck`
+    where ``fn`` is differentiable along its direction (proof), or None (it
+    fails where ``fn`` kinks along it again). None for all where ``fn`` or
+    the user's derivative cannot be evaluated at ``xs``, or is not finite
+    there (a domain edge, an input that must hold integers).
+    """
+    obj = ScalarObjective(Guarded(r.fn, "fn", xs, r.names, r.out.shape), xs, objective.cotangent)
+    out = []
+    try:
+        grads = r.derivative(r.direction, xs=xs)
+        if not all(np.all(np.isfinite(g)) for g in grads):
+            return None
+        for t in ties:
+            if t.blame:
+                i = t.elements[0][0]
+                idx = np.array([j for _, j in t.elements])
+                checks, _, _ = check_ties(
+                    obj, grads, r.names, atol=r.atol, rtol=r.rtol, found=([(i, idx)], 1)
+                )
+            else:
+                offsets = np.cumsum([0] + [x.size for x in xs])
+                idx = np.array([offsets[i] + j for i, j in t.elements])
+                gz = np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
+                checks, _, _ = check_ties(
+                    _stacked(obj), [gz], ["+".join(r.names)], atol=r.atol, rtol=r.rtol,
+                    found=([(0, idx)], 1),
+                )  # fmt: skip
+            wrong = [c for c in checks if not c.passed and _smooth(c)]
+            if all(c.passed for c in checks):
+                out.append(True)
+            elif wrong:
+                out.append(wrong[0])
+            else:
+                out.append(None)
+    except OraclesError:
+        return None
+    finally:
+        objective.calls += obj.calls
+    return out
+
+
+def _off_the_kinks(r, objective, grads, refs, notes, failures):
+    """Judge again, at nearby points that keep every tie, the tie groups that failed at kinks.
+
+    A tie group fails when, along the direction that moves it together, the
+    gradient sums outside the one-sided slopes. Where ``fn`` is
+    differentiable along it (``maximum(a + t, b + t)``, a max-pool window
+    moved whole) that is proof. Where ``fn`` kinks along it too, it proves
+    nothing once kinks combine: backprop's choice at each (ReLU'(0) = 0, the
+    first of tied maxima) composes to sums that no one-sided derivative of
+    the whole shows, and any value on such a set of measure zero is a valid
+    gradient for training (Kakade and Lee 2018; Bolte and Pauwels 2020).
+    Zero biases of a convolution on the zero border of a digit, under a
+    max-pool, do it: the zero pixels tie, and so do the zero biases with
+    them. Such a group is judged again at ``x + shift`` and ``x - shift``
+    (:func:`_tie_keeping_points`), where the ties remain and the accidental
+    kinks (a ReLU at exactly 0) are left, on one side at one point and on
+    the other side at the other. A failure there where ``fn`` is
+    differentiable along the group is proof (of the formula: the problem
+    says where); a pass at both clears it; a kink at both leaves it unjudged
+    (a note). Elements alone are not judged again: outside its one-sided
+    slopes at a kink of its own (a ReLU'(0) of 1.5), an element fails.
+    Returns the calls of ``fn``.
+    """
+    doubtful = [t for t in failures if not t.smooth]
+    standing = [t for t in failures if t.smooth]
+    confirmed, calls0 = [], objective.calls
+    if doubtful:
+        results = []
+        for xs in _tie_keeping_points(r, objective):
+            results.append(_judged_again(r, objective, xs, doubtful))
+            if results[-1] is None:
+                break
+        if all(res is not None for res in results):
+            gone, unjudged = [], []
+            for t, a, b in zip(doubtful, *results, strict=True):
+                wrong = next((c for c in (a, b) if c is not True and c is not None), None)
+                if wrong is not None:
+                    # Its elements are not blamed at x: there the values may be those of
+                    # a valid routing (a zero ReLU kills what a wrong one sends).
+                    at = "tied values across inputs" if not t.blame else None
+                    confirmed.append(
+                        t.text + ". At x, fn kinks along the group's direction, which alone "
+                        "proves nothing; but at a nearby point that keeps the tie (x +- 2^-12 "
+                        "of each element's scale, one shift per value), where fn is "
+                        "differentiable along it, the routing is wrong: "
+                        + wrong.describe(at, _where(r, t))
+                    )
+                elif a is True and b is True:
+                    gone.append(t)
+                else:
+                    unjudged.append(t)
+            if gone:
+                notes.append(
+                    f"{len(gone)} tie group(s) failed only where fn kinks along the direction "
+                    "that moves each together, as backprop's choices at combined kinks give "
+                    "(ReLU'(0) = 0 into a tied max-pool: Kakade and Lee 2018); at the two "
+                    "nearby points x +- shift (2^-12 of each element's scale, one shift per "
+                    "value, so ties stay tied) they agree with the numerics"
+                )
+            if unjudged:
+                notes.append(
+                    f"{len(unjudged)} tie group(s) could not be judged jointly: fn kinks along "
+                    "the direction that moves each together, at x and at the nearby points "
+                    "that keep their ties (their elements tie in value only, in parts that "
+                    "break apart differently); their elements were judged one by one"
+                )
+        else:
+            standing += doubtful
+            notes.append(
+                f"{len(doubtful)} tie group(s) that failed where fn kinks along their direction "
+                "could not be judged again at nearby points (fn or the derivative raises, or is "
+                "not finite, at x +- a small shift); their failures stand"
+            )
+    for t in standing:
+        if t.blame:
+            _blame_tie_group(r, refs, grads, t.check)
+        r.problems.append(t.text)
+    r.problems += confirmed
+    return objective.calls - calls0
+
+
+#: Most elements judged with their group only that :func:`_lost_elements_nearby` judges alone.
+MAX_LOST = 64
+
+
+def _lost_elements_nearby(r, objective, lost):
+    """Elements judged with their group only, judged alone at a nearby point without ties.
+
+    In a large group of tied values at kinks (the zero pixels of a digit
+    under a convolution, a ReLU and a max-pool), an element outside every
+    limiting slope sampled is judged with its group only
+    (:func:`_widen_to_limiting_slopes`): backprop's routing need not be one
+    of them. Where the group's direction kinks too, nothing judges it at
+    ``x``, and an error planted at that element would pass. So each is
+    judged alone at ``x + shift``, a shift of its own for every element
+    (2^-12 of its scale, random signs): no ties, no accidental kinks there.
+    Where the user's derivative of the element disagrees with the numerics
+    there, away from any kink, the formula is wrong at that element: a
+    problem. Returns the calls of ``fn``.
+    """
+    if not lost:
+        return 0
+    rng = own_stream(r.seed, "shift")
+    xs = [
+        np.asarray(x, dtype=np.float64)
+        + OFF_KINK_SHIFT * np.asarray(s) * rng.uniform(0.5, 1.0, np.shape(x))
+        * rng.choice([-1.0, 1.0], np.shape(x))
+        for x, s in zip(objective.point, objective.scales, strict=True)
+    ]  # fmt: skip
+    judged = lost[:MAX_LOST]
+    obj = ScalarObjective(Guarded(r.fn, "fn", xs, r.names, r.out.shape), xs, objective.cotangent)
+    try:
+        grads = r.derivative(r.direction, xs=xs)
+        est = partials(obj, judged)
+    except OraclesError:
+        return obj.calls
+    analytic = np.array([np.asarray(grads[i], dtype=np.float64).reshape(-1)[j] for i, j in judged])
+    cmp = compare(analytic, est.value, est.error, atol=r.atol, rtol=r.rtol)
+    wrong = [
+        p
+        for p in range(len(judged))
+        if not cmp.passed[p] and not est.kink[p] and np.isfinite(est.value[p])
+    ]
+    for p in wrong[:6]:
+        i, j = judged[p]
+        shape = r.xs[i].shape
+        at = ", ".join(str(int(v)) for v in (np.unravel_index(j, shape) if shape else ()))
+        r.problems.append(
+            f"{r.names[i]}[{at}] sits in a group of tied values at kinks and was judged with "
+            "its group only at x; at a nearby point without ties (x + 2^-12 of each element's "
+            f"scale, random signs), where fn is differentiable along it, its gradient is "
+            f"{analytic[p]:.17g} but the numerics give {est.value[p]:.17g} (error estimate "
+            f"{est.error[p]:.2g})"
+        )
+    if len(wrong) > 6:
+        r.problems.append(f"... and {len(wrong) - 6} more such element(s)")
+    return obj.calls
+
+
+def _where(r, tie):
+    """Labels of the elements of ``tie`` like the report's (None: its own indices)."""
+    if tie.blame:
+        return None
+    labels = []
+    for i, j in tie.elements[:6]:
+        shape = r.xs[i].shape
+        at = np.unravel_index(j, shape) if shape else ()
+        labels.append(f"{r.names[i]}[{', '.join(str(int(v)) for v in at)}]")
+    return labels
 
 
 def _vjp_autodiff(oracle, backend_fn, r):
