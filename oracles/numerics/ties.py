@@ -401,8 +401,15 @@ def _extrapolate(quotients):
 
 
 def _first_within(largest, gap):
-    """The first rung ``k`` whose step ``largest 2^-k`` is at most ``gap`` (0 when all are)."""
+    """The first rung ``k`` whose step ``largest 2^-k`` is at most ``gap`` (0 when all are).
+
+    Also 0 where no rung of the ladder is that small (a group of zeros next to
+    the smallest subnormal): capped there, the group would have no step at
+    all, and the ladder's own steps are all there is to go by.
+    """
     if not (np.isfinite(gap) and gap > 0 and largest > gap):
+        return 0
+    if not largest * 2.0**-N_RUNGS <= gap:
         return 0
     k = int(np.ceil(np.log2(largest / gap)))
     return k + 1 if largest * 2.0**-k > gap else k

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from oracles import check_jvp, check_layer, check_vjp
+from oracles._guards import own_stream
 from oracles.numerics.ladder import partials
 from oracles.numerics.objective import ScalarObjective, measure_noise
 
@@ -95,7 +96,7 @@ def _planted(vjp, j, rel):
 
 
 def _typical(fn, vjp, x, seed):
-    cot = np.random.default_rng(seed).standard_normal(np.shape(fn(x)))
+    cot = own_stream(seed, "direction").standard_normal(np.shape(fn(x)))
     grad = np.abs(np.asarray(vjp(cot, x))).ravel()
     return int(np.argsort(grad, kind="stable")[grad.size // 2])
 

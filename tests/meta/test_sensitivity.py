@@ -22,6 +22,7 @@ import pytest
 
 import reference as R
 from oracles import check_vjp
+from oracles._guards import own_stream
 from oracles.report import Coverage
 
 
@@ -112,7 +113,7 @@ def _typical(fn, vjp, xs, k, seed):
     At the check's own cotangent; a relative error e in a typical element is
     an absolute error of e m, planted as the relative error e m / |a_j|.
     """
-    g = np.random.default_rng(seed).standard_normal(np.shape(fn(*xs)))
+    g = own_stream(seed, "direction").standard_normal(np.shape(fn(*xs)))
     out = vjp(g, *xs)
     a = np.abs(np.asarray(out[k] if isinstance(out, tuple) else out)).reshape(-1)
     m = float(np.median(a[a > 1e-12 * a.max()]))
@@ -140,9 +141,14 @@ def _assert_honest(fn, vjp, xs, *, seed=0, **options):
         n = _caught(above, k, js)
         assert n >= 0.8 * len(js), f"{ir.name}: {n} of {len(js)} caught at 1.5 x {s:.3g}"
         assert above.inputs[k].checks[above.oracles[0]].n_failed <= len(js)
-        below = check_vjp(fn, _planted(vjp, k, js, s / 10 * m / a), xs, seed=seed, **options)
-        n = _caught(below, k, js) if below.status == "failed" else 0
-        assert n <= 0.3 * len(js), f"{ir.name}: {n} of {len(js)} caught at {s / 10:.3g}"
+        # At most 10x pessimistic for elements of the median's size: in a small input
+        # whose magnitudes span 55x (exp of 3 values in [-2, 2]) no one figure is within
+        # 10x of every element's threshold, which grows with the element.
+        near = js[(a >= m / 4) & (a <= 4 * m)]
+        planted = s / 10 * m / a[(a >= m / 4) & (a <= 4 * m)]
+        below = check_vjp(fn, _planted(vjp, k, near, planted), xs, seed=seed, **options)
+        n = _caught(below, k, near) if below.status == "failed" else 0
+        assert n <= 0.3 * len(near), f"{ir.name}: {n} of {len(near)} caught at {s / 10:.3g}"
 
 
 @pytest.mark.parametrize("seed", [0, 1])
