@@ -166,7 +166,7 @@ def directional(objective, directions, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
         error[p] = (
             e
             + objective.hidden_noise(mask, t0 * unit * 2.0**-top)
-            + analytic_rounding(terms.get(k_best, 0.0))
+            + analytic_rounding(terms.get(k_best, 0.0), objective.noise.kind)
         )
         nonfinite[p] = nf or not np.isfinite(v)
         scale[p] = unit

@@ -793,7 +793,11 @@ def _block_stats(objective, fp, fm, x0, xp, xm, perm=None, bufs=None):
     # overflowed (num inf) are set apart right after: no warning for them.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         value = num / delta
-        noise = NOISE_SAFETY * level / delta + center + analytic_rounding(terms / delta)
+        noise = (
+            NOISE_SAFETY * level / delta
+            + center
+            + analytic_rounding(terms / delta, objective.noise.kind)
+        )
     stuck = ~(delta > 0)  # the step does not move x (or left the float64 range)
     if finite.all() and not stuck.any():
         return value, noise, np.zeros(b, dtype=bool)

@@ -1040,7 +1040,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         # largest seen at any rung (where the ladder climbed far above the scale of x,
         # the quotient's terms shrink with the step; a constant phi whose outputs move,
         # batchnorm under an all-ones cotangent, climbs as far as it can).
-        e = e + analytic_rounding(max(terms.values()))
+        e = e + analytic_rounding(max(terms.values()), objective.noise.kind)
     return {
         "value": v,
         "error": e,

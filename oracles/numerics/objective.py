@@ -151,6 +151,13 @@ WHOLE_TOLERANCE = 1e-3
 #: Fewest distinct values among the probe's points for a noise estimate (ECnoise's "h too small").
 MIN_DISTINCT = 6
 
+#: Distinct non-zero values (as MIN_DISTINCT) of the probe's outputs that all lie in a reduced type
+#: name it, even where neither noise nor a quantum showed: a float64 fn at the probe's
+#: random points gives a float32 value with odds of about 2^-29 each. (A float32 max at a
+#: tie of exact zeros kinks along every probe line, so neither shows: its correct routing
+#: failed at the float32 rounding of its weight, 2.5e-8, against a float64 tolerance.)
+TYPE_DISTINCT = 6
+
 #: Largest noise relative to the values themselves (coarser than bfloat16 is not rounding).
 MAX_RELATIVE_NOISE = 2.0**-6
 
@@ -424,7 +431,11 @@ class NoiseModel:
 
     def note(self, smallest_step=None):
         """The report note on a coarse precision, or ``None`` at float64 precision."""
-        return precision_note(self.precision, smallest_step, self.kind) if self.coarse else None
+        if not (self.coarse or self.kind is not None):
+            return None
+        return precision_note(
+            max(self.precision, 2.0 * REDUCED_UNIT.get(self.kind, 0.0)), smallest_step, self.kind
+        )
 
 
 def precision_note(precision, smallest_step=None, kind=None):
@@ -476,8 +487,16 @@ def _reduced_kind(values):
 ANALYTIC_ROUNDING = 8.0
 
 
-def analytic_rounding(terms):
+def analytic_rounding(terms, kind=None):
     """What a correct floating-point derivative may be off by: ``8 eps * terms``.
+
+    ``kind``: the reduced type ``fn`` computes in (:attr:`NoiseModel.kind`),
+    whose epsilon replaces float64's. Such a ``fn`` rounds its constants and
+    intermediates to it, and the derivative of what it computes differs from
+    the derivative of what it means by that much relative to the terms, a
+    float64 formula being right: a float32 max of tied zeros times a weight
+    moves by exactly ``float32(w)`` along the tie, where the backward returns
+    ``w`` (2.5e-8 apart), and exactly linear differences show no noise.
 
     ``terms`` is the sum of the magnitudes of the terms the derivative is
     made of, e.g. ``sum_i |c_i d f_i / d x_j|`` for element ``j`` of a VJP
@@ -493,8 +512,9 @@ def analytic_rounding(terms):
     >>> bool(analytic_rounding(1.0) == 8 * EPS)
     True
     """
+    eps = EPS if kind not in REDUCED_UNIT else 2.0 * REDUCED_UNIT[kind]
     with np.errstate(over="ignore", invalid="ignore"):
-        return ANALYTIC_ROUNDING * EPS * np.asarray(terms, dtype=np.float64)
+        return ANALYTIC_ROUNDING * eps * np.asarray(terms, dtype=np.float64)
 
 
 def _ecnoise(values):
@@ -1091,9 +1111,12 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     # though their staircase showed no noise.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         coarse_steps = np.isfinite(quantum) & (0.5 * quantum > 1e3 * EPS * absf)
+    values = np.concatenate([np.ravel(v) for v in seen])
     kind = (
-        _reduced_kind(np.concatenate([np.ravel(v) for v in seen]))
-        if precision > 1e3 * EPS or coarse_steps.any()
+        _reduced_kind(values)
+        if precision > 1e3 * EPS
+        or coarse_steps.any()
+        or np.unique(values[np.isfinite(values) & (values != 0)]).size >= TYPE_DISTINCT
         else None
     )
     relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, floor), precision)

@@ -551,7 +551,7 @@ def _one_sided(objective, i, idx, grads, sign, t0=T0, n_rungs=N_RUNGS):
     # The analytic sum over the group carries the rounding of the terms it is
     # made of (softmax-CE at equal logits: 1/6 - 1/6 per element, summing to
     # 1e-18 where the directional derivative is exactly 0).
-    err += analytic_rounding(terms[0])
+    err += analytic_rounding(terms[0], objective.noise.kind)
     largest = t0 * s * 2.0**-top
     unseen = ~mask
     hidden = 0.0
