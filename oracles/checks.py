@@ -613,7 +613,6 @@ def _cross_input_ties(r, objective, grads, refs, notes, failures):
             groups.append((0, idx))
     if not groups:
         return 0
-    shapes = [np.shape(x) for x in objective.point]
     obj = _stacked(objective, noise=objective.noise, base_output=objective.base_output)
     gz = np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
     checks, _, evaluations = check_ties(
@@ -622,12 +621,11 @@ def _cross_input_ties(r, objective, grads, refs, notes, failures):
     r.inconclusive += [c.unresolved() for c in checks if not c.resolved]
     failed = [c for c in checks if not c.passed]
     for c in failed:
-        where, elements = [], []
+        elements = []
         for (p,) in c.indices:
             k = int(np.searchsorted(offsets, p, side="right") - 1)
             elements.append((k, int(p - offsets[k])))
-            at = np.unravel_index(p - int(offsets[k]), shapes[k]) if shapes[k] else ()
-            where.append(f"{r.names[k]}[{', '.join(str(int(v)) for v in at)}]")
+        where = [_element_label(r, k, j) for k, j in elements]
         failures.append(
             _TieFailure(
                 c,
@@ -895,62 +893,40 @@ def _lost_elements_nearby(r, objective, lost):
     judged = lost[:MAX_LOST]
     # (Not at points that keep the ties: there, a pixel of an overlapping max-pool still
     # sits at kinks that combine, and a correct routing lies outside its one-sided slopes.)
-    points = [("without ties (x + 2^-6 of each element's scale, random signs)", xs, False)]
-    calls, wrong = 0, {}
-    for where, xs, at_ties in points:
-        fn = Guarded(r.fn, "fn", xs, r.names, r.out.shape)
-        obj = ScalarObjective(fn, xs, objective.cotangent)
-        try:
-            grads = r.derivative(r.direction, xs=xs)
-            # Steps from below the shift: the kinks it left are about that far away.
-            est = partials(obj, judged, t0=GENERIC_SHIFT / 8)
-        except OraclesError:
-            return calls + obj.calls
-        calls += obj.calls
-        analytic = np.array(
-            [np.asarray(grads[i], dtype=np.float64).reshape(-1)[j] for i, j in judged]
-        )
-        kink = np.asarray(est.kink, dtype=bool)
-        # Proof needs a margin: twice the tolerance.
-        cmp = compare(
-            analytic, est.value, 2.0 * est.error, atol=2.0 * r.atol, rtol=2.0 * r.rtol,
-            kink=kink if at_ties else None, left=est.left, right=est.right,
-        )  # fmt: skip
-        for p in range(len(judged)):
-            if cmp.passed[p] or not np.isfinite(est.value[p]) or (kink[p] and not at_ties):
-                continue
-            wrong.setdefault(p, []).append((where, analytic[p], est, kink[p]))
-    proven = list(wrong)
-    for p in proven[:6]:
-        i, j = judged[p]
-        where, value, est, at_kink = wrong[p][0]
-        shape = r.xs[i].shape
-        at = ", ".join(str(int(v)) for v in (np.unravel_index(j, shape) if shape else ()))
-        if at_kink:
-            lo, hi = sorted((float(est.left[p]), float(est.right[p])))
-            what = f"the one-sided slopes are {lo:.17g} and {hi:.17g}"
-        else:
-            what = f"the numerics give {float(est.value[p]):.17g}"
+    obj = ScalarObjective(Guarded(r.fn, "fn", xs, r.names, r.out.shape), xs, objective.cotangent)
+    try:
+        grads = r.derivative(r.direction, xs=xs)
+        # Steps from below the shift: the kinks it left are about that far away.
+        est = partials(obj, judged, t0=GENERIC_SHIFT / 8)
+    except OraclesError:
+        return obj.calls
+    analytic = np.array([np.asarray(grads[i], dtype=np.float64).reshape(-1)[j] for i, j in judged])
+    # Proof needs a margin: twice the tolerance, away from any kink.
+    cmp = compare(analytic, est.value, 2.0 * est.error, atol=2.0 * r.atol, rtol=2.0 * r.rtol)
+    bad = ~cmp.passed & ~np.asarray(est.kink, dtype=bool) & np.isfinite(est.value)
+    wrong = [int(p) for p in np.flatnonzero(bad)]
+    for p in wrong[:6]:
         r.problems.append(
-            f"{r.names[i]}[{at}] sits in a group of tied values at kinks and was judged with "
-            f"its group only at x; at a nearby point {where}, its gradient is {value:.17g} but "
-            f"{what} (error estimate {float(est.error[p]):.2g})"
+            f"{_element_label(r, *judged[p])} sits in a group of tied values at kinks and was "
+            "judged with its group only at x; at a nearby point without ties (x + 2^-6 of each "
+            f"element's scale, random signs), its gradient is {analytic[p]:.17g} but the "
+            f"numerics give {float(est.value[p]):.17g} (error estimate {float(est.error[p]):.2g})"
         )
-    if len(proven) > 6:
-        r.problems.append(f"... and {len(proven) - 6} more such element(s)")
-    return calls
+    if len(wrong) > 6:
+        r.problems.append(f"... and {len(wrong) - 6} more such element(s)")
+    return obj.calls
+
+
+def _element_label(r, i, j):
+    """``name[i, j]`` of flat element ``j`` of input ``i``, as the report writes it."""
+    shape = r.xs[i].shape
+    at = np.unravel_index(j, shape) if shape else ()
+    return f"{r.names[i]}[{', '.join(str(int(v)) for v in at)}]"
 
 
 def _where(r, tie):
     """Labels of the elements of ``tie`` like the report's (None: its own indices)."""
-    if tie.blame:
-        return None
-    labels = []
-    for i, j in tie.elements[:6]:
-        shape = r.xs[i].shape
-        at = np.unravel_index(j, shape) if shape else ()
-        labels.append(f"{r.names[i]}[{', '.join(str(int(v)) for v in at)}]")
-    return labels
+    return None if tie.blame else [_element_label(r, i, j) for i, j in tie.elements[:6]]
 
 
 def _vjp_autodiff(oracle, backend_fn, r):

@@ -22,26 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_reduced_precision import _planted, _typical
 
 import reference as R
 from oracles import check_vjp
-from oracles._guards import own_stream
-
-
-def _planted(vjp, j, rel):
-    def wrong(c, x):
-        d = np.array(vjp(c, x), dtype=np.float64, copy=True)
-        d.reshape(-1)[j] *= 1.0 + rel
-        return d
-
-    return wrong
-
-
-def _typical(fn, vjp, x, seed):
-    """The element of median gradient magnitude under the check's own cotangent."""
-    cot = own_stream(seed, "direction").standard_normal(np.shape(fn(x)))
-    grad = np.abs(np.asarray(vjp(cot, x))).ravel()
-    return int(np.argsort(grad, kind="stable")[grad.size // 2])
 
 
 def _tiny(name, rng, n, s_in, s_out):

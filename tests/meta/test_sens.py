@@ -19,36 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_sensitivity import _affine_tanh_case as _affine_tanh
+from test_sensitivity import _planted
 
 import reference as R
 from oracles import check_vjp
 from oracles._guards import own_stream
-
-
-def _affine_tanh(rng, n):
-    x, W, b = rng.normal(size=(n, 6)), rng.normal(size=(6, 4)), rng.normal(size=4)
-
-    def fn(x, W, b):
-        return np.tanh(x @ W + b)
-
-    def vjp(g, x, W, b):
-        d = g * (1 - np.tanh(x @ W + b) ** 2)
-        return d @ W.T, x.T @ d, d.sum(axis=0)
-
-    return fn, vjp, (x, W, b)
-
-
-def _planted(vjp, k, js, rel):
-    """``vjp`` with elements ``js`` of input ``k``'s gradient times ``1 + rel`` (linear in g)."""
-
-    def wrong(g, *xs):
-        out = vjp(g, *xs)
-        many = isinstance(out, tuple)
-        out = [np.array(o, dtype=np.float64, copy=True) for o in (out if many else (out,))]
-        out[k].reshape(-1)[js] *= 1 + np.asarray(rel)
-        return tuple(out) if many else out[0]
-
-    return wrong
 
 
 def _caught(report, k, js):
