@@ -51,7 +51,6 @@ from oracles._pipeline import RESOLVE, OracleResult
 from oracles.checks import JVP, VJP, tie_stages
 from oracles.numerics.exhaustive import Exhaustive
 from oracles.numerics.modes import resolve_mode
-from oracles.numerics.objective import ScalarObjective
 
 __all__ = [
     "FLOOR_SAFETY",
@@ -209,7 +208,7 @@ def _numeric(r, state):
     joint test of tied values is a verdict of its own: it gets the largest
     allowance on top of ``atol``.
     """
-    objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0])
+    objective = r.objective()
     safe = [np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
     slack = 0.0
     screen = safe

@@ -297,6 +297,8 @@ class Run:
     per_element: dict = field(default_factory=dict)
     inconclusive: list = field(default_factory=list)
     advice: list = field(default_factory=list)
+    #: The inputs' step scales, measured once per check and shared by its objectives.
+    scales: list | None = None
 
     def copies(self):
         return [x.copy() for x in self.xs]
@@ -337,6 +339,22 @@ class Run:
 
     def guarded_fn(self):
         return Guarded(self.fn, "fn", self.xs, self.names, self.out.shape)
+
+    def objective(self):
+        """``<direction, fn(x)>`` as a numeric objective, with the step scales of the check.
+
+        The scales of inputs that are 0 everywhere are measured on the first
+        objective (:func:`~oracles.numerics.objective.measured_scales`) and
+        reused by the others, so every oracle of the check steps alike.
+        """
+        from oracles.numerics.objective import ScalarObjective
+
+        objective = ScalarObjective(
+            self.guarded_fn(), self.xs, self.direction[0], base_output=self.out, scales=self.scales
+        )
+        if self.scales is None:
+            self.scales = objective.scales
+        return objective
 
 
 def flat(pieces):
@@ -666,7 +684,7 @@ def _natural_scales(r):
     ``|f| max|v / s| / s_j`` for an HVP. Autodiff that computes a derivative
     from a rounded output (``tanh'`` as ``1 - y^2``) loses ``eps`` of it.
     """
-    scales = element_scales(r.xs)
+    scales = element_scales(r.xs) if r.scales is None else r.scales
     f = np.abs(np.asarray(r.out, dtype=np.float64))
     with np.errstate(over="ignore", invalid="ignore"):
         if r.spec.on_output:
@@ -766,11 +784,9 @@ def _terms_second_look(r, results):
     if not tau:
         return 0
     from oracles.backends.rounding import OUTPUT_ROUNDING, ROUNDING_FACTOR, output_rates
-    from oracles.numerics.objective import ScalarObjective
-
     elements = sorted(tau, key=tau.get)[:TERMS_ELEMENTS]
     try:
-        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
+        objective = r.objective()
     except (UserFunctionError, ValueError, ArithmeticError):
         return 0
     cot = objective.cotangent
@@ -1570,7 +1586,6 @@ def _ladder_thresholds(r, results):
     if "numeric" not in results or not r.spec.uses_mode or not r.spec.on_output:
         return None
     from oracles.numerics.exhaustive import Exhaustive, sharp_partials
-    from oracles.numerics.objective import ScalarObjective
 
     mode = resolve_mode(r.mode, sum(x.size for x in r.xs))
     if not (isinstance(mode, Exhaustive) and mode.screen):
@@ -1597,7 +1612,7 @@ def _ladder_thresholds(r, results):
     if elements:
         safe = [np.where(np.isfinite(a), a, 0.0) for a in r.analytic]
         try:
-            objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
+            objective = r.objective()
             est = sharp_partials(objective, elements, safe)
         except (UserFunctionError, ValueError, ArithmeticError):
             return None

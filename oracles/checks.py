@@ -79,7 +79,7 @@ def _backend(oracle):
 
 def _vjp_numeric(r):
     # fn at the point is known already (the pipeline's forward stage): one call less.
-    objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
+    objective = r.objective()
     safe = [g if np.isfinite(g).all() else np.where(np.isfinite(g), g, 0.0) for g in r.analytic]
     n = sum(x.size for x in r.xs)
     refs, method, evaluations, notes = resolve_mode(r.mode, n).reference(
@@ -683,7 +683,8 @@ def _stacked(objective, **kwargs):
         return fn(*[zz[offsets[k] : offsets[k + 1]].reshape(s) for k, s in enumerate(shapes)])
 
     z = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in objective.point])
-    return ScalarObjective(stacked, [z], objective.cotangent, **kwargs)
+    scales = [np.concatenate([np.reshape(s, -1) for s in objective.scales])]
+    return ScalarObjective(stacked, [z], objective.cotangent, scales=scales, **kwargs)
 
 
 #: The shift of the second points of :func:`_off_the_kinks`, relative to each element's scale.
@@ -723,6 +724,12 @@ def _tie_keeping_points(r, objective):
     return out
 
 
+def _moved(r, objective, xs):
+    """``objective`` at another point ``xs`` near its own, with its step scales."""
+    fn = Guarded(r.fn, "fn", xs, r.names, r.out.shape)
+    return ScalarObjective(fn, xs, objective.cotangent, scales=objective.scales)
+
+
 def _judged_again(r, objective, xs, ties):
     """The tie groups ``ties`` judged jointly at the point ``xs`` (or None).
 
@@ -732,7 +739,7 @@ def _judged_again(r, objective, xs, ties):
     the user's derivative cannot be evaluated at ``xs``, or is not finite
     there (a domain edge, an input that must hold integers).
     """
-    obj = ScalarObjective(Guarded(r.fn, "fn", xs, r.names, r.out.shape), xs, objective.cotangent)
+    obj = _moved(r, objective, xs)
     out = []
     try:
         grads = r.derivative(r.direction, xs=xs)
@@ -893,7 +900,7 @@ def _lost_elements_nearby(r, objective, lost):
     judged = lost[:MAX_LOST]
     # (Not at points that keep the ties: there, a pixel of an overlapping max-pool still
     # sits at kinks that combine, and a correct routing lies outside its one-sided slopes.)
-    obj = ScalarObjective(Guarded(r.fn, "fn", xs, r.names, r.out.shape), xs, objective.cotangent)
+    obj = _moved(r, objective, xs)
     try:
         grads = r.derivative(r.direction, xs=xs)
         # Steps from below the shift: the kinks it left are about that far away.

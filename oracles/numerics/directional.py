@@ -37,9 +37,9 @@ from oracles.numerics.objective import (
     _rms,
     _whole_multiples,
     analytic_rounding,
-    element_scales,
     largest_magnitude,
     measure_noise,
+    measured_scales,
 )
 
 __all__ = ["direction_scale", "directional", "vector_ladder"]
@@ -298,8 +298,8 @@ def vector_ladder(evaluate, xs, us, *, linear=None, t0=T0, n_rungs=MAX_RUNGS, no
         calls[0] += 1
         return np.array(evaluate(points), dtype=np.float64, copy=True)
 
-    scales = element_scales(xs)
     f0 = fresh(xs)
+    scales = measured_scales(fresh, xs, f0=f0)
     noise = measure_noise(fresh, xs, scales, f0=f0)
     if notes is not None and noise.note():
         notes.append(noise.note())

@@ -898,7 +898,7 @@ def _ladder(objective, i, flat_idx, grads, sharpen=True, steps=False):
 def _run_chunk(payload, kind, i, flat_idx, arg):
     """Module-level (picklable) entry point of one chunk on an executor.
 
-    ``payload = (fn, inputs, cotangent, noise, output, grads)``, or those
+    ``payload = (fn, inputs, cotangent, noise, output, grads, scales)``, or those
     pickled (bytes: see :class:`_Runner`); a fresh objective is built here
     (with the parent's measured noise) so that chunks running at the same
     time never share working arrays, and its ``fn`` must give the parent's
@@ -908,8 +908,8 @@ def _run_chunk(payload, kind, i, flat_idx, arg):
     """
     if isinstance(payload, bytes):
         payload = pickle.loads(payload)  # noqa: S301 - pickled by this module's _Runner
-    fn, inputs, cotangent, noise, parent_output, grads = payload
-    objective = ScalarObjective(fn, inputs, cotangent, noise=noise)
+    fn, inputs, cotangent, noise, parent_output, grads, scales = payload
+    objective = ScalarObjective(fn, inputs, cotangent, noise=noise, scales=scales)
     if not np.array_equal(objective.base_output, parent_output, equal_nan=True):
         # A worker that computes another function (a module global changed after
         # the workers started, another version of the code) would judge every
@@ -989,6 +989,7 @@ class _Runner:
                 objective.noise,
                 objective.base_output,
                 grads,
+                objective.scales,
             )
             if _needs_pickling(self.executor):
                 self.payload = pickle.dumps(self.payload, protocol=pickle.HIGHEST_PROTOCOL)

@@ -463,7 +463,7 @@ class _Direction:
             self._values = None
 
 
-def _units(xs):
+def _units(xs, scales=None):
     """Per input, the power of two that a direction's values on it are multiplied by.
 
     The largest input (by root-mean-square ``R``) gets 1 when ``R`` is
@@ -481,8 +481,9 @@ def _units(xs):
     gets that unit times the power of two between its scale and ``R``, so
     that one step resolves all of them (an input of scale 1e-3 beside one
     of 1e9 forced steps at which the large one's errors of 1e-7 were
-    lost); an input that is 0 everywhere gets the largest one's. Powers of
-    two keep ``t u`` exact.
+    lost); an input that is 0 everywhere is placed by its measured scale
+    (``scales``, :func:`~oracles.numerics.objective.measured_scales`; without
+    them it gets the largest one's). Powers of two keep ``t u`` exact.
 
     Examples
     --------
@@ -491,7 +492,10 @@ def _units(xs):
     >>> _units([np.full(4, 1e-9)])
     [1.4901161193847656e-08]
     """
-    exps = [math.frexp(r)[1] - 1 if np.isfinite(r) and r > 0 else None for r in map(_rms, xs)]
+    sizes = [_rms(x) for x in xs]
+    if scales is not None:  # the measured scale of an input that is 0 everywhere
+        sizes = [r or _rms(s) for r, s in zip(sizes, scales, strict=True)]
+    exps = [math.frexp(r)[1] - 1 if np.isfinite(r) and r > 0 else None for r in sizes]
     top = max((e for e in exps if e is not None), default=0)
     base = max(0, top - UNIT_ABOVE) + min(0, top + UNIT_ABOVE)
     return [math.ldexp(1.0, base + (0 if e is None else e - top)) for e in exps]
@@ -588,7 +592,7 @@ class _Space:
         self.tests = 0
         self._step = np.empty(CHUNK)
         #: Per input, the power of two its direction's values are multiplied by (:func:`_units`).
-        self.unit = _units(self.work)
+        self.unit = _units(self.work, objective.scales)
 
     def input_of(self, gidx):
         """Input number of each global flat index."""

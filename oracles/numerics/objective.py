@@ -9,8 +9,10 @@ Scales (:func:`element_scales`)
     Every step is relative: element ``j`` of input ``i`` is stepped by
     ``t * s_ij`` with ``s_ij = max(|x_ij|, rms(x_i))``. Scaling an
     input by ``1e9`` scales its steps by ``1e9``: the ladder sees the same
-    function. (An input that is 0 everywhere borrows the largest scale of
-    the other inputs, else 1.)
+    function. An input that is 0 everywhere has no scale of its own (a bias,
+    an RNN's first hidden state): its scale is measured
+    (:func:`measured_scales`), the largest one on which ``fn`` is smooth
+    along it, from the largest scale of the other inputs (at least 1) down.
 
 Noise (:func:`measure_noise`, :class:`NoiseModel`)
     The rounding noise of every output element is *measured*, not assumed,
@@ -60,6 +62,7 @@ __all__ = [
     "changed_noise",
     "element_scales",
     "measure_noise",
+    "measured_scales",
     "precision_note",
 ]
 
@@ -88,6 +91,18 @@ NOISE_SAFETY = 8.0
 
 #: Floor of an element's scale, relative to the root-mean-square of its input.
 SCALE_FLOOR = 1.0
+
+
+#: Most scales :func:`measured_scales` tries for an input that is 0 everywhere, each
+#: :data:`ZERO_SCALE_RATIO` times smaller than the one before (1e12 down to 1e-12).
+ZERO_SCALE_LEVELS = 20
+
+#: Ratio of successive scales tried by :func:`measured_scales`.
+ZERO_SCALE_RATIO = 16.0
+
+#: A scale is smooth when the central differences over it and over half of it agree
+#: within this fraction (the third-order term is then small on it).
+ZERO_SCALE_FIT = 0.1
 
 
 #: Relative step sizes of the noise probe (times each element's scale).
@@ -289,6 +304,97 @@ def element_scales(xs):
         a[~np.isfinite(a)] = 0.0
         out.append(np.maximum(a, SCALE_FLOOR * typ, out=a))
     return out
+
+
+def measured_scales(evaluate, xs, scales=None, f0=None):
+    """:func:`element_scales`, with the scale of every input that is 0 everywhere measured.
+
+    Such an input (a bias, an RNN's first hidden state) tells nothing of the
+    scale on which ``fn`` varies with it, and borrowing the other inputs'
+    (an RNN's inputs of scale 1e12 lent ``h0 = 0`` steps that saturated
+    every ``tanh``) can make a correct derivative fail and a wrong one pass.
+    Along a random sign pattern ``d`` over the input, scales ``s`` from
+    ``max(1, borrowed)`` down by :data:`ZERO_SCALE_RATIO` (at most
+    :data:`ZERO_SCALE_LEVELS`) are tried until ``fn`` is smooth on one:
+    per output element, the central differences over ``s d`` and over ``s
+    d / 2`` agree within :data:`ZERO_SCALE_FIT` (plus rounding), and so do
+    the second differences (a quarter of the first). The first scale that
+    meets only the first test is the answer where none meets both: ``fn``
+    kinks at the point itself (a ReLU of the bias alone); a softmax of
+    logits swamped by the step meets only the first test too, being
+    piecewise linear at that scale, but both on its own scale. Where no
+    scale meets even the first, the borrowed one is kept. Four calls of
+    ``evaluate`` per scale tried (one more without ``f0``), none when no
+    input is 0 everywhere.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(xs) -> array``, the outputs of ``fn`` at the point ``xs``.
+    xs : sequence of ndarray
+        The evaluation point.
+    scales : list of ndarray, optional
+        :func:`element_scales` of ``xs`` when computed already.
+    f0 : ndarray, optional
+        ``evaluate(xs)``, when known.
+
+    Examples
+    --------
+    >>> x, b = np.full(3, 1e12), np.zeros(3)
+    >>> s = measured_scales(lambda xs: np.tanh(xs[0] * 1e-12 + xs[1]), [x, b])
+    >>> float(s[0][0]), float(s[1][0]) < 1.0
+    (1000000000000.0, True)
+    """
+    scales = element_scales(xs) if scales is None else list(scales)
+    zero = [k for k, x in enumerate(xs) if np.size(x) and _rms(x) == 0.0]
+    if not zero:
+        return scales
+    if f0 is None:
+        f0 = evaluate(list(xs))
+    f0 = np.asarray(f0, dtype=np.float64).reshape(-1)
+    rng = np.random.default_rng(0x5CA1E)  # a stream of its own: the user's RNGs are not touched
+    for k in zero:
+        d = rng.choice([-1.0, 1.0], np.shape(xs[k]))
+        s = max(1.0, float(np.max(scales[k])))
+        first = None
+        for _ in range(ZERO_SCALE_LEVELS):
+            odd, even = _smooth_over(evaluate, xs, f0, k, d, s)
+            if odd and even:
+                first = s
+                break
+            if odd and first is None:
+                first = s
+            s /= ZERO_SCALE_RATIO
+        if first is not None:
+            scales[k] = np.full(np.shape(xs[k]), first)
+    return scales
+
+
+def _smooth_over(evaluate, xs, f0, k, d, s):
+    """Whether the first and the second differences of ``fn`` over ``s d`` along input ``k``
+    are those of a smooth function (see :func:`measured_scales`)."""
+    values = []
+    for t in (s, -s, s / 2, -s / 2):
+        point = list(xs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            point[k] = np.asarray(xs[k], dtype=np.float64) + t * d
+        try:
+            with np.errstate(all="ignore"):
+                values.append(np.asarray(evaluate(point), dtype=np.float64).reshape(-1))
+        except (UserFunctionError, ValueError, ArithmeticError):
+            return False, False  # outside fn's domain at this scale
+    fp, fm, hp, hm = values
+    if not all(np.all(np.isfinite(v)) for v in values):
+        return False, False
+    with np.errstate(all="ignore"):
+        wide, narrow = (fp - fm) / 2.0, hp - hm  # both f' s + O(s^3)
+        curve, curve_half = fp + fm - 2.0 * f0, 4.0 * (hp + hm - 2.0 * f0)  # both f'' s^2 + O(s^4)
+        rounding = 64.0 * EPS * (np.abs(fp) + np.abs(fm) + np.abs(hp) + np.abs(hm) + np.abs(f0))
+        slope = np.maximum(np.abs(wide), np.abs(narrow))
+        odd = np.abs(wide - narrow) <= ZERO_SCALE_FIT * slope + rounding
+        bend = np.maximum(np.abs(curve), np.abs(curve_half)) + slope
+        even = np.abs(curve - curve_half) <= ZERO_SCALE_FIT * bend + 4.0 * rounding
+        return bool(np.all(odd)), bool(np.all(even))
 
 
 @dataclass
@@ -1175,7 +1281,7 @@ class ScalarObjective:
     an earlier output change. (The fast mode builds its perturbed inputs in
     :meth:`scratch` arrays instead, refilled on every call.)
 
-    The step scales of the inputs (:func:`element_scales`) and the measured
+    The step scales of the inputs (:func:`measured_scales`) and the measured
     noise of ``fn``'s outputs (:func:`measure_noise`, computed on first use
     of :attr:`noise`, 9 to 25 calls of ``fn``) make every derivative of
     this objective independent of the units of inputs and outputs.
@@ -1194,15 +1300,18 @@ class ScalarObjective:
         parent's instead of measuring again).
     base_output : ndarray, optional
         ``fn(*inputs)``, when the caller has it already (one call less).
+    scales : list of ndarray, optional
+        The step scales (:attr:`scales`), when measured already for this
+        ``fn`` and point (objectives of one check share them).
     """
 
-    def __init__(self, fn, inputs, cotangent, *, noise=None, base_output=None):
+    def __init__(self, fn, inputs, cotangent, *, noise=None, base_output=None, scales=None):
         self.fn = fn
         #: The evaluation point, read-only: the arrays given where they are float64 and
         #: C-contiguous already (no copy), else float64 copies.
         self.point = [_as_point(x) for x in inputs]
         self._work = None
-        self._scales = None
+        self._scales = None if scales is None else list(scales)
         self._magnitude = None
         self._scratch = None
         self.cotangent = np.array(cotangent, dtype=np.float64, copy=True)
@@ -1249,9 +1358,9 @@ class ScalarObjective:
 
     @property
     def scales(self):
-        """Per-element step scales, one array per input (:func:`element_scales`), on first use."""
+        """Per-element step scales, one array per input (:func:`measured_scales`), on first use."""
         if self._scales is None:
-            self._scales = element_scales(self.point)
+            self._scales = measured_scales(self.output, self.point, f0=self.base_output)
         return self._scales
 
     def scratch(self, i):

@@ -146,8 +146,8 @@ def _misaligned(payload):
 
     if isinstance(payload, bytes):
         payload = pickle.loads(payload)  # what exhaustive._run_chunk does first
-    fn, inputs, *_, grads = payload
-    arrays = [a for a in (*fn.args, *inputs, *grads) if isinstance(a, np.ndarray)]
+    fn, inputs, *_, grads, scales = payload
+    arrays = [a for a in (*fn.args, *inputs, *grads, *scales) if isinstance(a, np.ndarray)]
     return [int(a.ctypes.data % 8) for a in arrays if a.ctypes.data % 8]
 
 

@@ -265,7 +265,7 @@ def test_a_pickled_payload_gives_the_numbers_of_the_tuple():
     cot = np.random.default_rng(0).standard_normal(x.shape)
     obj = ScalarObjective(np.sin, (x,), cot)
     grads = [np.cos(x) * cot]
-    payload = (np.sin, [x.copy()], cot, obj.noise, obj.base_output, grads)
+    payload = (np.sin, [x.copy()], cot, obj.noise, obj.base_output, grads, obj.scales)
     idx = np.arange(50, 90)
     for kind, arg in (("screen", (2.0**-12, "direct")), ("ladder", (True,))):
         a = exhaustive._run_chunk(payload, kind, 0, idx, arg)

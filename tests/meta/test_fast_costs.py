@@ -69,6 +69,9 @@ def test_smooth_ties_cost_ten_evaluations_and_no_noise_model(n_in, n_out, scale)
         cot = np.random.default_rng(seed + 100).uniform(0.5, 1.5, size=n_out)
         objective = ScalarObjective(fn, (b,), cot)
         calls = objective.calls
+        assert objective.scales  # b is 0 everywhere: its scale is measured, 4 calls a scale tried
+        assert 0 < objective.calls - calls <= 4 * 3, (seed, scale)
+        calls = objective.calls
         idx = np.arange(n_out)
         assert _kink_where_ties_untie(objective, 0, idx, np.random.default_rng(seed)) is False
         assert objective.calls - calls == 2 * 5, (seed, scale)
