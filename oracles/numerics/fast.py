@@ -182,7 +182,15 @@ from oracles._validation import check_seed
 from oracles.compare import Reference, compare
 from oracles.errors import InvalidArgument, InvalidArgumentType, UserFunctionError
 from oracles.numerics.exhaustive import Exhaustive, exhaustive_partials, sharp_partials
-from oracles.numerics.objective import N_RUNGS, T0, _rms, changed_noise, derivative_jumps
+from oracles.numerics.objective import (
+    N_RUNGS,
+    OUTLIER_RATIO,
+    T0,
+    _rms,
+    _typical,
+    changed_noise,
+    derivative_jumps,
+)
 
 __all__ = [
     "Fast",
@@ -463,6 +471,34 @@ class _Direction:
             self._values = None
 
 
+#: Most outliers per input (:func:`_outliers`) checked individually from the start.
+MAX_OUTLIERS = 32
+
+
+def _outliers(xs):
+    """``(input, flat index)`` of elements far larger than their input's typical ones.
+
+    A direction over an input with one element of 1e10 among elements of
+    about 1 has no step that resolves both (the projections' error
+    estimates were larger than the gradient: the check was inconclusive, or
+    a correct gradient failed): such elements, more than
+    :data:`~oracles.numerics.objective.OUTLIER_RATIO` times the typical
+    magnitude (:func:`~oracles.numerics.objective._typical`), are compared
+    individually, at most :data:`MAX_OUTLIERS` per input (the largest).
+    """
+    out = []
+    for i, x in enumerate(xs):
+        typ = _typical(x)
+        if typ == 0.0 or typ == _rms(x):
+            continue  # no outliers set apart
+        a = np.abs(np.asarray(x, dtype=np.float64).reshape(-1))
+        with np.errstate(invalid="ignore"):
+            far = np.flatnonzero(np.isfinite(a) & (a > OUTLIER_RATIO * typ))
+        far = far[np.argsort(-a[far], kind="stable")[:MAX_OUTLIERS]]
+        out += [(i, int(j)) for j in far]
+    return out
+
+
 def _units(xs, scales=None):
     """Per input, the power of two that a direction's values on it are multiplied by.
 
@@ -492,7 +528,7 @@ def _units(xs, scales=None):
     >>> _units([np.full(4, 1e-9)])
     [1.4901161193847656e-08]
     """
-    sizes = [_rms(x) for x in xs]
+    sizes = [_typical(x) for x in xs]
     if scales is not None:  # the measured scale of an input that is 0 everywhere
         sizes = [r or _rms(s) for r, s in zip(sizes, scales, strict=True)]
     exps = [math.frexp(r)[1] - 1 if np.isfinite(r) and r > 0 else None for r in sizes]
@@ -1843,13 +1879,15 @@ def fast_partials(
     notes, remote_evals = [], 0
     results = _empty_results(work)
     given_up = [np.zeros(x.size, dtype=bool) for x in work]
+    elements = _outliers(work)
     if must_check is not None:
-        elements = [
+        elements += [
             (i, int(j))
             for i, m in enumerate(must_check)
             for j in np.flatnonzero(np.asarray(m).reshape(-1))
         ]
-        _check_elements(objective, grads, results, elements)
+    if elements:
+        _check_elements(objective, grads, results, sorted(set(elements)))
 
     projections, localized, everywhere_inputs = [], [], []
     fallback_all = False

@@ -12,7 +12,7 @@ Scales (:func:`element_scales`)
     function. An input that is 0 everywhere has no scale of its own (a bias,
     an RNN's first hidden state): its scale is measured
     (:func:`measured_scales`), the largest one on which ``fn`` is smooth
-    along it, from the largest scale of the other inputs (at least 1) down.
+    along it, from the largest scale of the other inputs down.
 
 Noise (:func:`measure_noise`, :class:`NoiseModel`)
     The rounding noise of every output element is *measured*, not assumed,
@@ -94,7 +94,7 @@ SCALE_FLOOR = 1.0
 
 
 #: Most scales :func:`measured_scales` tries for an input that is 0 everywhere, each
-#: :data:`ZERO_SCALE_RATIO` times smaller than the one before (1e12 down to 1e-12).
+#: :data:`ZERO_SCALE_RATIO` times smaller than the one before (down to 1e-24 of the first).
 ZERO_SCALE_LEVELS = 20
 
 #: Ratio of successive scales tried by :func:`measured_scales`.
@@ -103,6 +103,13 @@ ZERO_SCALE_RATIO = 16.0
 #: A scale is smooth when the central differences over it and over half of it agree
 #: within this fraction (the third-order term is then small on it).
 ZERO_SCALE_FIT = 0.1
+
+
+#: ... and the second differences are not those of a kink at the point itself: over a
+#: kink at the point ``|c(s) - 4 c(s/2)|`` is half of ``max(|c(s)|, 4|c(s/2)|) + |slope|``,
+#: over kinks within the scale (a ReLU layer's units, crossed by some steps) far less, and
+#: a softmax swamped by its steps is piecewise linear with its kink at the point (0.47 seen).
+ZERO_SCALE_KINK = 0.35
 
 
 #: Relative step sizes of the noise probe (times each element's scale).
@@ -276,12 +283,45 @@ def _rms(a):
     return top * float(np.sqrt(total / count))
 
 
-def element_scales(xs):
-    """Per-element step scales: ``max(|x_ij|, rms(x_i))``, one float64 array per input.
+#: An input whose root-mean-square is more than this many times its median magnitude is
+#: dominated by a few outliers: its typical scale is the root-mean-square of the others.
+OUTLIER_RATIO = 2.0**10
 
-    The root-mean-square of the input is the scale of an element near 0 (a
-    weight or a logit that happens to be small varies the output on the
-    scale of its neighbours); a large element is stepped relative to itself.
+#: Most elements the median of :func:`_typical` is taken over (an even sample of them).
+MEDIAN_SAMPLE = 2**16
+
+
+def _typical(x):
+    """The scale of a typical element of ``x``: its root-mean-square, without outliers.
+
+    One element of 1e10 among elements of about 1 would otherwise lend them
+    steps of 1e9 (a ``tanh`` of them saturated at every rung, a ``sin``
+    turned through many periods): where the root-mean-square is more than
+    :data:`OUTLIER_RATIO` times the median magnitude (of an even sample of
+    :data:`MEDIAN_SAMPLE` elements at most), it is taken over the elements
+    within that ratio of the median. (A median of 0, a mostly sparse input,
+    keeps the root-mean-square.)
+    """
+    r = _rms(x)
+    if r == 0.0:
+        return r
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    sample = np.abs(flat[:: max(1, flat.size // MEDIAN_SAMPLE)])
+    sample = sample[np.isfinite(sample)]
+    med = float(np.median(sample)) if sample.size else 0.0
+    if med == 0.0 or r <= OUTLIER_RATIO * med:
+        return r
+    with np.errstate(invalid="ignore"):
+        return _rms(flat[np.abs(flat) <= OUTLIER_RATIO * med])
+
+
+def element_scales(xs):
+    """Per-element step scales: ``max(|x_ij|, typ(x_i))``, one float64 array per input.
+
+    The typical magnitude of the input (its root-mean-square without
+    outliers, :func:`_typical`) is the scale of an element near 0 (a weight
+    or a logit that happens to be small varies the output on the scale of
+    its neighbours); a large element is stepped relative to itself.
 
     An input that is 0 everywhere borrows the largest root-mean-square of
     the other inputs (1 when all are 0).
@@ -292,7 +332,7 @@ def element_scales(xs):
     >>> s[0].tolist() == [1e9, 1e9 / np.sqrt(2)], s[1].tolist() == [1e9 / np.sqrt(2)] * 2
     (True, True)
     """
-    typs = [_rms(x) for x in xs]
+    typs = [_typical(x) for x in xs]
     fallback = max(typs, default=0.0) or 1.0
     out = []
     for x, typ in zip(xs, typs, strict=True):
@@ -313,17 +353,20 @@ def measured_scales(evaluate, xs, scales=None, f0=None):
     scale on which ``fn`` varies with it, and borrowing the other inputs'
     (an RNN's inputs of scale 1e12 lent ``h0 = 0`` steps that saturated
     every ``tanh``) can make a correct derivative fail and a wrong one pass.
-    Along a random sign pattern ``d`` over the input, scales ``s`` from
-    ``max(1, borrowed)`` down by :data:`ZERO_SCALE_RATIO` (at most
-    :data:`ZERO_SCALE_LEVELS`) are tried until ``fn`` is smooth on one:
-    per output element, the central differences over ``s d`` and over ``s
-    d / 2`` agree within :data:`ZERO_SCALE_FIT` (plus rounding), and so do
-    the second differences (a quarter of the first). The first scale that
-    meets only the first test is the answer where none meets both: ``fn``
-    kinks at the point itself (a ReLU of the bias alone); a softmax of
-    logits swamped by the step meets only the first test too, being
-    piecewise linear at that scale, but both on its own scale. Where no
-    scale meets even the first, the borrowed one is kept. Four calls of
+    Along a random sign pattern ``d`` over the input, scales ``s`` from the
+    borrowed one down by :data:`ZERO_SCALE_RATIO` (at most
+    :data:`ZERO_SCALE_LEVELS`) are tried until ``fn`` is smooth enough on
+    one: per output element, the central differences over ``s d`` and over
+    ``s d / 2`` agree within :data:`ZERO_SCALE_FIT` (plus rounding), and the
+    second differences are not those of a kink at the point
+    (:data:`ZERO_SCALE_KINK`). The first scale that meets only the first
+    test is the answer where none meets both: ``fn`` kinks at the point
+    itself (a ReLU of the bias alone); a softmax of logits swamped by the
+    step meets only the first test too, being piecewise linear with its
+    kink at the point on that scale, but both on its own scale. Where no
+    scale meets even the first, the borrowed one is kept. (A scale larger
+    than the borrowed one is never tried: too small a scale costs
+    precision, too large a wrong verdict.) Four calls of
     ``evaluate`` per scale tried (one more without ``f0``), none when no
     input is 0 everywhere.
 
@@ -342,7 +385,7 @@ def measured_scales(evaluate, xs, scales=None, f0=None):
     --------
     >>> x, b = np.full(3, 1e12), np.zeros(3)
     >>> s = measured_scales(lambda xs: np.tanh(xs[0] * 1e-12 + xs[1]), [x, b])
-    >>> float(s[0][0]), float(s[1][0]) < 1.0
+    >>> float(s[0][0]), 1 / 16 <= float(s[1][0]) < 1.0
     (1000000000000.0, True)
     """
     scales = element_scales(xs) if scales is None else list(scales)
@@ -355,7 +398,7 @@ def measured_scales(evaluate, xs, scales=None, f0=None):
     rng = np.random.default_rng(0x5CA1E)  # a stream of its own: the user's RNGs are not touched
     for k in zero:
         d = rng.choice([-1.0, 1.0], np.shape(xs[k]))
-        s = max(1.0, float(np.max(scales[k])))
+        s = float(np.max(scales[k]))
         first = None
         for _ in range(ZERO_SCALE_LEVELS):
             odd, even = _smooth_over(evaluate, xs, f0, k, d, s)
@@ -393,7 +436,7 @@ def _smooth_over(evaluate, xs, f0, k, d, s):
         slope = np.maximum(np.abs(wide), np.abs(narrow))
         odd = np.abs(wide - narrow) <= ZERO_SCALE_FIT * slope + rounding
         bend = np.maximum(np.abs(curve), np.abs(curve_half)) + slope
-        even = np.abs(curve - curve_half) <= ZERO_SCALE_FIT * bend + 4.0 * rounding
+        even = np.abs(curve - curve_half) <= ZERO_SCALE_KINK * bend + 4.0 * rounding
         return bool(np.all(odd)), bool(np.all(even))
 
 

@@ -115,7 +115,16 @@ def test_two_errors_in_one_tensor_that_could_cancel_are_both_named(digits):
         ],
         seed=3,
     )
-    assert sorted(res.localized) == sorted([(0, j0), (0, j1)])
+    # Both are named; group testing may follow a false lead to a correct element as well
+    # (about 1 seed in 12 here, before and after inputs of zeros got measured scales): it is
+    # then compared on its own and passes, never reported.
+    named = set(res.localized)
+    assert {(0, j0), (0, j1)} <= named, res.localized
+    for i, j in named - {(0, j0), (0, j1)}:
+        r = res.results[i]
+        assert r["checked"][j], (i, j)
+        assert abs(r["value"][j] - grads[i].reshape(-1)[j]) <= r["error"][j], (i, j)
+    assert len(named) <= 3, res.localized
 
 
 def _with(g, deltas):

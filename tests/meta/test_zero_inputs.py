@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import oracles
-from oracles.numerics.objective import ScalarObjective, measured_scales
+from oracles.numerics.objective import ScalarObjective, element_scales, measured_scales
 
 SCALES = (1e-9, 1e-3, 1e6, 1e12)
 
@@ -111,7 +111,7 @@ def test_correct_passes_and_a_planted_zero_input_element_fails(name, scale, mode
 @pytest.mark.parametrize("lent", [1e-6, 1.0, 1e12])
 def test_the_measured_scale_follows_the_scale_fn_varies_on(sigma, lent):
     """``tanh(b / sigma + y)`` beside an input of scale ``lent``: the scale found is
-    at most 16^2 below ``sigma`` and at most the start (``max(1, lent)``), and the
+    at most 16^2 below ``sigma`` and at most the start (the borrowed scale), and the
     start itself where ``fn`` varies on a far larger scale."""
     rng = np.random.default_rng(0)
     y = rng.standard_normal(6) * lent
@@ -127,7 +127,7 @@ def test_the_measured_scale_follows_the_scale_fn_varies_on(sigma, lent):
 
     (sb, sy) = measured_scales(counted, [np.zeros(6), y])
     assert np.all(sy == measured_scales(evaluate, [np.ones(6), y])[1])  # others as before
-    start = max(1.0, lent)
+    start = float(element_scales([np.zeros(6), y])[0][0])  # borrowed: the rms of y
     found = float(sb[0])
     assert np.all(sb == found)
     if sigma >= 16 * start:
@@ -153,7 +153,7 @@ def test_no_zero_input_costs_nothing_and_the_user_rng_is_untouched():
 
 def test_a_relu_of_a_zero_bias_alone_keeps_a_scale_and_judges_its_kinks():
     """``relu(b)`` at ``b = 0`` kinks at the point on every scale: the first scale
-    (the borrowed one, 1 here) is kept, and subgradients in [0, 1] are accepted."""
+    (the borrowed one, the rms of ``x``) is kept, and subgradients in [0, 1] are accepted."""
     x = np.linspace(-1.0, 1.0, 5)
 
     def fn(x, b):
@@ -162,7 +162,8 @@ def test_a_relu_of_a_zero_bias_alone_keeps_a_scale_and_judges_its_kinks():
     def vjp(c, x, b):
         return c, 0.5 * c
 
-    assert float(measured_scales(lambda xs: fn(*xs), [x, np.zeros(5)])[1][0]) == 1.0
+    lent = float(element_scales([x, np.zeros(5)])[1][0])
+    assert float(measured_scales(lambda xs: fn(*xs), [x, np.zeros(5)])[1][0]) == lent
     report = oracles.check_vjp(fn, vjp, [x, np.zeros(5)], against="numeric", seed=0)
     assert report.status != "failed", str(report)
 
