@@ -464,6 +464,7 @@ class _Session:
             )
         self.template = copy_with(layer)
         relink_views(layer, self.template)
+        self.original = layer  # only read: which of its arrays share memory (tied weights)
         self.calls = _calls_for(layer)(self.template)
         self.inputs = [_copy_value(x) for x in inputs]
         self.seed = 0 if seed is None else seed
@@ -593,6 +594,7 @@ class _Session:
         """The parameters (with their gradients), validated; errors name what is wrong."""
         if explicit is not None:
             found = explicit
+            explicit_views = self._views_of_explicit(explicit)  # refuses a named view first
         else:
             found = candidates(self.template)
         self.params = found
@@ -647,7 +649,7 @@ class _Session:
             )
         self.params = params
         if explicit is not None:
-            views = self._views_of_explicit(params)
+            views = explicit_views
         self.followers = self._followers(views, params)
         return params
 
@@ -731,11 +733,10 @@ class _Session:
         is judged where the first place keeps it (a per-use gradient there
         fails); a note names the other places' gradients, not compared (a
         sub-layer's ``dW`` of its own use may rightly differ). Two arrays that
-        overlap in memory (``WT = W.T``, ``w = W.reshape(-1)``, overlapping
-        slices of one buffer), each with a gradient of its own, are refused:
-        check_layer perturbs one parameter at a time on copies, so it would
-        judge each use's gradient alone and pass per-use gradients whose sum
-        is never formed.
+        overlap in memory (``WT = W.T``, overlapping slices of one buffer),
+        each with a gradient of its own, are two parameters, each judged with
+        the gradient of its own use (the convention of listing tied weights
+        twice); a note says so and what it means for an optimizer step.
         """
         for p in params:
             if len(p.slots) < 2:
@@ -754,19 +755,24 @@ class _Session:
                     f"its gradient, the sum over its uses, was judged at {self._where(p)}; "
                     f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} not compared"
                 )
+        # In the caller's layer: a tie through a buffer the layer does not hold (two slices of a
+        # local array) is not kept by the copies, and would go unseen on the template.
+        originals = []
+        for p in params:
+            original = resolve(self.original, p.slots[0], p.array)
+            originals.append(original if isinstance(original, np.ndarray) else p.array)
         for k, a in enumerate(params):
-            for b in params[k + 1 :]:
-                if np.may_share_memory(a.array, b.array) and np.shares_memory(
-                    a.array, b.array, max_work=10**6
-                ):
-                    raise InvalidArgument(
-                        f"{a.where} and {b.where} share memory (tied weights: one is a view of "
-                        f"the other, or both view one buffer), and backward stores a gradient "
-                        f"for each ({self._where(a)}, {self._where(b)}). check_layer perturbs "
-                        "one parameter at a time, so it cannot judge tied ones apart: the "
-                        "gradient of a tied weight is the sum over its uses. Store that sum as "
-                        f"the gradient of one of them and pass params= naming only that one "
-                        "(the other follows it as a view)"
+            for b, ob in zip(params[k + 1 :], originals[k + 1 :], strict=True):
+                oa = originals[k]
+                if np.may_share_memory(oa, ob) and np.shares_memory(oa, ob, max_work=10**6):
+                    self.notes.append(
+                        f"{a.where} and {b.where} share memory (tied weights), and backward "
+                        f"stores a gradient for each ({self._where(a)}, {self._where(b)}): each "
+                        "was judged as the gradient of its own use (the tie broken on the "
+                        "copies), so an optimizer that steps both applies their sum, the "
+                        "gradient of the shared memory. A gradient that already holds the sum "
+                        "fails: it would count the other use twice. To keep one gradient, store "
+                        "the sum for one of them and name only that one in params="
                     )
 
     def _where_at(self, grad):
