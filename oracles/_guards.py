@@ -39,6 +39,7 @@ __all__ = [
     "check_repeatable",
     "differs",
     "mutations",
+    "outside_the_domain",
     "own_stream",
     "users_state",
 ]
@@ -152,6 +153,22 @@ def call_user(func, args, what):
         raise UserFunctionError(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
 
+def outside_the_domain(exc, args, xs):
+    """True if ``exc`` is NumPy's floating-point error (raised by the user's error state or
+    warnings filters) and ``args`` a perturbed point, not ``xs``: the function is not finite
+    there (see :class:`Guarded`)."""
+    if not isinstance(exc, (FloatingPointError, RuntimeWarning)):
+        return False
+    for a, x in zip(args, xs, strict=False):
+        try:
+            a = np.asarray(a, dtype=np.float64)
+        except Exception:  # noqa: BLE001 - a framework tensor: not a point of ours
+            return False
+        if a.shape != x.shape or np.any(a != x):
+            return True
+    return False
+
+
 class Guarded:
     """``fn`` as the oracles call it: misbehaviour anywhere becomes a clear UserFunctionError.
 
@@ -166,10 +183,11 @@ class Guarded:
     ``fn`` runs under the user's NumPy error state (:func:`users_errstate`,
     taken when the guard is made and carried to worker threads and
     processes), never the numerics' own. Where that state makes NumPy raise
-    (``np.seterr(invalid="raise")``) at a perturbed point the oracle chose
-    (``sqrt`` just outside its domain), ``fn`` is not finite there: the
-    result is NaN, and the numerics use their remaining steps, as they do
-    for a NaN returned.
+    (``np.seterr(invalid="raise")``, or its RuntimeWarning turned into an
+    error by the warnings filters, ``-W error``) at a perturbed point the
+    oracle chose (``sqrt`` just outside its domain), ``fn`` is not finite
+    there: the result is NaN, and the numerics use their remaining steps, as
+    they do for a NaN returned.
     """
 
     def __init__(self, fn, what, xs, names, shape=None, errstate=None):
@@ -203,11 +221,10 @@ class Guarded:
                 out = self.fn(*args)
         except (GradientMismatch, OraclesError, KeyboardInterrupt):
             raise
-        except FloatingPointError as exc:
-            where = self._where(args)
-            if self.shape is None or not where.startswith("at a perturbed point"):
+        except (FloatingPointError, RuntimeWarning) as exc:  # NumPy's, raised: see the class
+            if self.shape is None or not outside_the_domain(exc, args, self.xs):
                 raise UserFunctionError(
-                    f"{self.what} raised {type(exc).__name__} {where}: {exc}"
+                    f"{self.what} raised {type(exc).__name__} {self._where(args)}: {exc}"
                 ) from exc
             return np.full(self.shape, np.nan)
         except Exception as exc:

@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import Guarded, call_user, check_repeatable, mutations, own_stream
+from oracles._guards import (
+    Guarded,
+    call_user,
+    check_repeatable,
+    mutations,
+    outside_the_domain,
+    own_stream,
+)
 from oracles._pipeline import (
     OracleResult,
     Spec,
@@ -1354,7 +1361,12 @@ def _hvp_gradient(r):
         source = "grad="
 
         def gradient(a):
-            raw = call_user(grad, [np.array(x, copy=True) for x in a], "grad")
+            try:
+                raw = call_user(grad, [np.array(x, copy=True) for x in a], "grad")
+            except UserFunctionError as exc:  # raised by the user's errstate off the point
+                if outside_the_domain(exc.__cause__, a, r.xs):
+                    return np.full(sum(x.size for x in r.xs), np.nan)
+                raise
             return flat(normalize_gradients(raw, shapes, r.names, who="grad"))
 
         if "grad_at_point" not in r.options:
@@ -1547,7 +1559,14 @@ def check_hvp(
     -----
     With ``grad=`` a hand-written gradient, a failure can mean the HVP or
     the gradient is wrong; check the gradient first (:func:`check_vjp`), or
-    add ``"torch"``/``"jax"`` to ``against`` to tell them apart.
+    add ``"torch"``/``"jax"`` to ``against`` to tell them apart. ``grad=`` is
+    verified before the numerics differentiate it (an HVP consistent with a
+    wrong gradient would agree with them): one :func:`check_jvp` of ``fn``
+    at the point along a random direction, with ``<grad(x), d>`` as the
+    derivative. A wrong ``grad=`` fails the check with a problem that says
+    so; where it cannot be told (``grad`` about 0: a stationary point) a
+    note says it was trusted. A ``grad`` right at the point but wrong
+    around it is not caught.
 
     Examples
     --------

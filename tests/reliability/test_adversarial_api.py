@@ -361,18 +361,46 @@ def test_torch_rng_drawn_from_by_the_users_function_is_restored():
     assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("kind", ["vjp", "jvp"])
-def test_raise_in_the_callers_errstate_at_a_perturbed_point_is_outside_the_domain(kind):
-    # sqrt's largest steps leave its domain: under the caller's invalid="raise" fn raises
-    # there; that is a point where fn is not finite, and the remaining steps are used.
+def _sqrt_check(kind, x, factor=1.0):
+    if kind == "vjp":
+        return check_vjp(np.sqrt, lambda g, x: g * 0.5 / np.sqrt(x) * factor, (x,))
+    if kind == "jvp":
+        return check_jvp(np.sqrt, lambda t, x: t * 0.5 / np.sqrt(x) * factor, (x,))
+    return check_hvp(  # grad= is sqrt-like: its steps leave the domain too
+        lambda x: np.sum(np.sqrt(x) ** 3),
+        lambda v, x: 0.75 / np.sqrt(x) * v * factor,
+        (x,),
+        grad=lambda x: 1.5 * np.sqrt(x),
+    )
+
+
+def _raising(how):
+    """The caller's way of making NumPy's floating-point warnings raise."""
+    if how == "errstate":
+        return np.errstate(invalid="raise")
+    context = warnings.catch_warnings()
+
+    class Errors:
+        def __enter__(self):
+            context.__enter__()
+            warnings.simplefilter("error", RuntimeWarning)  # pytest -W error
+
+        def __exit__(self, *exc):
+            return context.__exit__(*exc)
+
+    return Errors()
+
+
+@pytest.mark.parametrize("how", ["errstate", "warnings filter"])
+@pytest.mark.parametrize("kind", ["vjp", "jvp", "hvp"])
+def test_a_raise_at_a_perturbed_point_under_the_callers_state_is_outside_the_domain(how, kind):
+    # sqrt's largest steps leave its domain: under the caller's invalid="raise" (or -W error)
+    # fn raises there; that is a point where fn is not finite, and the remaining steps are used.
     x = np.array([1e-3, 0.5, 2.0])
-    with np.errstate(invalid="raise"):
-        if kind == "vjp":
-            report = check_vjp(np.sqrt, lambda g, x: g * 0.5 / np.sqrt(x), (x,))
-        else:
-            report = check_jvp(np.sqrt, lambda t, x: t * 0.5 / np.sqrt(x), (x,))
+    with _raising(how):
+        assert _sqrt_check(kind, x).ok
+        assert _sqrt_check(kind, x, factor=1.001).status == "failed"
         (g,) = numeric_vjp(np.sqrt, (x,), np.ones(3))
-    assert report.ok, str(report)
     np.testing.assert_allclose(g, 0.5 / np.sqrt(x), rtol=1e-8)
 
 
