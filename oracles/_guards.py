@@ -9,10 +9,19 @@ never as a traceback from inside the oracles:
 * :class:`Guarded` does the same at perturbed points, and names the element;
 * :func:`mutations` finds arguments written into in place;
 * :func:`differs` / :func:`check_repeatable` find non-determinism;
-* :func:`own_stream` keeps the check's random draws apart from the user's data.
+* :func:`own_stream` keeps the check's random draws apart from the user's data;
+* :func:`users_state` runs a check so that the user's code sees the caller's global
+  state (NumPy's error state, the warnings filters) and the caller finds it unchanged
+  afterwards (and NumPy's, torch's and jax's random and dtype settings), however the
+  check ends.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+import warnings
 
 import numpy as np
 
@@ -24,12 +33,95 @@ from oracles.errors import (
     UserFunctionError,
 )
 
-__all__ = ["Guarded", "call_user", "check_repeatable", "differs", "mutations", "own_stream"]
+__all__ = [
+    "Guarded",
+    "call_user",
+    "check_repeatable",
+    "differs",
+    "mutations",
+    "outside_the_domain",
+    "own_stream",
+    "users_state",
+]
 
 _EPS = float(np.finfo(np.float64).eps)
 
 #: One key per use, so that no two uses share a stream.
-_STREAMS = {"direction": 0x646972, "projection": 0x70726F, "shift": 0x736866}
+_STREAMS = {
+    "direction": 0x646972,
+    "projection": 0x70726F,
+    "shift": 0x736866,
+    "gradient": 0x677264,
+}
+
+#: The caller's ``np.geterr()`` while a check runs (the outermost check's), else None.
+_USERS_ERRSTATE = contextvars.ContextVar("oracles_users_errstate", default=None)
+
+
+def users_errstate():
+    """The NumPy error state the user's code runs under: the caller's, as the check began.
+
+    The numerics silence overflow and invalid operations around their own
+    arithmetic (``np.errstate``); the user's ``fn`` called from inside such a
+    block must not see that (an ``fn`` that reads ``np.geterr()``, or relies on
+    ``np.seterr(all="raise")`` to find its own bugs). Outside a check: the
+    current state.
+    """
+    state = _USERS_ERRSTATE.get()
+    return np.geterr() if state is None else state
+
+
+def _torch_state():
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "get_rng_state"):
+        return None
+    return torch, torch.get_rng_state(), torch.get_default_dtype()
+
+
+def _jax_state():
+    jax = sys.modules.get("jax")
+    config = getattr(jax, "config", None)
+    if config is None:
+        return None
+    try:
+        return config, bool(config.jax_enable_x64)
+    except Exception:  # noqa: BLE001 - a partly imported or unusual jax: nothing to keep
+        return None
+
+
+@contextlib.contextmanager
+def users_state():
+    """Run a check: the user's code sees the caller's state, which is restored on every exit.
+
+    Kept for the user's code while the check runs: NumPy's error state (see
+    :func:`users_errstate`) and the warnings filters. Restored afterwards,
+    bitwise, whatever the user's functions or the check did, on return and
+    on an exception alike: NumPy's global random state, its error state, the
+    warnings filters; torch's global random state and default dtype and
+    jax's ``jax_enable_x64``, when those are imported. Nested checks (a layer
+    check runs a VJP check) keep the outermost caller's state.
+    """
+    errstate = np.geterr()
+    token = _USERS_ERRSTATE.set(_USERS_ERRSTATE.get() or errstate)
+    random_state = np.random.get_state()  # noqa: NPY002 - restored, not used
+    torch_state, jax_state = _torch_state(), _jax_state()
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        _USERS_ERRSTATE.reset(token)
+        np.seterr(**errstate)
+        np.random.set_state(random_state)  # noqa: NPY002
+        if torch_state is not None:
+            torch, rng, dtype = torch_state
+            torch.set_rng_state(rng)
+            if torch.get_default_dtype() != dtype:
+                torch.set_default_dtype(dtype)
+        if jax_state is not None:
+            config, x64 = jax_state
+            with contextlib.suppress(Exception):
+                if bool(config.jax_enable_x64) != x64:
+                    config.update("jax_enable_x64", x64)
 
 
 def own_stream(seed, use):
@@ -50,13 +142,31 @@ def own_stream(seed, use):
 
 
 def call_user(func, args, what):
-    """``func(*args)``; an exception from the user's code becomes a :class:`UserFunctionError`."""
+    """``func(*args)`` under the user's error state; an exception from the user's code becomes a
+    :class:`UserFunctionError`."""
     try:
-        return func(*args)
+        with np.errstate(**users_errstate()):
+            return func(*args)
     except (GradientMismatch, OraclesError, KeyboardInterrupt):
         raise
     except Exception as exc:  # the user's code raised: say whose code it was
         raise UserFunctionError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+
+def outside_the_domain(exc, args, xs):
+    """True if ``exc`` is NumPy's floating-point error (raised by the user's error state or
+    warnings filters) and ``args`` a perturbed point, not ``xs``: the function is not finite
+    there (see :class:`Guarded`)."""
+    if not isinstance(exc, (FloatingPointError, RuntimeWarning)):
+        return False
+    for a, x in zip(args, xs, strict=False):
+        try:
+            a = np.asarray(a, dtype=np.float64)
+        except Exception:  # noqa: BLE001 - a framework tensor: not a point of ours
+            return False
+        if a.shape != x.shape or np.any(a != x):
+            return True
+    return False
 
 
 class Guarded:
@@ -69,14 +179,24 @@ class Guarded:
     converted (autodiff functions return framework tensors). The result is
     always a fresh array: an ``fn`` that writes into and returns one buffer
     (``np.sin(x, out=buf)``) cannot make earlier results change.
+
+    ``fn`` runs under the user's NumPy error state (:func:`users_errstate`,
+    taken when the guard is made and carried to worker threads and
+    processes), never the numerics' own. Where that state makes NumPy raise
+    (``np.seterr(invalid="raise")``, or its RuntimeWarning turned into an
+    error by the warnings filters, ``-W error``) at a perturbed point the
+    oracle chose (``sqrt`` just outside its domain), ``fn`` is not finite
+    there: the result is NaN, and the numerics use their remaining steps, as
+    they do for a NaN returned.
     """
 
-    def __init__(self, fn, what, xs, names, shape=None):
+    def __init__(self, fn, what, xs, names, shape=None, errstate=None):
         self.fn, self.what, self.xs, self.names, self.shape = fn, what, xs, names, shape
+        self.errstate = users_errstate() if errstate is None else errstate
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
     def __reduce__(self):
-        return (Guarded, (self.fn, self.what, self.xs, self.names, self.shape))
+        return (Guarded, (self.fn, self.what, self.xs, self.names, self.shape, self.errstate))
 
     def _where(self, args):
         for x, a, name in zip(self.xs, args, self.names, strict=False):
@@ -97,9 +217,16 @@ class Guarded:
 
     def __call__(self, *args):
         try:
-            out = self.fn(*args)
+            with np.errstate(**self.errstate):
+                out = self.fn(*args)
         except (GradientMismatch, OraclesError, KeyboardInterrupt):
             raise
+        except (FloatingPointError, RuntimeWarning) as exc:  # NumPy's, raised: see the class
+            if self.shape is None or not outside_the_domain(exc, args, self.xs):
+                raise UserFunctionError(
+                    f"{self.what} raised {type(exc).__name__} {self._where(args)}: {exc}"
+                ) from exc
+            return np.full(self.shape, np.nan)
         except Exception as exc:
             raise UserFunctionError(
                 f"{self.what} raised {type(exc).__name__} {self._where(args)}: {exc}"

@@ -201,6 +201,13 @@ def explicit_params(params, template, network):
                 f"params names {p!r}, but {render(path)} is not a numeric NumPy array "
                 f"({type(value).__name__})"
             )
+        for other in out:
+            if other.array is value:
+                raise InvalidArgument(
+                    f"params names {render(other.slots[0])} and {render(path)}, which are one "
+                    "array (the same object): one parameter, with one gradient (the sum over its "
+                    "uses); name it once"
+                )
         slots = [path] + [q for q, v in everywhere if v is value and q != path]
         grad = None if g is None else (g if network else parse_path(g, "params"))
         out.append(Param(array=value, slots=slots, grad=grad, explicit=True))

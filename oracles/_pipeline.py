@@ -40,8 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from oracles._guards import Guarded, call_user, check_repeatable, mutations, own_stream
+from oracles._guards import (
+    Guarded,
+    call_user,
+    check_repeatable,
+    mutations,
+    own_stream,
+    users_state,
+)
 from oracles._validation import (
+    SMALL_DIRECTION,
     as_cotangent,
     as_directions,
     as_inputs,
@@ -54,6 +62,7 @@ from oracles._validation import (
     input_dtypes,
     normalize_gradients,
     parse_against,
+    rescaled_direction,
 )
 from oracles.backends.rounding import error_estimate
 from oracles.compare import Reference, compare
@@ -570,6 +579,15 @@ def _direction(r):
     else:
         r.direction = as_directions(given, r.xs, "direction")
         r.direction_desc = "given"
+    r.direction, k = rescaled_direction(r.direction)
+    if k:
+        r.direction_desc += f", scaled by 2^{k}"
+        r.notes.append(
+            f"the {r.spec.role} given is tiny (below {SMALL_DIRECTION:.3g}): it was multiplied "
+            f"by 2^{k}, exactly, and the check ran with that (every {r.spec.derivative} is "
+            f"linear in its {r.spec.role}; products with a subnormal one keep too few bits to "
+            "judge)"
+        )
 
 
 def _first_nonlinear(a, b, factor):
@@ -1972,16 +1990,16 @@ def _report(r, kind, results, evaluations, started):
 def run(spec, fn, user, inputs, **kwargs):
     """Run one check of kind ``spec`` and return its :class:`~oracles.report.Report`.
 
-    NumPy's global random state is restored afterwards, bitwise, whatever the
-    user's ``fn`` or derivative drew from it over the check's many calls
-    (``check_layer`` does the same around its layer). See :func:`_run`.
+    The user's code runs under the caller's NumPy error state and warnings
+    filters, and the caller's global state (NumPy's random state among it) is
+    restored afterwards, bitwise, whatever the user's ``fn`` or derivative did
+    over the check's many calls, however the check ends
+    (:func:`~oracles._guards.users_state`; ``check_layer`` does the same
+    around its layer). See :func:`_run`.
     """
     __tracebackhide__ = True
-    state = np.random.get_state()  # noqa: NPY002 - restored, not used
-    try:
+    with users_state():
         return _run(spec, fn, user, inputs, **kwargs)
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
 
 
 def _run(

@@ -22,6 +22,7 @@ __all__ = [
     "check_tolerance",
     "normalize_gradients",
     "parse_against",
+    "rescaled_direction",
 ]
 
 _FLOAT_KINDS = "f"
@@ -140,6 +141,28 @@ def as_directions(directions, xs, name="direction"):
     return out
 
 
+#: A direction whose largest element is below this is rescaled (:func:`rescaled_direction`).
+SMALL_DIRECTION = 2.0**-500
+
+
+def rescaled_direction(arrays):
+    """``(arrays, k)``: a tiny direction times ``2**k`` (exact), its largest element in [1, 2).
+
+    A direction (cotangent, tangents, HVP vectors) whose largest element is
+    below :data:`SMALL_DIRECTION` (1e-310, a subnormal) leaves the derivative
+    and the oracles nothing to resolve: products with it round to a few
+    bits, or to 0, and steps scaled by its inverse overflow. Every derivative
+    is linear in its direction (the check verifies that), and scaling by a
+    power of 2 upwards is exact, so the check runs with the scaled direction
+    and says so. ``k = 0`` (and the arrays unchanged) otherwise.
+    """
+    largest = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+    if not 0.0 < largest < SMALL_DIRECTION:
+        return arrays, 0
+    k = 1 - int(np.frexp(largest)[1])
+    return [np.ldexp(a, k) for a in arrays], k
+
+
 def parse_against(against, supported, kind, name="against"):
     """``against=`` -> a tuple of distinct oracle names that ``kind`` supports.
 
@@ -233,7 +256,12 @@ def check_seed(seed):
 
 
 def check_names(names, n):
-    """``None`` or a list/tuple of ``n`` strings, one name per input."""
+    """``None`` or a list/tuple of ``n`` distinct non-empty strings, one name per input.
+
+    The report says which input failed by its name: two inputs of one name
+    (``names=["a", "a"]``) would make ``failed_inputs == ["a"]`` say nothing
+    about which one.
+    """
     if names is None:
         return None
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
@@ -245,6 +273,15 @@ def check_names(names, n):
     for k, name in enumerate(names):
         if not isinstance(name, str):
             raise InvalidArgumentType(f"names[{k}] must be a string, got {name!r}")
+        if not name.strip():
+            raise InvalidArgument(
+                f"names[{k}] is {name!r}; every input needs a name the report can show"
+            )
+        if name in names[:k]:
+            raise InvalidArgument(
+                f"names gives {name!r} twice (names[{list(names).index(name)}] and names[{k}]); "
+                "the report tells inputs apart by their names, so they must be distinct"
+            )
     return list(names)
 
 
@@ -267,9 +304,11 @@ def as_output(out, who="fn", where="at the evaluation point"):
         )
     try:
         arr = np.asarray(out)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any array-like's own refusal (a torch tensor
+        # that requires grad raises RuntimeError), said in the user's terms
         raise UserFunctionError(
-            f"{who} returned {type(out).__name__} {where}, which is not a real numeric array"
+            f"{who} returned {type(out).__name__} {where}, which is not a real numeric array "
+            f"(NumPy cannot convert it: {type(exc).__name__}: {exc})"
         ) from exc
     if arr.dtype.kind == "c":
         raise UserFunctionError(
@@ -328,9 +367,10 @@ def normalize_gradients(result, shapes, names, who="vjp"):
             )
         try:
             arr = np.asarray(g)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any array-like's own refusal, named
             raise UserFunctionError(
-                f"{who} returned a gradient of {name} that is not an array ({type(g).__name__})"
+                f"{who} returned a gradient of {name} that is not an array ({type(g).__name__}: "
+                f"{type(exc).__name__}: {exc})"
             ) from exc
         if arr.dtype.kind not in "fiu":
             raise UserFunctionError(

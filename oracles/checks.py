@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import Guarded, call_user, check_repeatable, mutations, own_stream
+from oracles._guards import (
+    Guarded,
+    call_user,
+    check_repeatable,
+    mutations,
+    outside_the_domain,
+    own_stream,
+)
 from oracles._pipeline import (
     OracleResult,
     Spec,
@@ -1361,7 +1368,12 @@ def _hvp_gradient(r):
         source = "grad="
 
         def gradient(a):
-            raw = call_user(grad, [np.array(x, copy=True) for x in a], "grad")
+            try:
+                raw = call_user(grad, [np.array(x, copy=True) for x in a], "grad")
+            except UserFunctionError as exc:  # raised by the user's errstate off the point
+                if outside_the_domain(exc.__cause__, a, r.xs):
+                    return np.full(sum(x.size for x in r.xs), np.nan)
+                raise
             return flat(normalize_gradients(raw, shapes, r.names, who="grad"))
 
         if "grad_at_point" not in r.options:
@@ -1373,6 +1385,7 @@ def _hvp_gradient(r):
             r.problems += mutations(r.xs, passed, r.names, "grad")
             check_repeatable(lambda: [gradient(r.xs)], [first], "grad", _GRAD_HINT, ["gradients"])
             r.options["grad_at_point"] = first
+            _verify_grad(r, gradient)
 
     else:
         oracle = "torch" if r.backends["torch"] is not None else "jax"
@@ -1388,6 +1401,70 @@ def _hvp_gradient(r):
 
 
 _GRAD_HINT = "Is a random generator drawn from inside grad=? It must be a deterministic gradient"
+
+
+def _verify_grad(r, gradient):
+    """Check ``grad=`` before the numerics differentiate it: a problem if it is not fn's gradient.
+
+    The numeric and Taylor oracles differentiate ``grad=`` along the
+    vectors: an HVP consistent with a wrong gradient (the Hessian of ``2 x^2``
+    for ``fn = sum(x^3)``) would agree with them. One forward-mode check of
+    ``fn`` at the point, along a random direction ``d`` of its own stream,
+    with ``<grad(x), d>`` as the derivative (the check of :func:`check_jvp`,
+    its tolerances and kink rules; about as many evaluations of ``fn`` as the
+    HVP check makes of ``grad``) tells: failed, and the HVP check fails with a
+    problem naming ``grad=``; inconclusive (``grad`` about 0 at the point: a
+    stationary point), and a note says ``grad=`` was trusted.
+    """
+    from oracles._pipeline import run
+
+    rng = own_stream(r.seed, "gradient")
+    d = [rng.standard_normal(x.shape) for x in r.xs]
+    shape = r.out.shape
+
+    def along(t, *xs):  # <grad(xs), t>, shaped like fn's output (a scalar)
+        return np.array(np.dot(gradient(list(xs)), flat(list(_unpack(t, len(xs)))))).reshape(shape)
+
+    report = run(
+        JVP,
+        r.fn,
+        along,
+        tuple(r.xs),
+        direction=_pack(d),
+        names=r.names,
+        seed=r.seed,
+        rtol=r.rtol,
+        atol=r.atol,
+        resolve=r.resolve,
+    )
+    if report.status == "failed":
+        (check,) = report.inputs[0].checks.values()
+        worst = check.worst[0] if check.worst else None
+        numbers = (
+            f": <grad(x), d> = {worst.analytic:.17g}, but fn changes along d at "
+            f"{worst.reference:.17g}"
+            if worst is not None
+            else ""
+        )
+        r.problems.append(
+            f"grad= is not the gradient of fn at the point (along a random direction d"
+            f"{numbers}); the numeric and Taylor oracles differentiate grad=, so the HVP was "
+            "compared with the derivative of a wrong gradient. Check grad first (check_vjp(fn, "
+            "lambda g, *x: g * grad(*x), inputs)), or give torch_fn= / jax_fn="
+        )
+    elif report.status == "inconclusive":
+        r.notes.append(
+            "grad= could not be verified at this point (fn's derivative along a random "
+            "direction is about 0, as at a stationary point): it was trusted as fn's gradient. "
+            "Check it elsewhere with check_vjp, or add torch or jax to against"
+        )
+    else:
+        r.notes.append("grad= was verified: <grad(x), d> agrees with fn along a random direction d")
+
+
+def _unpack(t, n):
+    """The inverse of :func:`_pack`: a list of ``n`` arrays."""
+    return [t] if n == 1 else list(t)
 
 
 def _hvp_numeric(r):
@@ -1489,7 +1566,14 @@ def check_hvp(
     -----
     With ``grad=`` a hand-written gradient, a failure can mean the HVP or
     the gradient is wrong; check the gradient first (:func:`check_vjp`), or
-    add ``"torch"``/``"jax"`` to ``against`` to tell them apart.
+    add ``"torch"``/``"jax"`` to ``against`` to tell them apart. ``grad=`` is
+    verified before the numerics differentiate it (an HVP consistent with a
+    wrong gradient would agree with them): one :func:`check_jvp` of ``fn``
+    at the point along a random direction, with ``<grad(x), d>`` as the
+    derivative. A wrong ``grad=`` fails the check with a problem that says
+    so; where it cannot be told (``grad`` about 0: a stationary point) a
+    note says it was trusted. A ``grad`` right at the point but wrong
+    around it is not caught.
 
     Examples
     --------

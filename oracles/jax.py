@@ -52,7 +52,7 @@ from oracles._dropin import (
     rounding_tolerance,
     snap_subnormal,
 )
-from oracles._guards import call_user, check_repeatable
+from oracles._guards import call_user, check_repeatable, users_state
 from oracles._pipeline import raise_unless_passed, run
 from oracles._validation import check_callable, check_tolerance
 from oracles.errors import (
@@ -705,36 +705,37 @@ def check(
     'failed'
     """
     __tracebackhide__ = True
-    s = _Session(f, args, ad=ad, reference_func=reference_func, names=names)
-    against = ("numeric", "jax") if reference_func is not None else "numeric"
-    label = kind or "oracles.jax.check"
-    if ad == "rev":
-        spec = reverse_spec(label, _WHO[ad], "jax", _jax_vjp_autodiff, s)
-        extra = {"mode": mode}
-    else:
-        if mode != "auto":
-            raise InvalidArgument(
-                f'mode= applies to ad="rev" only (forward modes differentiate along the tangents), '
-                f"got mode={mode!r} with ad={ad!r}"
-            )
-        spec = forward_spec(label, _WHO[ad], "jax", _jax_jvp_autodiff, s)
-        extra = {}
-    report = run(
-        spec,
-        named(s.forward, getattr(f, "__name__", "f")),
-        named(s.derivative, _WHO[ad]),
-        tuple(s.arrays),
-        against=against,
-        names=list(s.names),
-        seed=seed,
-        rtol=rtol,
-        atol=atol,
-        jax_fn=s.reference_jax if reference_func is not None else None,
-        resolve=s.precision.resolve(resolve),
-        problems=s.problems,
-        **extra,
-    )
-    return s.finish(report)
+    with users_state():  # the caller's global state, kept whatever f does
+        s = _Session(f, args, ad=ad, reference_func=reference_func, names=names)
+        against = ("numeric", "jax") if reference_func is not None else "numeric"
+        label = kind or "oracles.jax.check"
+        if ad == "rev":
+            spec = reverse_spec(label, _WHO[ad], "jax", _jax_vjp_autodiff, s)
+            extra = {"mode": mode}
+        else:
+            if mode != "auto":
+                raise InvalidArgument(
+                    'mode= applies to ad="rev" only (forward modes differentiate along the '
+                    f"tangents), got mode={mode!r} with ad={ad!r}"
+                )
+            spec = forward_spec(label, _WHO[ad], "jax", _jax_jvp_autodiff, s)
+            extra = {}
+        report = run(
+            spec,
+            named(s.forward, getattr(f, "__name__", "f")),
+            named(s.derivative, _WHO[ad]),
+            tuple(s.arrays),
+            against=against,
+            names=list(s.names),
+            seed=seed,
+            rtol=rtol,
+            atol=atol,
+            jax_fn=s.reference_jax if reference_func is not None else None,
+            resolve=s.precision.resolve(resolve),
+            problems=s.problems,
+            **extra,
+        )
+        return s.finish(report)
 
 
 def _vjp_of(jax, f):

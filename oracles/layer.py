@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from oracles._guards import call_user, differs, mutations, own_stream
+from oracles._guards import call_user, differs, mutations, own_stream, users_state
 from oracles._layer_objects import (
     Copier,
     copy_with,
@@ -464,6 +464,7 @@ class _Session:
             )
         self.template = copy_with(layer)
         relink_views(layer, self.template)
+        self.original = layer  # only read: which of its arrays share memory (tied weights)
         self.calls = _calls_for(layer)(self.template)
         self.inputs = [_copy_value(x) for x in inputs]
         self.seed = 0 if seed is None else seed
@@ -593,6 +594,7 @@ class _Session:
         """The parameters (with their gradients), validated; errors name what is wrong."""
         if explicit is not None:
             found = explicit
+            explicit_views = self._views_of_explicit(explicit)  # refuses a named view first
         else:
             found = candidates(self.template)
         self.params = found
@@ -634,6 +636,7 @@ class _Session:
         params = [p for p in params if not any(tuple(s) in partners for s in p.slots)]
         unpaired = [p for p in unpaired if not any(tuple(s) in partners for s in p.slots)]
         self._check_found(obj, returned, params, before)
+        self._check_shared(obj, returned, params)
         self._check_floats(obj, floats)
         if self.calls.kind == "network" and explicit is None:
             self._check_keys(returned, params)
@@ -645,8 +648,37 @@ class _Session:
                 unread, self.calls.kind == "network", self.calls.forward_name, self.backward_name
             )
         self.params = params
+        if explicit is not None:
+            views = explicit_views
         self.followers = self._followers(views, params)
         return params
+
+    def _views_of_explicit(self, params):
+        """The arrays of the layer that view a parameter named by ``params=``: they follow it.
+
+        Found as :func:`candidates` finds them for discovered parameters: a
+        tied ``WT = W.T`` is rebuilt on every copy of ``W``, so both uses see
+        the perturbation. A named parameter that is itself a view of another
+        array of the layer (``params=["WT"]``) is refused: its owner would
+        not follow it.
+        """
+        named = {id(p.array): p for p in params}
+        views = []
+        for c in candidates(self.template):
+            if id(c.array) in named:
+                owner = c.extra.get("view_of")
+                if owner is not None and id(owner.array) not in named:
+                    raise InvalidArgument(
+                        f"params names {named[id(c.array)].where}, a view of "
+                        f"{render(owner.slots[0])}: name the array it views instead (its "
+                        "views follow it on every copy), with the gradient summed over both uses"
+                    )
+                continue
+            owner = c.extra.get("view_of")
+            if owner is not None and id(owner.array) in named:
+                c.extra["view_of"] = named[id(owner.array)]
+                views.append(c)
+        return views
 
     def _followers(self, views, params):
         out = []
@@ -692,6 +724,61 @@ class _Session:
                         problem = None
             if problem is not None:
                 raise UserFunctionError(problem)
+
+    def _check_shared(self, obj, returned, params):
+        """Tied weights: one array in several places, or arrays that overlap in memory.
+
+        One array in several places (``params['W1']`` is ``params['W2']``) is
+        one parameter, perturbed as one: its gradient, the sum over its uses,
+        is judged where the first place keeps it (a per-use gradient there
+        fails); a note names the other places' gradients, not compared (a
+        sub-layer's ``dW`` of its own use may rightly differ). Two arrays that
+        overlap in memory (``WT = W.T``, overlapping slices of one buffer),
+        each with a gradient of its own, are two parameters, each judged with
+        the gradient of its own use (the convention of listing tied weights
+        twice); a note says so and what it means for an optimizer step.
+        """
+        for p in params:
+            if len(p.slots) < 2:
+                continue
+            others = []
+            for slot in p.slots[1:]:
+                keys = network_keys(slot) if self.calls.kind == "network" else partner_paths(slot)
+                for q in keys:
+                    found = self.calls.gradient(obj, returned, _Probe(q))
+                    if q != p.grad and found is not _MISSING:
+                        others.append(self._where_at(q))
+                        break
+            if others:
+                self.notes.append(
+                    f"{' and '.join(render(slot) for slot in p.slots)} are one array (tied): "
+                    f"its gradient, the sum over its uses, was judged at {self._where(p)}; "
+                    f"{', '.join(others)} {'was' if len(others) == 1 else 'were'} not compared"
+                )
+        # In the caller's layer: a tie through a buffer the layer does not hold (two slices of a
+        # local array) is not kept by the copies, and would go unseen on the template.
+        originals = []
+        for p in params:
+            original = resolve(self.original, p.slots[0], p.array)
+            originals.append(original if isinstance(original, np.ndarray) else p.array)
+        for k, a in enumerate(params):
+            for b, ob in zip(params[k + 1 :], originals[k + 1 :], strict=True):
+                oa = originals[k]
+                if np.may_share_memory(oa, ob) and np.shares_memory(oa, ob, max_work=10**6):
+                    self.notes.append(
+                        f"{a.where} and {b.where} share memory (tied weights), and backward "
+                        f"stores a gradient for each ({self._where(a)}, {self._where(b)}): each "
+                        "was judged as the gradient of its own use (the tie broken on the "
+                        "copies), so an optimizer that steps both applies their sum, the "
+                        "gradient of the shared memory. A gradient that already holds the sum "
+                        "fails: it would count the other use twice. To keep one gradient, store "
+                        "the sum for one of them and name only that one in params="
+                    )
+
+    def _where_at(self, grad):
+        if self.calls.kind == "network":
+            return f"{self.calls.source}[{grad!r}]"
+        return render(grad)
 
     def _float_parameters(self, obj):
         """Python-float attributes with a gradient-named sibling, and that sibling's state."""
@@ -1084,8 +1171,7 @@ def check_layer(
     ['parameters checked: w (layer.w, gradient layer.dw)']
     """
     __tracebackhide__ = True
-    state = np.random.get_state()  # noqa: NPY002 - restored bitwise, whatever the layer draws
-    try:
+    with users_state():  # the caller's global state, restored bitwise whatever the layer does
         return _check_layer(
             layer,
             inputs,
@@ -1103,8 +1189,6 @@ def check_layer(
             resolve=resolve,
             pitfalls=pitfalls,
         )
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
 
 
 def _check_layer(layer, inputs, *, direction, params, wrt, names, **options):

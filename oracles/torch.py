@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,7 +62,7 @@ from oracles._dropin import (
     snap_subnormal,
 )
 from oracles._dropin import rounding_tolerance as _rounding_tolerance
-from oracles._guards import call_user
+from oracles._guards import call_user, users_state
 from oracles._pipeline import raise_unless_passed, run
 from oracles._validation import check_callable, check_tolerance
 from oracles.errors import (
@@ -1058,11 +1057,12 @@ def check(
 
 
 def _check(func, inputs, **options):
-    """:func:`_check_in`, with the caller's warnings filters kept (see there for ``options``)."""
+    """:func:`_check_in`, with the caller's global state kept (see there for ``options``)."""
     __tracebackhide__ = True
     # torch.autograd.grad imports sympy on its first call, and sympy's import adds a filter to
-    # warnings.filters: the caller's filters are put back as they were (so are all others).
-    with warnings.catch_warnings():
+    # warnings.filters: the caller's filters are put back as they were (so are torch's random
+    # state and default dtype, whatever func draws or sets: oracles._guards.users_state).
+    with users_state():
         return _check_in(func, inputs, **options)
 
 

@@ -89,6 +89,30 @@ class _SquareLayer:
         return 2.0 * dout * self.x
 
 
+class _ScaleLayer:
+    """``x * w``, its parameter in ``params['w']`` and, as the same array, in ``params['v']``
+    (``shared``); ``wr`` is a view of it (``viewed``), read by forward with no gradient."""
+
+    def __init__(self, shared=False, viewed=False):
+        self.params = {"w": np.array([1.5, -0.5])}
+        if shared:
+            self.params["v"] = self.params["w"]
+        if viewed:
+            self.wr = self.params["w"][::-1]
+        self.grads = {}
+
+    def forward(self, x):
+        self.x = x
+        w = self.params["w"]
+        return x * (w if not hasattr(self, "wr") else 0.5 * (w + self.wr[::-1]))
+
+    def backward(self, dout):
+        self.grads["w"] = dout * self.x
+        if "v" in self.params:
+            self.grads["v"] = self.grads["w"]
+        return dout * self.params["w"]
+
+
 # entry -> (function, fn, derivative, extra keywords); fn is None for the layer checks.
 CHECKS = {
     "check_vjp": (check_vjp, _square, _square_vjp, {}),
@@ -618,6 +642,26 @@ BAD_ARGUMENTS = [
      ["names[0] must be a string", "0"]),
     ("names a dict", ALL_CHECKS, dict(names={"x": "y"}), InvalidArgumentType,
      ["names must be a list or tuple of strings"]),
+    ("names repeated", FN_CHECKS, dict(two_inputs=True, names=["a", "a"]), InvalidArgument,
+     ["names gives 'a' twice (names[0] and names[1])", "must be distinct"]),
+    ("names an empty string", ALL_CHECKS, dict(names=[""]), InvalidArgument,
+     ["names[0] is ''", "a name the report can show"]),
+    ("names blank", ALL_CHECKS, dict(names=["  "]), InvalidArgument, ["names[0] is '  '"]),
+    # a layer's params=: one parameter named twice, or a view named instead of what it views
+    ("params one slot spelled twice", LAYERS,
+     dict(layer=_Later(_ScaleLayer), params={"params['w']": "grads['w']",
+                                             'params["w"]': "grads['w']"}),
+     InvalidArgument, ["params names layer.params['w'] and layer.params['w']",
+                       "one array (the same object)", "name it once"]),
+    ("params two places of one array", LAYERS,
+     dict(layer=_Later(lambda: _ScaleLayer(shared=True)),
+          params={"params['w']": "grads['w']", "params['v']": "grads['v']"}),
+     InvalidArgument, ["params names layer.params['w'] and layer.params['v']",
+                       "one array (the same object)"]),
+    ("params a view of a parameter", LAYERS,
+     dict(layer=_Later(lambda: _ScaleLayer(viewed=True)), params={"wr": "grads['w']"}),
+     InvalidArgument, ["params names layer.wr, a view of layer.params['w']",
+                       "name the array it views instead"]),
     # executors
     ("executor not an Executor", ("Exhaustive",), dict(executor=3), InvalidArgumentType,
      ["executor must be a concurrent.futures.Executor or None", "int"]),
