@@ -52,8 +52,9 @@ def _pool(k, s):
 
 def _pool_vjp(k, s, how, plant=None, mask=None):
     """``how``: "first", "last", "mix" (a convex combination of routings in random global
-    orders of the elements: each a limiting gradient, also where windows overlap), or the
-    mistakes "every" and "none"; ``plant``: a flat index whose gradient gets 0.7 more;
+    orders of the elements: each a limiting gradient, also where windows overlap), "convex"
+    (independent convex weights per window: a subgradient where windows do not overlap), or
+    the mistakes "every" and "none"; ``plant``: a flat index whose gradient gets 0.7 more;
     ``mask``: a bool array of the elements a window may route to among its ties."""
 
     def vjp(g, x):
@@ -75,6 +76,9 @@ def _pool_vjp(k, s, how, plant=None, mask=None):
                 one = np.zeros(win.shape)
                 np.put_along_axis(one, score.argmax(-1)[..., None], 1.0, -1)
                 m += weight * one * hit.any(-1, keepdims=True)
+        elif how == "convex":  # independent convex weights per window
+            m = hit * np.random.default_rng(1).gamma(1.0, size=win.shape)
+            m = m / m.sum(-1, keepdims=True)
         elif how == "every":
             m = hit.astype(float)
         else:  # "none": nothing to windows whose maximum is tied
@@ -112,7 +116,7 @@ def test_pool_routings_at_tied_windows(mode, window, shape, scale, offset, seed)
     rng = np.random.default_rng(seed + 10 * k + s)
     x = rng.integers(0, 2 + seed, shape).astype(np.float64) * scale + offset
     fn = _pool(k, s)
-    for how in ("first", "last", "mix"):
+    for how in ("first", "last", "mix") + (("convex",) if s >= k else ()):
         r = check_vjp(fn, _pool_vjp(k, s, how), (x,), mode=mode, seed=seed)
         assert r.status != "failed", (how, str(r))
     for how in ("every", "none"):
@@ -258,3 +262,47 @@ def test_row_maxima_with_ties_in_several_rows(mode, shape):
         assert check_vjp(fn, routed(last), (x,), mode=mode, seed=1).status != "failed"
     r = check_vjp(fn, lambda g, x: (x == x.max(1, keepdims=True)) * g[:, None], (x,), mode=mode)
     assert r.status == "failed" and any("tie group of x" in p for p in r.problems), str(r)
+
+
+def test_exact_slopes_reach_the_piece_the_centred_orders_miss():
+    """``exact_slopes`` enumerates every piece of a small group: the zero [0, 2] of the
+    regression case, with its tied neighbour [0, 3] (one window each, one shared), reaches
+    the slopes of both ReLU'(0) = 1 routings, by first and by last index."""
+    from oracles.numerics.objective import ScalarObjective
+    from oracles.numerics.ties import exact_slopes
+
+    x = _relu_point(2)
+    fn = _relu_pool(2, 1)
+    g = np.random.default_rng(5).standard_normal(fn(x).shape)
+    objective = ScalarObjective(fn, [x.copy()], g)
+    idx = np.array([2, 3])
+    assert np.all(x.reshape(-1)[idx] == 0)
+    lo, hi, noise = exact_slopes(objective, 0, idx, 0)
+    for how in ("first", "last"):
+        value = _relu_pool_vjp(2, 1, how, True)(g, x).reshape(-1)[2]
+        assert lo - noise <= value <= hi + noise, (how, value, lo, hi)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_independent_weights_per_overlapping_window_are_no_subgradient(mode):
+    """3x3 windows at stride 1 on a 5x5 image of 3 levels: independent convex weights per
+    window give x[3, 1] (a tie group of 8 values 2) -0.507, outside [-0.193, 2.248], the range
+    of its limiting values over all 8! orders of its group (a tie shared by two windows cannot
+    be the top of one and not of the other): no subgradient, and it fails."""
+    x = np.array(
+        [[1, 2, 0, 2, 1], [2, 1, 2, 1, 0], [0, 2, 1, 1, 2], [0, 2, 0, 0, 2], [0, 0, 0, 1, 1.0]]
+    )
+    g = np.random.default_rng(2).standard_normal((3, 3))
+
+    def independent(g, x):
+        idx = _index(x.shape, 3, 1)
+        win = x.reshape(-1)[idx]
+        weights = np.random.default_rng(2).gamma(1.0, size=win.shape)
+        m = (win == win.max(-1, keepdims=True)) * weights
+        d = np.zeros(x.size)
+        np.add.at(d, idx.reshape(-1), (m / m.sum(-1, keepdims=True) * g[..., None]).reshape(-1))
+        return d.reshape(x.shape)
+
+    assert abs(independent(g, x)[3, 1] + 0.507009) < 1e-6
+    r = check_vjp(_pool(3, 1), independent, (x,), mode=mode, direction=g)
+    assert r.status == "failed", str(r)
