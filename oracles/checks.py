@@ -953,6 +953,8 @@ def _lost_elements_nearby(r, objective, lost, notes):
             f"{len(lost) - MAX_LOST} element(s) {blind}not judged again at a nearby point "
             f"(only the first {MAX_LOST} are): the check is blind to an error there"
         )
+    if not judged:
+        return 0
     # (Not at points that keep the ties: there, a pixel of an overlapping max-pool still
     # sits at kinks that combine, and a correct routing lies outside its one-sided slopes.)
     obj = ScalarObjective(Guarded(r.fn, "fn", xs, r.names, r.out.shape), xs, objective.cotangent)

@@ -306,3 +306,32 @@ def test_independent_weights_per_overlapping_window_are_no_subgradient(mode):
     assert abs(independent(g, x)[3, 1] + 0.507009) < 1e-6
     r = check_vjp(_pool(3, 1), independent, (x,), mode=mode, direction=g)
     assert r.status == "failed", str(r)
+
+
+def test_elements_lost_to_ties_beyond_the_cap_are_named_blind(monkeypatch):
+    """Elements judged with their group only are judged alone at a nearby point, up to
+    ``MAX_LOST`` of them; beyond it the report notes that the check was blind there (a check
+    that could not have failed at an element says so). A zero pixel of a conv-ReLU-pool crop
+    (15 such pixels at seed 0) with a planted error is caught where it is judged."""
+    from test_combined_kinks import _backward, _crop, net
+
+    import oracles.checks as checks
+
+    seen = []
+    judge = checks._lost_elements_nearby
+
+    def spy(r, objective, lost, notes):
+        seen.append([j for i, j in lost if i == 0])
+        return judge(r, objective, lost, notes)
+
+    monkeypatch.setattr(checks, "_lost_elements_nearby", spy)
+    x, w, b = _crop(0)
+    assert check_vjp(net, _backward(), (x, w, b), mode="exhaustive", seed=0).status == "passed"
+    lost = seen[-1]
+    assert len(lost) > 4
+    r = check_vjp(net, _backward(plant=lost[-1]), (x, w, b), mode="exhaustive", seed=0)
+    assert r.status == "failed", str(r)
+    monkeypatch.setattr(checks, "MAX_LOST", 4)
+    r = check_vjp(net, _backward(), (x, w, b), mode="exhaustive", seed=0)
+    blind = [n for n in r.notes if "the check is blind to an error there" in n]
+    assert blind and blind[0].startswith(f"{len(lost) - 4} element(s)"), r.notes
