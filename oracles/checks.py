@@ -59,7 +59,14 @@ from oracles.numerics.directional import vector_ladder
 from oracles.numerics.ladder import partials
 from oracles.numerics.modes import resolve_mode
 from oracles.numerics.objective import ScalarObjective
-from oracles.numerics.ties import check_ties, element_slopes, limiting_slopes, tie_groups
+from oracles.numerics.ties import (
+    EXACT_MAX,
+    check_ties,
+    element_slopes,
+    exact_slopes,
+    limiting_slopes,
+    tie_groups,
+)
 from oracles.report import Report
 
 __all__ = ["assert_hvp", "assert_jvp", "assert_vjp", "check_hvp", "check_jvp", "check_vjp"]
@@ -115,7 +122,7 @@ def tie_stages(r, objective, grads, refs, notes):
     calls = _joint_ties(r, objective, grads, refs, notes, failures, lost)
     calls += _cross_input_ties(r, objective, grads, refs, notes, failures)
     calls += _off_the_kinks(r, objective, grads, refs, notes, failures)
-    calls += _lost_elements_nearby(r, objective, lost)
+    calls += _lost_elements_nearby(r, objective, lost, notes)
     _given_up_on_retracted_evidence(r, refs, grads, given_up)
     return calls
 
@@ -243,6 +250,10 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
                 if not min(ends) - slack <= analytic[j] <= max(ends) + slack:
                     blind[p] = True
 
+    if value0 is not None and idx.size <= EXACT_MAX:
+        _exact_ranges(r, objective, i, idx, analytic, (value0, error0, kink0, ends0),
+                      (lo, hi, noise), blind, is_coarse)  # fmt: skip
+
     def flat(a, fill, dtype=np.float64):
         a = np.full(shape, fill, dtype=dtype) if a is None else np.array(a, dtype=dtype)
         return a.reshape(-1)
@@ -288,6 +299,48 @@ def _widen_to_limiting_slopes(r, objective, refs, tie, grads):
         covered=covered,
     )
     return idx[blind]
+
+
+#: Most elements of small tie groups per check whose exact range :func:`_exact_ranges` enumerates.
+MAX_EXACT_ELEMENTS = 24
+
+
+def _exact_ranges(r, objective, i, idx, analytic, own, sampled, blind, is_coarse):
+    """Before an element of a small tie group fails, its exact range of limiting slopes.
+
+    ``own``: ``(value, error, kink, ends)`` of the per-element references
+    (flat); ``sampled``: ``(lo, hi, noise)`` of :func:`limiting_slopes`, per
+    position in ``idx``, widened in place. An element outside both its own
+    one-sided slopes and the sampled limiting slopes gets the slopes of every
+    piece of its group (:func:`~oracles.numerics.ties.exact_slopes`): the
+    sampled orders can miss the one where it is extreme (a ReLU zero that
+    is the maximum of one overlapping max-pool window while its tied
+    neighbour, above it, takes the next). At most :data:`MAX_EXACT_ELEMENTS`
+    per check; not where ``fn`` computes in a coarse type (its points are
+    rounded to that type's values).
+    """
+    value0, error0, kink0, ends0 = own
+    lo, hi, noise = sampled
+    left_budget = objective.__dict__.setdefault("_exact_left", [MAX_EXACT_ELEMENTS])
+    for p, j in enumerate(idx):
+        if blind[p] or left_budget[0] <= 0:
+            continue
+        ends = [lo[p], hi[p]]
+        if ends0 is not None and kink0[j]:
+            ends += [ends0[0][j], ends0[1][j]]
+        ends = [e for e in ends if np.isfinite(e)]
+        if not ends:
+            continue  # smooth here: judged by its own reference
+        slack = r.atol + r.rtol * abs(value0[j]) + max(error0[j], noise[p])
+        if min(ends) - slack <= analytic[j] <= max(ends) + slack or is_coarse():
+            continue
+        left_budget[0] -= 1
+        e_lo, e_hi, e_noise = exact_slopes(objective, i, idx, p)
+        if not (np.isfinite(e_lo) and np.isfinite(e_hi)):
+            continue
+        lo[p] = e_lo if not np.isfinite(lo[p]) else min(lo[p], e_lo)
+        hi[p] = e_hi if not np.isfinite(hi[p]) else max(hi[p], e_hi)
+        noise[p] = max(noise[p], e_noise)
 
 
 def _not_compared(ref):
@@ -875,10 +928,10 @@ def _off_the_kinks(r, objective, grads, refs, notes, failures):
 GENERIC_SHIFT = 2.0**-6
 
 #: Most elements judged with their group only that :func:`_lost_elements_nearby` judges alone.
-MAX_LOST = 64
+MAX_LOST = 256
 
 
-def _lost_elements_nearby(r, objective, lost):
+def _lost_elements_nearby(r, objective, lost, notes):
     """Elements judged with their group only, judged alone at a nearby point without ties.
 
     In a large group of tied values at kinks (the zero pixels of a digit
@@ -891,7 +944,10 @@ def _lost_elements_nearby(r, objective, lost):
     (2^-6 of its scale, random signs): no ties, no accidental kinks there.
     Where the user's derivative of the element disagrees with the numerics
     there, away from any kink, the formula is wrong at that element: a
-    problem. Returns the calls of ``fn``.
+    problem. Each reason an element stays unjudged there (more than
+    :data:`MAX_LOST` of them, ``fn`` or the derivative raising at the
+    nearby point, a kink or no estimate there) is a note that the check was
+    blind to an error at it. Returns the calls of ``fn``.
     """
     if not lost or objective.noise.kind is not None:
         # (In a coarse type the elements are lost to its resolution, not to combined kinks:
@@ -905,6 +961,14 @@ def _lost_elements_nearby(r, objective, lost):
         for x, s in zip(objective.point, objective.scales, strict=True)
     ]  # fmt: skip
     judged = lost[:MAX_LOST]
+    blind = "judged with their group only at x (in groups of tied values at kinks), were "
+    if len(lost) > MAX_LOST:
+        notes.append(
+            f"{len(lost) - MAX_LOST} element(s) {blind}not judged again at a nearby point "
+            f"(only the first {MAX_LOST} are): the check is blind to an error there"
+        )
+    if not judged:
+        return 0
     # (Not at points that keep the ties: there, a pixel of an overlapping max-pool still
     # sits at kinks that combine, and a correct routing lies outside its one-sided slopes.)
     obj = _moved(r, objective, xs)
@@ -913,10 +977,20 @@ def _lost_elements_nearby(r, objective, lost):
         # Steps from below the shift: the kinks it left are about that far away.
         est = partials(obj, judged, t0=GENERIC_SHIFT / 8)
     except OraclesError:
+        notes.append(
+            f"{len(judged)} element(s) {blind}not judged at a nearby point either: fn or the "
+            "derivative raised there; the check is blind to an error at them"
+        )
         return obj.calls
     analytic = np.array([np.asarray(grads[i], dtype=np.float64).reshape(-1)[j] for i, j in judged])
     # Proof needs a margin: twice the tolerance, away from any kink.
     cmp = compare(analytic, est.value, 2.0 * est.error, atol=2.0 * r.atol, rtol=2.0 * r.rtol)
+    unjudged = np.asarray(est.kink, dtype=bool) | ~np.isfinite(est.value)
+    if unjudged.any():
+        notes.append(
+            f"{int(unjudged.sum())} element(s) {blind}at a kink or without an estimate at the "
+            "nearby point too: the check is blind to an error at them"
+        )
     bad = ~cmp.passed & ~np.asarray(est.kink, dtype=bool) & np.isfinite(est.value)
     wrong = [int(p) for p in np.flatnonzero(bad)]
     for p in wrong[:6]:

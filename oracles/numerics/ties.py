@@ -65,6 +65,7 @@ __all__ = [
     "TieCheck",
     "check_ties",
     "element_slopes",
+    "exact_slopes",
     "limiting_slopes",
     "tie_groups",
 ]
@@ -590,17 +591,27 @@ def element_slopes(objective, i, j, grads):
 MAX_TIE_PAIRS = 2048
 
 
-def _orders(m, n, rng):
+def _orders(m, n, rng, shifted=False):
     """``n`` orders of ``m`` tied elements (``order[p]``: the position of element ``p``).
 
     The first ``min(m, n)`` are the cyclic shifts of one random permutation,
     so that every element takes every position of the group once (the middle
     positions of a sort are limiting derivatives as much as the ends); the
-    rest are random permutations.
+    rest are random permutations. ``shifted``: those are moved as a whole so
+    that a random number ``c`` (0 to ``m``) of the group lies above the tied
+    value (position ``(m - 1) / 2``) and the rest below, none at it: where
+    each element also kinks at the tied value (ReLU zeros in overlapping
+    max-pool windows), the group entirely above it is a limiting
+    configuration too, which orders centred on it never reach (half the
+    group always sits below: a zero that is the maximum of one window while
+    its neighbour, above it, takes the next).
     """
     base = rng.permutation(m)
     shifts = [np.roll(base, k) for k in range(min(m, n))]
-    return shifts + [rng.permutation(m) for _ in range(n - len(shifts))]
+    rest = [rng.permutation(m).astype(np.float64) for _ in range(n - len(shifts))]
+    if shifted:
+        rest = [o + (rng.integers(0, m + 1) - 0.5 * m) for o in rest]
+    return shifts + rest
 
 
 def _sampled_slopes(objective, i, idx, which, orders, sep, h, reduced=None, line=None):
@@ -670,7 +681,7 @@ def _reduced_layout(value, gap, m, reduced, spread):
     return float(sep), float(small), float(h)
 
 
-def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
+def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0, orders=None):
     """Per-element ``(lowest, highest, noise, resolved)`` limiting slopes of a tie group.
 
     The group is untied in several orders (:func:`_orders`: every element
@@ -687,6 +698,7 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
     computes in float16, a group of many tied values on a grid of a few of
     its units has no room to be untied with steps it resolves; and a large
     group gets :data:`MAX_TIE_PAIRS` (order, element) pairs at most.
+    ``orders``: the positions to sample (see :func:`_orders`) instead of drawn ones.
     """
     rng = np.random.default_rng(seed)
     flat = objective.work[i].reshape(-1)
@@ -730,7 +742,8 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
         h_small = h
         smooth_test = small <= 0.5 * sep
         line = _line_noise(objective, i, idx, reduced, 0.5 * gap)
-    orders = _orders(m, n_orders, rng)
+    if orders is None:
+        orders = _orders(m, n_orders, rng, shifted=reduced is None)
     extra = {"reduced": reduced, "line": line}
     lo1, hi1, n1 = _sampled_slopes(objective, i, idx, which, orders, sep, h, **extra)
     if smooth_test:
@@ -745,6 +758,39 @@ def limiting_slopes(objective, i, idx, which=None, n_samples=None, seed=0):
     lo = np.where(smooth | ~resolved, np.nan, np.minimum(lo1, lo2))
     hi = np.where(smooth | ~resolved, np.nan, np.maximum(hi1, hi2))
     return lo, hi, noise, resolved
+
+
+#: Largest tie group whose limiting slopes :func:`exact_slopes` enumerates.
+EXACT_MAX = 8
+
+
+def exact_slopes(objective, i, idx, p):
+    """``(lowest, highest, noise)`` of element ``p`` of a small tie group, over every piece.
+
+    Sampled orders (:func:`limiting_slopes`) can miss the pieces where an
+    element's slope is extreme. For a group of at most :data:`EXACT_MAX`
+    elements each is enumerated: every set of the others above the element
+    (in the order of their flat indices, the rest below it, in that order
+    too), with the element just above and just below the tied value (where
+    it also kinks there: ReLU zeros under tied max-pool windows). On a piece
+    of ``max``, max-pool, top-k or sort the slope of the element depends on
+    those only. NaN where the group is smooth there or no slope was sampled
+    (a coarse type: :func:`limiting_slopes`).
+    """
+    m = idx.size
+    others = [q for q in range(m) if q != p]
+    orders = []
+    for mask in range(2 ** len(others)):
+        above = [q for k, q in enumerate(others) if mask >> k & 1]
+        below = [q for k, q in enumerate(others) if not mask >> k & 1]
+        for side in (0.5, -0.5):
+            pos = np.empty(m)
+            pos[p] = side
+            pos[above] = side + np.arange(1, len(above) + 1)
+            pos[below] = side - np.arange(1, len(below) + 1)
+            orders.append(pos + 0.5 * (m - 1))
+    lo, hi, noise, _ = limiting_slopes(objective, i, idx, which=[p], orders=orders)
+    return float(lo[p]), float(hi[p]), float(noise[p])
 
 
 #: Largest tie group split into the parts that share no output (:func:`_components`).
