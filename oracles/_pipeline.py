@@ -778,6 +778,7 @@ def _autodiff_at_kinks(r, results):
     autodiff = [o for o in r.against if o in AUTODIFF and o in results]
     if not autodiff or not any(np.any(u) for u in r.direction):
         return 0
+    own = {o: [ref.error for ref in results[o].refs] for o in autodiff}
     evaluations = 0
     numeric = results.get("numeric")
     if numeric is None:
@@ -817,6 +818,7 @@ def _autodiff_at_kinks(r, results):
             judged += int(np.count_nonzero(kink))
         res.subgradient = judged
     evaluations += _kinks_nearby(r, [results[o] for o in autodiff])
+    evaluations += _not_at_the_kink(r, results, own)
     for o in autodiff:
         res = results[o]
         if res.subgradient:
@@ -892,6 +894,117 @@ def _kinks_nearby(r, autodiff):
         if not at.any():
             break
     return objective.calls - calls0
+
+
+#: Steps (times the element's scale) of :func:`_not_at_the_kink`: far below the ladders'
+#: smallest (about 2^-27), still far above float64's spacing of the element.
+NEAR_KINK_STEPS = (2.0**-36, 2.0**-40)
+
+#: Most elements per check that :func:`_not_at_the_kink` looks at.
+NEAR_KINK_ELEMENTS = 1024
+
+
+def _not_at_the_kink(r, results, own):
+    """Undo the subgradient rule at elements that sit next to a kink, not at it.
+
+    The numerics' ladders cannot tell a kink at the element from one within
+    their smallest steps (about 1e-8 of the element's scale): ``relu`` at
+    ``x = 1e-10`` reads as a kink, and any value between the one-sided
+    slopes passes, where torch and jax give the exact derivative of the
+    smooth piece (a kink closer than about 1e-11 of the scale stays
+    unresolved: a known limit). Each element that passes an autodiff oracle only by the
+    subgradient rule (it disagrees with the framework's value by more than
+    the framework's own bound, ``own``) gets its two one-sided slopes at
+    steps of :data:`NEAR_KINK_STEPS` of its scale (4 evaluations): where
+    both agree with the framework's value at both steps, within float64's
+    rounding of the differences and well below the jump the numerics saw,
+    ``fn`` is smooth there and the element is compared with the framework's
+    value again (a backward that zeroes ``relu'`` below ``1e-8`` fails).
+    Where they differ, the element sits at the kink (or the steps cannot
+    tell: a ``fn`` that computes in a coarse type), and the rule stands.
+    VJPs only; returns the calls of ``fn``.
+    """
+    if not r.spec.on_output or len(r.direction) != 1:
+        return 0
+    todo = []
+    for o, mine in own.items():
+        for k, (a, ref) in enumerate(zip(r.analytic, results[o].refs, strict=True)):
+            if ref.kink is None:
+                continue
+            a = np.asarray(a, dtype=np.float64).reshape(-1)
+            v = np.asarray(ref.value, dtype=np.float64).reshape(-1)
+            e = np.broadcast_to(np.asarray(mine[k], dtype=np.float64), np.shape(ref.value))
+            with np.errstate(invalid="ignore", over="ignore"):
+                far = ~(np.abs(a - v) <= e.reshape(-1) + r.atol + r.rtol * np.abs(v))
+            at = np.asarray(ref.kink, dtype=bool).reshape(-1) & far & np.isfinite(v)
+            todo += [(o, k, int(j)) for j in np.flatnonzero(at)]
+    if not todo:
+        return 0
+    from oracles.numerics.objective import ScalarObjective
+
+    try:
+        objective = ScalarObjective(r.guarded_fn(), r.xs, r.direction[0], base_output=r.out)
+    except (UserFunctionError, ValueError, ArithmeticError):
+        return 0
+    cot = np.abs(objective.cotangent)
+    f0 = objective.base_output
+    slopes = {}
+    for o, k, j in todo[:NEAR_KINK_ELEMENTS]:
+        if (k, j) not in slopes:
+            slopes[(k, j)] = _tiny_slopes(objective, k, j, cot, f0)
+        found = slopes[(k, j)]
+        if found is None:
+            continue
+        ref = results[o].refs[k]
+        v = float(np.asarray(ref.value).reshape(-1)[j])
+        e = float(np.broadcast_to(own[o][k], np.shape(ref.value)).reshape(-1)[j])
+        jump = abs(float(ref.right.reshape(-1)[j]) - float(ref.left.reshape(-1)[j]))
+        if all(
+            noise < jump / 8 and abs(up - v) <= noise + e and abs(down - v) <= noise + e
+            for up, down, noise in found
+        ):
+            kink = np.array(ref.kink, dtype=bool)
+            error = np.array(ref.error, dtype=np.float64)
+            kink.reshape(-1)[j] = False
+            error.reshape(-1)[j] = e
+            results[o].refs[k] = dataclasses.replace(ref, kink=kink, error=error)
+            results[o].subgradient -= 1
+    return objective.calls
+
+
+def _tiny_slopes(objective, k, j, cot, f0):
+    """``[(up, down, noise)]`` of element ``j`` of input ``k`` at :data:`NEAR_KINK_STEPS`.
+
+    None where a step does not move the element, an output is not finite,
+    or ``fn`` computes in a coarse type (its noise, not float64's, would
+    bound the differences).
+    """
+    flat = objective.work[k].reshape(-1)
+    x0 = flat[j]
+    s = float(objective.scales[k].reshape(-1)[j])
+    out = []
+    try:
+        for t in NEAR_KINK_STEPS:
+            xp, xm = x0 + t * s, x0 - t * s
+            if not xm < x0 < xp:
+                return None
+            flat[j] = xp
+            fp = objective.output(objective.work)
+            flat[j] = xm
+            fm = objective.output(objective.work)
+            flat[j] = x0
+            if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+                return None
+            up = float(np.vdot(objective.cotangent, fp - f0)) / (xp - x0)
+            down = float(np.vdot(objective.cotangent, f0 - fm)) / (x0 - xm)
+            size = float(np.vdot(cot, np.abs(f0) + np.maximum(np.abs(fp), np.abs(fm))))
+            noise = 8 * EPS * size / min(xp - x0, x0 - xm)
+            out.append((up, down, noise))
+    finally:
+        flat[j] = x0
+    if objective.noise.kind is not None:
+        return None
+    return out
 
 
 def _judge_between(res, k, j, left, right, error):

@@ -316,3 +316,37 @@ def test_torch_and_jax_disagree_at_ties_and_both_pass_a_third_routing():
     )  # fmt: skip
     assert r.status == "passed", str(r)
     del torch
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dist", [1e-9, 1e-10])
+@pytest.mark.parametrize("seed", range(3))
+def test_next_to_a_kink_the_framework_value_judges(backend, dist, seed):
+    """``relu`` at ``x = +-1e-10``: the ladders read a kink, the framework has the exact slope.
+
+    A backward that takes tiny positive inputs for zeros (``relu'`` of 0 below 1e-8) is
+    wrong there; the numerics alone accept it as a subgradient (a known limit of theirs),
+    so the subgradient rule must not hide what torch and jax see: a second look at steps of
+    2^-36 and 2^-40 of the element's scale finds ``fn`` smooth there.
+    """
+    rng = np.random.default_rng(seed)
+    x, w = rng.normal(size=(4, 5)), rng.normal(size=(5, 3))
+    near = rng.random(x.shape) < 0.3
+    x[near] = dist * rng.choice([-1.0, 1.0], int(near.sum()))
+
+    def fn(x, w):
+        return np.maximum(x, 0) @ w
+
+    def make(cut):
+        def vjp(g, x, w):
+            return (g @ w.T) * (x > cut), np.maximum(x, 0).T @ g
+
+        return vjp
+
+    def frameworks(torch, jax, jnp):
+        return (lambda x, w: torch.relu(x) @ w), (lambda x, w: jax.nn.relu(x) @ w)
+
+    for against in [(backend,), ("numeric", backend)]:
+        options = dict(against=against, seed=seed, **_frameworks(backend, frameworks))
+        assert check_vjp(fn, make(0.0), (x, w), **options).status != "failed"
+        assert check_vjp(fn, make(1e-8), (x, w), **options).status == "failed"
