@@ -350,3 +350,15 @@ def test_next_to_a_kink_the_framework_value_judges(backend, dist, seed):
         options = dict(against=against, seed=seed, **_frameworks(backend, frameworks))
         assert check_vjp(fn, make(0.0), (x, w), **options).status != "failed"
         assert check_vjp(fn, make(1e-8), (x, w), **options).status == "failed"
+
+
+@pytest.mark.torch
+def test_a_blamed_tie_group_fails_against_the_framework_too():
+    """Routing to every tied maximum, against torch alone: its elements fail in torch's row."""
+    inputs, fn, frameworks, _, wrong = _maxpool(0, 2)
+    r = check_vjp(
+        fn, wrong["every tie"], inputs, against=("torch",), seed=0,
+        **_frameworks("torch", frameworks),
+    )  # fmt: skip
+    assert r.status == "failed" and r.problems
+    assert r.input(0).checks["torch"].n_failed > 0, str(r)
