@@ -64,7 +64,7 @@ from oracles._validation import (
     parse_against,
     rescaled_direction,
 )
-from oracles.backends.rounding import error_estimate
+from oracles.backends.rounding import ROUNDING_FACTOR, error_estimate
 from oracles.compare import Reference, compare
 from oracles.errors import (
     GradientMismatch,
@@ -74,7 +74,13 @@ from oracles.errors import (
     UserFunctionError,
 )
 from oracles.numerics.modes import resolve_mode
-from oracles.numerics.objective import EPS, element_scales
+from oracles.numerics.objective import (
+    EPS,
+    REDUCED_UNIT,
+    TYPE_DISTINCT,
+    _reduced_kind,
+    element_scales,
+)
 from oracles.report import (
     LOOSE_FACTOR,
     WORST_LIMIT,
@@ -104,6 +110,9 @@ ORACLES = ("numeric", "torch", "jax", "complex", "taylor", "dot")
 
 #: Oracles that compare one projection per piece, not every element.
 PROJECTION_ORACLES = ("taylor", "dot")
+
+#: The autodiff oracles: one subgradient of their own choosing at kinks and ties.
+AUTODIFF = ("torch", "jax")
 
 #: Default of ``resolve=``: the relative error every input must be able to catch.
 RESOLVE = 1e-3
@@ -193,6 +202,12 @@ class OracleResult:
     notes: list = field(default_factory=list)
     #: Per piece, for the projection oracles ("taylor", "dot"); ``refs`` is then empty.
     projections: list | None = None
+    #: The float type whose rounding an autodiff reference's error estimate allows
+    #: (``"float32"`` where ``torch_fn``/``jax_fn`` computes in it, :func:`_reference_kind`).
+    kind: str = "float64"
+    #: Elements at which an autodiff oracle was judged by the subgradient rule, at kinks
+    #: and ties the numerics found (:func:`_autodiff_at_kinks`).
+    subgradient: int = 0
 
 
 @dataclass(frozen=True)
@@ -688,9 +703,362 @@ def _autodiff(r, oracle):
                 f"{oracle}_fn's derivative for {name} has shape {p.shape}, expected {shape}"
             )
         values.append(p.reshape(shape))
-    errors = error_estimate(values, cotangent=flat(r.direction), natural=_natural_scales(r))
+    natural = _natural_scales(r)
+    errors = error_estimate(values, cotangent=flat(r.direction), natural=natural)
+    kind = _reference_kind(values)
+    if kind is not None:
+        errors = _reduced_errors(errors, values, natural, kind)
+        method += (
+            f"; every value it returned is a {kind} value: {oracle}_fn computes in {kind}, "
+            f"and the rounding of a {kind} gradient is allowed ({REDUCED_ROUNDING:g} {kind} eps "
+            f"of the gradient's magnitude, {REDUCED_NATURAL:g} of its natural scale)"
+        )
     refs = [Reference(value=v, error=e) for v, e in zip(values, errors, strict=True)]
-    return OracleResult(refs, method)
+    return OracleResult(refs, method, kind=kind or "float64")
+
+
+#: ``k`` of the magnitude terms of :func:`_reduced_errors`, in units of the reduced type's
+#: epsilon. Measured on float32 MLPs with softmax cross-entropy, layer norms, softmax
+#: cross-entropies and unsaturated tanh layers (5 sizes, 6 seeds, torch and jax): a correct
+#: float32 derivation differed from the float32 framework gradient by at most 3.7 eps32
+#: times ``|g| + max|g|``; 16 leaves room for longer reductions. (Saturated units lose more,
+#: ``1 - y^2`` from a rounded ``y``: the natural-scale term and the terms' second look,
+#: :func:`_terms_second_look`, in the reference's epsilon.)
+REDUCED_ROUNDING = 16.0
+
+#: ``k`` of the natural-scale term of :func:`_reduced_errors`, in units of the reduced type's
+#: epsilon. The natural scale (``max|c f| / s_j``, :func:`_natural_scales`) stands for what a
+#: derivative computed from a rounded output loses (``1 - y^2`` of a saturated tanh): a few
+#: units of the type, as hand derivation and framework round ``y`` each once. At the
+#: float64 bound's factor (64) it made a float32 MLP's check blind to 2e-3 in a typical
+#: element (its loss is 1.4 where the elements of dW1 are 1e-2).
+REDUCED_NATURAL = 8.0
+
+
+def _reduced_errors(errors, values, natural, kind):
+    """The float64 bounds widened by the rounding of a gradient computed in ``kind``.
+
+    ``REDUCED_ROUNDING eps_kind (|g| + max|g|) + REDUCED_NATURAL eps_kind natural``
+    per element, added to the float64 bound of
+    :func:`~oracles.backends.rounding.error_estimate`: the reference and a
+    correct derivation in that type each round every term once.
+    """
+    unit = 2.0 * REDUCED_UNIT[kind]
+    out = []
+    for e, v, nat in zip(errors, values, natural, strict=True):
+        a = np.abs(np.asarray(v, dtype=np.float64))
+        peak = float(np.max(a)) if a.size else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            extra = REDUCED_ROUNDING * unit * (a + peak) + REDUCED_NATURAL * unit * np.abs(nat)
+        out.append(np.asarray(e, dtype=np.float64) + np.broadcast_to(extra, a.shape))
+    return out
+
+
+def _reference_kind(values):
+    """The reduced float type an autodiff reference was computed in, or None (float64).
+
+    A ``torch_fn`` or ``jax_fn`` that casts to float32 inside computes its
+    gradient in float32 too (the cast's backward only widens it): every value
+    it returns is a float32 value. Recognised as the numeric oracle recognises
+    a reduced-precision ``fn`` (:data:`~oracles.numerics.objective.TYPE_DISTINCT`
+    distinct non-zero values that all belong to the type; a float64 result is
+    one with odds of about 2^-29 each), so its own rounding is allowed, not
+    blamed on the derivation: a correct float32 VJP of a float32 MLP failed
+    against torch's float32 gradient at 1e-7 relative against a float64 bound.
+    """
+    v = np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in values] or [[]])
+    v = v[np.isfinite(v) & (v != 0)]
+    if np.unique(v).size < TYPE_DISTINCT:
+        return None
+    kind = _reduced_kind(v)
+    return kind if kind in REDUCED_UNIT else None
+
+
+def _disagreeing(r, res):
+    """Per piece, the flat elements where the analytic result misses ``res`` (its own bound)."""
+    out = []
+    for a, ref in zip(r.analytic, res.refs, strict=True):
+        a = np.asarray(a, dtype=np.float64).reshape(-1)
+        v = np.asarray(ref.value, dtype=np.float64).reshape(-1)
+        e = np.asarray(ref.error, dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad = ~(np.abs(a - v) <= e + r.atol + r.rtol * np.abs(v))
+        out.append(bad & np.isfinite(v))
+    return out
+
+
+def _autodiff_at_kinks(r, results):
+    """Judge the autodiff oracles by the subgradient rule where the numerics found kinks or ties.
+
+    At a kink (ReLU at 0, ``abs`` at 0, a clip at its bound) or a tie (tied
+    maxima of a max-pool, equal values in a sort or top-k) torch and jax each
+    return one subgradient of their own choice (``relu'(0) = 0``, the first
+    of tied maxima, a split between tied arguments), and they need not agree
+    with each other. A hand-written VJP that picks another valid one is
+    right, and one element-by-element comparison with the framework's choice
+    would fail it. So at every element where the numeric machinery found a
+    kink, or widened a tied element to the limiting slopes of its group
+    (:func:`oracles.checks.tie_stages`), the autodiff reference takes the
+    numerics' one-sided slopes and their error: any value between them
+    passes, and the report says which elements were judged so. The tie
+    groups themselves are judged jointly by the numerics (a routing to every
+    tied maximum, or to none, fails there, whichever oracle is named), and a
+    group that failed is blamed element by element, so its elements are
+    compared with the framework's value again.
+
+    Without ``"numeric"`` in ``against``, the numerics take a second look only
+    when some element disagrees with an autodiff oracle: the numeric oracle
+    is run then (in the check's mode), its tie stages included, and only its
+    kinks and ties are used. Returns the calls of ``fn``.
+    """
+    autodiff = [o for o in r.against if o in AUTODIFF and o in results]
+    if not autodiff or not any(np.any(u) for u in r.direction):
+        return 0
+    own = {o: [ref.error for ref in results[o].refs] for o in autodiff}
+    evaluations = 0
+    numeric = results.get("numeric")
+    if numeric is None:
+        disagree = {o: _disagreeing(r, results[o]) for o in autodiff}
+        n = max(sum(int(b.sum()) for b in d) for d in disagree.values())
+        if not n:
+            return 0
+        numeric = r.spec.numeric(r)
+        evaluations = numeric.evaluations
+        r.notes += numeric.notes
+        r.notes.append(
+            f"{n} element(s) disagree with {' or '.join(autodiff)}: the numeric oracle took a "
+            "second look (in this mode), and where it found a kink or a tie the element was "
+            "judged by the subgradient rule (between the one-sided slopes), not by the "
+            "framework's own choice of subgradient"
+        )
+    for o in autodiff:
+        res = results[o]
+        judged = 0
+        for k, (ref, nref) in enumerate(zip(res.refs, numeric.refs, strict=True)):
+            if nref.kink is None or nref.left is None or nref.right is None:
+                continue
+            shape = np.shape(ref.value)
+            left = np.broadcast_to(np.asarray(nref.left, dtype=np.float64), shape)
+            right = np.broadcast_to(np.asarray(nref.right, dtype=np.float64), shape)
+            kink = np.broadcast_to(np.asarray(nref.kink, dtype=bool), shape)
+            kink = kink & np.isfinite(left) & np.isfinite(right)
+            if nref.checked is not None:
+                kink = kink & np.broadcast_to(np.asarray(nref.checked, dtype=bool), shape)
+            if not kink.any():
+                continue
+            nerr = np.broadcast_to(np.asarray(nref.error, dtype=np.float64), shape)
+            error = np.where(kink, np.fmax(ref.error, nerr), ref.error)
+            res.refs[k] = dataclasses.replace(
+                ref, error=error, kink=kink, left=np.array(left), right=np.array(right)
+            )
+            judged += int(np.count_nonzero(kink))
+        res.subgradient = judged
+    evaluations += _kinks_nearby(r, [results[o] for o in autodiff], numeric)
+    evaluations += _not_at_the_kink(r, results, own)
+    for o in autodiff:
+        res = results[o]
+        if res.subgradient:
+            res.method += (
+                f"; at {res.subgradient} element(s) where the numerics found a kink or a tie, "
+                "judged by the subgradient rule (between the numerics' one-sided slopes)"
+            )
+    return evaluations
+
+
+#: Most elements per check whose one-sided slopes :func:`_kinks_nearby` measures.
+KINK_LOOK_ELEMENTS = 4096
+
+#: :func:`_kinks_nearby` stops after this many elements without a kink, when it found none.
+KINK_LOOK_GIVE_UP = 4
+
+
+def _kinks_nearby(r, autodiff, numeric):
+    """One-sided slopes of the elements that still disagree with an autodiff oracle.
+
+    The numeric oracle flags a kink only where its own comparison needs one:
+    a central difference at a tie of a max is the mean of the one-sided
+    slopes, so a backward that splits the gradient between tied maxima
+    (equally, as jax's ``max`` does) passes its screen without a kink being
+    seen, while torch routes to the first maximum and disagrees with it. Each
+    element that disagrees with an autodiff oracle outside every kink found
+    gets a full step ladder (:func:`~oracles.numerics.ladder.partials`),
+    whose kink test asks that the jump between the one-sided slopes stay the
+    same as the step halves (a jump that shrinks with the step is curvature,
+    and noise in a float32 ``fn`` does not pass it either); where it finds a
+    kink, the element is judged between its one-sided slopes by every
+    autodiff oracle. (Its tie group was judged jointly by the numerics
+    already.) Elsewhere the element stays compared with the framework's
+    value, which a wrong element then fails. When none of the first
+    :data:`KINK_LOOK_GIVE_UP` sits at a kink the rest are not looked at: the
+    derivation is off, not at kinks. Not where the numeric oracle itself fails
+    the element (a tie group it blamed: a routing to every tied maximum).
+    VJPs only. Returns the calls of ``fn``.
+    """
+    if not r.spec.on_output or len(r.direction) != 1:
+        return 0
+
+    def failing(a, ref):
+        cmp = compare(
+            a, ref.value, ref.error, atol=r.atol, rtol=r.rtol,
+            kink=ref.kink, left=ref.left, right=ref.right,
+        )  # fmt: skip
+        return ~cmp.passed.reshape(-1) & np.isfinite(np.asarray(ref.value).reshape(-1))
+
+    todo = set()
+    for res in autodiff:
+        for k, (a, ref) in enumerate(zip(r.analytic, res.refs, strict=True)):
+            bad = failing(a, ref) & ~failing(a, numeric.refs[k])
+            todo.update((k, int(j)) for j in np.flatnonzero(bad))
+    if not todo:
+        return 0
+    from oracles.numerics.ladder import partials
+
+    try:
+        objective = r.objective()
+    except (UserFunctionError, ValueError, ArithmeticError):
+        return 0
+    todo = sorted(todo)[:KINK_LOOK_ELEMENTS]
+    calls0 = objective.calls
+    # The first few on their own: where none of them sits at a kink, the rest are not looked at.
+    for batch in (todo[:KINK_LOOK_GIVE_UP], todo[KINK_LOOK_GIVE_UP:]):
+        if not batch:
+            break
+        try:
+            est = partials(objective, batch)
+        except (UserFunctionError, ValueError, ArithmeticError):
+            break
+        at = np.asarray(est.kink, dtype=bool) & np.isfinite(est.left) & np.isfinite(est.right)
+        for p in np.flatnonzero(at):
+            k, j = batch[p]
+            for res in autodiff:
+                _judge_between(res, k, j, est.left[p], est.right[p], est.error[p])
+        if not at.any():
+            break
+    return objective.calls - calls0
+
+
+#: Steps (times the element's scale) of :func:`_not_at_the_kink`: far below the ladders'
+#: smallest (about 2^-27), still far above float64's spacing of the element.
+NEAR_KINK_STEPS = (2.0**-36, 2.0**-40)
+
+#: Most elements per check that :func:`_not_at_the_kink` looks at.
+NEAR_KINK_ELEMENTS = 1024
+
+
+def _not_at_the_kink(r, results, own):
+    """Undo the subgradient rule at elements that sit next to a kink, not at it.
+
+    The numerics' ladders cannot tell a kink at the element from one within
+    their smallest steps (about 1e-8 of the element's scale): ``relu`` at
+    ``x = 1e-10`` reads as a kink, and any value between the one-sided
+    slopes passes, where torch and jax give the exact derivative of the
+    smooth piece (a kink closer than about 1e-11 of the scale stays
+    unresolved: a known limit). Each element that passes an autodiff oracle only by the
+    subgradient rule (it disagrees with the framework's value by more than
+    the framework's own bound, ``own``) gets its two one-sided slopes at
+    steps of :data:`NEAR_KINK_STEPS` of its scale (4 evaluations): where
+    both agree with the framework's value at both steps, within float64's
+    rounding of the differences and well below the jump the numerics saw,
+    ``fn`` is smooth there and the element is compared with the framework's
+    value again (a backward that zeroes ``relu'`` below ``1e-8`` fails).
+    Where they differ, the element sits at the kink (or the steps cannot
+    tell: a ``fn`` that computes in a coarse type), and the rule stands.
+    VJPs only; returns the calls of ``fn``.
+    """
+    if not r.spec.on_output or len(r.direction) != 1:
+        return 0
+    todo = []
+    for o, mine in own.items():
+        for k, (a, ref) in enumerate(zip(r.analytic, results[o].refs, strict=True)):
+            if ref.kink is None:
+                continue
+            a = np.asarray(a, dtype=np.float64).reshape(-1)
+            v = np.asarray(ref.value, dtype=np.float64).reshape(-1)
+            e = np.broadcast_to(np.asarray(mine[k], dtype=np.float64), np.shape(ref.value))
+            with np.errstate(invalid="ignore", over="ignore"):
+                far = ~(np.abs(a - v) <= e.reshape(-1) + r.atol + r.rtol * np.abs(v))
+            at = np.asarray(ref.kink, dtype=bool).reshape(-1) & far & np.isfinite(v)
+            todo += [(o, k, int(j)) for j in np.flatnonzero(at)]
+    if not todo:
+        return 0
+    try:
+        objective = r.objective()
+    except (UserFunctionError, ValueError, ArithmeticError):
+        return 0
+    cot = np.abs(objective.cotangent)
+    f0 = objective.base_output
+    slopes = {}
+    for o, k, j in todo[:NEAR_KINK_ELEMENTS]:
+        if (k, j) not in slopes:
+            slopes[(k, j)] = _tiny_slopes(objective, k, j, cot, f0)
+        found = slopes[(k, j)]
+        if found is None:
+            continue
+        ref = results[o].refs[k]
+        v = float(np.asarray(ref.value).reshape(-1)[j])
+        e = float(np.broadcast_to(own[o][k], np.shape(ref.value)).reshape(-1)[j])
+        jump = abs(float(ref.right.reshape(-1)[j]) - float(ref.left.reshape(-1)[j]))
+        if all(
+            noise < jump / 8 and abs(up - v) <= noise + e and abs(down - v) <= noise + e
+            for up, down, noise in found
+        ):
+            kink = np.array(ref.kink, dtype=bool)
+            error = np.array(ref.error, dtype=np.float64)
+            kink.reshape(-1)[j] = False
+            error.reshape(-1)[j] = e
+            results[o].refs[k] = dataclasses.replace(ref, kink=kink, error=error)
+            results[o].subgradient -= 1
+    return objective.calls
+
+
+def _tiny_slopes(objective, k, j, cot, f0):
+    """``[(up, down, noise)]`` of element ``j`` of input ``k`` at :data:`NEAR_KINK_STEPS`.
+
+    None where a step does not move the element, an output is not finite,
+    or ``fn`` computes in a coarse type (its noise, not float64's, would
+    bound the differences).
+    """
+    flat = objective.work[k].reshape(-1)
+    x0 = flat[j]
+    s = float(objective.scales[k].reshape(-1)[j])
+    out = []
+    try:
+        for t in NEAR_KINK_STEPS:
+            xp, xm = x0 + t * s, x0 - t * s
+            if not xm < x0 < xp:
+                return None
+            flat[j] = xp
+            fp = objective.output(objective.work)
+            flat[j] = xm
+            fm = objective.output(objective.work)
+            flat[j] = x0
+            if not (np.all(np.isfinite(fp)) and np.all(np.isfinite(fm))):
+                return None
+            up = float(np.vdot(objective.cotangent, fp - f0)) / (xp - x0)
+            down = float(np.vdot(objective.cotangent, f0 - fm)) / (x0 - xm)
+            size = float(np.vdot(cot, np.abs(f0) + np.maximum(np.abs(fp), np.abs(fm))))
+            noise = 8 * EPS * size / min(xp - x0, x0 - xm)
+            out.append((up, down, noise))
+    finally:
+        flat[j] = x0
+    if objective.noise.kind is not None:
+        return None
+    return out
+
+
+def _judge_between(res, k, j, left, right, error):
+    """Element ``j`` of piece ``k`` of ``res`` is judged between ``left`` and ``right``."""
+    ref = res.refs[k]
+    shape = np.shape(ref.value)
+    kink = np.zeros(shape, dtype=bool) if ref.kink is None else np.array(ref.kink, dtype=bool)
+    lo = np.full(shape, np.nan) if ref.left is None else np.array(ref.left, dtype=np.float64)
+    hi = np.full(shape, np.nan) if ref.right is None else np.array(ref.right, dtype=np.float64)
+    err = np.array(ref.error, dtype=np.float64)
+    kink.reshape(-1)[j] = True
+    lo.reshape(-1)[j], hi.reshape(-1)[j] = left, right
+    err.reshape(-1)[j] = max(err.reshape(-1)[j], error)
+    res.refs[k] = dataclasses.replace(ref, error=err, kink=kink, left=lo, right=hi)
+    res.subgradient += 1
 
 
 def _natural_scales(r):
@@ -771,12 +1139,15 @@ def _terms_second_look(r, results):
     steps down to :data:`RATE_SMALLEST`): the bound is also at least
     ``OUTPUT_ROUNDING eps sum_i |c_i f_i| rate_i`` (a correct tanh layer fed
     raw pixels failed against JAX at 2.8e-16 against a bound of 2.1e-16;
-    this gives 5.6e-15). Returns the number of evaluations.
+    this gives 5.6e-15). For an autodiff reference computed in float32
+    (:attr:`OracleResult.kind`) the terms' bound is in float32's epsilon
+    (the rates' stays in float64's: see the known limits in README).
+    Returns the number of evaluations.
     """
     if not r.spec.on_output or len(r.direction) != 1:
         return 0
     oracles = [o for o in r.against if o in results and o not in PROJECTION_ORACLES]
-    tau = {}
+    tau = {}  # (piece, element) -> {oracle: disagreement}
     for o in oracles:
         for k, ref in enumerate(results[o].refs):
             a = np.asarray(r.analytic[k], dtype=np.float64).reshape(-1)
@@ -798,11 +1169,15 @@ def _terms_second_look(r, results):
                 small &= ~(kink if at is None else kink[at])
             for p in np.flatnonzero(small):
                 j = int(p if at is None else at[p])
-                tau[(k, j)] = min(tau.get((k, j), np.inf), float(diff[p]))
+                tau.setdefault((k, j), {})[o] = float(diff[p])
     if not tau:
         return 0
-    from oracles.backends.rounding import OUTPUT_ROUNDING, ROUNDING_FACTOR, output_rates
-    elements = sorted(tau, key=tau.get)[:TERMS_ELEMENTS]
+    from oracles.backends.rounding import OUTPUT_ROUNDING, output_rates
+
+    def smallest(kj):  # in float64's units: a float32 reference's count eps32 / eps less
+        return min(d / _unit_ratio(results[o]) for o, d in tau[kj].items())
+
+    elements = sorted(tau, key=smallest)[:TERMS_ELEMENTS]
     try:
         objective = r.objective()
     except (UserFunctionError, ValueError, ArithmeticError):
@@ -838,13 +1213,21 @@ def _terms_second_look(r, results):
                     rates = rate if rates is None else np.maximum(rates, rate)
         finally:
             flat[j] = x0
-        bound = ROUNDING_FACTOR * EPS * terms
+        bound = {"terms": ROUNDING_FACTOR * EPS * terms, "rates": 0.0}
         if rates is not None:  # the rounding of a derivative computed from the output
             with np.errstate(over="ignore", invalid="ignore"):
                 size = float(np.vdot(np.abs(cot), np.abs(base) * rates.reshape(base.shape)))
             if np.isfinite(size):
-                bound = max(bound, OUTPUT_ROUNDING * EPS * size)
-        if tau[(k, j)] <= bound:
+                bound["rates"] = OUTPUT_ROUNDING * EPS * size
+
+        def bound_of(o, bound=bound):
+            # The terms' rounding in the reference's own epsilon; the rates' in float64's
+            # only: |f_i'' / f_i'| is large wherever an output's derivative is small (a
+            # scalar loss at a small element, a layer norm's outputs through its mean), not
+            # only at a saturated unit, and in float32's epsilon it hid a dx off by 1e-3.
+            return max(bound["terms"] * _unit_ratio(results[o]), bound["rates"])
+
+        if any(d <= bound_of(o) for o, d in tau[(k, j)].items()):
             rescued += 1
         else:
             missed += 1
@@ -853,9 +1236,14 @@ def _terms_second_look(r, results):
             error = np.array(ref.error, dtype=np.float64, copy=True)
             if error.size != flat.size:
                 continue
-            error.reshape(-1)[j] = max(error.reshape(-1)[j], bound)
+            error.reshape(-1)[j] = max(error.reshape(-1)[j], bound_of(o))
             results[o].refs[k] = dataclasses.replace(ref, error=error)
     return objective.calls - calls0
+
+
+def _unit_ratio(res):
+    """The epsilon of the type ``res`` was computed in, in units of float64's."""
+    return 1.0 if res.kind not in REDUCED_UNIT else 2.0 * REDUCED_UNIT[res.kind] / EPS
 
 
 def _zero_direction_references(r):
@@ -2056,6 +2444,7 @@ def _run(
     _analytic(r)
     results, evaluations = _references(r)
     evaluations += _terms_second_look(r, results)
+    evaluations += _autodiff_at_kinks(r, results)
     r.notes += _distrust_unbounded(results)
     r.notes += _loose_elements(results, r.piece_names)
     r.notes += _step_limit(r)
