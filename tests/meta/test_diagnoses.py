@@ -489,3 +489,30 @@ def test_values_are_printed_with_the_digits_that_tell_them_apart():
     analytic, reference = lines[first].split()[3:5]
     assert analytic != reference, lines[first]
     assert float(analytic) / float(reference) == pytest.approx(1 + 1e-6, rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("scale", [30.0, 60.0, 100.0])
+def test_a_float32_vjp_with_underflowing_products_is_linear(scale, seed):
+    """A float32 softmax VJP at logits of scale 30-100: its products fall below float32's
+    smallest normal and round to a grid of 2^-149, so ``vjp(2 d)`` and ``2 vjp(d)`` differ by
+    a unit of it. That is rounding, not a formula that is not linear (it was reported as one,
+    and the correct VJP failed); a VJP that squares its cotangent still is."""
+
+    def fn(z):
+        z = np.asarray(z, dtype=np.float32)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def vjp(g, z):
+        s = fn(z)
+        g = np.asarray(g, dtype=np.float32)
+        return s * (g - (g * s).sum(-1, keepdims=True))
+
+    z = (np.random.default_rng(seed).standard_normal((3, 6)) * scale).astype(np.float32)
+    with np.errstate(all="ignore"):
+        report = check_vjp(fn, vjp, (z,), seed=seed)
+        assert not any("not linear" in p for p in report.problems), report.problems
+        assert report.status != "failed", str(report)
+        squared = check_vjp(fn, lambda g, z: vjp(g**2, z), (z,), seed=seed)
+    assert any("not linear" in p for p in squared.problems), str(squared)
