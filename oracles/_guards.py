@@ -153,6 +153,11 @@ def call_user(func, args, what):
         raise UserFunctionError(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
 
+def _quiet(state):
+    """An error state with its warnings (``"warn"``, ``"print"``, ``"log"``) turned off."""
+    return {k: ("ignore" if v in ("warn", "print", "log") else v) for k, v in state.items()}
+
+
 def outside_the_domain(exc, args, xs):
     """True if ``exc`` is NumPy's floating-point error (raised by the user's error state or
     warnings filters) and ``args`` a perturbed point, not ``xs``: the function is not finite
@@ -182,17 +187,21 @@ class Guarded:
 
     ``fn`` runs under the user's NumPy error state (:func:`users_errstate`,
     taken when the guard is made and carried to worker threads and
-    processes), never the numerics' own. Where that state makes NumPy raise
-    (``np.seterr(invalid="raise")``, or its RuntimeWarning turned into an
-    error by the warnings filters, ``-W error``) at a perturbed point the
-    oracle chose (``sqrt`` just outside its domain), ``fn`` is not finite
-    there: the result is NaN, and the numerics use their remaining steps, as
-    they do for a NaN returned.
+    processes), never the numerics' own, except that what it would only
+    warn about (``"warn"``, ``"print"``, ``"log"``) is ignored: these are
+    the oracle's points, not the user's (``sqrt`` just outside its domain at
+    the largest steps), and their warnings would tell the user nothing (at
+    the inputs themselves, ``fn`` and the derivatives run under the user's
+    state exactly: :func:`call_user`). Where that state makes NumPy raise
+    (``np.seterr(invalid="raise")``, or a RuntimeWarning turned into an
+    error by the warnings filters) at a perturbed point, ``fn`` is not
+    finite there: the result is NaN, and the numerics use their remaining
+    steps, as they do for a NaN returned.
     """
 
     def __init__(self, fn, what, xs, names, shape=None, errstate=None):
         self.fn, self.what, self.xs, self.names, self.shape = fn, what, xs, names, shape
-        self.errstate = users_errstate() if errstate is None else errstate
+        self.errstate = _quiet(users_errstate() if errstate is None else errstate)
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
     def __reduce__(self):

@@ -277,7 +277,14 @@ def test_user_code_runs_under_the_callers_error_state_and_warnings_filters(
         report = entry(recording)
         assert report.ok, str(report)
         assert seen
-        assert [s for s in seen if s[0] != user[0]] == [], f"{name}: fn saw another errstate"
+        # At the oracle's own (perturbed) points what would only warn is ignored: those
+        # warnings would tell the user nothing. Whatever raises still raises.
+        quiet = {k: ("ignore" if v in ("warn", "print", "log") else v) for k, v in user[0].items()}
+        assert [s for s in seen if s[0] not in (user[0], quiet)] == [], (
+            f"{name}: fn saw another errstate"
+        )
+        if name not in ("vjp torch_fn", "vjp jax_fn", "oracles.torch.check"):
+            assert user[0] in [s[0] for s in seen], f"{name}: fn never ran under the caller's"
         assert [s for s in seen if s[1] != user[1]] == [], f"{name}: fn saw other filters"
         assert _state() == user
 
