@@ -1566,6 +1566,7 @@ def _own_axes(prober, gidx, results):
         if (
             not np.isfinite(m.value)
             or any(r is None or not np.isfinite(r[4]) for r in rows)
+            or _still_at_a_step(rows)
             or prober.kink_state(rows, m.t)[0] != "none"
             or abs(m.value) > m.error
         ):
@@ -1582,6 +1583,11 @@ def _own_axes(prober, gidx, results):
         }
         _store(results, i, [j], est)
     return ladder
+
+
+def _still_at_a_step(rows):
+    """True where no output changed at some step of a stencil's ``rows`` (fn's resolution)."""
+    return any(not np.any(row[2]) for row in rows)
 
 
 #: A named element's own measurement decides when it misses by this many times its error.
@@ -1634,6 +1640,9 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         # quotients are minus the analytic value, with float64's rounding for an error.
         masks = [row[2] for row in rows]
         below = any(np.any(a & ~b) for a, b in zip(masks, masks[1:], strict=False))
+        # Where nothing moved at a step (a float32 loss of logits of scale 1e-6 along one
+        # axis), the measurement is inconclusive, not a pass or a fail: the ladder decides.
+        below |= _still_at_a_step(rows)
         if below or not (agrees and state == "none" and (fails or passes)):
             undecided.append((i, j))
             continue
