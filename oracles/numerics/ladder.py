@@ -1091,10 +1091,29 @@ def _climbed(objective, flat, j, x0, s, t0, n_rungs, run):
     far = _element_ladder(objective, flat, j, x0, s_far, t0, n_rungs)
     if far["k"] is None or not np.isfinite(far["value"]):
         return s, run
+    if abs(far["value"]) * run["frozen"] > _spacing(objective, run["mask"]):
+        # That slope would have moved fn by more than a unit of its type at the step
+        # that froze: fn is constant there, and the change above is a kink the largest
+        # steps crossed (a float32 max-pool's second-largest input, 0.04 below the max).
+        return s, run
     far["error"] = _saturation_bound(
         objective, far["value"], far["error"], run["frozen"], objective.noise.kind
     )
     return s_far, far
+
+
+def _spacing(objective, mask):
+    """``sum |c_i| spacing(f_i)`` over the outputs ``mask``, spaced as in ``fn``'s type."""
+    f0 = np.abs(np.asarray(objective.base_output, dtype=np.float64)).reshape(-1)
+    at = np.asarray(mask).reshape(-1)
+    kind = objective.noise.kind
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind in ("float32", "float16"):
+            spacing = np.spacing(f0[at].astype(kind)).astype(np.float64)
+        else:
+            spacing = 2.0 * REDUCED_UNIT.get(kind, EPS) * f0[at]
+    c = np.abs(np.asarray(objective.cotangent, dtype=np.float64)).reshape(-1)[at]
+    return float(np.sum(c * spacing))
 
 
 def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
