@@ -2142,6 +2142,9 @@ def fast_partials(
         if n_given_up:
             done.append(f"{n_given_up} not compared (a wrong formula)")
         method += ", ".join(done)
+    # The objective's own notes (the precision the noise probe detected), as mode exhaustive
+    # reports them.
+    notes.extend(n for n in objective.notes if n not in notes)
     notes.append(
         f"mode fast: elements not named by the search were covered by random projections, not "
         f"compared one by one ({n_individual} element(s) compared individually)"

@@ -18,7 +18,7 @@ float64 wrapper (``astype(float32)`` in, float64 out). Before that round:
 
 The claims: a correct backward never fails; in mode exhaustive a typical element off by
 1e-3 fails (1e-4 in the elementwise and affine ones at inputs of scale 1e-6); the report
-names the type.
+names the type, in both modes (mode fast did not pass the noise probe's note on).
 """
 
 from __future__ import annotations
@@ -174,8 +174,7 @@ def test_a_correct_float32_backward_never_fails(name, wrap, mode):
         fn, vjp, xs = _case(name, seed, n, scale, wrap)
         r = check_vjp(fn, vjp, xs, mode=mode, seed=seed)
         assert r.status != "failed", f"scale {scale}\n{r}"
-        if mode == "exhaustive":
-            assert _names_float32(r), f"scale {scale}\n{r}"
+        assert _names_float32(r), f"scale {scale}\n{r}"  # mode fast says so too (round 16)
 
 
 @pytest.mark.parametrize("wrap", [True, False], ids=["wrapped", "float32-inputs"])
