@@ -1166,10 +1166,21 @@ class _Pending:
 SCREEN_UP = 2.0**12
 
 
-def _screen_top(objective):
-    """The largest relative screen step: ``T0``, or ``T0 SCREEN_UP`` where fn is coarse."""
+def _screen_top(objective, i):
+    """The largest relative screen step of input ``i``: ``T0``, or ``T0 SCREEN_UP``.
+
+    Above ``T0`` only where fn is coarse (a reduced type inside, or noise far above
+    float64's) and input ``i`` holds no tied values: ties mark a piecewise fn (a sort, a
+    max), whose ladders climb over its pieces at float16's noise (a float16 sort of values
+    two units apart chose steps of 16 times their scale), where a screen must not follow.
+    """
     noise = objective.noise
-    return T0 * SCREEN_UP if (noise.kind is not None or noise.coarse) else T0
+    if not (noise.kind is not None or noise.coarse):
+        return T0
+    x = np.asarray(objective.point[i]).reshape(-1)
+    if np.unique(x).size < x.size:
+        return T0
+    return T0 * SCREEN_UP
 
 
 def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
@@ -1238,7 +1249,9 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     chosen = ladder["step"].copy()
     usable = usable_of(ladder)
     best = None
-    top = _screen_top(objective)
+    # Above T0 only where no sample sits at a kink: a screen step that far crosses the
+    # kinks of a piecewise fn (a float16 sort, values two units apart).
+    top = T0 if np.any(ladder["kink"]) else _screen_top(objective, i)
     if top > T0:
         # Steps relative to the input's scales (a ladder that climbed far measured its
         # step on the scale it climbed to).

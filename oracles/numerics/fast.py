@@ -1566,7 +1566,7 @@ def _own_axes(prober, gidx, results):
         if (
             not np.isfinite(m.value)
             or any(r is None or not np.isfinite(r[4]) for r in rows)
-            or _still_at_a_step(rows)
+            or _still_at_a_step(space.objective, rows)
             or prober.kink_state(rows, m.t)[0] != "none"
             or abs(m.value) > m.error
         ):
@@ -1585,8 +1585,16 @@ def _own_axes(prober, gidx, results):
     return ladder
 
 
-def _still_at_a_step(rows):
-    """True where no output changed at some step of a stencil's ``rows`` (fn's resolution)."""
+def _still_at_a_step(objective, rows):
+    """True where a reduced-precision fn changed no output at some step of a stencil's ``rows``.
+
+    Only where ``fn`` computes in a reduced type (:attr:`NoiseModel.kind`): in float64 a step
+    that moves nothing is below the inputs' spacing (``tanh(x - c)`` at ``c = 1e12``), where
+    the own-axis measurement, not the ladder, is the one to trust.
+    """
+    noise = objective.measured_noise
+    if noise is None or noise.kind is None:
+        return False
     return any(not np.any(row[2]) for row in rows)
 
 
@@ -1642,7 +1650,7 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         below = any(np.any(a & ~b) for a, b in zip(masks, masks[1:], strict=False))
         # Where nothing moved at a step (a float32 loss of logits of scale 1e-6 along one
         # axis), the measurement is inconclusive, not a pass or a fail: the ladder decides.
-        below |= _still_at_a_step(rows)
+        below |= _still_at_a_step(space.objective, rows)
         if below or not (agrees and state == "none" and (fails or passes)):
             undecided.append((i, j))
             continue

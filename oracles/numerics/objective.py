@@ -1112,10 +1112,15 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         coarse_steps = np.isfinite(quantum) & (0.5 * quantum > 1e3 * EPS * absf)
     values = np.concatenate([np.ravel(v) for v in seen])
-    if not moved.all() and _distinct_nonzero(values) < TYPE_DISTINCT:
+    if (
+        not moved.all()
+        and _distinct_nonzero(values) < TYPE_DISTINCT
+        and _reduced_kind(values) is not None
+    ):
         # Outputs that did not change at any probe step are quantized, not noiseless
         # (a float32 loss of logits of scale 1e-6 moves by less than its unit): far
-        # points tell the type they are computed in. Their values serve that only.
+        # points tell the type they are computed in. Their values serve that only, and
+        # only where those seen are values of a reduced type (else fn is not computed in one).
         far, spent = _far_values(evaluate, xs, us, ~moved, half)
         calls += spent
         values = np.concatenate([values, far])
