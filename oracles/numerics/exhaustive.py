@@ -843,6 +843,7 @@ def sharp_partials(objective, elements, grads, *, sharpen=True, steps=False):
     }
     if steps:
         out["step"] = est.step
+        out["scale"] = est.scale
     _sharpen(objective, elements, grads, out, est.step, sharpen)
     return out
 
@@ -1160,6 +1161,29 @@ class _Pending:
         return {k: a[at] for k, a in self.ladder.items() if k != "step"}
 
 
+#: How far above ``T0`` the screen of a reduced-precision fn may step (its ladders climb
+#: where fn moves by only a few of its units at ``T0``: float32 outputs of 1 that inputs of
+#: scale 1e-6 move by 1e-7).
+SCREEN_UP = 2.0**12
+
+
+def _screen_top(objective, i):
+    """The largest relative screen step of input ``i``: ``T0``, or ``T0 SCREEN_UP``.
+
+    Above ``T0`` only where fn is coarse (a reduced type inside, or noise far above
+    float64's) and input ``i`` holds no tied values: ties mark a piecewise fn (a sort, a
+    max), whose ladders climb over its pieces at float16's noise (a float16 sort of values
+    two units apart chose steps of 16 times their scale), where a screen must not follow.
+    """
+    noise = objective.noise
+    if not (noise.kind is not None or noise.coarse):
+        return T0
+    x = np.asarray(objective.point[i]).reshape(-1)
+    if np.unique(x).size < x.size:
+        return T0
+    return T0 * SCREEN_UP
+
+
 def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     """Screen step and truncation model for input ``i`` from a few full ladders.
 
@@ -1226,19 +1250,31 @@ def _calibrate(objective, i, flat_idx, grads, rng, how="copies"):
     chosen = ladder["step"].copy()
     usable = usable_of(ladder)
     best = None
+    # Above T0 only where no sample sits at a kink: a screen step that far crosses the
+    # kinks of a piecewise fn (a float16 sort, values two units apart).
+    top = T0 if np.any(ladder["kink"]) else _screen_top(objective, i)
+    if top > T0:
+        # Steps relative to the input's scales (a ladder that climbed far measured its
+        # step on the scale it climbed to).
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            own = chosen * ladder["scale"] / objective.scales[i].reshape(-1)[sample]
+    else:
+        own = chosen
+    ladder.pop("scale")
     if np.any(usable):
-        # Steps around the ones the ladders chose (the geometric median), never above T0.
-        center = 2.0 ** float(np.round(np.median(np.log2(chosen[usable]))))
+        # Steps around the ones the ladders chose (the geometric median), never above T0
+        # (above it, up to :func:`_screen_top`, for a reduced-precision fn).
+        center = 2.0 ** float(np.round(np.median(np.log2(own[usable]))))
         # A sample whose ladder went far below the others' steps (a kink near it, not at it:
         # abs(x - c) with c 1e-6 away) does not follow the h^2 model at the screen's steps;
         # in the model it would widen every element's bound to its kink. Left out, the
         # screen is only stricter (an element like it fails the screen and gets the ladder).
-        usable &= chosen >= center * OUTLIER_STEP
+        usable &= own >= center * OUTLIER_STEP
         v = ladder["value"][usable]
         v_err = ladder["error"][usable]
         scales = objective.scales[i].reshape(-1)[sample[usable]]
         nz = np.abs(v) > 0
-        candidates = sorted({min(T0, center * f) for f in SCREEN_STEPS}, reverse=True)
+        candidates = sorted({min(top, center * f) for f in SCREEN_STEPS}, reverse=True)
         # Every candidate step in one screen (one block of rows, not one per step).
         k = int(np.count_nonzero(usable))
         screened = _screen(

@@ -1606,6 +1606,7 @@ def _own_axes(prober, gidx, results):
         if (
             not np.isfinite(m.value)
             or any(r is None or not np.isfinite(r[4]) for r in rows)
+            or _still_at_a_step(space.objective, rows)
             or prober.kink_state(rows, m.t)[0] != "none"
             or abs(m.value) > m.error
         ):
@@ -1622,6 +1623,19 @@ def _own_axes(prober, gidx, results):
         }
         _store(results, i, [j], est)
     return ladder
+
+
+def _still_at_a_step(objective, rows):
+    """True where a reduced-precision fn changed no output at some step of a stencil's ``rows``.
+
+    Only where ``fn`` computes in a reduced type (:attr:`NoiseModel.kind`): in float64 a step
+    that moves nothing is below the inputs' spacing (``tanh(x - c)`` at ``c = 1e12``), where
+    the own-axis measurement, not the ladder, is the one to trust.
+    """
+    noise = objective.measured_noise
+    if noise is None or noise.kind is None:
+        return False
+    return any(not np.any(row[2]) for row in rows)
 
 
 #: A named element's own measurement decides when it misses by this many times its error.
@@ -1674,6 +1688,9 @@ def _confirm(prober, active, u, leaves, grads, results, atol, rtol):
         # quotients are minus the analytic value, with float64's rounding for an error.
         masks = [row[2] for row in rows]
         below = any(np.any(a & ~b) for a, b in zip(masks, masks[1:], strict=False))
+        # Where nothing moved at a step (a float32 loss of logits of scale 1e-6 along one
+        # axis), the measurement is inconclusive, not a pass or a fail: the ladder decides.
+        below |= _still_at_a_step(space.objective, rows)
         if below or not (agrees and state == "none" and (fails or passes)):
             undecided.append((i, j))
             continue
@@ -2175,6 +2192,9 @@ def fast_partials(
         if n_given_up:
             done.append(f"{n_given_up} not compared (a wrong formula)")
         method += ", ".join(done)
+    # The objective's own notes (the precision the noise probe detected), as mode exhaustive
+    # reports them.
+    notes.extend(n for n in objective.notes if n not in notes)
     notes.append(
         f"mode fast: elements not named by the search were covered by random projections, not "
         f"compared one by one ({n_individual} element(s) compared individually)"

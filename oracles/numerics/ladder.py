@@ -77,6 +77,7 @@ from oracles.numerics.objective import (
     EPS,
     MAX_RUNGS,
     NOISE_SAFETY,
+    REDUCED_UNIT,
     T0,
     Estimate,
     analytic_rounding,
@@ -604,7 +605,7 @@ def _central(objective, flat, j, x0, t):
     return float(np.vdot(objective.cotangent, fp - fm)) / delta, noise / delta
 
 
-def _saturation_bound(objective, value, error, still):
+def _saturation_bound(objective, value, error, still, kind=None):
     """The error of a derivative found only at steps far above one that changed nothing.
 
     ``fn`` did not change at all at step ``still``: the derivative at ``x``
@@ -614,12 +615,14 @@ def _saturation_bound(objective, value, error, still):
     the far side of its saturation), not at ``x``: it cannot be told from 0,
     so the error covers it. A function that really varies on a larger scale
     than ``|x|`` (``exp`` at ``1e-131``) stays within the bound and keeps
-    its estimate.
+    its estimate. ``kind``: the reduced type ``fn`` computes in, whose unit
+    replaces float64's epsilon in that resolution.
     """
     if not (np.isfinite(value) and np.isfinite(error)) or still <= 0:
         return error
     f0 = objective.base_output
-    resolution = 4.0 * EPS * float(np.sum(np.abs(objective.cotangent) * np.abs(f0))) / still
+    unit = 2.0 * REDUCED_UNIT[kind] if kind in REDUCED_UNIT else EPS
+    resolution = 4.0 * unit * float(np.sum(np.abs(objective.cotangent) * np.abs(f0))) / still
     if abs(value) > 4.0 * resolution:
         return max(error, abs(value) + resolution)
     return error
@@ -1050,7 +1053,67 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         "evals": evals,
         "top": min([k for k in evals] + [0]),
         "quantum": quantum[0],
+        "frozen": max(frozen, default=0.0),
     }
+
+
+def _frozen_below(objective, run):
+    """True where a ladder of a reduced-precision fn found nothing but its rounding.
+
+    Its outputs moved at some rung, no rung gave an estimate, and it froze below
+    (``fn`` computes in float32, float16 or bfloat16: :attr:`NoiseModel.kind`). In
+    float64 such a ladder is a saturated function (``tanh`` at 20), whose 0 stands.
+    """
+    return (
+        objective.noise.kind is not None
+        and run["k"] is None
+        and bool(run["mask"].any())
+        and not run["nonfinite"]
+        and run.get("frozen", 0.0) > 0.0
+    )
+
+
+def _climbed(objective, flat, j, x0, s, t0, n_rungs, run):
+    """``(scale, run)`` of a frozen ladder (:func:`_frozen_below`) searched above its top.
+
+    :func:`scale_search` from the ladder's largest step finds where the quotient
+    varies with the step above its rounding; a ladder from there replaces the
+    frozen one when it found an estimate, its error bounded by the outputs'
+    resolution in ``fn``'s type over the largest step that froze
+    (:func:`_saturation_bound`): a value found far out on another stretch of fn
+    cannot be told from 0. Else the frozen ladder stands.
+    """
+    top = t0 * s * 2.0 ** -run["top"]
+    up = scale_search(lambda t: _central(objective, flat, j, x0, t), top)
+    if up is None:
+        return s, run
+    s_far = _ldexp(s, up - run["top"])
+    far = _element_ladder(objective, flat, j, x0, s_far, t0, n_rungs)
+    if far["k"] is None or not np.isfinite(far["value"]):
+        return s, run
+    if abs(far["value"]) * run["frozen"] > _spacing(objective, run["mask"]):
+        # That slope would have moved fn by more than a unit of its type at the step
+        # that froze: fn is constant there, and the change above is a kink the largest
+        # steps crossed (a float32 max-pool's second-largest input, 0.04 below the max).
+        return s, run
+    far["error"] = _saturation_bound(
+        objective, far["value"], far["error"], run["frozen"], objective.noise.kind
+    )
+    return s_far, far
+
+
+def _spacing(objective, mask):
+    """``sum |c_i| spacing(f_i)`` over the outputs ``mask``, spaced as in ``fn``'s type."""
+    f0 = np.abs(np.asarray(objective.base_output, dtype=np.float64)).reshape(-1)
+    at = np.asarray(mask).reshape(-1)
+    kind = objective.noise.kind
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind in ("float32", "float16"):
+            spacing = np.spacing(f0[at].astype(kind)).astype(np.float64)
+        else:
+            spacing = 2.0 * REDUCED_UNIT.get(kind, EPS) * f0[at]
+    c = np.abs(np.asarray(objective.cotangent, dtype=np.float64)).reshape(-1)[at]
+    return float(np.sum(c * spacing))
 
 
 def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
@@ -1103,6 +1166,11 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
         x0 = flat[j]
         s = float(objective.scales[i].reshape(-1)[j])
         run = _element_ladder(objective, flat, j, x0, s, t0, n_rungs)
+        if _frozen_below(objective, run):
+            # A reduced-precision fn that moved at the largest steps by a few of its units
+            # and not at all below: the 0 is its rounding, not its derivative (float32 exp
+            # at x ~ 1e-6). Larger steps resolve it, where fn varies smoothly.
+            s, run = _climbed(objective, flat, j, x0, s, t0, n_rungs, run)
         if not run["mask"].any() and np.isfinite(run["value"]):
             # Nothing changed at any rung: fn may vary on a much larger scale
             # than |x_j| (a lone element near 0); find it and start there.
@@ -1114,7 +1182,9 @@ def partials(objective, indices, *, grads=None, t0=T0, n_rungs=MAX_RUNGS):
                 still = t0 * s * 2.0 ** -run["top"]  # the largest step that changed nothing
                 s_far = _ldexp(s, up - run["top"])
                 far = _element_ladder(objective, flat, j, x0, s_far, t0, n_rungs)
-                far["error"] = _saturation_bound(objective, far["value"], far["error"], still)
+                far["error"] = _saturation_bound(
+                    objective, far["value"], far["error"], still, objective.noise.kind
+                )
                 kf = far["k"]
                 if kf is None or not np.isfinite(far["value"]):
                     pass  # no estimate out there (fn overflows first): keep the bound of here

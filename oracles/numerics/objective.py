@@ -1261,6 +1261,18 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         coarse_steps = np.isfinite(quantum) & (0.5 * quantum > 1e3 * EPS * absf)
     values = np.concatenate([np.ravel(v) for v in seen])
+    if (
+        not moved.all()
+        and _distinct_nonzero(values) < TYPE_DISTINCT
+        and _reduced_kind(values) is not None
+    ):
+        # Outputs that did not change at any probe step are quantized, not noiseless
+        # (a float32 loss of logits of scale 1e-6 moves by less than its unit): far
+        # points tell the type they are computed in. Their values serve that only, and
+        # only where those seen are values of a reduced type (else fn is not computed in one).
+        far, spent = _far_values(evaluate, xs, us, ~moved, half)
+        calls += spent
+        values = np.concatenate([values, far])
     kind = (
         _reduced_kind(values)
         if precision > 1e3 * EPS
@@ -1307,6 +1319,42 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         kind=kind,
         wavy=wavy if np.isfinite(wavy).any() else None,
     )
+
+
+#: Relative steps (times the probe direction) of the far points of :func:`_far_values`.
+FAR_PROBE_STEPS = (2.0**-4, 2.0**-1, 2.0**2, 2.0**5)
+
+
+def _distinct_nonzero(values):
+    v = values[np.isfinite(values) & (values != 0)]
+    return np.unique(v).size
+
+
+def _far_values(evaluate, xs, us, still, half):
+    """``(values, calls)``: outputs ``still`` at the probe's far points.
+
+    Along the probe's direction ``us`` at the relative steps
+    :data:`FAR_PROBE_STEPS`, until those outputs took :data:`TYPE_DISTINCT`
+    distinct non-zero values or ``fn`` stopped being finite (or failed).
+    """
+    got, calls = [], 0
+    for h in FAR_PROBE_STEPS:
+        for k in (-half, -1, 1, half):
+            with np.errstate(over="ignore", invalid="ignore"):
+                point = [np.asarray(x + (k * h) * u) for x, u in zip(xs, us, strict=True)]
+            if not all(np.all(np.isfinite(p)) for p in point):
+                return np.concatenate(got) if got else np.zeros(0), calls
+            try:
+                f = np.asarray(evaluate(point), dtype=np.float64).ravel()
+            except Exception:  # noqa: BLE001 - far from x fn may refuse: the probe ends
+                return np.concatenate(got) if got else np.zeros(0), calls
+            calls += 1
+            if f.shape != still.shape or not np.all(np.isfinite(f[still])):
+                return np.concatenate(got) if got else np.zeros(0), calls
+            got.append(f[still])
+        if _distinct_nonzero(np.concatenate(got)) >= TYPE_DISTINCT:
+            break
+    return np.concatenate(got) if got else np.zeros(0), calls
 
 
 class ScalarObjective:
