@@ -621,15 +621,31 @@ def _reduced_kind(values):
     v = v[np.isfinite(v) & (v != 0)]
     if v.size == 0 or (np.all(v == np.round(v)) and np.max(np.abs(v)) < 2.0**24):
         return None  # no values, or small integers: exact in any type, says nothing
+    # A type is named only by a value that uses most of its bits: values of a few
+    # significant bits are exact in every type (a float64 ``(1 + tanh(a)) / 2`` saturated
+    # near 0 takes small multiples of 2^-54, and near 1 the value 1: it read as bfloat16).
+    top = int(np.max(53 - _trailing_zeros(v)))
     with np.errstate(over="ignore", invalid="ignore"):
         f32 = v.astype(np.float32)
         if not np.array_equal(f32.astype(np.float64), v):
             return None
         if np.all((f32.view(np.uint32) & 0xFFFF) == 0):
-            return "bfloat16"
+            return "bfloat16" if top >= TYPE_BITS["bfloat16"] else None
         if np.array_equal(v.astype(np.float16).astype(np.float64), v):
-            return "float16"
-    return "float32"
+            return "float16" if top >= TYPE_BITS["float16"] else None
+    return "float32" if top >= TYPE_BITS["float32"] else None
+
+
+#: Fewest significant bits of the values' widest that name a reduced type (of its 8, 11, 24).
+TYPE_BITS = {"bfloat16": 6, "float16": 9, "float32": 17}
+
+
+def _trailing_zeros(v):
+    """Per finite non-zero float64 value, the zero bits at the end of its 53-bit significand."""
+    m, _ = np.frexp(np.abs(v))
+    sig = np.ldexp(m, 53).astype(np.int64)  # the significand as an integer, 2^52 <= sig < 2^53
+    low = sig & -sig  # its lowest set bit
+    return np.log2(low.astype(np.float64)).astype(np.int64)
 
 
 #: Multiple of ``eps * sum |terms|`` allowed for the rounding of the analytic derivative.
