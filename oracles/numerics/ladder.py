@@ -854,7 +854,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     abs_cot = np.abs(cot)
     unmeasured = []  # (fp - f0, f0 - fm) of rungs that changed fn, not yet in closest
-    count = [0]  # outputs in mask
+    count = [0, -1]  # outputs in mask, and the order of the rung where it last grew
     gathered = {}  # rung_noises' terms of the outputs in mask, by their count (mask only grows)
 
     def nearest():
@@ -867,7 +867,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         unmeasured.clear()
         return closest[0]
 
-    late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
+    late_sums = {}  # (outputs in mask, order of rung k) -> late(k): first_seen changes only then
 
     def rounding(q):
         """``q`` where it can be rounding of ``fn``, else 0 (:data:`ROUNDING_UNITS`)."""
@@ -943,6 +943,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         if grown != count[0]:
             count[0] = grown
             first_seen[mask & ~before] = len(order)
+            count[1] = len(order)
         order[k] = len(order)
         terms[k] = float(np.vdot(abs_cot, np.abs(both))) / delta
         return {
@@ -953,9 +954,9 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     def late(k):
         """Noise of the outputs first seen to change after rung ``k`` was evaluated."""
-        if order[k] == len(order) - 1:
-            return 0.0  # the latest rung: no output was first seen after it
-        key = (len(order), order[k])
+        if order[k] >= count[1]:
+            return 0.0  # no output was first seen after it (the finite first_seen are <= count[1])
+        key = (count[0], order[k])  # first_seen is set only where the mask grows
         got = late_sums.get(key)
         if got is None:
             later = first_seen > order[k]
