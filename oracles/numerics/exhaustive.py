@@ -285,10 +285,9 @@ PROBE_STEP = 2.0**-12
 #: ``tanh(x @ W)`` with 2,000 .. 6,000 inputs the screen took 2-14% less time than at ``2^18``
 #: (``2^16`` about the same as ``2^17``, ``2^15`` more: 27 us a block of fixed cost).
 BLOCK_FLOATS = 2**17
-#: Outputs above which the screen keeps only those that changed (:func:`_sparse_rows`), in
-#: blocks of at least ``SPARSE_ROWS`` elements, while at most ``SPARSE_SHARE`` of them change.
+#: Outputs above which the screen keeps only those that changed (:func:`_sparse_rows`), while
+#: at most ``SPARSE_SHARE`` of them change (then it goes back to rows).
 SPARSE_OUTPUTS = 4096
-SPARSE_ROWS = 64
 SPARSE_SHARE = 0.25
 #: Most rows of one batched call of a vectorized ``fn`` (:attr:`Exhaustive.vectorized`).
 MAX_BATCH = 1024
@@ -453,8 +452,10 @@ def _screen(objective, i, flat_idx, r, how="copies"):
     bufs = _row_buffers(objective, min(rows, n), objective.base_output.size)
     done, perm = 0, False
     sparse = how != "vectorized" and m > SPARSE_OUTPUTS and np.isfinite(objective.base_output).all()
+    block = rows  # the first sparse block holds what a block of rows would; then as many
+    # elements as BLOCK_FLOATS changed outputs at the rate seen (memory stays a block's)
     while sparse and done < n:
-        part = slice(done, min(n, done + max(SPARSE_ROWS, rows)))
+        part = slice(done, min(n, done + block))
         b = part.stop - part.start
         at, cols, a, z, perm = _sparse_rows(
             objective, i, flat_idx[part], xp[part], xm[part], how == "direct", perm, bufs
@@ -468,6 +469,7 @@ def _screen(objective, i, flat_idx, r, how="copies"):
         )
         done = part.stop
         sparse = cols.size <= SPARSE_SHARE * b * m  # most outputs move: rows cost less
+        block = max(rows, min(MAX_CHUNK, int(BLOCK_FLOATS * b / max(1, cols.size))))
     for s in range(done, n, rows):
         part = slice(s, min(n, s + rows))
         if how == "vectorized":

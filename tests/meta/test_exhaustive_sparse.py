@@ -80,7 +80,6 @@ def _screens(fn, xs, how, rows):
 def test_sparse_screen_is_the_dense_screen_bitwise(how, rows, monkeypatch):
     rng = np.random.default_rng(17)
     if rows is not None:  # blocks of a few elements: the softmax goes back to rows after one
-        monkeypatch.setattr(exhaustive, "SPARSE_ROWS", rows)
         monkeypatch.setattr(exhaustive, "BLOCK_FLOATS", rows * 64)
     for name, fn, xs in _cases(rng):
         with np.errstate(all="ignore"):
