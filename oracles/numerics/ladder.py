@@ -71,6 +71,8 @@ resolve is taken to be at ``x``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from oracles.numerics.objective import (
@@ -732,16 +734,24 @@ def _measured_quantum(raw, scale):
             continue
         run = [raw[k + d] for d in range(4)]
         for side in ("fwd", "bwd"):
-            diffs = np.diff([g[side] for g in run])
-            turns = np.sign(diffs[1:]) * np.sign(diffs[:-1])
-            if not np.all(np.isfinite(diffs)) or np.any(turns >= 0):
+            # Python floats: NumPy calls on three numbers cost more than the rung's arithmetic.
+            v = [float(g[side]) for g in run]
+            diffs = [v[1] - v[0], v[2] - v[1], v[3] - v[2]]
+            if not all(map(math.isfinite, diffs)) or not (
+                _alternate(diffs[0], diffs[1]) and _alternate(diffs[1], diffs[2])
+            ):
                 continue
             if abs(diffs[-1]) < abs(diffs[0]):
                 continue  # shrinking: the larger steps crossed kinks, and then it settled
-            measured = float(np.min(np.abs(diffs))) * run[-1]["h"] / 2.0
+            measured = min(abs(d) for d in diffs) * run[-1]["h"] / 2.0
             if measured > UNSEEN_NOISE * run[-1]["side"]:
                 q = max(q, measured)
     return max(q, _jump(raw, rungs, scale))
+
+
+def _alternate(a, b):
+    """Whether ``a`` and ``b`` (finite) are of opposite signs, neither zero."""
+    return (a > 0.0 and b < 0.0) or (a < 0.0 and b > 0.0)
 
 
 #: A jump counts as rounding where the steps that straddle it are at most this
@@ -791,7 +801,7 @@ def _jump(raw, rungs, scale):
         for a, b in zip(rungs, rungs[1:], strict=False):
             ga, gb = raw[a], raw[b]
             j = ga[change]
-            if not (np.isfinite(j) and j != 0.0 and abs(gb[change] - j) <= 0.05 * abs(j)):
+            if not (math.isfinite(j) and j != 0.0 and abs(gb[change] - j) <= 0.05 * abs(j)):
                 continue
             if not (abs(j) > JUMP_NOISE * ga["side"] and gb["h"] <= JUMP_STEP * scale):
                 continue
@@ -804,18 +814,17 @@ def _jump(raw, rungs, scale):
         # a staircase does where the step falls inside one stair (both sides of
         # GELU's tanh form at x ~ -6.9 move by 4, 2, 1 quanta, then by none).
         for k in range(2, len(rungs)):
-            top, after = rungs[k - 2 : k], rungs[k:]
-            if any(b != a + 1 for a, b in zip(top, top[1:] + [rungs[k]], strict=False)):
+            if not rungs[k - 2] + 2 == rungs[k - 1] + 1 == rungs[k]:
                 continue
-            s_top = np.array([raw[c][side] for c in top])
-            if not (np.all(np.isfinite(s_top)) and np.all(s_top != 0.0)):
+            s0, s1 = float(raw[rungs[k - 2]][side]), float(raw[rungs[k - 1]][side])
+            if not (math.isfinite(s0) and math.isfinite(s1) and s0 != 0.0 and s1 != 0.0):
                 continue
-            if np.ptp(s_top) > 0.1 * np.min(np.abs(s_top)):
+            if max(s0, s1) - min(s0, s1) > 0.1 * min(abs(s0), abs(s1)):
                 continue
-            last = raw[top[-1]]
+            last = raw[rungs[k - 1]]
             if not abs(last[change]) > JUMP_NOISE * last["side"]:
                 continue
-            if all(abs(raw[c][side]) < 0.1 * abs(s_top[-1]) for c in after):
+            if all(abs(raw[c][side]) < 0.1 * abs(s1) for c in rungs[k:]):
                 q = max(q, abs(last[change]))
     return q
 
@@ -848,7 +857,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     abs_cot = np.abs(cot)
     unmeasured = []  # (fp - f0, f0 - fm) of rungs that changed fn, not yet in closest
-    count = [0]  # outputs in mask
+    count = [0, -1]  # outputs in mask, and the order of the rung where it last grew
     gathered = {}  # rung_noises' terms of the outputs in mask, by their count (mask only grows)
 
     def nearest():
@@ -861,7 +870,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         unmeasured.clear()
         return closest[0]
 
-    late_sums = {}  # (rungs evaluated, order of rung k) -> late(k): first_seen changes only then
+    late_sums = {}  # (outputs in mask, order of rung k) -> late(k): first_seen changes only then
 
     def rounding(q):
         """``q`` where it can be rounding of ``fn``, else 0 (:data:`ROUNDING_UNITS`)."""
@@ -937,6 +946,7 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
         if grown != count[0]:
             count[0] = grown
             first_seen[mask & ~before] = len(order)
+            count[1] = len(order)
         order[k] = len(order)
         terms[k] = float(np.vdot(abs_cot, np.abs(both))) / delta
         return {
@@ -947,9 +957,9 @@ def _element_ladder(objective, flat, j, x0, s, t0, n_rungs):
 
     def late(k):
         """Noise of the outputs first seen to change after rung ``k`` was evaluated."""
-        if order[k] == len(order) - 1:
-            return 0.0  # the latest rung: no output was first seen after it
-        key = (len(order), order[k])
+        if order[k] >= count[1]:
+            return 0.0  # no output was first seen after it (the finite first_seen are <= count[1])
+        key = (count[0], order[k])  # first_seen is set only where the mask grows
         got = late_sums.get(key)
         if got is None:
             later = first_seen > order[k]
