@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -89,6 +90,37 @@ def _jax_state():
         return None
 
 
+#: The warnings filters as the first of the checks running now found them (see
+#: :func:`_filters_kept`), and how many checks are running, in any thread.
+_KEPT = {"checks": 0, "saved": None}
+_KEPT_LOCK = threading.Lock()
+
+
+def _filters_kept():
+    """Count a check in; the first of the checks running at once saves the warnings filters.
+
+    ``warnings.catch_warnings`` per check restores the process-wide filters
+    as that check found them: with checks in several threads, one that began
+    while another had a filter of its own in place (the complex-step test's
+    ComplexWarning error) put that filter back for good. The filters are put
+    back once, when the last check running ends.
+    """
+    with _KEPT_LOCK:
+        if _KEPT["checks"] == 0:
+            keeper = warnings.catch_warnings()
+            keeper.__enter__()
+            _KEPT["saved"] = keeper
+        _KEPT["checks"] += 1
+
+
+def _filters_released():
+    with _KEPT_LOCK:
+        _KEPT["checks"] -= 1
+        if _KEPT["checks"] == 0:
+            keeper, _KEPT["saved"] = _KEPT["saved"], None
+            keeper.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
 def users_state():
     """Run a check: the user's code sees the caller's state, which is restored on every exit.
@@ -105,10 +137,11 @@ def users_state():
     token = _USERS_ERRSTATE.set(_USERS_ERRSTATE.get() or errstate)
     random_state = np.random.get_state()  # noqa: NPY002 - restored, not used
     torch_state, jax_state = _torch_state(), _jax_state()
+    _filters_kept()
     try:
-        with warnings.catch_warnings():
-            yield
+        yield
     finally:
+        _filters_released()
         _USERS_ERRSTATE.reset(token)
         np.seterr(**errstate)
         np.random.set_state(random_state)  # noqa: NPY002
