@@ -745,7 +745,7 @@ def _sparse_rows(objective, i, idx, xp, xm, direct, perm=False, bufs=None):
             neq = np.empty(f0.size, dtype=bool)
         o = (out if perm is None else out.transpose(perm)).reshape(-1)
         np.not_equal(o, f0, out=neq)
-        pos = np.flatnonzero(neq)
+        pos = neq.nonzero()[0]  # np.flatnonzero of the 1-D mask, without its Python wrappers
         return pos, o[pos]  # a copy: fn's output may be a view of its input, or a reused buffer
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -756,7 +756,7 @@ def _sparse_rows(objective, i, idx, xp, xm, direct, perm=False, bufs=None):
                 pos_m, z = side(down)
             finally:
                 flat[j] = x0
-            if pos_p.size != pos_m.size or not np.array_equal(pos_p, pos_m):
+            if pos_p.size != pos_m.size or not (pos_p == pos_m).all():
                 # Both sides, where either moved; the other side is f(x) there.
                 cols = np.union1d(pos_p, pos_m)
                 a_all, z_all = f0[cols], f0[cols]

@@ -1373,6 +1373,13 @@ def _far_values(evaluate, xs, us, still, half):
     return np.concatenate(got) if got else np.zeros(0), calls
 
 
+def _fresh_outputs(fn):
+    """True if every output of ``fn`` is a fresh float64 array (the pipeline's guard, shaped)."""
+    from oracles._guards import Guarded
+
+    return type(fn) is Guarded and fn.shape is not None
+
+
 class ScalarObjective:
     """``phi(xs) = sum(cotangent * fn(*xs))`` over float64 working copies.
 
@@ -1414,6 +1421,9 @@ class ScalarObjective:
 
     def __init__(self, fn, inputs, cotangent, *, noise=None, base_output=None, scales=None):
         self.fn = fn
+        # Whether fn's outputs are fresh float64 arrays already (the pipeline's guard of a
+        # known output shape copies them: Guarded.check).
+        self._fresh = _fresh_outputs(fn)
         #: The evaluation point, read-only: the arrays given where they are float64 and
         #: C-contiguous already (no copy), else float64 copies.
         self.point = [_as_point(x) for x in inputs]
@@ -1516,6 +1526,8 @@ class ScalarObjective:
         # largest step): such rungs are skipped, not warned about.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             out = self.fn(*[x.copy() for x in xs])
+        if self._fresh and type(out) is np.ndarray:
+            return out  # the pipeline's guard returns a fresh float64 array: no second copy
         return np.array(out, dtype=np.float64, copy=True)
 
     def _contract(self, out):
