@@ -842,7 +842,7 @@ def _block_stats(objective, fp, fm, x0, xp, xm, perm=None, bufs=None):
     else:
         changed = fp != f0
         changed |= fm != f0
-    where = np.flatnonzero(changed)
+    where = changed.ravel().nonzero()[0]  # np.flatnonzero, without its Python wrappers
     rows = where // m
     cols = where - rows * m
     # The gathered values and what is computed from them go into kept work arrays (a, z, w,
@@ -850,8 +850,8 @@ def _block_stats(objective, fp, fm, x0, xp, xm, perm=None, bufs=None):
     # hand their pages back and fault them in again (half the time of this function on
     # tanh(x @ W)). The arithmetic is that of the formulas in the comments, term by term.
     work = _work(bufs, where.size)
-    np.take(fp.reshape(-1), where, out=work[0], mode="clip")
-    np.take(fm.reshape(-1), where, out=work[1], mode="clip")
+    fp.reshape(-1).take(where, out=work[0], mode="clip")
+    fm.reshape(-1).take(where, out=work[1], mode="clip")
 
     def finite_row(p):
         return bool(np.isfinite(fp[p]).all() and np.isfinite(fm[p]).all())
@@ -880,7 +880,7 @@ def _gathered_stats(
         np.copyto(work[0], a)
         np.copyto(work[1], z)
     a, z, w, d, t4, t5, t6, t7 = work
-    np.take(cot, cols, out=w, mode="clip")
+    cot.take(cols, out=w, mode="clip")  # ndarray.take: np.take without its Python wrapper
     np.subtract(a, z, out=d)
     num = np.bincount(rows, weights=np.multiply(w, d, out=t4), minlength=b)
     # A non-finite output on either side makes num non-finite (or num overflowed).
@@ -888,8 +888,8 @@ def _gathered_stats(
     for p in np.flatnonzero(~finite):
         finite[p] = finite_row(p)
     # lvl = max(s_c, r_c |a|) + max(s_c, r_c |z|), s_c and r_c sigma and relative at cols
-    s_c = np.take(sigma, cols, out=t4, mode="clip")
-    r_c = np.take(rel, cols, out=t5, mode="clip")
+    s_c = sigma.take(cols, out=t4, mode="clip")
+    r_c = rel.take(cols, out=t5, mode="clip")
     lvl = np.multiply(np.abs(a, out=t6), r_c, out=t6)
     np.maximum(s_c, lvl, out=lvl)
     other_side = np.multiply(np.abs(z, out=t7), r_c, out=t7)
@@ -907,7 +907,7 @@ def _gathered_stats(
         # the rows that need it only (each row's sum is the same either way), and
         # computed on their outputs only (about 1% of the rows of tanh(x @ W)).
         if skew.all():
-            g0 = np.take(f0, cols, out=t4, mode="clip")
+            g0 = f0.take(cols, out=t4, mode="clip")
             fwd_w = np.multiply(w, np.subtract(a, g0, out=t5), out=t5)  # w (a - g0)
             bwd_w = np.multiply(w, np.subtract(g0, z, out=t6), out=t6)  # w (g0 - z)
         else:

@@ -1583,10 +1583,11 @@ class ScalarObjective:
         grows (a mask of the same count is the same mask then), for the terms
         that depend on the changed outputs and ``f0`` only.
         """
+        # np.flatnonzero, without its Python wrappers (3 us a rung of the ladder).
         mask |= fp != f0
-        first = np.flatnonzero(mask)
+        first = mask.ravel().nonzero()[0]
         mask |= fm != f0
-        at = np.flatnonzero(mask)
+        at = mask.ravel().nonzero()[0]
         if not at.size:
             return 0.0, 0.0
         got = None if cache is None else cache.get(at.size)
