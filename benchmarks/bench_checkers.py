@@ -24,7 +24,10 @@ run:
 * ``cheap``: exhaustive mode on cheap functions (``tanh(x @ W)`` with 3,000 ..
   6,000 elements, an im2col convolution with 5,200), with and without
   ``Exhaustive(vectorized=True)``, as a ratio to the plain central-difference
-  loop (``x[j] += h; f; x[j] -= 2h; f; ...``) timed before and after it;
+  loop (``x[j] += h; f; x[j] -= 2h; f; ...``) timed before and after it, and where
+  the time goes: the CPU time of each stage of one more check (the noise probe, the
+  calibration, the screen, the second look, the ladders, the rest) and of the loop's 2N
+  bare calls of ``fn``, in plain loops' worth (:func:`cheap_stages`);
 * ``fast``: the fast (default) mode on the 784-H-10 *sigmoid* MLP (H = 128 and
   1280; the workload of ``benchmarks/fast_mode.py``): a correct VJP, one
   element off by 1e-7, two off by +-1e-6, with gradcheck(fast_mode=True) and
@@ -575,6 +578,58 @@ def _min_times(run, repeats):
     return wall, cpu, out
 
 
+#: Stages of an exhaustive check timed by :func:`cheap_stages`: (module, function, label).
+CHEAP_STAGES = (
+    ("oracles.numerics.objective", "measure_noise", "noise probe"),
+    ("oracles.numerics.exhaustive", "calling", "calling test"),
+    ("oracles.numerics.exhaustive", "_calibrate", "calibration"),
+    ("oracles.numerics.exhaustive", "_screen", "screen"),
+    ("oracles.numerics.exhaustive", "_second_look", "second look"),
+    ("oracles.numerics.exhaustive", "_ladder", "ladders"),
+    ("oracles.numerics.exhaustive", "_typical", "typical"),
+)
+
+
+def cheap_stages(run):
+    """``(cpu, {stage: cpu seconds})`` of one ``run()``: process CPU time of each stage.
+
+    Each function of :data:`CHEAP_STAGES` is wrapped for the run (its outermost calls only:
+    the calibration's own screens and ladders count as calibration); the rest of the check
+    (the pipeline around, the orchestration) is ``cpu`` minus their sum.
+    """
+    import importlib
+
+    spent, depth, saved = {}, [0], []
+
+    def timed(f, label):
+        @functools.wraps(f)
+        def inner(*args, **kwargs):
+            if depth[0]:
+                return f(*args, **kwargs)
+            depth[0] += 1
+            c = time.process_time()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.process_time() - c
+                depth[0] -= 1
+
+        return inner
+
+    for module, name, label in CHEAP_STAGES:
+        mod = importlib.import_module(module)
+        saved.append((mod, name, getattr(mod, name)))
+        setattr(mod, name, timed(getattr(mod, name), label))
+    try:
+        c = time.process_time()
+        run()
+        cpu = time.process_time() - c
+    finally:
+        for mod, name, f in saved:
+            setattr(mod, name, f)
+    return cpu, spent
+
+
 def bench_cheap(log, repeats=3):
     """Exhaustive mode on cheap functions, as ratios to the plain loop timed around it.
 
@@ -596,12 +651,17 @@ def bench_cheap(log, repeats=3):
         def loop(fn=fn, inputs=inputs, cot=cot):
             return plain_loop(fn, inputs, cot)
 
-        loop_wall, loop_cpu = [], []
+        def bare(fn=fn, inputs=inputs, n=n):
+            for _ in range(2 * n):
+                fn(*inputs)
+
+        loop_wall, loop_cpu, bare_cpu = [], [], []
         runs = {label: (np.inf, np.inf, None) for label, _ in modes}
         for _ in range(repeats):
             w, c, _ = _min_times(loop, 1)
             loop_wall.append(w)
             loop_cpu.append(c)
+            bare_cpu.append(_min_times(bare, 1)[1])
             for label, mode in modes:
                 w, c, rep = _min_times(
                     lambda fn=fn, vjp=vjp, inputs=inputs, cot=cot, mode=mode: oracles.check_vjp(
@@ -614,7 +674,27 @@ def bench_cheap(log, repeats=3):
         w, c, _ = _min_times(loop, 1)
         loop_wall.append(w)
         loop_cpu.append(c)
-        loop_w, loop_c = min(loop_wall), min(loop_cpu)
+        loop_w, loop_c, bare_c = min(loop_wall), min(loop_cpu), min(bare_cpu)
+        # Where the time goes, in plain loops' worth (CPU time; one more run, the fastest of
+        # 2, with each stage timed; the loop's own 2N bare calls of fn as a floor).
+        staged = min(
+            (
+                cheap_stages(
+                    lambda fn=fn, vjp=vjp, inputs=inputs, cot=cot: oracles.check_vjp(
+                        fn, vjp, inputs, direction=cot, mode=Exhaustive()
+                    )
+                )
+                for _ in range(2)
+            ),
+            key=lambda got: got[0],
+        )
+        stages = {k: v / loop_c for k, v in staged[1].items()}
+        stages["rest (pipeline, orchestration)"] = (staged[0] - sum(staged[1].values())) / loop_c
+        log(
+            f"  {name}: where the time goes, in plain loops' worth (CPU): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+            + f"; total {staged[0] / loop_c:.2f} (2N bare calls of fn: {bare_c / loop_c:.2f})"
+        )
         for label, (t, cpu, rep) in runs.items():
             row_ = {
                 "section": "cheap",
@@ -631,6 +711,9 @@ def bench_cheap(log, repeats=3):
                 "ok": rep.ok,
                 "fn_evaluations": int(rep.context["fn evaluations"]),
             }
+            if label == "exhaustive":
+                row_["stages_in_plain_loops"] = stages
+                row_["bare_2n_calls_in_plain_loops"] = bare_c / loop_c
             rows.append(row_)
             log(
                 f"  {name}: {n} elements, {t_call / 200 * 1e6:.0f} us a call; plain loop "
