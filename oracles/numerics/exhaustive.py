@@ -613,7 +613,7 @@ def _rows(objective, i, idx, xp, xm, direct, bufs=None):
     idx_l, xp_l, xm_l = idx.tolist(), xp.tolist(), xm.tolist()
     j = idx_l[0]
     x0 = flat[j]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with np.errstate(**_fn_errstate(objective)):
         try:
             # The first element: the outputs' memory order, and the rows laid out in it.
             flat[j] = xp_l[0]
@@ -669,6 +669,22 @@ def _rows(objective, i, idx, xp, xm, direct, bufs=None):
             flat[j] = x0
     objective.calls += 2 * b
     return fp.reshape(b, -1), fm.reshape(b, -1), perm
+
+
+def _fn_errstate(objective):
+    """The NumPy error state the screen calls ``fn`` under, around a block of calls.
+
+    Behind the pipeline's guard (``Guarded``), the user's own (its warnings
+    off), as every guarded call of ``fn`` has it: a raise at a perturbed
+    point takes the guard's path (not finite there), and an ``fn`` that
+    reads ``np.geterr()`` sees the caller's state. Otherwise warnings off
+    for ``divide``, ``over`` and ``invalid``.
+    """
+    from oracles._guards import Guarded
+
+    if isinstance(objective.fn, Guarded):
+        return objective.fn.errstate
+    return {"invalid": "ignore", "divide": "ignore", "over": "ignore"}
 
 
 def _caller(objective, direct):
@@ -748,7 +764,7 @@ def _sparse_rows(objective, i, idx, xp, xm, direct, perm=False, bufs=None):
         pos = neq.nonzero()[0]  # np.flatnonzero of the 1-D mask, without its Python wrappers
         return pos, o[pos]  # a copy: fn's output may be a view of its input, or a reused buffer
 
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    with np.errstate(**_fn_errstate(objective)):
         for j, up, down in zip(idx.tolist(), xp.tolist(), xm.tolist(), strict=True):
             x0 = flat[j]
             try:

@@ -232,3 +232,59 @@ def test_vectorized_in_fast_mode_fallbacks_and_small_inputs():
         np.sin, lambda g, x: g * np.cos(x), (x,), mode=Exhaustive(vectorized=True)
     )
     assert report.ok
+
+
+# --- the caller's NumPy error state ---------------------------------------------------------------
+
+
+def _conv_like(x, W):
+    """``tanh(x @ W)`` tiled to more than 4,096 outputs (the screen keeps the changed ones)."""
+    return np.tile(np.tanh(x @ W), (1, 8))
+
+
+@pytest.mark.parametrize("outputs", ["dense", "sparse"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_screen_calls_fn_under_the_callers_error_state(outputs, seed):
+    """Every call of ``fn`` (the screen's direct calls too) sees the caller's NumPy error state.
+
+    The screen's fast path called ``fn`` under ``divide/over/invalid="ignore"``; the guard,
+    and every other call, under the caller's. A raise at a perturbed point reads as not
+    finite there, as it does in the ladder: same verdicts as under NumPy's default state.
+    """
+    rng = np.random.default_rng(seed)
+    m = 12 if outputs == "dense" else 70
+    x, W = rng.standard_normal((m, 10)), rng.standard_normal((10, 8)) / 3
+    fn = np.tanh if outputs == "dense" else None
+    seen = set()
+
+    def f(x, W):
+        seen.add(tuple(sorted(np.geterr().items())))
+        return _conv_like(x, W) if fn is None else np.tanh(x @ W)
+
+    def vjp(g, x, W):
+        if fn is None:
+            g = g.reshape(g.shape[0], 8, -1).sum(axis=1)
+        d = g * (1 - np.tanh(x @ W) ** 2)
+        return d @ W.T, x.T @ d
+
+    wrong = _plant(vjp, 1, 5, 1e-6)
+    with np.errstate(all="raise"):
+        ok = oracles.check_vjp(f, vjp, (x, W), mode=Exhaustive())
+        bad = oracles.check_vjp(f, wrong, (x, W), mode=Exhaustive())
+    assert seen == {tuple(sorted({k: "raise" for k in np.geterr()}.items()))}
+    assert ok.ok and not bad.ok and _failing(bad) == [("W", (0, 5))]
+
+
+def test_a_raise_at_perturbed_points_of_the_screen_reads_as_not_finite():
+    """``log`` of inputs within the screen's step of 0, under ``all="raise"``: the verdicts of
+    NumPy's default state (where the same points give NaN, quietly)."""
+    x = np.concatenate([np.linspace(1e-9, 1e-8, 10), np.linspace(0.5, 2.0, 90)])
+
+    def run():
+        return oracles.check_vjp(np.log, lambda g, x: g / x, (x,), mode=Exhaustive())
+
+    with np.errstate(all="raise"):
+        raised = run()
+    quiet = run()
+    assert raised.ok == quiet.ok
+    assert raised.inputs[0].checks["numeric"].n_failed == quiet.inputs[0].checks["numeric"].n_failed
