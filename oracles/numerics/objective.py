@@ -624,11 +624,11 @@ def _reduced_kind(values):
     # A type is named only by a value that uses most of its bits: values of a few
     # significant bits are exact in every type (a float64 ``(1 + tanh(a)) / 2`` saturated
     # near 0 takes small multiples of 2^-54, and near 1 the value 1: it read as bfloat16).
-    top = int(np.max(53 - _trailing_zeros(v)))
     with np.errstate(over="ignore", invalid="ignore"):
         f32 = v.astype(np.float32)
         if not np.array_equal(f32.astype(np.float64), v):
-            return None
+            return None  # (first: the significands below cost 4 passes over every value)
+        top = int(np.max(53 - _trailing_zeros(v)))
         if np.all((f32.view(np.uint32) & 0xFFFF) == 0):
             return "bfloat16" if top >= TYPE_BITS["bfloat16"] else None
         if np.array_equal(v.astype(np.float16).astype(np.float64), v):
@@ -1293,7 +1293,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         _reduced_kind(values)
         if precision > 1e3 * EPS
         or coarse_steps.any()
-        or np.unique(values[np.isfinite(values) & (values != 0)]).size >= TYPE_DISTINCT
+        or _at_least_distinct(values, TYPE_DISTINCT)
         else None
     )
     relative = np.where(np.isfinite(rel_all), np.maximum(rel_all, floor), precision)
@@ -1344,6 +1344,15 @@ FAR_PROBE_STEPS = (2.0**-4, 2.0**-1, 2.0**2, 2.0**5)
 def _distinct_nonzero(values):
     v = values[np.isfinite(values) & (values != 0)]
     return np.unique(v).size
+
+
+def _at_least_distinct(values, k):
+    """``_distinct_nonzero(values) >= k`` (``values`` flat), decided on the first values where
+    they suffice: a sort of every value the probe saw (4e5 of them for 15,488 outputs) is not
+    needed to find 6 distinct ones."""
+    if _distinct_nonzero(values[: 64 * k]) >= k:
+        return True
+    return _distinct_nonzero(values) >= k
 
 
 def _far_values(evaluate, xs, us, still, half):
