@@ -1239,19 +1239,24 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             )  # fmt: skip
             estimates.sort(key=lambda e: -e[0])
             best, suspect = _confirmed(estimates, largest)
+    # Where fn looked calm and where it varied stay as the probe's steps saw them (the
+    # quarter's refutations lower the noise only: the steps at which a softmax of logits
+    # near 1e6 varies, which limit where every ladder starts, are not moved by them).
+    seen_estimates = list(estimates)
+    shape_best = best
     best, spent = _quarter_checked(
         evaluate, xs, us, f0, estimates, best, largest, half, rows_at, np.isfinite(varies)
     )
     calls += spent
-    for p, (h, sigma, _, tame, first, *_) in enumerate(estimates):
+    for p, (h, sigma, _, tame, first, *_) in enumerate(seen_estimates):
         # Smooth at this step: noise that was not refuted, or no noise seen
         # among values that got smoother with the order of differences, and
         # not aliased: where fn is smooth, its first differences grow with
         # the step. sin(1e3 x) at x ~ 1e4 probed at steps of 0.6 turns by 92
         # periods and 0.05 radian from point to point, and looks as smooth
         # as at steps of 7e-5, with first differences no larger.
-        refuted = np.isfinite(sigma) & ~(sigma <= best)
-        for h_small, *_, first_small, _ in estimates[p + 1 :]:
+        refuted = np.isfinite(sigma) & ~(sigma <= shape_best)
+        for h_small, *_, first_small, _ in seen_estimates[p + 1 :]:
             with np.errstate(invalid="ignore", over="ignore"):
                 refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
         refuted |= h > wavy
@@ -1414,7 +1419,12 @@ def _quarter_checked(evaluate, xs, us, f0, estimates, best, largest, half, rows_
         with np.errstate(invalid="ignore"):
             refuted = check & finite & (distinct >= MIN_DISTINCT) & (QUARTER_DROP * ceiling < sigma)
         if refuted.any():
-            estimates[p] = (h, np.where(refuted, np.nan, sigma), top, *rest)
+            # At this step and every larger one: an estimate at a larger step that a smaller
+            # one refuted before must not come back now that the smaller is gone (a softmax
+            # of logits near 1e6 at the largest step, 8.7e-3 where its noise is 2e-13).
+            for q, (h_q, sigma_q, *rest_q) in enumerate(estimates):
+                if h_q >= h:
+                    estimates[q] = (h_q, np.where(refuted, np.nan, sigma_q), *rest_q)
             best, _ = _confirmed(estimates, largest)
     return best, calls
 

@@ -132,3 +132,19 @@ def test_a_float32_staircase_under_a_smooth_float64_term_is_still_noise():
         lambda a: np.tanh(a[0].astype(np.float32)) + 0.1 * a[0], [x], element_scales([x])
     )
     assert np.all(noise.sigma > 1e-9), noise.sigma
+
+
+@pytest.mark.parametrize("seed, shape, scale", [(2, (60, 100), 1.0), (3, (200, 30), 3.0)])
+def test_a_refuted_estimate_does_not_bring_back_a_larger_one(seed, shape, scale):
+    """Softmax of logits near 1e6: the largest probe step sees its shape (8.7e-3), which the
+    next step's rounding refutes. Where the quarter then refutes that step's estimate, the
+    largest step's must not come back as the noise (mode fast went inconclusive on it)."""
+    rng = np.random.default_rng(seed)
+    z = 1e6 + scale * rng.standard_normal(shape)
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    noise = measure_noise(lambda a: softmax(a[0]).ravel(), [z], element_scales([z]))
+    assert np.max(noise.sigma) < 1e-9, np.max(noise.sigma)
