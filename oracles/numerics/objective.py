@@ -1383,12 +1383,14 @@ def _quarter_checked(evaluate, xs, us, f0, estimates, best, largest, half, rows_
     only float64 rounding, :func:`_confirmed` keeps such an estimate (it may be
     a float32 part of ``fn`` that those steps fall inside one unit of). The
     estimates that stand above :data:`CONFIRM_ABOVE`, made of no jump and of no
-    staircase, of outputs that no probe step saw vary wildly, are probed again at :data:`QUARTER` of their step: where the values there all differ and every
-    order of differences from the second up is :data:`QUARTER_DROP` times below
-    the estimate, it was the function's shape, and is dropped.
+    staircase, of outputs that no probe step saw vary wildly, are probed again
+    at :data:`QUARTER` of their step: where the values there all differ and
+    every order of differences from the second up is :data:`QUARTER_DROP` times
+    below the estimate, it was the function's shape, and is dropped (with the
+    estimates of the larger steps for those outputs, which it had refuted).
     """
     calls = 0
-    for p, (h, sigma, top, *rest) in enumerate(list(estimates)):
+    for h, sigma, top, *rest in list(estimates):
         if h == COARSE_PROBE_STEP:
             continue
         jumpless = rest[-1][1]
