@@ -636,6 +636,35 @@ def _reduced_kind(values):
     return "float32" if top >= TYPE_BITS["float32"] else None
 
 
+def _cancelled_in_reduced(f0, seen, kind):
+    """The noise of outputs a reduced type computed by cancellation: half its spacing there.
+
+    ``f0``: the outputs at ``x``; ``seen``: every row of outputs the probe
+    evaluated (``f0`` among them); ``kind``: the reduced type
+    (:data:`REDUCED_UNIT`). An output much smaller than ``fn``'s largest
+    whose values are all a few units of the type's spacing at that magnitude
+    (``1 - tanh(x)^2`` in float32 at ``|x| ~ 8``: 14 units of ``2^-24``, 3
+    significant bits) carries the rounding of the intermediates it was
+    cancelled from, not its own: it is known to half the lowest set bit of
+    its values, and at most to half that spacing. Values computed to their
+    own precision use all of their bits, and their lowest set bit is their
+    own unit (no change). 0 where no value is non-zero.
+    """
+    f0 = np.asarray(f0, dtype=np.float64).ravel()
+    rows = np.vstack([np.reshape(v, (-1, f0.size)) for v in seen])
+    ok = np.isfinite(rows) & (rows != 0.0)
+    if not ok.any():
+        return np.zeros(f0.shape)
+    big = float(np.max(np.abs(rows[ok])))
+    vals = np.where(ok, rows, 1.0)
+    _, e = np.frexp(np.abs(vals))
+    lowest = np.where(ok, np.ldexp(1.0, e - 53 + _trailing_zeros(vals)), np.inf)
+    finest = np.min(lowest, axis=0)
+    with np.errstate(invalid="ignore"):
+        out = 0.5 * np.minimum(finest, 2.0 * REDUCED_UNIT[kind] * big)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
 #: Fewest significant bits of the values' widest that name a reduced type (of its 8, 11, 24).
 TYPE_BITS = {"bfloat16": 6, "float16": 9, "float32": 17}
 
@@ -1314,6 +1343,8 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     sigma = np.where(detected, best, floor)
     with np.errstate(over="ignore"):
         sigma = np.maximum(sigma, relative * absf)
+    if kind in REDUCED_UNIT:
+        sigma = np.maximum(sigma, _cancelled_in_reduced(f0, seen, kind))
     zero = f0 == 0.0
     if kind is None and zero.any():
         # An output exactly 0 at x has no magnitude to be rounded relative to; where it
