@@ -636,6 +636,57 @@ def _reduced_kind(values):
     return "float32" if top >= TYPE_BITS["float32"] else None
 
 
+#: Bits fewer than its type's that mark a value as cancelled (see _cancelled_in_reduced).
+FEW_BITS = 8
+
+
+def _cancelled_in_reduced(f0, seen, kind):
+    """The noise of outputs a reduced type computed by cancellation: half its spacing there.
+
+    ``f0``: the outputs at ``x``; ``seen``: every row of outputs the probe
+    evaluated (``f0`` among them); ``kind``: the reduced type
+    (:data:`REDUCED_UNIT`). An output that uses :data:`FEW_BITS` fewer bits
+    than its type and lies on the type's spacing at ``fn``'s largest output
+    (``1 - tanh(x)^2`` in float32 at ``|x| ~ 8``: 14 units of ``2^-24``, 3
+    significant bits) carries the rounding of the intermediates it was
+    cancelled from, not its own: it is known to half the lowest set bit of
+    its values, at most to half that spacing. Values computed to their own
+    precision use all of their bits (no change). 0 where ``f0`` is 0.
+    """
+    f0 = np.asarray(f0, dtype=np.float64).ravel()
+    out = np.zeros(f0.size)
+    unit = REDUCED_UNIT[kind]
+    finite = np.isfinite(f0)
+    # Only where f0 itself uses at most the type's bits less FEW_BITS (every value seen is a
+    # multiple of the spacing, f0 among them): a value computed to its own precision does so
+    # by chance only (1 in 2^FEW_BITS), and its lowest set bit is near its own unit.
+    fraction = -int(np.log2(unit)) - 1  # the type's fraction bits (23 for float32)
+    low = np.uint64((1 << (52 - fraction + FEW_BITS)) - 1)  # float64 fraction bits it leaves 0
+    big = float(np.max(np.abs(f0[finite]), initial=0.0))  # fn's largest output at x
+    spacing = 2.0 * unit * big  # the type's spacing at fn's largest output
+    at = np.flatnonzero(finite & (f0 != 0.0) & ((f0.view(np.uint64) & low) == 0))
+    finest = _lowest_bit(f0[at])
+    # And only where f0 lies on (a quarter of) that spacing, as a value cancelled from
+    # there does.
+    keep = finest >= 0.25 * spacing
+    at, finest = at[keep], finest[keep]
+    if not at.size:
+        return out
+    for v in seen:  # row by row, on those outputs only
+        for row in np.reshape(v, (-1, f0.size)):
+            vals = row[at]
+            ok = np.isfinite(vals) & (vals != 0.0)
+            finest[ok] = np.minimum(finest[ok], _lowest_bit(vals[ok]))
+    out[at] = 0.5 * np.minimum(finest, spacing)
+    return out
+
+
+def _lowest_bit(v):
+    """Per finite non-zero float64 value, its lowest set bit (as a power of 2)."""
+    _, e = np.frexp(np.abs(v))
+    return np.ldexp(1.0, e - 53 + _trailing_zeros(v))
+
+
 #: Fewest significant bits of the values' widest that name a reduced type (of its 8, 11, 24).
 TYPE_BITS = {"bfloat16": 6, "float16": 9, "float32": 17}
 
@@ -1323,6 +1374,8 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     sigma = np.where(detected, best, floor)
     with np.errstate(over="ignore"):
         sigma = np.maximum(sigma, relative * absf)
+    if kind in REDUCED_UNIT:
+        sigma = np.maximum(sigma, _cancelled_in_reduced(f0, seen, kind))
     zero = f0 == 0.0
     if kind is None and zero.any():
         # An output exactly 0 at x has no magnitude to be rounded relative to; where it
