@@ -105,6 +105,10 @@ def test_numpy_attention_as_a_torch_function_at_saturated_scores(scale, t, seed)
     for mode in ("exhaustive", "fast"):
         report = ot.check(fn, args, seed=seed, mode=mode)
         assert not report.problems, str(report)
-        assert report.status in (("passed",) if scale == 1 else ("passed", "inconclusive")), str(report)
-    wrong = _numpy_function(lambda *a: _attention(*a)[1], lambda *a: _attention_vjp(*a, scale=False))
+        assert report.status in (("passed",) if scale == 1 else ("passed", "inconclusive")), str(
+            report
+        )
+    wrong = _numpy_function(
+        lambda *a: _attention(*a)[1], lambda *a: _attention_vjp(*a, scale=False)
+    )
     assert ot.check(wrong, args, seed=seed).status == ("failed" if scale == 1 else "inconclusive")
