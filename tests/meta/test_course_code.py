@@ -13,6 +13,11 @@ constructions at several sizes, scales and seeds:
   comparison in every dtype now, as they were in reduced precision; a
   backward that varies by a normal amount, however small, still fails
   (``nondet_tol`` keeps torch's meaning).
+* numpy-ml's SoftPlus gradient ``1 / (1 + exp(-x))`` is 0 where ``exp(-x)``
+  overflows (``x < -709``) and the exact value is subnormal (4.6e-311 at
+  ``x = -714``); the numerics resolve it, and a correct layer at inputs of
+  1e3 failed by 1e-311. No difference below the smallest normal float64
+  counts now; gradients that are tiny but normal are judged as before.
 """
 
 from __future__ import annotations
@@ -162,3 +167,44 @@ def test_torch_judges_a_correct_attention_at_scores_of_1e3():
         seed=1,
     )
     assert report.status != "failed", str(report)
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _softplus_vjp(g, x):
+    return g / (1.0 + np.exp(-x))
+
+
+@pytest.mark.parametrize("shape", [(6, 7), (30, 40)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_gradient_flushed_from_subnormal_to_zero_is_not_blamed(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=shape) * 1e3
+    x.flat[:4] = [-709.5, -714.6, -730.0, -744.0]  # exact derivatives 1e-308 .. 1e-323
+    with np.errstate(over="ignore"):
+        for mode in ("exhaustive", "fast"):
+            report = oracles_check_vjp(_softplus, _softplus_vjp, (x,), seed=seed, mode=mode)
+            assert report.status == "passed", str(report)
+            wrong = oracles_check_vjp(
+                _softplus, lambda g, x: 1.001 * _softplus_vjp(g, x), (x,), seed=seed, mode=mode
+            )
+            assert wrong.status == "failed"
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-290])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tiny_normal_gradients_are_still_judged(scale, seed):
+    x = np.random.default_rng(seed).normal(size=(5, 6))
+    fn = lambda x: scale * np.sin(x)  # noqa: E731
+    right = lambda g, x: scale * g * np.cos(x)  # noqa: E731
+    assert oracles_check_vjp(fn, right, (x,), seed=seed).status == "passed"
+
+    def off(g, x):
+        out = right(g, x)
+        out.flat[7] *= 1 + 1e-6
+        return out
+
+    report = oracles_check_vjp(fn, off, (x,), seed=seed)
+    assert report.status == "failed" and report.failed_inputs == ["x"], str(report)
