@@ -10,7 +10,8 @@ rounding, see :func:`oracles.backends.rounding.error_estimate`). With the
 defaults ``atol = rtol = 0`` the tolerance is exactly what the numerics can
 explain, so a VJP off by a relative 1e-6 is flagged wherever the numerics are
 better than that (on well-conditioned inputs they are good to about 1e-10
-relative).
+relative). The tolerance is never below the smallest normal float64
+(2.2e-308): a gradient whose exact value is subnormal may be flushed to 0.
 
 At a kink (the numeric oracle saw one-sided slopes that differ by a jump
 that does not shrink with the step) any value between the two one-sided
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Comparison", "Reference", "compare"]
+
+#: The smallest normal float64: the floor of every tolerance (see :func:`compare`).
+_TINY = float(np.finfo(np.float64).tiny)
 
 
 @dataclass
@@ -150,6 +154,10 @@ def compare(
         # A reference near the float64 limits overflows a tolerance or a
         # relative error to inf (a subnormal one divides to inf): no warning.
         tol = atol + rtol * np.abs(r) + est
+        # No difference below the smallest normal float64 counts: a backward whose exact
+        # value is subnormal may flush it to 0 (1 / (1 + exp(-x)) at x = -714, where
+        # exp(714) overflows, for a true 4.6e-311), as compiled kernels do.
+        tol = np.maximum(tol, _TINY)
         abs_err = np.abs(a - r)
         rel_err = np.where(abs_err == 0, 0.0, abs_err / np.abs(r))
     passed = abs_err <= tol  # NaN compares False

@@ -94,6 +94,7 @@ TORCH_DEFAULTS = {
 }
 
 _REVERSE_KIND = "oracles.torch.check"
+_FLOAT64_TINY = float(np.finfo(np.float64).tiny)
 
 
 def _import_torch():
@@ -551,8 +552,9 @@ class _Session:
 
     def _normal(self, g, k):
         """``g`` with subnormal values of input ``k``'s dtype flushed to 0 (for comparisons:
-        vectorized and scalar kernels may round them differently)."""
-        tiny = float(self.torch.finfo(self.dtypes[k]).tiny) if self.precision.reduced else 0.0
+        vectorized and scalar kernels may round them differently, in float64 too: NumPy's
+        ``exp`` of a saturated softmax gave 0 in one run and 4.9e-324 in the next)."""
+        tiny = float(self.torch.finfo(self.dtypes[k]).tiny)
         return np.where(np.abs(g) < tiny, 0.0, g)
 
     def _worst_gap(self, pairs):
@@ -560,7 +562,8 @@ class _Session:
 
         ``pairs``: ``(k, (a, b))`` float64 arrays of input ``k`` from the two runs, or
         ``(k, None)`` where one run has a gradient and the other none. NaN counts as inf;
-        subnormal values are flushed first (:meth:`_normal`).
+        subnormal values are flushed first (:meth:`_normal`), and differences below the
+        smallest normal float64 do not count.
         """
         worst, where = 0.0, None
         for k, pair in pairs:
@@ -569,6 +572,9 @@ class _Session:
             else:
                 with np.errstate(invalid="ignore"):
                     d = np.abs(self._normal(pair[0], k) - self._normal(pair[1], k))
+                # Subnormals that differed inside backward carry into normal values as
+                # differences of subnormal size (6e-321 between gradients near 1e-305).
+                d[d < _FLOAT64_TINY] = 0.0
                 m = float(np.max(np.where(np.isnan(d), np.inf, d), initial=0.0))
             if m > worst:
                 worst, where = m, self.names[k]

@@ -636,6 +636,57 @@ def _reduced_kind(values):
     return "float32" if top >= TYPE_BITS["float32"] else None
 
 
+#: Bits fewer than its type's that mark a value as cancelled (see _cancelled_in_reduced).
+FEW_BITS = 8
+
+
+def _cancelled_in_reduced(f0, seen, kind):
+    """The noise of outputs a reduced type computed by cancellation: half its spacing there.
+
+    ``f0``: the outputs at ``x``; ``seen``: every row of outputs the probe
+    evaluated (``f0`` among them); ``kind``: the reduced type
+    (:data:`REDUCED_UNIT`). An output that uses :data:`FEW_BITS` fewer bits
+    than its type and lies on the type's spacing at ``fn``'s largest output
+    (``1 - tanh(x)^2`` in float32 at ``|x| ~ 8``: 14 units of ``2^-24``, 3
+    significant bits) carries the rounding of the intermediates it was
+    cancelled from, not its own: it is known to half the lowest set bit of
+    its values, at most to half that spacing. Values computed to their own
+    precision use all of their bits (no change). 0 where ``f0`` is 0.
+    """
+    f0 = np.asarray(f0, dtype=np.float64).ravel()
+    out = np.zeros(f0.size)
+    unit = REDUCED_UNIT[kind]
+    finite = np.isfinite(f0)
+    # Only where f0 itself uses at most the type's bits less FEW_BITS (every value seen is a
+    # multiple of the spacing, f0 among them): a value computed to its own precision does so
+    # by chance only (1 in 2^FEW_BITS), and its lowest set bit is near its own unit.
+    fraction = -int(np.log2(unit)) - 1  # the type's fraction bits (23 for float32)
+    low = np.uint64((1 << (52 - fraction + FEW_BITS)) - 1)  # float64 fraction bits it leaves 0
+    big = float(np.max(np.abs(f0[finite]), initial=0.0))  # fn's largest output at x
+    spacing = 2.0 * unit * big  # the type's spacing at fn's largest output
+    at = np.flatnonzero(finite & (f0 != 0.0) & ((f0.view(np.uint64) & low) == 0))
+    finest = _lowest_bit(f0[at])
+    # And only where f0 lies on (a quarter of) that spacing, as a value cancelled from
+    # there does.
+    keep = finest >= 0.25 * spacing
+    at, finest = at[keep], finest[keep]
+    if not at.size:
+        return out
+    for v in seen:  # row by row, on those outputs only
+        for row in np.reshape(v, (-1, f0.size)):
+            vals = row[at]
+            ok = np.isfinite(vals) & (vals != 0.0)
+            finest[ok] = np.minimum(finest[ok], _lowest_bit(vals[ok]))
+    out[at] = 0.5 * np.minimum(finest, spacing)
+    return out
+
+
+def _lowest_bit(v):
+    """Per finite non-zero float64 value, its lowest set bit (as a power of 2)."""
+    _, e = np.frexp(np.abs(v))
+    return np.ldexp(1.0, e - 53 + _trailing_zeros(v))
+
+
 #: Fewest significant bits of the values' widest that name a reduced type (of its 8, 11, 24).
 TYPE_BITS = {"bfloat16": 6, "float16": 9, "float32": 17}
 
@@ -682,18 +733,12 @@ def analytic_rounding(terms, kind=None):
         return ANALYTIC_ROUNDING * eps * np.asarray(terms, dtype=np.float64)
 
 
-def _ecnoise(values):
-    """ECnoise per column of ``values`` (``2m + 1`` equally spaced points down axis 0).
+def _difference_levels(values):
+    """``(levels, signs, e)`` of the differences of each column of ``values`` (:func:`_ecnoise`).
 
-    Returns ``(sigma, rough, first, second)``: ``first`` and ``second`` are
-    the levels of the first and second differences (scaled as for white
-    noise); ``sigma`` is NaN where no order of
-    differences looks like noise; ``rough`` is True where the second
-    differences are at least a quarter of the first (scaled as for white
-    noise, for which they are equal): the function turns by more than about
-    0.4 radian from point to point (a sinusoid sampled at phase steps of
-    ``theta`` gives ``1.15 sin(theta / 2)``), as it does not where it is
-    sampled finely (``h^2 f''`` next to ``h f'``).
+    ``levels[k - 1]``: the level of the ``k``-th differences, scaled as for
+    white noise and by ``2^-e`` per column; ``signs[k - 1]``: whether they
+    take both signs.
     """
     n, m = values.shape
     levels = np.empty((n - 1, m))
@@ -710,6 +755,24 @@ def _ecnoise(values):
         with np.errstate(over="ignore", invalid="ignore"):
             levels[k - 1] = np.sqrt(_GAMMA[k] * np.mean(d * d, axis=0))
         signs[k - 1] = np.any(d > 0, axis=0) & np.any(d < 0, axis=0)
+    return levels, signs, e
+
+
+def _ecnoise(values):
+    """ECnoise per column of ``values`` (``2m + 1`` equally spaced points down axis 0).
+
+    Returns ``(sigma, rough, first, second)``: ``first`` and ``second`` are
+    the levels of the first and second differences (scaled as for white
+    noise); ``sigma`` is NaN where no order of
+    differences looks like noise; ``rough`` is True where the second
+    differences are at least a quarter of the first (scaled as for white
+    noise, for which they are equal): the function turns by more than about
+    0.4 radian from point to point (a sinusoid sampled at phase steps of
+    ``theta`` gives ``1.15 sin(theta / 2)``), as it does not where it is
+    sampled finely (``h^2 f''`` next to ``h f'``).
+    """
+    n, m = values.shape
+    levels, signs, e = _difference_levels(values)
     sigma = np.full(m, np.nan)
     todo = np.ones(m, dtype=bool)
     for k in range(n - 3):
@@ -1082,6 +1145,7 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     magnitude = largest_magnitude(xs)
     lone_limit = LONE_JUMP_UNITS * EPS * magnitude if np.isfinite(magnitude) else 0.0
     largest = max(magnitude, largest_magnitude([f0]))  # inputs and outputs
+    rows_at = {}  # probe step -> its values
     while queue:
         h = queue.pop(0)
         if (
@@ -1097,22 +1161,9 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         coarse = h == COARSE_PROBE_STEP
         if coarse and np.all(moved | np.isfinite(best)):
             break
-        rows = []
-        for k in range(-half, half + 1):
-            if k == 0:
-                rows.append(f0)
-                continue
-            with np.errstate(over="ignore", invalid="ignore"):
-                point = [np.asarray(x + (k * h) * u) for x, u in zip(xs, us, strict=True)]
-            f = np.asarray(evaluate(point), dtype=np.float64).ravel()
-            calls += 1
-            if f.shape != f0.shape:
-                raise UserFunctionError(
-                    f"fn returned {f.size} elements at a perturbed point but {m} at the "
-                    "evaluation point"
-                )
-            rows.append(f)
-        values = np.array(rows)
+        values = _probe_rows(evaluate, xs, us, f0, h, half)
+        calls += 2 * half
+        rows_at[h] = values
         seen.append(values)
         finite = np.all(np.isfinite(values), axis=0)
         if coarse:
@@ -1239,15 +1290,24 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
             )  # fmt: skip
             estimates.sort(key=lambda e: -e[0])
             best, suspect = _confirmed(estimates, largest)
-    for p, (h, sigma, _, tame, first, *_) in enumerate(estimates):
+    # Where fn looked calm and where it varied stay as the probe's steps saw them (the
+    # quarter's refutations lower the noise only: the steps at which a softmax of logits
+    # near 1e6 varies, which limit where every ladder starts, are not moved by them).
+    seen_estimates = list(estimates)
+    shape_best = best
+    best, spent = _quarter_checked(
+        evaluate, xs, us, f0, estimates, best, largest, half, rows_at, np.isfinite(varies)
+    )
+    calls += spent
+    for p, (h, sigma, _, tame, first, *_) in enumerate(seen_estimates):
         # Smooth at this step: noise that was not refuted, or no noise seen
         # among values that got smoother with the order of differences, and
         # not aliased: where fn is smooth, its first differences grow with
         # the step. sin(1e3 x) at x ~ 1e4 probed at steps of 0.6 turns by 92
         # periods and 0.05 radian from point to point, and looks as smooth
         # as at steps of 7e-5, with first differences no larger.
-        refuted = np.isfinite(sigma) & ~(sigma <= best)
-        for h_small, *_, first_small, _ in estimates[p + 1 :]:
+        refuted = np.isfinite(sigma) & ~(sigma <= shape_best)
+        for h_small, *_, first_small, _ in seen_estimates[p + 1 :]:
             with np.errstate(invalid="ignore", over="ignore"):
                 refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
         refuted |= h > wavy
@@ -1314,6 +1374,8 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     sigma = np.where(detected, best, floor)
     with np.errstate(over="ignore"):
         sigma = np.maximum(sigma, relative * absf)
+    if kind in REDUCED_UNIT:
+        sigma = np.maximum(sigma, _cancelled_in_reduced(f0, seen, kind))
     zero = f0 == 0.0
     if kind is None and zero.any():
         # An output exactly 0 at x has no magnitude to be rounded relative to; where it
@@ -1335,6 +1397,91 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
         kind=kind,
         wavy=wavy if np.isfinite(wavy).any() else None,
     )
+
+
+#: A noise estimate above float64 rounding is probed again at this fraction of its step ...
+QUARTER = 0.25
+#: ... and dropped where every order of differences from the second up is this many times
+#: smaller there: noise does not shrink with the step, the high differences of a smooth
+#: function do (by ``4^k`` for the ``k``-th), and a staircase's shrink by a few times at most.
+QUARTER_DROP = 16.0
+
+
+def _probe_rows(evaluate, xs, us, f0, h, half):
+    """The probe's ``2 half + 1`` output rows at ``xs + k h us`` (row ``half`` is ``f0``)."""
+    rows = []
+    for k in range(-half, half + 1):
+        if k == 0:
+            rows.append(f0)
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            point = [np.asarray(x + (k * h) * u) for x, u in zip(xs, us, strict=True)]
+        f = np.asarray(evaluate(point), dtype=np.float64).ravel()
+        if f.shape != f0.shape:
+            raise UserFunctionError(
+                f"fn returned {f.size} elements at a perturbed point but {f0.size} at the "
+                "evaluation point"
+            )
+        rows.append(f)
+    return np.array(rows)
+
+
+def _quarter_checked(evaluate, xs, us, f0, estimates, best, largest, half, rows_at, wild):
+    """``(best, calls)``, where a quarter of the probe step refutes what a step "measured".
+
+    A smooth function that varies on about the probe's step has high
+    differences that look like noise (a layer norm of a row of scale 1, in an
+    input whose other rows are of scale 1e4 and lend it their step: "noise" of
+    1e-4 where it is smooth to 1e-16). Where the smaller probe steps resolve
+    only float64 rounding, :func:`_confirmed` keeps such an estimate (it may be
+    a float32 part of ``fn`` that those steps fall inside one unit of). The
+    estimates that stand above :data:`CONFIRM_ABOVE`, made of no jump and of no
+    staircase, of outputs that no probe step saw vary wildly, are probed again
+    at :data:`QUARTER` of their step: where the values there all differ and
+    every order of differences from the second up is :data:`QUARTER_DROP` times
+    below the estimate, it was the function's shape, and is dropped (with the
+    estimates of the larger steps for those outputs, which it had refuted).
+    """
+    calls = 0
+    for h, sigma, top, *rest in list(estimates):
+        if h == COARSE_PROBE_STEP:
+            continue
+        jumpless = rest[-1][1]
+        with np.errstate(invalid="ignore"):
+            check = np.isfinite(sigma) & (sigma == best) & (sigma > CONFIRM_ABOVE * top)
+        # Made of no jump: a staircase's jumps, sparse among smooth values, are its noise
+        # (tanh(float32(x)) + 0.1 x at a step below float32's: the quarter sees none). Nor
+        # of third differences that are whole multiples of one quantum: a staircase's
+        # are, plus a smooth part of low degree (that sum, at the quarter, may cross its
+        # stairs in lockstep and look as smooth as a line), a smooth fn's are not.
+        with np.errstate(invalid="ignore", over="ignore"):
+            d3 = np.abs(np.diff(rows_at[h], n=3, axis=0))
+        check &= jumpless & ~_whole_multiples(np.where(d3 > 0, d3, np.inf))
+        # Nor where some probe step saw fn vary wildly (``wild``): it may vary on a scale
+        # the probe does not resolve (tanh(x - c) at c ~ 1e13, wild at the larger steps,
+        # inputs 2e-3 apart at the smaller), and that "noise" is what the ladders cannot
+        # resolve either (refuted there, planted errors of 1e-3 passed).
+        check &= ~wild
+        if not check.any():
+            continue
+        values = _probe_rows(evaluate, xs, us, f0, QUARTER * h, half)
+        calls += 2 * half
+        finite = np.all(np.isfinite(values), axis=0)
+        values = np.where(finite, values, 0.0)
+        distinct = 1 + np.count_nonzero(np.diff(np.sort(values, axis=0), axis=0) > 0, axis=0)
+        levels, _, e = _difference_levels(values)
+        ceiling = np.ldexp(np.min(levels[1:], axis=0), e)
+        with np.errstate(invalid="ignore"):
+            refuted = check & finite & (distinct >= MIN_DISTINCT) & (QUARTER_DROP * ceiling < sigma)
+        if refuted.any():
+            # At this step and every larger one: an estimate at a larger step that a smaller
+            # one refuted before must not come back now that the smaller is gone (a softmax
+            # of logits near 1e6 at the largest step, 8.7e-3 where its noise is 2e-13).
+            for q, (h_q, sigma_q, *rest_q) in enumerate(estimates):
+                if h_q >= h:
+                    estimates[q] = (h_q, np.where(refuted, np.nan, sigma_q), *rest_q)
+            best, _ = _confirmed(estimates, largest)
+    return best, calls
 
 
 #: Relative steps (times the probe direction) of the far points of :func:`_far_values`.

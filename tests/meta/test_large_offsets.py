@@ -15,9 +15,11 @@ offsets, sizes and seeds, in both modes:
 * where the inputs still resolve the function well (offsets up to ``1e6``) a
   correct VJP passes.
 
-``tanh(x - c)`` at ``c >= 1e12`` is a known limit (README): its transition is
+``tanh(x - c)`` at ``c > 1e12`` is a known limit (README): its transition is
 narrower than every step of the ladder but the last few, which the inputs'
-spacing leaves too few to settle, and a correct VJP fails (strict xfail).
+spacing leaves too few to settle, and a correct VJP fails (strict xfail). At
+``c = 1e12`` it failed 3 of 30 exhaustive checks (sizes 12/50/200, seeds 0-9)
+until round 17's quarter-step noise check; now none.
 """
 
 from __future__ import annotations
@@ -69,16 +71,16 @@ def _planted(vjp, rel):
 @pytest.mark.parametrize("offset", [1e6, 1e9, 1e12, 1e14, 1e15, 1e16])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_correct_never_fails_and_a_planted_error_never_passes(request, family, offset, mode):
-    if family == "tanh" and offset >= 1e12 and (offset, mode) != (1e12, "fast"):
+    if family == "tanh" and offset > 1e12:
         request.applymarker(
             pytest.mark.xfail(
                 strict=True,
-                reason="known limit (README): tanh(x - c) at c >= 1e12, a transition narrower "
+                reason="known limit (README): tanh(x - c) at c > 1e12, a transition narrower "
                 "than every step but the last few, which the inputs' spacing leaves too few "
                 "to settle: a correct VJP fails",
             )
         )
-    for n, seed in ((12, 0), (50, 1), (200, 2)):
+    for n, seed in ((12, 0), (50, 1), (200, 2), (12, 2)):
         x, fn, vjp = FAMILIES[family](offset, np.random.default_rng(seed), n)
         right = check_vjp(fn, vjp, (x,), seed=seed + 100, mode=mode)
         assert right.status != "failed", f"n={n} seed={seed}\n{right}"
