@@ -73,6 +73,7 @@ from oracles.errors import (
     InvalidArgumentType,
     UserFunctionError,
 )
+from oracles.numerics.fast import UNEXPLAINED
 from oracles.numerics.modes import resolve_mode
 from oracles.numerics.objective import (
     EPS,
@@ -1277,6 +1278,16 @@ def _references(r):
             res = r.spec.numeric(r)
             evaluations += res.evaluations
             r.notes += res.notes
+            if UNEXPLAINED in res.notes:
+                # Evidence of an error that no element checked on its own confirmed: not a
+                # pass (a wrong element fails the check before this counts).
+                r.inconclusive.append(
+                    "mode fast's random projections disagreed with the numerics beyond their "
+                    "error estimates, round after round, and no element checked on its own was "
+                    "found wrong: the error they saw is below what the per-element checks "
+                    "resolve here"
+                )
+                r.advice.append(_other_oracles_advice(r, "kinks and noise"))
             n_nonfinite = sum(
                 int(np.count_nonzero(ref.nonfinite))
                 for ref in res.refs

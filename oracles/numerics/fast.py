@@ -1360,6 +1360,16 @@ class _Prober:
         return value, error, cache
 
 
+#: The note of a fast check whose projections kept disagreeing without the search naming the
+#: elements responsible (every remaining element is then checked on its own). Where that finds
+#: none, the check is inconclusive: the projections saw an error the per-element checks do not
+#: resolve (``_pipeline._references``).
+UNEXPLAINED = (
+    "random projections kept disagreeing without the search naming the elements "
+    "responsible; every remaining element was checked exhaustively"
+)
+
+
 # --- the search ----------------------------------------------------------------------------------
 
 
@@ -2136,10 +2146,7 @@ def fast_partials(
             break
     if not passed:
         fallback_all = True
-        notes.append(
-            "random projections kept disagreeing without the search naming the elements "
-            "responsible; every remaining element was checked exhaustively"
-        )
+        notes.append(UNEXPLAINED)
         run_exhaustive(
             [
                 (i, np.flatnonzero(~(r["checked"] | g)))
