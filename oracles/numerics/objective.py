@@ -1293,26 +1293,25 @@ def measure_noise(evaluate, xs, scales, *, seed=0, steps=PROBE_STEPS, half=PROBE
     # Where fn looked calm and where it varied stay as the probe's steps saw them (the
     # quarter's refutations lower the noise only: the steps at which a softmax of logits
     # near 1e6 varies, which limit where every ladder starts, are not moved by them).
-    seen_estimates = list(estimates)
-    shape_best = best
-    best, spent = _quarter_checked(
+    quarter_best, spent = _quarter_checked(
         evaluate, xs, us, f0, estimates, best, largest, half, rows_at, np.isfinite(varies)
     )
     calls += spent
-    for p, (h, sigma, _, tame, first, *_) in enumerate(seen_estimates):
+    for p, (h, sigma, _, tame, first, *_) in enumerate(estimates):
         # Smooth at this step: noise that was not refuted, or no noise seen
         # among values that got smoother with the order of differences, and
         # not aliased: where fn is smooth, its first differences grow with
         # the step. sin(1e3 x) at x ~ 1e4 probed at steps of 0.6 turns by 92
         # periods and 0.05 radian from point to point, and looks as smooth
         # as at steps of 7e-5, with first differences no larger.
-        refuted = np.isfinite(sigma) & ~(sigma <= shape_best)
-        for h_small, *_, first_small, _ in seen_estimates[p + 1 :]:
+        refuted = np.isfinite(sigma) & ~(sigma <= best)
+        for h_small, *_, first_small, _ in estimates[p + 1 :]:
             with np.errstate(invalid="ignore", over="ignore"):
                 refuted |= tame & (first < 0.25 * (h / h_small) * first_small)
         refuted |= h > wavy
         calm = np.where(tame & ~refuted, np.maximum(calm, h), calm)
         varies = np.where(refuted, np.minimum(varies, h), varies)
+    best = quarter_best
     # Oscillating even at the finest probe step, a few units of the inputs' spacing
     # (sin at x ~ 1e16, spaced by 2): fn varies on the scale of that spacing, and no
     # step resolves it. The size of its oscillation there is its noise.
@@ -1429,6 +1428,9 @@ def _probe_rows(evaluate, xs, us, f0, h, half):
 def _quarter_checked(evaluate, xs, us, f0, estimates, best, largest, half, rows_at, wild):
     """``(best, calls)``, where a quarter of the probe step refutes what a step "measured".
 
+    ``estimates`` (:func:`measure_noise`'s records) is not changed: the refutations lower the
+    noise only.
+
     A smooth function that varies on about the probe's step has high
     differences that look like noise (a layer norm of a row of scale 1, in an
     input whose other rows are of scale 1e4 and lend it their step: "noise" of
@@ -1443,6 +1445,7 @@ def _quarter_checked(evaluate, xs, us, f0, estimates, best, largest, half, rows_
     estimates of the larger steps for those outputs, which it had refuted).
     """
     calls = 0
+    estimates = list(estimates)  # the caller's records stay as the probe's steps saw them
     for h, sigma, top, *rest in list(estimates):
         if h == COARSE_PROBE_STEP:
             continue
